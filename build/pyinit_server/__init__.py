@@ -1,0 +1,1 @@
+"""The provisioning server: per-MAC actions (BOOTy JSON), images with Range, events."""

@@ -1,0 +1,124 @@
+"""Console logging (structlog) and the machine-readable event stream.
+
+Every step emits one ``PYINIT-EVENT {json}`` line per start/ok/failure. Tests and operators match
+those lines, never free prose. Extra sinks (the provisioning server) can subscribe with
+:func:`add_sink`; a failing sink never breaks the boot.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TextIO
+
+import structlog
+
+EVENT_PREFIX = "PYINIT-EVENT "
+
+Event = dict[str, Any]
+Sink = Callable[[Event], None]
+
+_sinks: list[Sink] = []
+_lock = threading.Lock()
+_console: TextIO = sys.stdout
+_kmsg: Any = None
+
+
+def configure(*, debug: bool = False, console: TextIO | None = None,
+              kmsg: Path | None = None) -> None:
+    """Send structlog and stdlib logging to the console (and /dev/kmsg when given)."""
+    global _console, _kmsg
+    if console is not None:
+        _console = console
+    if kmsg is not None:
+        try:
+            _kmsg = open(kmsg, "w", buffering=1)  # noqa: SIM115 - lives as long as PID 1
+        except OSError:
+            _kmsg = None
+    level = logging.DEBUG if debug else logging.INFO
+    handler = logging.StreamHandler(_ConsoleTee())
+    handler.setFormatter(logging.Formatter("pyinit: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # pyroute2 and urllib3 are chatty at INFO.
+    for noisy in ("pyroute2", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.WARNING)
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.dev.ConsoleRenderer(colors=False, pad_event_to=0),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.WriteLoggerFactory(file=_ConsoleTee()),  # type: ignore[arg-type]
+        cache_logger_on_first_use=False,
+    )
+
+
+class _ConsoleTee:
+    """A file-like object writing to the console and, line by line, to /dev/kmsg."""
+
+    def write(self, text: str) -> int:
+        with _lock:
+            try:
+                _console.write(text)
+                _console.flush()
+            except (OSError, ValueError):
+                pass
+            if _kmsg is not None:
+                for line in text.splitlines():
+                    if line.strip():
+                        try:
+                            _kmsg.write(f"<6>pyinit: {line[:900]}\n")
+                        except OSError:
+                            pass
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def get_logger(name: str = "pyinit") -> Any:
+    return structlog.get_logger(name)
+
+
+def console(line: str) -> None:
+    """Write one raw line to the console (no log decoration)."""
+    _ConsoleTee().write(line.rstrip("\n") + "\n")
+
+
+def add_sink(sink: Sink) -> None:
+    _sinks.append(sink)
+
+
+def clear_sinks() -> None:
+    _sinks.clear()
+
+
+def event(step: str, status: str, **fields: Any) -> Event:
+    """Emit one machine-readable event line and hand the event to every sink."""
+    ev: Event = {"step": step, "status": status, **fields, "time": round(time.time(), 3)}
+    console(EVENT_PREFIX + json.dumps(ev, sort_keys=False, default=str))
+    for sink in list(_sinks):
+        try:
+            sink(ev)
+        except Exception as exc:  # a sink must never break the boot
+            logging.getLogger("pyinit.log").debug("event sink failed: %s", exc)
+    return ev
+
+
+def parse_event(line: str) -> Event | None:
+    """The event carried by a console line, or None (used by tests and the harness)."""
+    idx = line.find(EVENT_PREFIX)
+    if idx < 0:
+        return None
+    try:
+        value = json.loads(line[idx + len(EVENT_PREFIX):])
+    except json.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None

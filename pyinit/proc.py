@@ -1,0 +1,99 @@
+"""The one seam through which every external command runs.
+
+``run(argv, ...)`` takes argv lists only (never a shell string), logs ``+ shlex.join(argv)``,
+rebuilds the environment (PyInstaller sets LD_LIBRARY_PATH to its bundle; commands and chroots
+must not inherit it) and raises :class:`CommandError` on failure.
+
+Tests replace the module-level runner (``set_runner``) so no unit test runs a real command.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import subprocess
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from pyinit.errors import CommandError
+
+log = logging.getLogger("pyinit.proc")
+
+SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# Variables PyInstaller's bootloader sets or rewrites for the frozen process only.
+_FROZEN_ONLY = ("LD_LIBRARY_PATH", "LD_PRELOAD", "PYTHONHOME", "PYTHONPATH", "_MEIPASS2",
+                "_PYI_APPLICATION_HOME_DIR", "_PYI_ARCHIVE_FILE", "_PYI_PARENT_PROCESS_LEVEL")
+
+
+@dataclass(frozen=True)
+class Completed:
+    argv: tuple[str, ...]
+    rc: int
+    stdout: str
+    stderr: str
+
+
+def clean_env(extra: Mapping[str, str] | None = None,
+              base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment for a child: the parent's minus what the frozen bundle injected.
+
+    PyInstaller keeps the caller's original value in ``<NAME>_ORIG``; restore it when present.
+    """
+    src = dict(os.environ if base is None else base)
+    env = {k: v for k, v in src.items() if k not in _FROZEN_ONLY and not k.endswith("_ORIG")}
+    for name in ("LD_LIBRARY_PATH", "LD_PRELOAD"):
+        orig = src.get(f"{name}_ORIG")
+        if orig:
+            env[name] = orig
+    env.setdefault("PATH", SAFE_PATH)
+    if extra:
+        env.update(extra)
+    return env
+
+
+Runner = Callable[..., Completed]
+
+
+def _real_run(argv: Sequence[str], *, chroot: Path | None = None, timeout: float | None = None,
+              check: bool = True, input: str | None = None, env: Mapping[str, str] | None = None,
+              cwd: Path | None = None, capture: bool = True) -> Completed:
+    args = [str(a) for a in argv]
+    if chroot is not None:
+        args = ["chroot", str(chroot), *args]
+    log.info("+ %s", shlex.join(args))
+    try:
+        proc = subprocess.run(
+            args, input=input, env=clean_env(env), cwd=cwd, timeout=timeout, text=True,
+            stdout=subprocess.PIPE if capture else None,
+            stderr=subprocess.PIPE if capture else None, check=False,
+        )
+    except FileNotFoundError as exc:
+        raise CommandError(args, 127, f"{args[0]}: not found") from exc
+    except subprocess.TimeoutExpired as exc:
+        err = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else ""
+        raise CommandError(args, None, err[-2000:]) from exc
+    done = Completed(tuple(args), proc.returncode, proc.stdout or "", proc.stderr or "")
+    if check and proc.returncode != 0:
+        raise CommandError(args, proc.returncode, done.stderr[-2000:])
+    return done
+
+
+_runner: Runner = _real_run
+
+
+def set_runner(runner: Runner | None) -> Runner:
+    """Replace the runner (tests); ``None`` restores the real one. Returns the previous one."""
+    global _runner
+    previous = _runner
+    _runner = runner if runner is not None else _real_run
+    return previous
+
+
+def run(argv: Sequence[str], *, chroot: Path | None = None, timeout: float | None = None,
+        check: bool = True, input: str | None = None, env: Mapping[str, str] | None = None,
+        cwd: Path | None = None, capture: bool = True) -> Completed:
+    """Run one external command. See the module docstring."""
+    return _runner(argv, chroot=chroot, timeout=timeout, check=check, input=input, env=env,
+                   cwd=cwd, capture=capture)

@@ -1,0 +1,115 @@
+"""Raw syscalls and ioctls through ctypes. No policy here: thin, typed wrappers that raise OSError.
+
+Everything that needs ctypes or an ioctl lives in this one module so the rest of the runtime can be
+tested with plain fakes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import fcntl
+import os
+import struct
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+# x86_64 syscall numbers (the only architecture pyinit targets today).
+SYS_INIT_MODULE = 175
+SYS_FINIT_MODULE = 313
+SYS_KEXEC_FILE_LOAD = 320
+
+# <linux/fs.h>
+BLKRRPART = 0x125F
+BLKGETSIZE64 = 0x80081272
+BLKSSZGET = 0x1268
+BLKFLSBUF = 0x1261
+
+# <linux/reboot.h>
+LINUX_REBOOT_CMD_RESTART = 0x01234567
+LINUX_REBOOT_CMD_POWER_OFF = 0x4321FEDC
+LINUX_REBOOT_CMD_HALT = 0xCDEF0123
+LINUX_REBOOT_CMD_KEXEC = 0x45584543
+
+# <linux/mount.h>
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOEXEC = 8
+MS_REMOUNT = 32
+MS_BIND = 4096
+MS_MOVE = 8192
+MS_REC = 16384
+MNT_DETACH = 2
+
+# finit_module flags
+MODULE_INIT_IGNORE_MODVERSIONS = 1
+MODULE_INIT_IGNORE_VERMAGIC = 2
+
+
+def _check(ret: int, what: str) -> int:
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+    return ret
+
+
+def mount(source: str, target: str, fstype: str | None, flags: int = 0,
+          data: str | None = None) -> None:
+    _check(_libc.mount(source.encode(), target.encode(),
+                       fstype.encode() if fstype else None, ctypes.c_ulong(flags),
+                       data.encode() if data else None), f"mount {target}")
+
+
+def umount(target: str, flags: int = 0) -> None:
+    _check(_libc.umount2(target.encode(), flags), f"umount {target}")
+
+
+def reboot(cmd: int) -> None:
+    """reboot(2). Call os.sync() first; this does not return on success."""
+    _check(_libc.reboot(ctypes.c_int(cmd)), "reboot")
+
+
+def finit_module(fd: int, params: str = "", flags: int = 0) -> None:
+    _check(_libc.syscall(SYS_FINIT_MODULE, fd, params.encode(), flags), "finit_module")
+
+
+def init_module(image: bytes, params: str = "") -> None:
+    buf = ctypes.create_string_buffer(image, len(image))
+    _check(_libc.syscall(SYS_INIT_MODULE, buf, ctypes.c_ulong(len(image)), params.encode()),
+           "init_module")
+
+
+def kexec_file_load(kernel_fd: int, initrd_fd: int, cmdline: str, flags: int = 0) -> None:
+    data = cmdline.encode() + b"\0"
+    _check(_libc.syscall(SYS_KEXEC_FILE_LOAD, kernel_fd, initrd_fd, ctypes.c_ulong(len(data)),
+                         data, ctypes.c_ulong(flags)), "kexec_file_load")
+
+
+def sethostname(name: str) -> None:
+    raw = name.encode()
+    _check(_libc.sethostname(raw, ctypes.c_size_t(len(raw))), "sethostname")
+
+
+def setsid() -> int:
+    return os.setsid()
+
+
+def blk_reread_partitions(fd: int) -> None:
+    fcntl.ioctl(fd, BLKRRPART)
+
+
+def blk_size_bytes(fd: int) -> int:
+    buf = bytearray(8)
+    fcntl.ioctl(fd, BLKGETSIZE64, buf)
+    return int(struct.unpack("=Q", bytes(buf))[0])
+
+
+def blk_sector_size(fd: int) -> int:
+    buf = bytearray(4)
+    fcntl.ioctl(fd, BLKSSZGET, buf)
+    return int(struct.unpack("=i", bytes(buf))[0])
+
+
+def blk_flush_buffers(fd: int) -> None:
+    fcntl.ioctl(fd, BLKFLSBUF)

@@ -1,0 +1,1 @@
+"""QEMU harness: boot a kernel + initramfs under TCG, read the serial console, expect lines."""

@@ -1,0 +1,67 @@
+"""Shared test fixtures.
+
+Unit tests are forbidden to run real commands: an autouse fixture replaces ``pyinit.proc.run``'s
+runner with one that raises. Tests marked ``integration`` or ``vm`` use the real runner; unit tests
+that need commands opt in to the ``recorder`` fixture and assert exact argv lists.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from pyinit import proc
+
+
+class RealCommandInUnitTest(AssertionError):
+    pass
+
+
+def _forbidden(argv: Sequence[str], **_: Any) -> proc.Completed:
+    raise RealCommandInUnitTest(f"unit test tried to run a real command: {list(argv)}")
+
+
+@pytest.fixture(autouse=True)
+def _no_real_commands(request: pytest.FixtureRequest) -> Iterator[None]:
+    if request.node.get_closest_marker("integration") or request.node.get_closest_marker("vm"):
+        yield
+        return
+    previous = proc.set_runner(_forbidden)
+    try:
+        yield
+    finally:
+        proc.set_runner(previous)
+
+
+@dataclass
+class Recorder:
+    """Records argv lists; answers from ``responses`` (argv[0] -> Completed or callable)."""
+
+    calls: list[list[str]] = field(default_factory=list)
+    responses: dict[str, Callable[[list[str]], proc.Completed] | proc.Completed] = field(
+        default_factory=dict)
+
+    def __call__(self, argv: Sequence[str], **kwargs: Any) -> proc.Completed:
+        args = [str(a) for a in argv]
+        if kwargs.get("chroot") is not None:
+            args = ["chroot", str(kwargs["chroot"]), *args]
+        self.calls.append(args)
+        answer = self.responses.get(args[0])
+        if callable(answer):
+            return answer(args)
+        if answer is not None:
+            return answer
+        return proc.Completed(tuple(args), 0, "", "")
+
+
+@pytest.fixture
+def recorder() -> Iterator[Recorder]:
+    rec = Recorder()
+    previous = proc.set_runner(rec)
+    try:
+        yield rec
+    finally:
+        proc.set_runner(previous)
