@@ -7,6 +7,7 @@ those lines, never free prose. Extra sinks (the provisioning server) can subscri
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
@@ -73,10 +74,8 @@ class _ConsoleTee:
             if _kmsg is not None:
                 for line in text.splitlines():
                     if line.strip():
-                        try:
+                        with contextlib.suppress(OSError):
                             _kmsg.write(f"<6>pyinit: {line[:900]}\n")
-                        except OSError:
-                            pass
         return len(text)
 
     def flush(self) -> None:
@@ -103,6 +102,9 @@ def clear_sinks() -> None:
 def event(step: str, status: str, **fields: Any) -> Event:
     """Emit one machine-readable event line and hand the event to every sink."""
     ev: Event = {"step": step, "status": status, **fields, "time": round(time.time(), 3)}
+    up = uptime()
+    if up is not None:
+        ev["uptime"] = up
     console(EVENT_PREFIX + json.dumps(ev, sort_keys=False, default=str))
     for sink in list(_sinks):
         try:
@@ -110,6 +112,15 @@ def event(step: str, status: str, **fields: Any) -> Event:
         except Exception as exc:  # a sink must never break the boot
             logging.getLogger("pyinit.log").debug("event sink failed: %s", exc)
     return ev
+
+
+def uptime(path: str = "/proc/uptime") -> float | None:
+    """Seconds since the kernel started (guest uptime), or None when /proc is not there."""
+    try:
+        with open(path) as f:
+            return round(float(f.read().split()[0]), 2)
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def parse_event(line: str) -> Event | None:

@@ -55,6 +55,23 @@ def clean_env(extra: Mapping[str, str] | None = None,
 
 Runner = Callable[..., Completed]
 
+# PIDs of children that a caller of run() (or spawn()) will wait for itself. PID 1's orphan reaper
+# must leave them alone, or subprocess would lose their exit status.
+_own_pids: set[int] = set()
+
+
+def own_pids() -> frozenset[int]:
+    return frozenset(_own_pids)
+
+
+def track(pid: int) -> None:
+    """Mark ``pid`` as waited for by its spawner (see :func:`own_pids`)."""
+    _own_pids.add(pid)
+
+
+def untrack(pid: int) -> None:
+    _own_pids.discard(pid)
+
 
 def _real_run(argv: Sequence[str], *, chroot: Path | None = None, timeout: float | None = None,
               check: bool = True, input: str | None = None, env: Mapping[str, str] | None = None,
@@ -63,20 +80,26 @@ def _real_run(argv: Sequence[str], *, chroot: Path | None = None, timeout: float
     if chroot is not None:
         args = ["chroot", str(chroot), *args]
     log.info("+ %s", shlex.join(args))
+    pipe = subprocess.PIPE if capture else None
     try:
-        proc = subprocess.run(
-            args, input=input, env=clean_env(env), cwd=cwd, timeout=timeout, text=True,
-            stdout=subprocess.PIPE if capture else None,
-            stderr=subprocess.PIPE if capture else None, check=False,
+        child = subprocess.Popen(
+            args, stdin=subprocess.PIPE if input is not None else None, stdout=pipe,
+            stderr=pipe, env=clean_env(env), cwd=cwd, text=True,
         )
     except FileNotFoundError as exc:
         raise CommandError(args, 127, f"{args[0]}: not found") from exc
+    _own_pids.add(child.pid)
+    try:
+        out, err = child.communicate(input, timeout=timeout)
     except subprocess.TimeoutExpired as exc:
-        err = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else ""
-        raise CommandError(args, None, err[-2000:]) from exc
-    done = Completed(tuple(args), proc.returncode, proc.stdout or "", proc.stderr or "")
-    if check and proc.returncode != 0:
-        raise CommandError(args, proc.returncode, done.stderr[-2000:])
+        child.kill()
+        _, err = child.communicate()
+        raise CommandError(args, None, (err or "")[-2000:]) from exc
+    finally:
+        _own_pids.discard(child.pid)
+    done = Completed(tuple(args), child.returncode, out or "", err or "")
+    if check and child.returncode != 0:
+        raise CommandError(args, child.returncode, done.stderr[-2000:])
     return done
 
 

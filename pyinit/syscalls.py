@@ -91,10 +91,6 @@ def sethostname(name: str) -> None:
     _check(_libc.sethostname(raw, ctypes.c_size_t(len(raw))), "sethostname")
 
 
-def setsid() -> int:
-    return os.setsid()
-
-
 def blk_reread_partitions(fd: int) -> None:
     fcntl.ioctl(fd, BLKRRPART)
 

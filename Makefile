@@ -1,0 +1,73 @@
+# pyinit: `make demo` and `make test` set up everything themselves on a fresh Debian 12 machine
+# (as root): apt packages, a virtualenv, the Debian kernel package, the initramfs. Idempotent and
+# cached: a second run downloads and rebuilds nothing that has not changed.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= /usr/bin/python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMPS := .cache/stamps
+OUT := out
+
+APT_PACKAGES := python3 python3-venv python3-dev gcc binutils \
+	qemu-system-x86 qemu-utils ipxe-qemu seabios \
+	busybox-static kmod cpio zstd e2fsprogs fdisk \
+	dnsmasq-base iproute2 procps ca-certificates
+
+.PHONY: help setup apt venv initramfs demo test unit lint clean distclean
+
+help:
+	@echo "make demo   - build everything and provision a QEMU machine end to end"
+	@echo "make test   - lint, type-check and run the whole test suite (VM tests included)"
+	@echo "make unit   - unit tests only (seconds)"
+	@echo "make clean  - remove build output (keeps downloaded caches)"
+
+setup: apt venv
+
+apt: $(STAMPS)/apt
+$(STAMPS)/apt: Makefile
+	@mkdir -p $(STAMPS)
+	@missing=$$(for p in $(APT_PACKAGES); do \
+		dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed$$' || echo $$p; \
+	done); \
+	if [ -n "$$missing" ]; then \
+		echo "apt: installing" $$missing; \
+		if [ "$$(id -u)" != 0 ]; then echo "apt: need root to install: $$missing" >&2; exit 1; fi; \
+		DEBIAN_FRONTEND=noninteractive apt-get update -q; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+	@touch $@
+
+venv: $(STAMPS)/venv
+$(STAMPS)/venv: pyproject.toml $(STAMPS)/apt
+	@mkdir -p $(STAMPS)
+	[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $@
+
+# The builder caches the kernel package and the frozen bundle itself; calling it is cheap.
+initramfs: setup
+	$(BIN)/pyinit initramfs --out $(OUT)
+
+demo: initramfs
+	$(BIN)/pyinit demo --out $(OUT)
+
+lint: setup
+	$(BIN)/ruff check pyinit build qemu tests
+	$(BIN)/mypy pyinit build/pyinit_build build/pyinit_server qemu/pyinit_qemu
+
+unit: setup
+	$(BIN)/pytest -q tests/unit
+
+test: initramfs lint
+	PYINIT_OUT=$(abspath $(OUT)) $(BIN)/pytest tests
+
+clean:
+	rm -rf $(OUT)
+
+distclean: clean
+	rm -rf $(VENV) .cache

@@ -1,0 +1,90 @@
+"""A small deterministic demo disk image: MBR, one ext4 partition with a marker, gzip-compressed.
+
+This is the stand-in golden image for `make demo` and the VM tests until `pyinit image` (issue #4)
+builds real bootable ones. Built without root or loop devices: sfdisk on a file, ``mke2fs -d``
+into a separate file, then both assembled here. Same inputs → same bytes.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from pyinit import proc
+
+MIB = 1 << 20
+SOURCE_DATE_EPOCH = 1700000000
+FS_UUID = "5e7b0c1d-2a3f-4b5c-8d6e-7f8091a2b3c4"
+
+
+@dataclass(frozen=True)
+class DemoImage:
+    raw: Path
+    gz: Path
+    size: int
+    sha256: str
+    gz_sha256: str
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(4 * MIB):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def build_demo_image(out_dir: Path, *, size_mib: int = 64, label: str = "pyinit-demo") -> DemoImage:
+    """Build (or reuse) ``out_dir/demo.img`` and ``demo.img.gz``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    raw = out_dir / "demo.img"
+    gz = out_dir / "demo.img.gz"
+    meta = out_dir / "demo.json"
+    key = {"size_mib": size_mib, "label": label, "version": 1}
+    if raw.exists() and gz.exists() and meta.exists():
+        cached = json.loads(meta.read_text())
+        if cached.get("key") == key:
+            return DemoImage(raw, gz, raw.stat().st_size, cached["sha256"], cached["gz_sha256"])
+
+    work = out_dir / "demo.work"
+    shutil.rmtree(work, ignore_errors=True)
+    tree = work / "tree"
+    (tree / "etc").mkdir(parents=True)
+    (tree / "etc" / "hostname").write_text("pyinit-demo\n")
+    (tree / "PYINIT-DEMO").write_text("written by pyinit\n")
+    for path in [*sorted(tree.rglob("*")), tree]:
+        os.utime(path, (SOURCE_DATE_EPOCH, SOURCE_DATE_EPOCH), follow_symlinks=False)
+
+    fs = work / "fs.img"
+    fs_size = (size_mib - 2) * MIB
+    env = {"E2FSPROGS_FAKE_TIME": str(SOURCE_DATE_EPOCH), "SOURCE_DATE_EPOCH":
+           str(SOURCE_DATE_EPOCH)}
+    proc.run(["mke2fs", "-q", "-F", "-t", "ext4", "-L", label, "-U", FS_UUID,
+              "-E", f"hash_seed={FS_UUID},root_owner=0:0", "-d", str(tree), str(fs),
+              f"{fs_size // 1024}k"], env=env)
+
+    part = work / "disk.img"
+    with part.open("wb") as f:
+        f.truncate(size_mib * MIB)
+    proc.run(["sfdisk", "--no-reread", "--no-tell-kernel", "-q", str(part)],
+             input=f"label: dos\nlabel-id: 0x5079696e\nstart=2048, size={fs_size // 512}, "
+                   "type=83\n")
+    with part.open("r+b") as dst, fs.open("rb") as src:
+        dst.seek(MIB)
+        shutil.copyfileobj(src, dst, 4 * MIB)
+
+    tmp_gz = work / "demo.img.gz"
+    with part.open("rb") as src, gzip.GzipFile(tmp_gz, "wb", compresslevel=6, mtime=0) as dst:
+        shutil.copyfileobj(src, dst, 4 * MIB)
+    os.replace(part, raw)
+    os.replace(tmp_gz, gz)
+    result = DemoImage(raw, gz, raw.stat().st_size, _sha256(raw), _sha256(gz))
+    meta.write_text(json.dumps({"key": key, "sha256": result.sha256,
+                                "gz_sha256": result.gz_sha256}, indent=2) + "\n")
+    shutil.rmtree(work, ignore_errors=True)
+    return result

@@ -1,0 +1,156 @@
+"""The server's JSON → a validated :class:`Action`, before any disk is touched. Pure: no I/O.
+
+The wire format is BOOTy's ``BootyConfig`` (plunder-app/BOOTy ``pkg/plunderclient/types``),
+including its misspelt upload field ``desintationAddress`` (the correct spelling is accepted
+too), plus pyinit's documented extensions (see docs/action.md). Unknown fields and wrong types
+are a :class:`ConfigError` naming the field: a typo in a machine file must not silently do
+something else.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+from urllib.parse import urljoin, urlsplit
+
+from pyinit.errors import ConfigError
+
+ActionKind = Literal["writeImage", "readImage"]
+Finish = Literal["reboot", "poweroff", "shell"]
+
+# wire name -> (attribute, expected python type(s))
+_FIELDS: dict[str, tuple[str, tuple[type, ...]]] = {
+    "action": ("action", (str,)),
+    "compressed": ("compressed", (bool,)),
+    "sourceImage": ("source_image", (str,)),
+    "destinationDevice": ("destination_device", (str,)),
+    "sourceDevice": ("source_device", (str,)),
+    "destinationAddress": ("destination_address", (str,)),
+    "desintationAddress": ("destination_address", (str,)),  # BOOTy's wire spelling
+    "growDisk": ("grow_disk", (bool,)),
+    "growPartition": ("grow_partition", (int, str)),
+    "lvmRootName": ("lvm_root_name", (str,)),
+    "address": ("address", (str,)),
+    "gateway": ("gateway", (str,)),
+    "nameserver": ("nameserver", (str,)),
+    "dryRun": ("dry_run", (bool,)),
+    "dropToShell": ("drop_to_shell", (bool,)),
+    "wipeDevice": ("wipe_device", (bool,)),
+    # pyinit extensions
+    "finish": ("finish", (str,)),
+}
+
+_TYPE_NAMES = {bool: "a boolean", str: "a string", int: "an integer"}
+_DEVICE_RE = re.compile(r"^/dev/[A-Za-z0-9._/:+-]+$")
+
+
+@dataclass(frozen=True)
+class Action:
+    action: ActionKind
+    compressed: bool = False
+    source_image: str | None = None
+    destination_device: str | None = None
+    source_device: str | None = None
+    destination_address: str | None = None
+    grow_disk: bool = False
+    grow_partition: int | Literal["last"] | None = None
+    lvm_root_name: str | None = None
+    address: str | None = None
+    gateway: str | None = None
+    nameserver: str | None = None
+    dry_run: bool = False
+    drop_to_shell: bool = False
+    wipe_device: bool = False
+    finish: Finish = "reboot"
+
+    def summary(self) -> str:
+        if self.action == "writeImage":
+            return f"writeImage {self.source_image} -> {self.destination_device}"
+        return f"readImage {self.source_device} -> {self.destination_address}"
+
+
+def _check_type(name: str, value: Any, types: tuple[type, ...]) -> None:
+    # bool is an int in Python; JSON true must not pass as a partition number.
+    if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
+        want = " or ".join(_TYPE_NAMES[t] for t in types)
+        raise ConfigError(name, f"must be {want}, got {type(value).__name__} {value!r}")
+
+
+def _url(name: str, value: str, base_url: str | None) -> str:
+    url = urljoin(base_url + "/", value) if base_url and "://" not in value else value
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(name, f"not an http(s) URL: {value!r}")
+    return url
+
+
+def _device(name: str, value: str) -> str:
+    if not _DEVICE_RE.match(value) or "/../" in value or value.endswith("/.."):
+        raise ConfigError(name, f"not a device path under /dev: {value!r}")
+    return value
+
+
+def parse_action(data: Mapping[str, Any], *, base_url: str | None = None) -> Action:
+    """Validate a decoded JSON object. Relative image URLs are resolved against ``base_url``."""
+    if not isinstance(data, Mapping):
+        raise ConfigError("action", f"expected a JSON object, got {type(data).__name__}")
+    values: dict[str, Any] = {}
+    for name, value in data.items():
+        if name not in _FIELDS:
+            raise ConfigError(name, "unknown field")
+        attr, types = _FIELDS[name]
+        if value is None:
+            continue
+        _check_type(name, value, types)
+        values[attr] = value
+
+    kind = values.get("action")
+    if kind is None:
+        raise ConfigError("action", "missing")
+    if kind not in ("writeImage", "readImage"):
+        raise ConfigError("action", f"unknown action {kind!r} (writeImage, readImage)")
+
+    gp = values.get("grow_partition")
+    if isinstance(gp, str) and gp != "last":
+        raise ConfigError("growPartition", f"must be a partition number or \"last\", got {gp!r}")
+    if isinstance(gp, int) and not isinstance(gp, bool):
+        if gp < 0 or gp > 128:
+            raise ConfigError("growPartition", f"partition number out of range: {gp}")
+        values["grow_partition"] = gp or None  # BOOTy's Go zero value means "none"
+
+    fin = values.get("finish", "reboot")
+    if fin not in ("reboot", "poweroff", "shell"):
+        raise ConfigError("finish", f"{fin!r} is not one of reboot, poweroff, shell")
+
+    if kind == "writeImage":
+        for wire, attr in (("sourceImage", "source_image"),
+                           ("destinationDevice", "destination_device")):
+            if not values.get(attr):
+                raise ConfigError(wire, "required for writeImage")
+        values["source_image"] = _url("sourceImage", values["source_image"], base_url)
+        values["destination_device"] = _device("destinationDevice",
+                                               values["destination_device"])
+    else:
+        for wire, attr in (("sourceDevice", "source_device"),
+                           ("desintationAddress", "destination_address")):
+            if not values.get(attr):
+                raise ConfigError(wire, "required for readImage")
+        values["source_device"] = _device("sourceDevice", values["source_device"])
+        values["destination_address"] = _url("desintationAddress",
+                                             values["destination_address"], base_url)
+    return Action(**values)
+
+
+def parse_action_json(body: bytes | str, *, base_url: str | None = None) -> Action:
+    """Decode and validate the server's answer; a body that is not JSON is a ConfigError."""
+    try:
+        data = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        text = body if isinstance(body, str) else body[:200].decode("utf-8", "replace")
+        first = text.strip().splitlines()[0][:60] if text.strip() else "<empty>"
+        why = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
+        raise ConfigError("action", f"server answer is not JSON ({why}): {first!r}") from exc
+    return parse_action(data, base_url=base_url)

@@ -1,0 +1,254 @@
+"""Kernel command line → frozen :class:`BootParams`. Pure: no I/O.
+
+Tokenising follows the kernel's own rules (``lib/cmdline.c``, ``next_arg``): whitespace
+separates arguments except inside double quotes, quotes are removed, ``key="a b"`` and ``"key=a
+b"`` both give ``a b``, and a value may itself contain ``=`` (``root=UUID=…``). Everything after
+a lone ``--`` is for init, not for us. Unknown keys and junk tokens are ignored (as ginit does);
+a *known* key with a bad value is a :class:`ConfigError` naming it.
+
+The kernel hands unknown ``KEY=value`` arguments to init's environment, so
+``MYURL``/``BOOTYURL`` are also taken from ``env`` when the command line does not carry them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import shlex
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pyinit.errors import ConfigError
+
+FailurePolicy = Literal["shell", "reboot", "poweroff"]
+FAILURE_POLICIES: tuple[FailurePolicy, ...] = ("shell", "reboot", "poweroff")
+DEFAULT_POLICY: FailurePolicy = "shell"
+
+_MAC_RE = re.compile(r"^[0-9a-f]{2}([:-])[0-9a-f]{2}(\1[0-9a-f]{2}){4}$")
+
+
+@dataclass(frozen=True)
+class IpConfig:
+    """What ``ip=`` asked for. ``mode`` is ``dhcp``, ``static`` or ``off``."""
+
+    mode: Literal["dhcp", "static", "off"] = "dhcp"
+    device: str | None = None
+    address: str | None = None
+    prefixlen: int | None = None
+    gateway: str | None = None
+    hostname: str | None = None
+    dns: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class BootParams:
+    myurl: str | None = None
+    bootyurl: str | None = None
+    root: str | None = None
+    rootfstype: str | None = None
+    entrypoint: tuple[str, ...] = ()
+    bootif: str | None = None  # MAC, lower-case, colon separated
+    ip: IpConfig = field(default_factory=IpConfig)
+    consoles: tuple[str, ...] = ()
+    on_failure: FailurePolicy = DEFAULT_POLICY
+    break_before: frozenset[str] = frozenset()
+    debug: bool = False
+    exec_entrypoint: bool = False
+    carrier_timeout: float = 15.0
+    dhcp_timeout: float = 45.0
+    fetch_timeout: float = 120.0
+    init_args: tuple[str, ...] = ()
+
+    @property
+    def mode(self) -> Literal["provision", "ginit", "none"]:
+        if self.myurl or self.bootyurl:
+            return "provision"
+        if self.root and self.entrypoint:
+            return "ginit"
+        return "none"
+
+
+def tokenize(text: str) -> list[str]:
+    """Split a command line like the kernel does: quotes group, and are then removed."""
+    tokens: list[str] = []
+    cur: list[str] = []
+    in_quote = False
+    started = False
+    for ch in text:
+        if ch == '"':
+            in_quote = not in_quote
+            started = True
+            continue
+        if ch.isspace() and not in_quote:
+            if started:
+                tokens.append("".join(cur))
+                cur, started = [], False
+            continue
+        cur.append(ch)
+        started = True
+    if started:
+        tokens.append("".join(cur))
+    return tokens
+
+
+def split_args(text: str) -> tuple[list[tuple[str, str | None]], list[str]]:
+    """(key, value-or-None) pairs for the kernel part, and the init args after ``--``."""
+    pairs: list[tuple[str, str | None]] = []
+    tokens = tokenize(text)
+    init_args: list[str] = []
+    for i, tok in enumerate(tokens):
+        if tok == "--":
+            init_args = tokens[i + 1:]
+            break
+        key, sep, value = tok.partition("=")
+        pairs.append((key, value if sep else None))
+    return pairs, init_args
+
+
+def parse_mac(value: str, *, field_name: str = "BOOTIF") -> str:
+    """``01-aa-bb-…`` (pxelinux/iPXE, hardware type 1 = Ethernet), ``aa:bb:…`` or ``aa-bb-…``."""
+    v = value.strip().lower()
+    if re.fullmatch(r"01-[0-9a-f]{2}(-[0-9a-f]{2}){5}", v):
+        v = v[3:]
+    if not _MAC_RE.match(v):
+        raise ConfigError(field_name, f"not a MAC address: {value!r}")
+    return v.replace("-", ":")
+
+
+def _netmask_to_prefix(mask: str) -> int:
+    if mask.isdigit() and int(mask) <= 32:
+        return int(mask)
+    try:
+        return ipaddress.IPv4Network(f"0.0.0.0/{mask}").prefixlen
+    except ValueError as exc:
+        raise ConfigError("ip", f"bad netmask {mask!r}") from exc
+
+
+def _ip(value: str, what: str) -> str:
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError as exc:
+        raise ConfigError("ip", f"bad {what} {value!r}") from exc
+
+
+def parse_ip(value: str) -> IpConfig:
+    """``ip=dhcp|on|any|off|none`` or the kernel's
+    ``client:server:gw:netmask:hostname:device:autoconf:dns0:dns1`` form."""
+    v = value.strip()
+    if v.lower() in ("dhcp", "on", "any", "both", "bootp", "rarp", "dhcp6", "auto6"):
+        return IpConfig(mode="dhcp")
+    if v.lower() in ("off", "none"):
+        return IpConfig(mode="off")
+    parts = v.split(":")
+    if len(parts) < 2:
+        raise ConfigError("ip", f"unrecognised value {value!r}")
+    parts += [""] * (9 - len(parts))
+    client, _server, gw, mask, host, dev, autoconf, dns0, dns1 = parts[:9]
+    device = dev or None
+    if autoconf.lower() in ("dhcp", "on", "any", "both") and not client:
+        return IpConfig(mode="dhcp", device=device, hostname=host or None)
+    if autoconf.lower() in ("off", "none") and not client:
+        return IpConfig(mode="off", device=device)
+    if not client:
+        raise ConfigError("ip", f"static form without a client address: {value!r}")
+    address = _ip(client, "client address")
+    prefixlen = _netmask_to_prefix(mask) if mask else 24
+    gateway = _ip(gw, "gateway") if gw else None
+    if gateway and gateway != "0.0.0.0":
+        net = ipaddress.ip_network(f"{address}/{prefixlen}", strict=False)
+        if ipaddress.ip_address(gateway) not in net:
+            raise ConfigError("ip", f"gateway {gateway} is outside {net}")
+    dns = tuple(_ip(d, "dns server") for d in (dns0, dns1) if d)
+    return IpConfig(mode="static", device=device, address=address, prefixlen=prefixlen,
+                    gateway=gateway if gateway != "0.0.0.0" else None, hostname=host or None,
+                    dns=dns)
+
+
+def _url(value: str, key: str) -> str:
+    v = value.strip().rstrip("/")
+    if not re.match(r"^https?://[^/\s]+", v):
+        raise ConfigError(key, f"not an http(s) URL: {value!r}")
+    return v
+
+
+def _seconds(value: str, key: str) -> float:
+    try:
+        secs = float(value)
+    except ValueError as exc:
+        raise ConfigError(key, f"not a number of seconds: {value!r}") from exc
+    if not 0 < secs <= 86400:
+        raise ConfigError(key, f"out of range (0, 86400]: {value!r}")
+    return secs
+
+
+def _flag(value: str | None) -> bool:
+    return value is None or value.strip().lower() in ("1", "yes", "true", "on", "y", "")
+
+
+def parse_cmdline(text: str, env: Mapping[str, str] | None = None) -> BootParams:
+    """Parse ``/proc/cmdline`` (and init's environment) into :class:`BootParams`."""
+    pairs, init_args = split_args(text)
+    kv: dict[str, str | None] = {}
+    consoles: list[str] = []
+    breaks: set[str] = set()
+    for key, value in pairs:
+        if key == "console" and value:
+            consoles.append(value)
+        elif key == "pyinit.break" and value:
+            breaks.update(s.strip() for s in value.split(",") if s.strip())
+        else:
+            kv[key] = value  # last one wins, as in the kernel
+    environ = env or {}
+    out: dict[str, object] = {"consoles": tuple(consoles), "break_before": frozenset(breaks),
+                              "init_args": tuple(init_args)}
+
+    for key in ("MYURL", "BOOTYURL"):
+        raw = kv.get(key) or environ.get(key)
+        if raw:
+            out[key.lower()] = _url(raw, key)
+    if kv.get("root"):
+        out["root"] = kv["root"]
+    if kv.get("rootfstype"):
+        out["rootfstype"] = kv["rootfstype"]
+    ep = kv.get("entrypoint") or environ.get("entrypoint")
+    if ep:
+        try:
+            argv = shlex.split(ep)
+        except ValueError as exc:
+            raise ConfigError("entrypoint", f"cannot split {ep!r}: {exc}") from exc
+        if argv:
+            out["entrypoint"] = tuple(argv)
+    if kv.get("BOOTIF"):
+        out["bootif"] = parse_mac(kv["BOOTIF"] or "")
+    if kv.get("ip"):
+        out["ip"] = parse_ip(kv["ip"] or "")
+    pol = kv.get("pyinit.on_failure")
+    if pol is not None:
+        if pol not in FAILURE_POLICIES:
+            raise ConfigError("pyinit.on_failure",
+                              f"{pol!r} is not one of {', '.join(FAILURE_POLICIES)}")
+        out["on_failure"] = pol
+    if "pyinit.debug" in kv:
+        out["debug"] = _flag(kv["pyinit.debug"])
+    if "pyinit.exec" in kv:
+        out["exec_entrypoint"] = _flag(kv["pyinit.exec"])
+    for key, attr in (("pyinit.carrier_timeout", "carrier_timeout"),
+                      ("pyinit.dhcp_timeout", "dhcp_timeout"),
+                      ("pyinit.fetch_timeout", "fetch_timeout")):
+        if kv.get(key):
+            out[attr] = _seconds(kv[key] or "", key)
+    return BootParams(**out)  # type: ignore[arg-type]
+
+
+def failure_policy(text: str) -> FailurePolicy:
+    """The failure policy alone, never raising: used when the full parse itself failed."""
+    try:
+        pairs, _ = split_args(text)
+    except Exception:
+        return DEFAULT_POLICY
+    policy: FailurePolicy = DEFAULT_POLICY
+    for key, value in pairs:
+        if key == "pyinit.on_failure" and value in FAILURE_POLICIES:
+            policy = value
+    return policy

@@ -1,0 +1,120 @@
+"""Fetch this machine's action from the provisioning server, by MAC, with bounded retries.
+
+``MYURL``   → ``GET {MYURL}/{mac}``
+``BOOTYURL`` → ``GET {BOOTYURL}/{mac}.bty`` (exactly as plunder serves BOOTy's configs)
+
+The MAC is lower-case with dashes. Connection failures, timeouts, 408, 429 and 5xx are retried with
+jittered exponential backoff for a bounded total time; any other 4xx (e.g. 404, no action for this
+machine) and a malformed answer are fatal at once.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+
+from pyinit.action import Action, parse_action_json
+from pyinit.cmdline import BootParams
+from pyinit.errors import ConfigError, FetchError
+from pyinit.log import get_logger
+
+log = get_logger("pyinit.fetch")
+
+RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+USER_AGENT = "pyinit (BOOTy-compatible)"
+
+
+def mac_dashes(mac: str) -> str:
+    return mac.lower().replace(":", "-")
+
+
+def action_url(params: BootParams, mac: str) -> str:
+    """The URL of this machine's action. ``MYURL`` wins when both are given."""
+    if params.myurl:
+        return f"{params.myurl}/{mac_dashes(mac)}"
+    if params.bootyurl:
+        return f"{params.bootyurl}/{mac_dashes(mac)}.bty"
+    raise ConfigError("MYURL", "neither MYURL= nor BOOTYURL= is set")
+
+
+def server_base(params: BootParams) -> str:
+    base = params.myurl or params.bootyurl
+    if not base:
+        raise ConfigError("MYURL", "neither MYURL= nor BOOTYURL= is set")
+    return base
+
+
+def backoff(*, initial: float = 0.5, factor: float = 2.0, cap: float = 10.0,
+            rng: Callable[[], float] = random.random) -> Iterator[float]:
+    """Delays for retry N: "equal jitter" exponential backoff, forever. Pure given ``rng``."""
+    ceiling = initial
+    while True:
+        yield ceiling / 2 + rng() * ceiling / 2
+        ceiling = min(ceiling * factor, cap)
+
+
+def retry(func: Callable[[], Any], *, what: str, total: float,
+          clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
+          delays: Iterator[float] | None = None) -> Any:
+    """Call ``func`` until it succeeds, raises a non-retryable error, or ``total`` seconds pass."""
+    deadline = clock() + total
+    waits = delays if delays is not None else backoff()
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return func()
+        except FetchError as exc:
+            if not exc.retryable:
+                raise
+            delay = next(waits)
+            left = deadline - clock()
+            if left <= 0:
+                raise FetchError(exc.url, f"{exc.reason} (gave up after {attempt} attempts, "
+                                 f"{total:.0f} s)") from exc
+            delay = min(delay, left)
+            log.warning(f"{what}: {exc.reason}; retry {attempt} in {delay:.1f} s")
+            sleep(delay)
+
+
+def get(session: requests.Session, url: str, *, timeout: float = 10.0) -> requests.Response:
+    """One GET classified into success, retryable FetchError and fatal FetchError."""
+    try:
+        resp = session.get(url, timeout=timeout, headers={"User-Agent": USER_AGENT})
+    except requests.exceptions.SSLError as exc:
+        raise FetchError(url, f"TLS error: {exc}", retryable=False) from exc
+    except requests.exceptions.InvalidURL as exc:
+        raise FetchError(url, f"invalid URL: {exc}", retryable=False) from exc
+    except (requests.ConnectionError, requests.Timeout) as exc:
+        raise FetchError(url, f"unreachable: {type(exc).__name__}", retryable=True) from exc
+    if resp.status_code in RETRYABLE_STATUS:
+        raise FetchError(url, f"HTTP {resp.status_code}", retryable=True, status=resp.status_code)
+    if resp.status_code == 404:
+        raise FetchError(url, "HTTP 404: the server has no action for this machine",
+                         status=404)
+    if resp.status_code >= 400:
+        raise FetchError(url, f"HTTP {resp.status_code}", status=resp.status_code)
+    return resp
+
+
+@dataclass(frozen=True)
+class Fetched:
+    url: str
+    action: Action
+    attempts_seconds: float
+
+
+def fetch_action(params: BootParams, mac: str, *, session: requests.Session,
+                 clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> Fetched:
+    url = action_url(params, mac)
+    start = clock()
+    resp = retry(lambda: get(session, url), what=f"GET {url}", total=params.fetch_timeout,
+                 clock=clock, sleep=sleep)
+    action = parse_action_json(resp.content, base_url=server_base(params))
+    return Fetched(url, action, clock() - start)

@@ -1,0 +1,260 @@
+"""PID 1: the boot as a short, ordered table of named steps.
+
+Each step is ``def step(ctx) -> None`` and returns early when it does not apply. The runner logs
+``[3/7] network: start`` then ``ok (2.1 s)`` or ``FAILED: <one line>`` and emits one
+``PYINIT-EVENT`` line per transition. One guard around everything catches every error, reports it,
+and applies the failure policy (``pyinit.on_failure=shell|reboot|poweroff``). PID 1 never exits.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+
+from pyinit import __version__, kmod, log, policy, rootfs
+from pyinit.action import Action
+from pyinit.cmdline import BootParams, failure_policy, parse_cmdline
+from pyinit.errors import ConfigError, PyinitError
+from pyinit.events import ServerSink
+from pyinit.fetch import fetch_action, mac_dashes, server_base
+from pyinit.ginit import mount_root, run_entrypoint
+from pyinit.image import wait_for_device, write_image
+from pyinit.network import NetworkResult, StaticIP, configure
+
+MODULES_LIST = Path("/etc/pyinit/modules")
+NEWROOT = Path("/newroot")
+
+
+@dataclass
+class Context:
+    cmdline: str = ""
+    params: BootParams = field(default_factory=BootParams)
+    network: NetworkResult | None = None
+    action: Action | None = None
+    session: requests.Session = field(default_factory=requests.Session)
+    sink: ServerSink | None = None
+    summary: dict[str, object] = field(default_factory=dict)
+    entrypoint_rc: int | None = None
+
+
+# ---- steps -------------------------------------------------------------------------------
+
+
+def step_rootfs(ctx: Context) -> None:
+    """Mount the pseudo filesystems, make fallback device nodes, parse the command line."""
+    rootfs.apply(rootfs.EARLY)
+    ctx.cmdline = Path("/proc/cmdline").read_text().strip()
+    ctx.params = parse_cmdline(ctx.cmdline, os.environ)
+    log.configure(debug=ctx.params.debug)
+    log.get_logger().info(f"rootfs: mode {ctx.params.mode}, cmdline: {ctx.cmdline}")
+
+
+def step_modules(ctx: Context) -> None:
+    """Load the NIC and disk drivers baked into the initramfs, in modules.dep order."""
+    if not MODULES_LIST.exists():
+        return
+    names = [n.strip() for n in MODULES_LIST.read_text().splitlines()
+             if n.strip() and not n.startswith("#")]
+    loaded = kmod.load(names, optional=frozenset(names))
+    log.get_logger().info(f"modules: loaded {len(loaded)}: {' '.join(loaded)}")
+
+
+def step_network(ctx: Context) -> None:
+    """DHCP (background thread, renewals keep running) or the static ip= configuration."""
+    p = ctx.params
+    if p.ip.mode == "off" or (p.mode != "provision" and p.ip.mode == "dhcp"
+                              and "ip=" not in ctx.cmdline):
+        return
+    static = None
+    if p.ip.mode == "static":
+        assert p.ip.address is not None and p.ip.prefixlen is not None
+        static = StaticIP(address=p.ip.address, prefixlen=p.ip.prefixlen, gateway=p.ip.gateway,
+                          dns=p.ip.dns, hostname=p.ip.hostname, device=p.ip.device)
+    ctx.network = configure(bootif=p.bootif or None, static=static,
+                            carrier_timeout=p.carrier_timeout, lease_timeout=p.dhcp_timeout)
+    ctx.summary["mac"] = ctx.network.mac
+    ctx.summary["address"] = f"{ctx.network.address}/{ctx.network.prefixlen}"
+
+
+def step_action(ctx: Context) -> None:
+    """Fetch this machine's action by MAC and validate it before any disk is touched."""
+    if ctx.params.mode != "provision":
+        return
+    assert ctx.network is not None
+    mac = ctx.network.mac
+    ctx.sink = ServerSink(f"{server_base(ctx.params)}/events/{mac_dashes(mac)}")
+    log.add_sink(ctx.sink)
+    fetched = fetch_action(ctx.params, mac, session=ctx.session)
+    ctx.action = fetched.action
+    ctx.summary["action_url"] = fetched.url
+    log.get_logger().info(f"action: {fetched.action.summary()} (from {fetched.url})")
+
+
+def step_provision(ctx: Context) -> None:
+    """Carry out the action: stream the image onto the disk."""
+    act = ctx.action
+    if act is None:
+        return
+    if act.action != "writeImage":
+        raise ConfigError("action", f"{act.action} is not supported by this pyinit yet")
+    assert act.source_image and act.destination_device
+    if act.dry_run:
+        log.get_logger().info("provision: dryRun set, not writing")
+        return
+    wait_for_device(act.destination_device, timeout=20)
+    result = write_image(act.source_image, act.destination_device, session=ctx.session)
+    ctx.summary.update(image=result.url, device=result.device, format=result.format,
+                       bytes=result.bytes_written, sha256=result.sha256,
+                       write_seconds=round(result.seconds, 2))
+    log.get_logger().info(f"provision: wrote {result.bytes_written} bytes ({result.format}) to "
+                          f"{result.device} in {result.seconds:.1f} s, sha256 {result.sha256}")
+
+
+def step_entrypoint(ctx: Context) -> None:
+    """ginit mode: mount root= and run entrypoint= inside it, on the console."""
+    p = ctx.params
+    if p.mode != "ginit" or p.root is None:
+        return
+    mount_root(p.root, NEWROOT, fstype=p.rootfstype)
+    ctx.entrypoint_rc = run_entrypoint(NEWROOT, p.entrypoint)
+    ctx.summary["entrypoint_rc"] = ctx.entrypoint_rc
+    if ctx.entrypoint_rc != 0:
+        raise PyinitError(f"entrypoint {p.entrypoint[0]} exited {ctx.entrypoint_rc}")
+
+
+STEPS: tuple[tuple[str, Callable[[Context], None]], ...] = (
+    ("rootfs", step_rootfs),
+    ("modules", step_modules),
+    ("network", step_network),
+    ("action", step_action),
+    ("provision", step_provision),
+    ("entrypoint", step_entrypoint),
+    ("finish", lambda ctx: None),  # the hand-off itself happens after the table: see finish()
+)
+
+
+# ---- runner ------------------------------------------------------------------------------
+
+
+class StepFailed(Exception):
+    def __init__(self, step: str, error: BaseException) -> None:
+        self.step = step
+        self.error = error
+        super().__init__(f"{step}: {error}")
+
+
+def one_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    return text if isinstance(err, PyinitError) else f"{type(err).__name__}: {text}"
+
+
+def run_steps(ctx: Context, steps: tuple[tuple[str, Callable[[Context], None]], ...] = STEPS,
+              *, clock: Callable[[], float] = time.monotonic) -> None:
+    logger = log.get_logger()
+    total = len(steps)
+    for i, (name, func) in enumerate(steps, start=1):
+        if name in ctx.params.break_before:
+            log.event(name, "break")
+            policy.shell(f"pyinit.break={name}")
+        logger.info(f"[{i}/{total}] {name}: start")
+        log.event(name, "start")
+        start = clock()
+        try:
+            func(ctx)
+        except BaseException as exc:
+            elapsed = round(clock() - start, 2)
+            logger.error(f"[{i}/{total}] {name}: FAILED: {one_line(exc)}")
+            log.event(name, "failed", elapsed=elapsed, error=one_line(exc),
+                      kind=type(exc).__name__)
+            raise StepFailed(name, exc) from exc
+        elapsed = round(clock() - start, 2)
+        logger.info(f"[{i}/{total}] {name}: ok ({elapsed} s)")
+        log.event(name, "ok", elapsed=elapsed)
+
+
+def finish(ctx: Context) -> None:
+    """The hand-off once every step succeeded."""
+    act = ctx.action
+    what = act.finish if act is not None else ctx.params.on_failure
+    if act is not None and act.drop_to_shell:
+        what = "shell"
+    log.event("result", "ok", handoff=what, **ctx.summary)
+    log.console("pyinit: RESULT ok " + " ".join(f"{k}={v}" for k, v in ctx.summary.items()))
+    if ctx.sink is not None:
+        ctx.sink.flush()
+    policy.apply(what, "finished")
+
+
+def fail(ctx: Context, exc: BaseException) -> None:
+    step = exc.step if isinstance(exc, StepFailed) else "init"
+    err = exc.error if isinstance(exc, StepFailed) else exc
+    if not isinstance(err, PyinitError):
+        # A bug, not an expected failure: the traceback goes to the console and /dev/kmsg.
+        for line in traceback.format_exception(err):
+            log.console(line.rstrip("\n"))
+    pol = ctx.params.on_failure if ctx.cmdline else failure_policy(_read_cmdline())
+    log.event("result", "failed", failed_step=step, error=one_line(err), policy=pol,
+              **ctx.summary)
+    log.console(f"pyinit: RESULT failed step={step} error={one_line(err)} policy={pol}")
+    if ctx.sink is not None:
+        ctx.sink.flush()
+    policy.apply(pol, f"{step} failed")
+
+
+def _read_cmdline() -> str:
+    try:
+        return Path("/proc/cmdline").read_text()
+    except OSError:
+        return ""
+
+
+def main() -> None:
+    """The frozen /init entry point. Never returns when running as PID 1."""
+    if os.getpid() != 1 and os.environ.get("PYINIT_NOT_PID1") != "1":
+        print("pyinit: this is an init (PID 1) for an initramfs; refusing to run as PID "
+              f"{os.getpid()}", file=sys.stderr)
+        raise SystemExit(2)
+    log.configure(console=sys.stdout, kmsg=Path("/dev/kmsg") if Path("/dev/kmsg").exists()
+                  else None)
+    log.console(f"pyinit {__version__} starting as PID {os.getpid()}")
+    policy.install_signal_handlers()
+    policy.start_reaper()
+    ctx = Context()
+    try:
+        _early_console()
+        run_steps(ctx)
+        finish(ctx)
+    except BaseException as exc:
+        try:
+            fail(ctx, exc)
+        except BaseException as exc2:  # the guard of the guard: still never exit
+            log.console(f"pyinit: failure handling failed: {exc2!r}")
+    policy.idle_forever()
+
+
+def _early_console() -> None:
+    """stdio on /dev/console (the kernel already opens it when it exists; be sure)."""
+    rootfs.apply(rootfs.EARLY[:8])
+    if Path("/dev/console").exists():
+        try:
+            fd = os.open("/dev/console", os.O_RDWR | os.O_NOCTTY)
+        except OSError:
+            return
+        for target in (0, 1, 2):
+            os.dup2(fd, target)
+        if fd > 2:
+            os.close(fd)
+        sys.stdout = os.fdopen(1, "w", buffering=1, closefd=False)
+        sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
+        log.configure(console=sys.stdout)
+
+
+if __name__ == "__main__":
+    main()

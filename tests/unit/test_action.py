@@ -1,0 +1,105 @@
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from pyinit.action import Action, parse_action, parse_action_json
+from pyinit.errors import ConfigError
+
+# What plunder serves for BOOTy (field names from plunder-app/BOOTy pkg/plunderclient/types).
+PLUNDER_WRITE = {
+    "action": "writeImage", "compressed": True, "sourceImage": "http://10.0.2.2:3000/images/u.img.gz",
+    "destinationDevice": "/dev/sda", "growDisk": False, "growPartition": 1,
+    "lvmRootName": "/dev/ubuntu-vg/root", "address": "192.168.0.10/24",
+    "gateway": "192.168.0.1", "nameserver": "8.8.8.8", "dryRun": False,
+    "dropToShell": False, "wipeDevice": False,
+}
+PLUNDER_READ = {
+    "action": "readImage", "compressed": True, "sourceDevice": "/dev/sda",
+    "desintationAddress": "http://10.0.2.2:3000/image", "growDisk": False, "growPartition": 0,
+    "lvmRootName": "", "dryRun": False, "dropToShell": False, "wipeDevice": False,
+}
+
+
+def test_plunder_write_action() -> None:
+    act = parse_action(PLUNDER_WRITE)
+    assert act.action == "writeImage"
+    assert act.source_image == "http://10.0.2.2:3000/images/u.img.gz"
+    assert act.destination_device == "/dev/sda"
+    assert act.grow_partition == 1
+    assert act.compressed is True
+    assert act.finish == "reboot"
+
+
+def test_plunder_read_action_with_boot_spelling() -> None:
+    act = parse_action(PLUNDER_READ)
+    assert act.destination_address == "http://10.0.2.2:3000/image"
+    assert act.grow_partition is None  # Go's zero value means "not set"
+
+
+def test_correct_spelling_is_accepted_too() -> None:
+    data = dict(PLUNDER_READ)
+    data["destinationAddress"] = data.pop("desintationAddress")
+    assert parse_action(data).destination_address == "http://10.0.2.2:3000/image"
+
+
+def test_relative_image_url_resolves_against_the_server() -> None:
+    act = parse_action({"action": "writeImage", "sourceImage": "images/a.img",
+                        "destinationDevice": "/dev/vda"}, base_url="http://10.0.2.2:8/m")
+    assert act.source_image == "http://10.0.2.2:8/m/images/a.img"
+
+
+def test_grow_partition_last_and_finish_extension() -> None:
+    act = parse_action({"action": "writeImage", "sourceImage": "http://h/a",
+                        "destinationDevice": "/dev/nvme0n1", "growPartition": "last",
+                        "finish": "poweroff"})
+    assert act == Action(action="writeImage", source_image="http://h/a",
+                         destination_device="/dev/nvme0n1", grow_partition="last",
+                         finish="poweroff")
+
+
+def test_null_fields_mean_unset() -> None:
+    data = dict(PLUNDER_WRITE, lvmRootName=None)
+    assert parse_action(data).lvm_root_name is None
+
+
+@pytest.mark.parametrize(("patch", "field", "needle"), [
+    ({"action": "formatEverything"}, "action", "unknown action"),
+    ({"action": None}, "action", "missing"),
+    ({"compressed": "yes"}, "compressed", "boolean"),
+    ({"growPartition": True}, "growPartition", "integer"),
+    ({"growPartition": "first"}, "growPartition", "last"),
+    ({"growPartition": 999}, "growPartition", "out of range"),
+    ({"sourceImage": 42}, "sourceImage", "string"),
+    ({"sourceImage": ""}, "sourceImage", "required"),
+    ({"sourceImage": "ftp://h/x"}, "sourceImage", "http"),
+    ({"destinationDevice": "sda"}, "destinationDevice", "/dev"),
+    ({"destinationDevice": "/dev/../etc/passwd"}, "destinationDevice", "/dev"),
+    ({"destinationDevice": None}, "destinationDevice", "required"),
+    ({"finish": "explode"}, "finish", "reboot"),
+    ({"sourceImg": "http://h/x"}, "sourceImg", "unknown field"),
+])
+def test_bad_actions_name_the_field(patch: dict[str, Any], field: str, needle: str) -> None:
+    data = dict(PLUNDER_WRITE, **patch)
+    with pytest.raises(ConfigError, match=needle) as info:
+        parse_action(data)
+    assert info.value.field == field
+
+
+def test_read_action_requires_its_fields() -> None:
+    with pytest.raises(ConfigError, match="desintationAddress"):
+        parse_action({"action": "readImage", "sourceDevice": "/dev/sda"})
+
+
+@pytest.mark.parametrize("body", [b"<html>502 Bad Gateway</html>", b"", b"{\"action\": ",
+                                  b"\xff\xfe garbage"])
+def test_non_json_answers_are_config_errors(body: bytes) -> None:
+    with pytest.raises(ConfigError, match="not JSON"):
+        parse_action_json(body)
+
+
+def test_json_that_is_not_an_object() -> None:
+    with pytest.raises(ConfigError, match="JSON object"):
+        parse_action_json(json.dumps([PLUNDER_WRITE]))

@@ -1,0 +1,156 @@
+from __future__ import annotations
+
+import pytest
+
+from pyinit.cmdline import (
+    BootParams,
+    IpConfig,
+    failure_policy,
+    parse_cmdline,
+    parse_ip,
+    parse_mac,
+    tokenize,
+)
+from pyinit.errors import ConfigError
+
+# Real-world command lines: pxelinux/iPXE, Debian's grub, dracut-style, BOOTy/plunder, ginit.
+REAL_WORLD = [
+    (
+        "BOOT_IMAGE=/vmlinuz-6.1.0-56-amd64 root=UUID=0b1c6a8e-1f7e-4d1e-9b1a-3c2d1e0f9a8b ro "
+        "quiet",
+        dict(root="UUID=0b1c6a8e-1f7e-4d1e-9b1a-3c2d1e0f9a8b", mode="none"),
+    ),
+    (
+        "initrd=initramfs.cpio.zst console=tty0 console=ttyS0,115200n8 "
+        "BOOTYURL=http://10.0.2.2:3000 BOOTIF=01-52-54-00-12-34-56",
+        dict(bootyurl="http://10.0.2.2:3000", bootif="52:54:00:12:34:56",
+             consoles=("tty0", "ttyS0,115200n8"), mode="provision"),
+    ),
+    (
+        "console=ttyS0 MYURL=http://192.168.1.1:8080/machines/ ip=dhcp pyinit.on_failure=poweroff",
+        dict(myurl="http://192.168.1.1:8080/machines", on_failure="poweroff",
+             ip=IpConfig(mode="dhcp")),
+    ),
+    (
+        'root=/dev/vda entrypoint="/docker-entrypoint.sh nginx -g \'daemon off;\'" console=ttyS0',
+        dict(root="/dev/vda", mode="ginit",
+             entrypoint=("/docker-entrypoint.sh", "nginx", "-g", "daemon off;")),
+    ),
+    (
+        '"entrypoint=/bin/echo hello world" root=LABEL=rootfs rootfstype=ext4',
+        dict(entrypoint=("/bin/echo", "hello", "world"), root="LABEL=rootfs", rootfstype="ext4"),
+    ),
+    (
+        "quiet splash vt.handoff=7 ==junk= = 'stray nomodeset -- single extra",
+        dict(init_args=("single", "extra"), mode="none"),
+    ),
+    (
+        "MYURL=http://h:1 pyinit.break=network,action pyinit.debug pyinit.exec=0",
+        dict(break_before=frozenset({"network", "action"}), debug=True, exec_entrypoint=False),
+    ),
+    (
+        "ip=10.0.0.5::10.0.0.1:255.255.255.0:node5:eth0:off:10.0.0.53 MYURL=https://prov.lan",
+        dict(ip=IpConfig(mode="static", device="eth0", address="10.0.0.5", prefixlen=24,
+                         gateway="10.0.0.1", hostname="node5", dns=("10.0.0.53",)),
+             myurl="https://prov.lan"),
+    ),
+    (
+        "MYURL=http://a:1 BOOTYURL=http://b:2 pyinit.dhcp_timeout=5 pyinit.fetch_timeout=7.5",
+        dict(myurl="http://a:1", bootyurl="http://b:2", dhcp_timeout=5.0, fetch_timeout=7.5),
+    ),
+]
+
+
+@pytest.mark.parametrize(("line", "expected"), REAL_WORLD)
+def test_real_world_command_lines(line: str, expected: dict[str, object]) -> None:
+    params = parse_cmdline(line, {})
+    for key, value in expected.items():
+        assert getattr(params, key) == value, key
+
+
+def test_environment_supplies_urls_the_kernel_passed_to_init() -> None:
+    params = parse_cmdline("console=ttyS0", {"BOOTYURL": "http://10.0.2.2:9/"})
+    assert params.bootyurl == "http://10.0.2.2:9"
+    assert params.mode == "provision"
+
+
+def test_command_line_wins_over_environment() -> None:
+    params = parse_cmdline("MYURL=http://a:1", {"MYURL": "http://b:2"})
+    assert params.myurl == "http://a:1"
+
+
+def test_defaults() -> None:
+    params = parse_cmdline("", {})
+    assert params == BootParams()
+    assert params.on_failure == "shell"
+
+
+def test_tokenize_like_the_kernel() -> None:
+    assert tokenize('a "b c" d="e f" "g=h i"') == ["a", "b c", "d=e f", "g=h i"]
+    assert tokenize('  x=""  ') == ["x="]
+    assert tokenize('unterminated "quote here') == ["unterminated", "quote here"]
+
+
+@pytest.mark.parametrize(("value", "mac"), [
+    ("01-52-54-00-12-34-56", "52:54:00:12:34:56"),
+    ("52:54:00:AB:cd:EF", "52:54:00:ab:cd:ef"),
+    ("52-54-00-12-34-56", "52:54:00:12:34:56"),
+])
+def test_parse_mac(value: str, mac: str) -> None:
+    assert parse_mac(value) == mac
+
+
+@pytest.mark.parametrize("bad", ["01-52-54", "zz:54:00:12:34:56", "52:54-00:12:34:56", ""])
+def test_bad_bootif_is_an_error_naming_the_field(bad: str) -> None:
+    with pytest.raises(ConfigError, match="BOOTIF"):
+        parse_mac(bad)
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("dhcp", IpConfig(mode="dhcp")),
+    ("on", IpConfig(mode="dhcp")),
+    ("off", IpConfig(mode="off")),
+    ("::::node:eth1:dhcp", IpConfig(mode="dhcp", device="eth1", hostname="node")),
+    ("192.168.1.9:192.168.1.1:192.168.1.254:255.255.255.0::enp1s0:none",
+     IpConfig(mode="static", device="enp1s0", address="192.168.1.9", prefixlen=24,
+              gateway="192.168.1.254")),
+    ("10.1.2.3::0.0.0.0:16", IpConfig(mode="static", address="10.1.2.3", prefixlen=16)),
+])
+def test_parse_ip(value: str, expected: IpConfig) -> None:
+    assert parse_ip(value) == expected
+
+
+@pytest.mark.parametrize(("value", "needle"), [
+    ("10.0.0.5::10.0.0.1:255.0.255.0", "bad netmask"),
+    ("10.0.0.5::10.0.0.1:255.255.255.300", "bad netmask"),
+    ("10.0.0.999::10.0.0.1:24", "bad client address"),
+    ("10.0.0.5::10.9.0.1:255.255.255.0", "outside"),
+    ("bogus", "unrecognised"),
+    (":::255.255.255.0", "without a client address"),
+])
+def test_bad_ip_is_an_error(value: str, needle: str) -> None:
+    with pytest.raises(ConfigError, match=needle):
+        parse_ip(value)
+
+
+@pytest.mark.parametrize(("line", "field"), [
+    ("MYURL=ftp://x/y", "MYURL"),
+    ("BOOTYURL=notaurl", "BOOTYURL"),
+    ("pyinit.on_failure=explode", "pyinit.on_failure"),
+    ("pyinit.dhcp_timeout=soon", "pyinit.dhcp_timeout"),
+    ("pyinit.fetch_timeout=-3", "pyinit.fetch_timeout"),
+    ('entrypoint="/bin/sh -c \'unbalanced"', "entrypoint"),
+    ("BOOTIF=01-aa", "BOOTIF"),
+])
+def test_known_keys_with_bad_values_name_the_key(line: str, field: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_cmdline(line, {})
+    assert info.value.field == field
+
+
+def test_failure_policy_survives_a_broken_command_line() -> None:
+    line = "MYURL=ftp://broken pyinit.on_failure=poweroff"
+    with pytest.raises(ConfigError):
+        parse_cmdline(line, {})
+    assert failure_policy(line) == "poweroff"
+    assert failure_policy("pyinit.on_failure=nonsense") == "shell"

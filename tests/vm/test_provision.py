@@ -1,0 +1,95 @@
+"""The walking skeleton in a real kernel: /init is the frozen pyinit as PID 1, gets a DHCP lease
+from QEMU's slirp, fetches its action by MAC and writes the image onto its virtio disk; the host
+then checks the disk. Failures (unknown MAC, malformed action) end in the policy with no write."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from pyinit_build.demoimage import DemoImage
+
+from .conftest import NEVER, Artifacts, Server, blank_disk, boot
+
+pytestmark = pytest.mark.vm
+
+
+def disk_sha256(path: Path, length: int) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        h.update(f.read(length))
+    return h.hexdigest()
+
+
+def is_all_zero(path: Path) -> bool:
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            if chunk.count(0) != len(chunk):
+                return False
+    return True
+
+
+@pytest.mark.parametrize("form", ["MYURL", "BOOTYURL"])
+def test_provision_writes_the_image(artifacts: Artifacts, server: Server, demo_image: DemoImage,
+                                    tmp_path: Path, form: str) -> None:
+    mac = "52:54:00:00:02:01" if form == "MYURL" else "52:54:00:00:02:02"
+    server.image("demo.img.gz", demo_image.gz)
+    server.machine(mac, {"action": "writeImage", "compressed": True,
+                         "sourceImage": f"{server.srv.url}/images/demo.img.gz".replace(
+                             "127.0.0.1", "10.0.2.2"),
+                         "destinationDevice": "/dev/vda", "finish": "poweroff"})
+    disk = blank_disk(tmp_path / "disk.raw", 2 * demo_image.size)
+    with boot(artifacts, tmp_path, f"{form}={server.guest_url}", mac=mac, disks=[disk]) as vm:
+        vm.expect(r"pyinit \S+ starting as PID 1", timeout=90)
+        lease = vm.expect_event(step="network", status="ok", timeout=90)
+        fetched = vm.expect_event(step="action", status="ok", timeout=60)
+        vm.expect_event(step="provision", status="ok", timeout=120)
+        result = vm.expect_event(step="result", timeout=30)
+        assert vm.wait_exit(timeout=60) == 0
+        vm.assert_never(*NEVER)
+    assert result["status"] == "ok", result
+    assert result["mac"] == mac
+    assert result["address"].startswith("10.0.2.")
+    assert result["bytes"] == demo_image.size
+    assert result["sha256"] == demo_image.sha256
+    assert lease["uptime"] < fetched["uptime"]
+    # The host's own check: the disk holds the image, byte for byte.
+    assert disk_sha256(disk, demo_image.size) == demo_image.sha256
+    # The server saw this machine's events, ending in the result.
+    seen = [(e.get("step"), e.get("status")) for e in server.events(mac)]
+    assert ("result", "ok") in seen
+
+
+def test_unknown_mac_fails_without_touching_the_disk(artifacts: Artifacts, server: Server,
+                                                     tmp_path: Path) -> None:
+    mac = "52:54:00:00:02:03"  # no machine file, no default
+    disk = blank_disk(tmp_path / "disk.raw", 64 << 20)
+    with boot(artifacts, tmp_path, f"MYURL={server.guest_url}", mac=mac, disks=[disk]) as vm:
+        failed = vm.expect_event(step="action", status="failed", timeout=120)
+        result = vm.expect_event(step="result", status="failed", timeout=30)
+        vm.expect(r"poweroff now", timeout=30)
+        assert vm.wait_exit(timeout=60) == 0
+        vm.assert_never(*NEVER)
+    assert "404" in failed["error"]
+    assert result["policy"] == "poweroff"
+    assert result["failed_step"] == "action"
+    assert is_all_zero(disk)
+    assert ("result", "failed") in [(e.get("step"), e.get("status"))
+                                    for e in server.events(mac)]
+
+
+def test_malformed_action_fails_without_touching_the_disk(artifacts: Artifacts, server: Server,
+                                                          tmp_path: Path) -> None:
+    mac = "52:54:00:00:02:04"
+    server.machine(mac, '{"action": "writeImage", "sourceImage": 7, ')
+    disk = blank_disk(tmp_path / "disk.raw", 64 << 20)
+    with boot(artifacts, tmp_path, f"BOOTYURL={server.guest_url}", mac=mac, disks=[disk]) as vm:
+        failed = vm.expect_event(step="action", status="failed", timeout=120)
+        vm.expect_event(step="result", status="failed", timeout=30)
+        assert vm.wait_exit(timeout=60) == 0
+        vm.assert_never(*NEVER)
+    assert failed["kind"] == "ConfigError"
+    assert "not JSON" in failed["error"]
+    assert is_all_zero(disk)
