@@ -53,6 +53,9 @@ def step_rootfs(ctx: Context) -> None:
     ctx.cmdline = Path("/proc/cmdline").read_text().strip()
     ctx.params = parse_cmdline(ctx.cmdline, os.environ)
     log.configure(debug=ctx.params.debug)
+    if ctx.params.mode == "none" and not ctx.params.break_before:
+        raise ConfigError("cmdline", "nothing to do: give MYURL= or BOOTYURL= (provision), or "
+                          "root= and entrypoint= (ginit)")
     log.get_logger().info(f"rootfs: mode {ctx.params.mode}, cmdline: {ctx.cmdline}")
 
 

@@ -76,7 +76,11 @@ def apply(policy: str, reason: str) -> None:
         power(policy)
         policy = "shell"  # reboot(2) failed: stay reachable
     if policy == "shell":
-        shell(reason)
+        while True:  # `exit` in the shell must not leave the console dead: start another
+            rc = shell(reason)
+            console(f"pyinit: shell exited ({rc}); starting another (`poweroff` or `reboot` "
+                    "to end)")
+            time.sleep(1)
 
 
 def idle_forever(sleep: Callable[[float], None] = time.sleep) -> None:

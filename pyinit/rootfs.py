@@ -135,6 +135,7 @@ def apply(ops: Iterable[Op], *, root: Path = Path("/"),
         elif isinstance(op, Symlink):
             if path.exists() or path.is_symlink():
                 continue
+            path.parent.mkdir(parents=True, exist_ok=True)
             with contextlib.suppress(FileExistsError):
                 path.symlink_to(op.target)
                 done.append(op.shell())
