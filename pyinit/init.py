@@ -80,7 +80,7 @@ def step_network(ctx: Context) -> None:
         assert p.ip.address is not None and p.ip.prefixlen is not None
         static = StaticIP(address=p.ip.address, prefixlen=p.ip.prefixlen, gateway=p.ip.gateway,
                           dns=p.ip.dns, hostname=p.ip.hostname, device=p.ip.device)
-    ctx.network = configure(bootif=p.bootif or None, static=static,
+    ctx.network = configure(bootif=p.bootif or None, static=static, device=p.ip.device,
                             carrier_timeout=p.carrier_timeout, lease_timeout=p.dhcp_timeout)
     ctx.summary["mac"] = ctx.network.mac
     ctx.summary["address"] = f"{ctx.network.address}/{ctx.network.prefixlen}"
@@ -224,6 +224,11 @@ def main() -> None:
         print("pyinit: this is an init (PID 1) for an initramfs; refusing to run as PID "
               f"{os.getpid()}", file=sys.stderr)
         raise SystemExit(2)
+    early_error: BaseException | None = None
+    try:
+        _early_console()
+    except BaseException as exc:  # reported below, once logging has somewhere to go
+        early_error = exc
     log.configure(console=sys.stdout, kmsg=Path("/dev/kmsg") if Path("/dev/kmsg").exists()
                   else None)
     log.console(f"pyinit {__version__} starting as PID {os.getpid()}")
@@ -231,7 +236,8 @@ def main() -> None:
     policy.start_reaper()
     ctx = Context()
     try:
-        _early_console()
+        if early_error is not None:
+            raise StepFailed("rootfs", early_error)
         run_steps(ctx)
         finish(ctx)
     except BaseException as exc:
@@ -254,9 +260,10 @@ def _early_console() -> None:
             os.dup2(fd, target)
         if fd > 2:
             os.close(fd)
-        sys.stdout = os.fdopen(1, "w", buffering=1, closefd=False)
-        sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
-        log.configure(console=sys.stdout)
+        sys.stdout = os.fdopen(1, "w", buffering=1, closefd=False, encoding="utf-8",
+                               errors="replace")
+        sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False, encoding="utf-8",
+                               errors="replace")
 
 
 if __name__ == "__main__":

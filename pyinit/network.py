@@ -611,7 +611,12 @@ def configure(
     log.info(f"network: {nic.name} {nic.mac} carrier up ({time.monotonic() - t0:.1f} s)")
 
     if static is not None:
-        asyncio.run(apply_address(nic.name, static.address, static.prefixlen, static.gateway))
+        try:
+            asyncio.run(apply_address(nic.name, static.address, static.prefixlen,
+                                      static.gateway))
+        except Exception as exc:  # NetlinkError: one line for the operator, not a traceback
+            raise NetworkError(f"cannot apply {static.address}/{static.prefixlen}: "
+                               f"{_one_line(exc)}", interface=nic.name) from exc
         if resolv_conf is not None:
             write_resolv_conf(resolv_conf, static.dns)
         log.info(f"network: static {static.address}/{static.prefixlen} "

@@ -1,0 +1,173 @@
+"""A DHCP lab in network namespaces: veth pairs, real dnsmasq, and the runtime as the client.
+
+``Lab`` (host side) builds one server namespace and one client namespace, named after the pid so
+parallel runs never collide, links them with veth pairs and runs dnsmasq (dnsmasq-base) in the
+server namespace. ``Lab.run_client`` runs this module inside the client namespace
+(``ip netns exec``: a fresh /sys that shows that namespace's links), which calls
+:func:`pyinit.network.configure` and prints one JSON line. ``Lab.close`` kills every dnsmasq and
+deletes both namespaces, whatever happened before.
+
+No traffic leaves the namespaces.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pyinit import proc
+
+REPO = Path(__file__).resolve().parents[2]
+_serial = itertools.count()
+
+
+def ip(*args: str) -> str:
+    return proc.run(["ip", *args], timeout=20).stdout
+
+
+@dataclass
+class Dnsmasq:
+    popen: subprocess.Popen[bytes]
+    log: Path
+    leases: Path
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(5)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(5)
+
+
+@dataclass
+class Lab:
+    tmp: Path
+    server_ns: str = ""
+    client_ns: str = ""
+    servers: list[Dnsmasq] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        tag = f"pyinit-{os.getpid()}-{next(_serial)}"
+        self.server_ns, self.client_ns = f"{tag}-srv", f"{tag}-cli"
+        try:
+            for ns in (self.server_ns, self.client_ns):
+                ip("netns", "add", ns)
+                ip("-n", ns, "link", "set", "lo", "up")
+        except BaseException:
+            self.close()
+            raise
+
+    def veth(self, client_if: str, server_if: str, mac: str, *, server_addr: str | None = None,
+             peer_up: bool = True) -> None:
+        """A veth pair: ``client_if`` (MAC ``mac``, left down: the runtime brings it up) in the
+        client namespace, ``server_if`` (with ``server_addr``, up unless ``peer_up=False``) in
+        the server namespace. Created inside the namespaces, so names never clash on the host."""
+        ip("-n", self.client_ns, "link", "add", client_if, "address", mac, "type", "veth",
+           "peer", "name", server_if, "netns", self.server_ns)
+        if server_addr:
+            ip("-n", self.server_ns, "addr", "add", server_addr, "dev", server_if)
+        if peer_up:
+            ip("-n", self.server_ns, "link", "set", server_if, "up")
+
+    def dnsmasq(self, ifaces: Sequence[str], ranges: Sequence[str], *, router: str, dns: str,
+                extra: Sequence[str] = ()) -> Dnsmasq:
+        """dnsmasq (DHCP only: ``--port=0``) on ``ifaces`` of the server namespace, handing out
+        ``router`` as the Router option: an address that is deliberately not its own."""
+        name = f"dnsmasq-{len(self.servers)}"
+        log, leases = self.tmp / f"{name}.log", self.tmp / f"{name}.leases"
+        argv = ["ip", "netns", "exec", self.server_ns, "dnsmasq", "--no-daemon",
+                "--conf-file=/dev/null", "--port=0", "--bind-interfaces",
+                *(f"--interface={i}" for i in ifaces), *(f"--dhcp-range={r}" for r in ranges),
+                f"--dhcp-option=option:router,{router}", f"--dhcp-option=option:dns-server,{dns}",
+                f"--dhcp-leasefile={leases}", f"--pid-file={self.tmp / name}.pid", "--log-dhcp",
+                "--log-facility=-", "--user=root", *extra]
+        print("+", " ".join(argv))
+        with log.open("wb") as out:
+            popen = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
+                                     env=proc.clean_env())
+        server = Dnsmasq(popen, log, leases)
+        self.servers.append(server)
+        deadline = time.monotonic() + 10
+        while "DHCP, IP range" not in server.text():
+            if popen.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"dnsmasq did not start:\n{server.text()}")
+            time.sleep(0.05)
+        return server
+
+    def run_client(self, timeout: float = 120, **args: Any) -> dict[str, Any]:
+        """Run :func:`client_main` in the client namespace; its JSON answer."""
+        argv = ["ip", "netns", "exec", self.client_ns, sys.executable, "-m",
+                "tests.integration.netns_dhcp", json.dumps(args)]
+        print("+", " ".join(argv))
+        done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                              env=proc.clean_env(), check=False)
+        for line in done.stderr.splitlines():
+            print(f"client: {line}")
+        lines = done.stdout.strip().splitlines()
+        if done.returncode != 0 or not lines:
+            raise RuntimeError(f"client exited {done.returncode}: {done.stdout}{done.stderr}")
+        answer: dict[str, Any] = json.loads(lines[-1])
+        return answer
+
+    def client_ip(self, *args: str) -> Any:
+        return json.loads(ip("-j", "-n", self.client_ns, *args) or "[]")
+
+    def close(self) -> None:
+        for server in self.servers:
+            server.stop()
+        for ns in (self.client_ns, self.server_ns):
+            subprocess.run(["ip", "netns", "del", ns], check=False, capture_output=True)
+
+
+def client_main(args: dict[str, Any]) -> dict[str, Any]:
+    """Inside the client namespace: configure, then report (and optionally wait for renewals)."""
+    from pyinit import log, network
+    from pyinit.errors import NetworkError
+
+    log.configure(debug=bool(args.get("debug")), console=sys.stderr)
+    raw = args.get("static")
+    static = network.StaticIP(**{**raw, "dns": tuple(raw.get("dns", ()))}) if raw else None
+    t0 = time.monotonic()
+    try:
+        result = network.configure(
+            bootif=args.get("bootif"), static=static, device=args.get("device"),
+            carrier_timeout=args.get("carrier_timeout", 10),
+            lease_timeout=args.get("lease_timeout", 30),
+            resolv_conf=Path(args["resolv_conf"]), include_virtual=True)
+    except NetworkError as exc:
+        return {"ok": False, "error": str(exc), "type": type(exc).__name__,
+                "elapsed": time.monotonic() - t0}
+    out: dict[str, Any] = {"ok": True, "result": result.as_dict(),
+                           "elapsed": time.monotonic() - t0}
+    dhcp = result.dhcp
+    if dhcp is not None:
+        out["bound_after"] = dhcp.bound_after
+        time.sleep(0.5)  # the client must outlive the lease, not just reach it
+        out["alive_after_lease"] = dhcp.is_alive()
+        out["state_after_lease"] = dhcp.state
+        want = int(args.get("wait_renewals", 0))
+        deadline = time.monotonic() + float(args.get("renew_timeout", 30))
+        while dhcp.count("renewed") < want and time.monotonic() < deadline:
+            time.sleep(0.1)
+        out["renewed"] = dhcp.count("renewed")
+        out["state"] = dhcp.state
+        dhcp.stop()
+        out["alive_after_stop"] = dhcp.is_alive()
+    return out
+
+
+if __name__ == "__main__":
+    print(json.dumps(client_main(json.loads(sys.argv[1]))), flush=True)

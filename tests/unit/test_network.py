@@ -1,0 +1,392 @@
+"""Unit tests for pyinit.network: a fake sysfs in tmp_path, a fake clock, a fake DHCP client.
+
+Nothing here touches the host's links (configure() itself is covered by the netns tests).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pyinit import network
+from pyinit.errors import ConfigError, NetworkError
+from pyinit.network import DhcpThread, LeaseInfo, NetworkResult, Nic
+
+# --- fake sysfs --------------------------------------------------------------------------------
+
+
+def add_nic(sysfs: Path, name: str, mac: str, *, ifindex: int, carrier: str | None = "1",
+            physical: bool = True, arptype: int = 1, flags: str = "0x1003",
+            driver: str | None = "virtio_net") -> Path:
+    """One ``class/net/<name>`` entry, laid out as the kernel does."""
+    d = sysfs / "class" / "net" / name
+    d.mkdir(parents=True)
+    (d / "address").write_text(mac + "\n")
+    (d / "type").write_text(f"{arptype}\n")
+    (d / "ifindex").write_text(f"{ifindex}\n")
+    (d / "flags").write_text(flags + "\n")
+    if carrier is not None:
+        (d / "carrier").write_text(carrier + "\n")
+    if physical:
+        dev = sysfs / "devices" / "pci0000:00" / f"0000:00:0{ifindex}.0"
+        dev.mkdir(parents=True)
+        (d / "device").symlink_to(dev)
+        if driver:
+            drv = sysfs / "bus" / "pci" / "drivers" / driver
+            drv.mkdir(parents=True, exist_ok=True)
+            (dev / "driver").symlink_to(drv)
+    return d
+
+
+@pytest.fixture
+def sysfs(tmp_path: Path) -> Path:
+    root = tmp_path / "sys"
+    add_nic(root, "lo", "00:00:00:00:00:00", ifindex=1, physical=False, arptype=772,
+            flags="0x9")
+    add_nic(root, "eth1", "52:54:00:00:00:02", ifindex=3, carrier="1")
+    add_nic(root, "eth0", "52:54:00:00:00:01", ifindex=2, carrier=None, flags="0x1002")
+    add_nic(root, "veth0", "02:00:00:00:00:09", ifindex=4, physical=False)
+    add_nic(root, "ib0", "80:00:00:48:fe:80", ifindex=5, arptype=32)
+    return root
+
+
+# --- list_nics ---------------------------------------------------------------------------------
+
+
+def test_list_nics_physical_ethernet_only_in_ifindex_order(sysfs: Path) -> None:
+    nics = network.list_nics(sysfs)
+    assert [n.name for n in nics] == ["eth0", "eth1"]
+    eth0, eth1 = nics
+    assert eth0 == Nic(name="eth0", mac="52:54:00:00:00:01", carrier=None, ifindex=2, up=False,
+                       driver="virtio_net", physical=True)
+    assert eth1.carrier is True and eth1.up is True
+
+
+def test_list_nics_include_virtual(sysfs: Path) -> None:
+    names = [n.name for n in network.list_nics(sysfs, include_virtual=True)]
+    assert names == ["eth0", "eth1", "veth0"]  # still no lo, no InfiniBand
+
+
+def test_list_nics_reads_carrier_and_case(tmp_path: Path) -> None:
+    add_nic(tmp_path, "enp1s0", "52:54:00:AB:CD:EF", ifindex=2, carrier="0", driver=None)
+    (nic,) = network.list_nics(tmp_path)
+    assert nic.mac == "52:54:00:ab:cd:ef"
+    assert nic.carrier is False
+    assert nic.driver is None
+
+
+def test_list_nics_without_sysfs(tmp_path: Path) -> None:
+    assert network.list_nics(tmp_path / "nope") == []
+
+
+# --- choose_nic --------------------------------------------------------------------------------
+
+NICS = [
+    Nic("eth0", "52:54:00:00:00:01", carrier=None, ifindex=2),
+    Nic("eth1", "52:54:00:00:00:02", carrier=False, ifindex=3),
+    Nic("eth2", "52:54:00:00:00:03", carrier=True, ifindex=4),
+    Nic("eth3", "52:54:00:00:00:04", carrier=True, ifindex=5),
+]
+
+
+@pytest.mark.parametrize(("bootif", "expected"), [
+    (None, "eth2"),  # first with carrier
+    ("", "eth2"),
+    ("52:54:00:00:00:01", "eth0"),  # BOOTIF wins, even without carrier
+    ("01-52-54-00-00-00-02", "eth1"),  # pxelinux/iPXE form, hardware type 01
+    ("52-54-00-00-00-04", "eth3"),
+    ("52:54:00:00:00:03".upper(), "eth2"),
+    ("01-52-54-00-00-00-04".upper(), "eth3"),
+])
+def test_choose_nic(bootif: str | None, expected: str) -> None:
+    assert network.choose_nic(NICS, bootif).name == expected
+
+
+def test_choose_nic_unknown_bootif_names_the_mac_and_the_nics() -> None:
+    with pytest.raises(NetworkError) as err:
+        network.choose_nic(NICS, "01-AA-BB-CC-DD-EE-FF")
+    msg = str(err.value)
+    assert "BOOTIF aa:bb:cc:dd:ee:ff matches no NIC" in msg
+    assert "eth0 52:54:00:00:00:01" in msg and "eth3 52:54:00:00:00:04" in msg
+    assert "\n" not in msg
+
+
+def test_choose_nic_bad_bootif_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="BOOTIF"):
+        network.choose_nic(NICS, "not-a-mac")
+
+
+def test_choose_nic_no_carrier_lists_nics() -> None:
+    with pytest.raises(NetworkError, match=r"no NIC has carrier \(seen: eth0 52:54:00:00:00:01 "
+                                           r"down, eth1 52:54:00:00:00:02 no carrier\)"):
+        network.choose_nic(NICS[:2], None)
+
+
+def test_choose_nic_no_nics() -> None:
+    with pytest.raises(NetworkError, match="no physical NIC found"):
+        network.choose_nic([], None)
+
+
+# --- wait_for_carrier ---------------------------------------------------------------------------
+
+
+class FakeClock:
+    """A monotonic clock that only moves when the code sleeps; runs ``on_sleep`` hooks."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.on_sleep: list[Callable[[float], None]] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        assert seconds >= 0
+        self.now += seconds
+        for hook in self.on_sleep:
+            hook(self.now)
+
+
+def test_wait_for_carrier_brings_links_up_and_waits(sysfs: Path) -> None:
+    clock = FakeClock()
+    raised: list[str] = []
+
+    def link_up(nic: Nic) -> None:
+        raised.append(nic.name)
+        (sysfs / "class/net" / nic.name / "flags").write_text("0x1003\n")
+        (sysfs / "class/net" / nic.name / "carrier").write_text("0\n")
+
+    def cable_in(now: float) -> None:
+        if now >= 102.0:
+            (sysfs / "class/net/eth0/carrier").write_text("1\n")
+
+    clock.on_sleep.append(cable_in)
+    nic, up = network.wait_for_carrier(lambda n: n.name == "eth0", timeout=5, link_up=link_up,
+                                       sysfs=sysfs, clock=clock, sleep=clock.sleep)
+    assert nic.name == "eth0" and nic.carrier is True
+    assert raised == ["eth0"]  # once, although polled ~20 times
+    assert [n.name for n in up] == ["eth0"]
+    assert 102.0 <= clock.now < 102.2
+
+
+def test_wait_for_carrier_first_with_carrier_in_ifindex_order(sysfs: Path) -> None:
+    (sysfs / "class/net/eth0/carrier").write_text("1\n")
+    nic, up = network.wait_for_carrier(lambda n: True, timeout=5, link_up=lambda n: None,
+                                       sysfs=sysfs)
+    assert nic.name == "eth0"
+    assert [n.name for n in up] == ["eth0"]  # eth1 was already up
+
+
+def test_wait_for_carrier_times_out_listing_nics(sysfs: Path) -> None:
+    clock = FakeClock()
+    (sysfs / "class/net/eth1/carrier").write_text("0\n")
+    with pytest.raises(NetworkError) as err:
+        network.wait_for_carrier(lambda n: True, timeout=3, link_up=lambda n: None,
+                                 sysfs=sysfs, clock=clock, sleep=clock.sleep)
+    assert clock.now == pytest.approx(103.0)
+    assert str(err.value) == ("network: no carrier within 3 s (seen: eth0 52:54:00:00:00:01 "
+                              "(virtio_net) down, eth1 52:54:00:00:00:02 (virtio_net) no carrier)")
+
+
+def test_wait_for_carrier_finds_a_late_nic(tmp_path: Path) -> None:
+    clock = FakeClock()
+
+    def probe(now: float) -> None:
+        if now >= 101.0 and not (tmp_path / "class/net/eth0").exists():
+            add_nic(tmp_path, "eth0", "52:54:00:00:00:01", ifindex=2)
+
+    clock.on_sleep.append(probe)
+    nic, _ = network.wait_for_carrier(lambda n: n.mac == "52:54:00:00:00:01", timeout=5,
+                                      link_up=lambda n: None, sysfs=tmp_path, clock=clock,
+                                      sleep=clock.sleep)
+    assert nic.name == "eth0"
+
+
+# --- resolv.conf -------------------------------------------------------------------------------
+
+
+def test_render_resolv_conf() -> None:
+    assert network.render_resolv_conf(("10.0.2.3", "10.0.2.4"), ("example.org",)) == (
+        "# written by pyinit\nsearch example.org\nnameserver 10.0.2.3\nnameserver 10.0.2.4\n")
+    assert network.render_resolv_conf(["10.0.2.3"]) == (
+        "# written by pyinit\nnameserver 10.0.2.3\n")
+    assert network.render_resolv_conf([], ["", "a.b"]) == "# written by pyinit\nsearch a.b\n"
+
+
+def test_write_resolv_conf(tmp_path: Path) -> None:
+    path = tmp_path / "etc" / "resolv.conf"
+    assert network.write_resolv_conf(path, ()) is False
+    assert not path.exists()
+    assert network.write_resolv_conf(path, ("10.0.2.3",)) is True
+    assert path.read_text() == "# written by pyinit\nnameserver 10.0.2.3\n"
+    assert network.write_resolv_conf(path, ("10.0.2.3",)) is False  # unchanged
+    assert [p.name for p in path.parent.iterdir()] == ["resolv.conf"]  # no temp left
+
+
+# --- leases ------------------------------------------------------------------------------------
+
+
+def make_lease(**options: Any) -> Any:
+    opts: dict[str, Any] = {
+        "message_type": 5, "server_id": "10.0.2.2", "subnet_mask": "255.255.255.0",
+        "router": ["10.0.2.1", "10.0.2.254"], "name_server": ["10.0.2.3"], "lease_time": 600,
+        **options}
+    ack = {"yiaddr": "10.0.2.15", "options": {k: v for k, v in opts.items() if v is not None}}
+    return network._memory_lease_type()(ack=ack, interface="eth0",
+                                         server_mac="52:55:0a:00:02:02")
+
+
+def test_lease_info_gateway_is_the_router_option() -> None:
+    info = network.lease_info(make_lease(domain_name="lab.example"))
+    assert info == LeaseInfo(address="10.0.2.15", prefixlen=24, gateway="10.0.2.1",
+                             dns=("10.0.2.3",), server="10.0.2.2", domain="lab.example",
+                             lease_time=600)
+
+
+def test_lease_info_without_router_mask_or_lease_end() -> None:
+    info = network.lease_info(make_lease(router=None, subnet_mask=None, name_server=None,
+                                         lease_time=-1))
+    assert info.gateway is None  # never falls back to the server's address
+    assert info.prefixlen == 32
+    assert info.dns == ()
+    assert info.lease_time is None
+
+
+def test_memory_lease_stores_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    lease = make_lease()
+    lease.dump()
+    assert type(lease).load("eth0") is None
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_network_result_as_dict_is_json() -> None:
+    result = NetworkResult(interface="eth0", mac="52:54:00:00:00:01", address="10.0.2.15",
+                           prefixlen=24, gateway="10.0.2.1", dns=("10.0.2.3",), source="dhcp",
+                           server="10.0.2.2", dhcp=DhcpThread("eth0"))
+    out = json.loads(json.dumps(result.as_dict()))
+    assert "dhcp" not in out
+    assert out["dns"] == ["10.0.2.3"] and out["gateway"] == "10.0.2.1"
+
+
+# --- DhcpThread with a fake client --------------------------------------------------------------
+
+
+class FakeClient:
+    """Stands in for AsyncDHCPClient: binds ``bind_after`` s after bootstrap (never if None)."""
+
+    instances: list[FakeClient] = []
+
+    def __init__(self, config: Any, *, bind_after: float | None = 0.01,
+                 fail: BaseException | None = None) -> None:
+        self.config = config
+        self.state = "INIT"
+        self.bind_after = bind_after
+        self.fail = fail
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.exited = False
+        FakeClient.instances.append(self)
+
+    async def __aenter__(self) -> FakeClient:
+        if self.fail:
+            raise self.fail
+        self.loop = asyncio.get_running_loop()
+        return self
+
+    async def __aexit__(self, *_: Any) -> None:
+        self.state = "OFF"
+        self.exited = True
+
+    async def bootstrap(self) -> None:
+        self.state = "SELECTING"
+        if self.bind_after is not None:
+            asyncio.get_running_loop().call_later(
+                self.bind_after, lambda: asyncio.ensure_future(self.fire("bound")))
+
+    async def fire(self, trigger: str) -> None:
+        self.state = "BOUND"
+        for hook in self.config.hooks:
+            if trigger in hook.triggers:
+                await hook(make_lease())
+
+    def fire_threadsafe(self, trigger: str) -> None:
+        assert self.loop is not None
+        asyncio.run_coroutine_threadsafe(self.fire(trigger), self.loop).result(5)
+
+
+def factory(**kwargs: Any) -> Callable[[Any], FakeClient]:
+    return lambda config: FakeClient(config, **kwargs)
+
+
+def test_dhcp_thread_binds_applies_and_keeps_running() -> None:
+    events: list[tuple[str, str, str]] = []
+
+    async def on_change(event: str, lease: LeaseInfo) -> None:
+        events.append((event, lease.address, threading.current_thread().name))
+
+    dhcp = DhcpThread("eth0", on_change=on_change, client_factory=factory()).start()
+    try:
+        lease = dhcp.wait_bound(5)
+        assert lease.address == "10.0.2.15" and lease.gateway == "10.0.2.1"
+        assert events == [("bound", "10.0.2.15", "dhcp-eth0")]  # applied in the DHCP thread
+        assert dhcp.bound_after is not None and dhcp.bound_after < 5
+        config = FakeClient.instances[-1].config
+        assert config.handle_signals is False and config.write_pidfile is False
+        assert config.release is False and config.vendor_id == "pyinit"
+        assert config.host_name is None
+        time.sleep(0.1)
+        assert dhcp.is_alive() and dhcp.state == "BOUND"
+        FakeClient.instances[-1].fire_threadsafe("renewed")
+        assert dhcp.count("renewed") == 1 and events[-1][0] == "renewed"
+        FakeClient.instances[-1].fire_threadsafe("expired")
+        assert dhcp.lease is None
+    finally:
+        dhcp.stop()
+    assert not dhcp.is_alive()
+    assert FakeClient.instances[-1].exited
+
+
+def test_dhcp_thread_timeout_is_a_network_error() -> None:
+    dhcp = DhcpThread("eth0", client_factory=factory(bind_after=None)).start()
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(NetworkError) as err:
+            dhcp.wait_bound(0.3)
+    finally:
+        dhcp.stop()
+    assert 0.3 <= time.monotonic() - t0 < 2
+    assert str(err.value) == "network: eth0: no DHCP lease within 0.3 s (client SELECTING)"
+    assert not dhcp.is_alive()
+
+
+def test_dhcp_thread_client_failure_is_reported_at_once() -> None:
+    dhcp = DhcpThread("eth9", client_factory=factory(
+        fail=OSError(19, "No such device"))).start()
+    t0 = time.monotonic()
+    with pytest.raises(NetworkError, match=r"eth9: DHCP client failed: OSError: .*No such device"):
+        dhcp.wait_bound(10)
+    assert time.monotonic() - t0 < 2
+    dhcp.stop()
+
+
+def test_dhcp_thread_apply_failure_fails_the_wait() -> None:
+    async def on_change(event: str, lease: LeaseInfo) -> None:
+        raise PermissionError("Operation not permitted")
+
+    dhcp = DhcpThread("eth0", on_change=on_change, client_factory=factory()).start()
+    try:
+        with pytest.raises(NetworkError, match="PermissionError: Operation not permitted"):
+            dhcp.wait_bound(5)
+    finally:
+        dhcp.stop()
+
+
+def test_dhcp_thread_stop_before_start_is_harmless() -> None:
+    DhcpThread("eth0").stop()
