@@ -1,0 +1,666 @@
+"""Boot a kernel + initramfs in QEMU (TCG), stream the serial console, expect lines and events.
+
+Modelled on u-root's vmtest: ``-kernel/-initrd`` with ``-no-reboot`` and ``panic=-1`` (so a guest
+poweroff, reboot or panic all make QEMU exit), every serial line in the test log with a ``vm:``
+prefix, ``expect()`` with a timeout per expectation plus one for the whole VM, the exact QEMU
+command line printed, and QEMU always killed and reaped.
+
+The serial console goes to QEMU's stdout with ``-display none -serial stdio -monitor none``.
+``-nographic`` is deliberately not used: it makes SeaBIOS write escape sequences and
+``Booting from ROM..`` (without a newline) onto the serial line, glued to the guest's first line.
+
+:func:`build_command` is pure; :class:`VM` runs QEMU directly with :mod:`subprocess` (host-side
+test code, not :func:`pyinit.proc.run`: QEMU is a long-lived child whose output is streamed).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import ctypes
+import functools
+import logging
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+import weakref
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any, Literal, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+from pyinit.log import parse_event
+
+log = logging.getLogger("pyinit_qemu")
+serial_log = logging.getLogger("pyinit_qemu.serial")
+
+QEMU = "qemu-system-x86_64"
+DEFAULT_MAC = "52:54:00:12:34:56"
+#: In QEMU's user networking (slirp) the guest reaches the host's 127.0.0.1 at this address.
+SLIRP_HOST = "10.0.2.2"
+#: Added in front of the caller's kernel command line (unless already present).
+CONSOLE_ARGS = ("console=ttyS0", "panic=-1")
+DEFAULT_EXPECT_TIMEOUT = 120.0
+DEFAULT_VM_TIMEOUT = 600.0
+TAIL_LINES = 30
+
+Interface = Literal["virtio", "ide", "ahci", "scsi"]
+INTERFACES: tuple[str, ...] = ("virtio", "ide", "ahci", "scsi")
+AHCI_PORTS = 6
+Accel = Literal["tcg", "kvm", "auto"]
+
+_T = TypeVar("_T")
+
+
+# --------------------------------------------------------------------------------------------
+# Configuration and the pure command line
+
+
+@dataclass(frozen=True)
+class Disk:
+    """One disk: a host file attached through ``interface``, optionally with a disk serial."""
+
+    path: Path | str
+    interface: Interface = "virtio"
+    format: str = "raw"
+    serial: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.interface not in INTERFACES:
+            raise ValueError(f"disk {self.path}: interface {self.interface!r} is not one of "
+                             f"{', '.join(INTERFACES)}")
+
+
+@dataclass
+class VMConfig:
+    """What to boot and with which hardware. ``accel="auto"`` uses KVM only if a probe boots."""
+
+    kernel: Path | str
+    initrd: Path | str | None = None
+    append: str = ""
+    disks: list[Disk] = field(default_factory=list)
+    mac: str = DEFAULT_MAC
+    #: QEMU NIC model (``virtio-net-pci``, ``e1000``, ...); None: no NIC at all.
+    nic_model: str | None = "virtio-net-pci"
+    memory_mb: int = 1024
+    cpus: int = 1
+    accel: Accel = "tcg"
+    #: Whole-VM timeout in seconds: QEMU is killed when it expires (None: no limit).
+    timeout: float | None = DEFAULT_VM_TIMEOUT
+    #: serial.log and command.txt go here; None: a temporary directory, removed after a clean
+    #: ``with`` block and kept (and logged) when the block raised.
+    workdir: Path | str | None = None
+    extra_args: list[str] = field(default_factory=list)
+    #: slirp host forwards, QEMU syntax: ``tcp:127.0.0.1:2222-:22``.
+    hostfwd: list[str] = field(default_factory=list)
+    qemu: str = QEMU
+
+
+def kernel_append(append: str) -> str:
+    """The kernel command line: :data:`CONSOLE_ARGS` first (so the caller's ``--`` stays last)."""
+    words = append.split()
+    extra = [arg for arg in CONSOLE_ARGS if arg not in words]
+    return " ".join([*extra, append.strip()]).strip()
+
+
+def _opt(value: str) -> str:
+    """Escape a value for QEMU's ``key=value,...`` option syntax (a comma is doubled)."""
+    return value.replace(",", ",,")
+
+
+def build_command(cfg: VMConfig) -> list[str]:
+    """The QEMU argv for ``cfg``. Pure: no I/O (resolve ``accel="auto"`` first)."""
+    if cfg.accel not in ("tcg", "kvm"):
+        raise ValueError(f"accel {cfg.accel!r}: resolve it with resolve_accel() first")
+    argv = [cfg.qemu, "-accel", cfg.accel]
+    if cfg.accel == "kvm":
+        argv += ["-cpu", "host"]
+    argv += ["-m", str(cfg.memory_mb), "-smp", str(cfg.cpus), "-kernel", str(cfg.kernel)]
+    if cfg.initrd is not None:
+        argv += ["-initrd", str(cfg.initrd)]
+    argv += ["-append", kernel_append(cfg.append),
+             "-no-reboot", "-display", "none", "-serial", "stdio", "-monitor", "none"]
+    if cfg.nic_model:
+        netdev = "user,id=n0" + "".join(f",hostfwd={_opt(f)}" for f in cfg.hostfwd)
+        # romfile= : no iPXE option ROM, nothing network-boots when QEMU loads the kernel itself.
+        argv += ["-netdev", netdev,
+                 "-device", f"{cfg.nic_model},netdev=n0,mac={cfg.mac},romfile="]
+    else:
+        argv += ["-nic", "none"]
+    argv += _disk_args(cfg.disks)
+    argv += [str(a) for a in cfg.extra_args]
+    return argv
+
+
+def _disk_args(disks: Sequence[Disk]) -> list[str]:
+    argv: list[str] = []
+    ahci_ports = 0
+    have_scsi = False
+    for i, disk in enumerate(disks):
+        drive = f"d{i}"
+        argv += ["-drive", f"file={_opt(str(disk.path))},format={disk.format},if=none,id={drive}"]
+        serial = f",serial={_opt(disk.serial)}" if disk.serial else ""
+        if disk.interface == "virtio":
+            device = f"virtio-blk-pci,drive={drive}{serial}"
+        elif disk.interface == "ide":
+            device = f"ide-hd,drive={drive}{serial}"  # QEMU picks the next free IDE slot
+        elif disk.interface == "ahci":
+            if ahci_ports == 0:
+                argv += ["-device", "ahci,id=ahci0"]
+            if ahci_ports >= AHCI_PORTS:
+                raise ValueError(f"more than {AHCI_PORTS} AHCI disks")
+            device = f"ide-hd,drive={drive},bus=ahci0.{ahci_ports}{serial}"
+            ahci_ports += 1
+        else:
+            if not have_scsi:
+                argv += ["-device", "virtio-scsi-pci,id=scsi0"]
+                have_scsi = True
+            device = f"scsi-hd,drive={drive},bus=scsi0.0{serial}"
+        argv += ["-device", device]
+    return argv
+
+
+def create_disk(path: Path | str, size_bytes: int) -> Path:
+    """A sparse raw disk image of ``size_bytes`` (zeros), replacing any file at ``path``."""
+    if size_bytes <= 0:
+        raise ValueError(f"disk size must be positive, not {size_bytes}")
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    with open(p, "wb") as f:
+        f.truncate(size_bytes)
+    return p
+
+
+_SIZE_RE = re.compile(r"^(\d+)([KMGT]i?B?|B)?$", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """``4096``, ``512M``, ``2G``, ``1GiB`` -> bytes (binary multiples)."""
+    m = _SIZE_RE.match(text.strip())
+    if not m:
+        raise ValueError(f"not a size: {text!r} (e.g. 512M, 2G)")
+    unit = (m.group(2) or "B")[0].upper()
+    return int(m.group(1)) * int(1024 ** "BKMGT".index(unit))
+
+
+def guest_url(url: str) -> str:
+    """``url`` as the guest sees it: the host's loopback is :data:`SLIRP_HOST` under slirp."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if host not in ("127.0.0.1", "localhost", "0.0.0.0", "::1", "::"):
+        return url
+    netloc = SLIRP_HOST if parts.port is None else f"{SLIRP_HOST}:{parts.port}"
+    if parts.username:
+        cred = parts.username + (f":{parts.password}" if parts.password else "")
+        netloc = f"{cred}@{netloc}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+# --------------------------------------------------------------------------------------------
+# Accelerator
+
+
+# A boot sector that writes 0x2a to QEMU's isa-debug-exit port: QEMU exits (0x2a << 1) | 1 = 85.
+_PROBE_SECTOR = bytes([0xB0, 0x2A, 0xE6, 0xF4, 0xF4, 0xEB, 0xFD]).ljust(510, b"\0") + b"\x55\xaa"
+_PROBE_EXIT = 85
+
+
+def _probe_run(argv: list[str], timeout: float) -> int | None:
+    try:
+        done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True,
+                              timeout=timeout, check=False)
+    except (OSError, subprocess.TimeoutExpired):  # run() kills and reaps QEMU on timeout
+        return None
+    return done.returncode
+
+
+def probe_accel(accel: str, *, qemu: str = QEMU, kernel: Path | str | None = None,
+                timeout: float = 2.0, kernel_timeout: float = 15.0) -> bool:
+    """True if ``accel`` really runs guests here, within bounded time.
+
+    Nested KVM can offer a ``/dev/kvm`` that runs real-mode code slowly and then never gets a
+    Linux kernel past decompression. So: a 512-byte boot sector must exit QEMU (through
+    ``isa-debug-exit``) within ``timeout`` seconds, then, if ``kernel`` is given, that kernel
+    without an initramfs must reach its "no root" panic (``panic=-1`` + ``-no-reboot``: QEMU
+    exits) within ``kernel_timeout`` seconds.
+    """
+    if accel == "kvm" and not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return False
+    if shutil.which(qemu) is None:
+        return False
+    base = [qemu, "-accel", accel, "-display", "none", "-monitor", "none", "-nic", "none",
+            "-no-reboot", "-m", "256"]
+    with tempfile.TemporaryDirectory(prefix="pyinit-accel-") as tmp:
+        disk = Path(tmp, "probe.img")
+        disk.write_bytes(_PROBE_SECTOR)
+        argv = [*base, "-serial", "none", "-drive", f"file={_opt(str(disk))},format=raw,if=ide",
+                "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]
+        if _probe_run(argv, timeout) != _PROBE_EXIT:
+            return False
+    if kernel is None:
+        return True
+    argv = [*base, "-serial", "none", "-kernel", str(kernel),
+            "-append", "console=ttyS0 panic=-1 root=/dev/pyinit-probe-none"]
+    return _probe_run(argv, kernel_timeout) == 0
+
+
+@functools.cache
+def kvm_works(qemu: str = QEMU, kernel: str | None = None) -> bool:
+    """Whether KVM really works on this host (probed once per process and kernel)."""
+    started = time.monotonic()
+    ok = probe_accel("kvm", qemu=qemu, kernel=kernel)
+    log.info("KVM probe (%.1f s): %s", time.monotonic() - started,
+             "works" if ok else "not usable, using TCG")
+    return ok
+
+
+def resolve_accel(accel: str, *, probe: Callable[[], bool] = kvm_works) -> Literal["tcg", "kvm"]:
+    """``auto`` -> ``kvm`` if ``probe()`` says KVM works, else ``tcg``."""
+    if accel == "auto":
+        return "kvm" if probe() else "tcg"
+    if accel in ("tcg", "kvm"):
+        return "kvm" if accel == "kvm" else "tcg"
+    raise ValueError(f"accel {accel!r} is not one of tcg, kvm, auto")
+
+
+# --------------------------------------------------------------------------------------------
+# Running QEMU
+
+
+class VMError(Exception):
+    """The VM did not do what the test expected."""
+
+
+class ExpectTimeout(VMError):
+    """An expectation was not met in time, or QEMU exited first. Carries the serial tail."""
+
+    def __init__(self, message: str, tail: Sequence[str] = (), *, exited: bool = False) -> None:
+        self.reason = message
+        self.tail = list(tail)
+        self.exited = exited
+        text = message
+        if self.tail:
+            text += f"\n--- last {len(self.tail)} serial lines ---\n" + "\n".join(self.tail)
+        super().__init__(text)
+
+
+class UnexpectedOutput(VMError):
+    """A ``fail_on`` pattern appeared before the expected one."""
+
+
+_ANSI_RE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[()][0-9A-Za-z]"
+                      r"|[@-~])")
+_CTRL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+_MAX_LINE = 64 * 1024
+
+
+def clean_line(raw: bytes) -> str:
+    """A serial line as text: UTF-8 (lenient), without ``\\r``, escape sequences or controls."""
+    text = raw.decode("utf-8", errors="replace")
+    return _CTRL_RE.sub("", _ANSI_RE.sub("", text))
+
+
+def _pdeathsig() -> Callable[[], None] | None:
+    """A preexec_fn making QEMU receive SIGTERM when the test process dies (Linux only)."""
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    pr_set_pdeathsig = 1
+
+    def preexec() -> None:  # runs in the forked child: one resolved libc call, nothing else
+        prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
+
+    return preexec
+
+
+_PREEXEC = _pdeathsig()
+_live: weakref.WeakSet[VM] = weakref.WeakSet()
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    for vm in list(_live):
+        with contextlib.suppress(Exception):
+            vm.kill()
+
+
+Pattern = str | re.Pattern[str]
+
+
+def _compile(pattern: Pattern) -> re.Pattern[str]:
+    return re.compile(pattern) if isinstance(pattern, str) else pattern
+
+
+class VM:
+    """A running QEMU. Use as a context manager; ``__exit__`` always kills and reaps QEMU.
+
+    ``expect``/``expect_event`` search serial lines from a cursor that advances past the match;
+    ``lines``/``events`` hold everything seen so far. ``on_output`` receives raw serial bytes as
+    they arrive (the CLI streams them); ``interactive`` hands QEMU this process's stdin.
+
+    QEMU gets SIGTERM if the process that started it dies; start VMs from a thread that outlives
+    them (the test's own thread).
+    """
+
+    def __init__(self, cfg: VMConfig, *, on_output: Callable[[bytes], None] | None = None,
+                 interactive: bool = False) -> None:
+        self.cfg = replace(cfg, accel=resolve_accel(
+            cfg.accel, probe=lambda: kvm_works(cfg.qemu, str(cfg.kernel))))
+        self.argv = build_command(self.cfg)
+        self._own_workdir = cfg.workdir is None
+        self.workdir = (Path(cfg.workdir) if cfg.workdir is not None
+                        else Path(tempfile.mkdtemp(prefix="pyinit-vm-")))
+        self.serial_path = self.workdir / "serial.log"
+        self._on_output = on_output
+        self._interactive = interactive
+        self._cond = threading.Condition()
+        self._lines: list[str] = []
+        self._events: list[dict[str, Any]] = []
+        self._stderr: list[str] = []
+        self._cursor = 0
+        self._eof = False
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._threads: list[threading.Thread] = []
+        self._watchdog: threading.Timer | None = None
+        self._serial_file: IO[str] | None = None
+        self._kill_lock = threading.Lock()
+        self._started = 0.0
+        self.timed_out = False
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> VM:
+        if self._proc is not None:
+            raise VMError("VM already started")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        command = shlex.join(self.argv)
+        (self.workdir / "command.txt").write_text(command + "\n")
+        log.info("+ %s", command)
+        log.info("VM workdir %s (serial.log, command.txt)", self.workdir)
+        self._serial_file = open(self.serial_path, "a", encoding="utf-8")  # noqa: SIM115
+        self._started = time.monotonic()
+        try:
+            self._proc = subprocess.Popen(
+                self.argv, stdin=None if self._interactive else subprocess.PIPE,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                preexec_fn=_PREEXEC)  # a single prctl() call, see _pdeathsig
+        except OSError as exc:
+            self._serial_file.close()
+            self._serial_file = None
+            raise VMError(f"cannot start {self.argv[0]}: {exc}") from exc
+        _live.add(self)
+        for name, target in (("serial", self._read_serial), ("stderr", self._read_stderr)):
+            t = threading.Thread(target=target, name=f"vm-{name}-{self._proc.pid}", daemon=True)
+            t.start()
+            self._threads.append(t)
+        if self.cfg.timeout is not None:
+            self._watchdog = threading.Timer(self.cfg.timeout, self._on_vm_timeout)
+            self._watchdog.daemon = True
+            self._watchdog.start()
+        return self
+
+    def __enter__(self) -> VM:
+        if self._proc is None:
+            self.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.kill()
+        if not self._own_workdir:
+            return
+        if exc_type is None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+        else:
+            log.error("keeping VM workdir %s (serial.log, command.txt)", self.workdir)
+
+    def kill(self, grace: float = 5.0) -> None:
+        """Stop QEMU (SIGTERM, then SIGKILL after ``grace`` s), reap it, finish the serial log.
+
+        SIGTERM first: QEMU then restores the terminal it may have put in raw mode.
+        """
+        with self._kill_lock:
+            if self._watchdog is not None:
+                self._watchdog.cancel()
+            proc = self._proc
+            if proc is not None and proc.poll() is None:
+                log.info("killing QEMU (pid %d)", proc.pid)
+                with contextlib.suppress(ProcessLookupError):
+                    proc.terminate()
+                try:
+                    proc.wait(timeout=grace)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            for t in self._threads:
+                if t is not threading.current_thread():
+                    t.join(timeout=5)
+            if proc is not None and proc.stdin is not None:
+                with contextlib.suppress(OSError):
+                    proc.stdin.close()
+            for stream in (proc.stdout, proc.stderr) if proc is not None else ():
+                if stream is not None:
+                    with contextlib.suppress(OSError):
+                        stream.close()
+            if self._serial_file is not None:
+                with contextlib.suppress(OSError):
+                    self._serial_file.close()
+                self._serial_file = None
+            _live.discard(self)
+
+    def _on_vm_timeout(self) -> None:
+        proc = self._proc
+        if proc is None or proc.poll() is not None:
+            return
+        self.timed_out = True
+        log.error("whole-VM timeout (%s s) expired: killing QEMU", self.cfg.timeout)
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+
+    # -- readers -----------------------------------------------------------------------------
+
+    def _read_serial(self) -> None:
+        assert self._proc is not None and self._proc.stdout is not None
+        fd = self._proc.stdout.fileno()
+        pending = b""
+        try:
+            while True:
+                try:
+                    chunk = os.read(fd, 65536)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                if self._on_output is not None:
+                    try:
+                        self._on_output(chunk)
+                    except Exception as exc:  # a broken sink must not stop the reader
+                        log.debug("serial output sink failed: %s", exc)
+                pending += chunk
+                *complete, pending = pending.split(b"\n")
+                for raw in complete:
+                    self._add_line(raw)
+                if len(pending) > _MAX_LINE:
+                    self._add_line(pending)
+                    pending = b""
+            if pending:
+                self._add_line(pending)
+        finally:
+            with self._cond:
+                self._eof = True
+                self._cond.notify_all()
+
+    def _add_line(self, raw: bytes) -> None:
+        line = clean_line(raw)
+        serial_log.info("vm: %s", line)
+        ev = parse_event(line)
+        with self._cond:
+            if self._serial_file is not None:
+                with contextlib.suppress(OSError, ValueError):
+                    self._serial_file.write(line + "\n")
+                    self._serial_file.flush()
+            self._lines.append(line)
+            if ev is not None:
+                self._events.append(ev)
+            self._cond.notify_all()
+
+    def _read_stderr(self) -> None:
+        assert self._proc is not None and self._proc.stderr is not None
+        with contextlib.suppress(OSError, ValueError):
+            for raw in self._proc.stderr:
+                line = clean_line(raw.rstrip(b"\n"))
+                self._stderr.append(line)
+                log.warning("qemu: %s", line)
+
+    # -- observing ---------------------------------------------------------------------------
+
+    @property
+    def lines(self) -> list[str]:
+        """Every serial line so far (``\\r`` and escape sequences stripped)."""
+        with self._cond:
+            return list(self._lines)
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        """Every ``PYINIT-EVENT`` seen so far, parsed."""
+        with self._cond:
+            return list(self._events)
+
+    @property
+    def stderr(self) -> list[str]:
+        """QEMU's own stderr lines (errors about its command line, disks, ...)."""
+        return list(self._stderr)
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def returncode(self) -> int | None:
+        return self._proc.poll() if self._proc is not None else None
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds since QEMU started."""
+        return time.monotonic() - self._started if self._started else 0.0
+
+    def tail(self, n: int = TAIL_LINES) -> list[str]:
+        with self._cond:
+            return self._lines[-n:]
+
+    def expect(self, pattern: Pattern, timeout: float = DEFAULT_EXPECT_TIMEOUT, *,
+               fail_on: Pattern | None = None) -> re.Match[str]:
+        """The first match of ``pattern`` (``re.search``) in a line after the cursor.
+
+        Raises :class:`ExpectTimeout` after ``timeout`` seconds or when QEMU exits first, and
+        :class:`UnexpectedOutput` at once if a line matching ``fail_on`` comes first.
+        """
+        rx = _compile(pattern)
+        return self._wait(rx.search, timeout, f"/{rx.pattern}/", fail_on)
+
+    def expect_event(self, step: str | None = None, status: str | None = None,
+                     timeout: float = DEFAULT_EXPECT_TIMEOUT, *, fail_on: Pattern | None = None,
+                     **fields: Any) -> dict[str, Any]:
+        """The next ``PYINIT-EVENT`` after the cursor whose step, status and ``fields`` match."""
+        want = dict(fields)
+        if step is not None:
+            want["step"] = step
+        if status is not None:
+            want["status"] = status
+
+        def check(line: str) -> dict[str, Any] | None:
+            ev = parse_event(line)
+            if ev is not None and all(ev.get(k) == v for k, v in want.items()):
+                return ev
+            return None
+
+        what = "event " + (", ".join(f"{k}={v!r}" for k, v in want.items()) or "(any)")
+        return self._wait(check, timeout, what, fail_on)
+
+    def _wait(self, check: Callable[[str], _T | None], timeout: float, what: str,
+              fail_on: Pattern | None) -> _T:
+        bad = _compile(fail_on) if fail_on is not None else None
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                while self._cursor < len(self._lines):
+                    line = self._lines[self._cursor]
+                    self._cursor += 1
+                    result = check(line)
+                    if result is not None:
+                        return result
+                    if bad is not None and bad.search(line):
+                        raise UnexpectedOutput(
+                            f"serial line matches /{bad.pattern}/ while waiting for {what}: "
+                            f"{line}\n--- last serial lines ---\n"
+                            + "\n".join(self._lines[-TAIL_LINES:]))
+                if self._eof:
+                    break
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise ExpectTimeout(
+                        f"timed out after {timeout:g} s waiting for {what} "
+                        f"(serial log: {self.serial_path})", self._lines[-TAIL_LINES:])
+                self._cond.wait(left)
+        raise self._exited_error(f"waiting for {what}")
+
+    def _exited_error(self, doing: str) -> ExpectTimeout:
+        rc = None
+        if self._proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                rc = self._proc.wait(timeout=5)
+        if self.timed_out:
+            why = f"whole-VM timeout ({self.cfg.timeout:g} s) expired and QEMU was killed"
+        else:
+            why = f"QEMU exited (status {rc})"
+        stderr = "".join(f"\nqemu: {s}" for s in self._stderr[-10:])
+        return ExpectTimeout(f"{why} {doing} (serial log: {self.serial_path}){stderr}",
+                             self.tail(), exited=True)
+
+    def wait_exit(self, timeout: float | None = DEFAULT_EXPECT_TIMEOUT) -> int:
+        """QEMU's exit status once it exits (guest poweroff, reboot or panic, with -no-reboot).
+
+        Raises :class:`ExpectTimeout` if it is still running after ``timeout`` seconds (None: no
+        limit but the whole-VM one), or if the whole-VM timeout killed it.
+        """
+        if self._proc is None:
+            raise VMError("VM not started")
+        try:
+            rc = self._proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise ExpectTimeout(f"QEMU still running after {timeout} s "
+                                f"(serial log: {self.serial_path})", self.tail()) from None
+        for t in self._threads:
+            t.join(timeout=5)
+        if self.timed_out:
+            raise self._exited_error("while waiting for it to exit")
+        log.info("QEMU exited with status %d after %.1f s", rc, self.elapsed)
+        return rc
+
+    def assert_never(self, *patterns: Pattern) -> None:
+        """Raise AssertionError if any serial line so far matches any of ``patterns``."""
+        rxs = [_compile(p) for p in patterns]
+        lines = self.lines
+        for i, line in enumerate(lines):
+            for rx in rxs:
+                if rx.search(line):
+                    context = "\n".join(lines[max(0, i - 5):i + 6])
+                    raise AssertionError(f"serial line {i + 1} matches /{rx.pattern}/: {line}\n"
+                                         f"--- context ---\n{context}")
+
+    def send(self, text: str) -> None:
+        """Type ``text`` on the serial console (not available in interactive mode)."""
+        if self._proc is None or self._proc.stdin is None:
+            raise VMError("no serial input: VM not started or interactive")
+        self._proc.stdin.write(text.encode())
+        self._proc.stdin.flush()
+

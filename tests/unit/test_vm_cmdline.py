@@ -1,0 +1,472 @@
+"""The QEMU harness without QEMU: exact argv from build_command, and the serial reader, expect(),
+timeouts and cleanup against a fake "QEMU" (a small Python script run with sys.executable)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import stat
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pyinit_qemu import cli as vm_cli
+from pyinit_qemu.vm import (
+    VM,
+    Disk,
+    ExpectTimeout,
+    UnexpectedOutput,
+    VMConfig,
+    VMError,
+    build_command,
+    clean_line,
+    create_disk,
+    guest_url,
+    kernel_append,
+    parse_size,
+    resolve_accel,
+)
+
+KERNEL, INITRD = "/k/vmlinuz", "/k/initrd.zst"
+BASE = [
+    "qemu-system-x86_64", "-accel", "tcg", "-m", "1024", "-smp", "1",
+    "-kernel", KERNEL, "-initrd", INITRD, "-append", "console=ttyS0 panic=-1 quiet",
+    "-no-reboot", "-display", "none", "-serial", "stdio", "-monitor", "none",
+]
+NET = ["-netdev", "user,id=n0",
+       "-device", "virtio-net-pci,netdev=n0,mac=52:54:00:12:34:56,romfile="]
+
+
+# --------------------------------------------------------------------------------------------
+# build_command
+
+
+def test_default_command() -> None:
+    assert build_command(VMConfig(kernel=KERNEL, initrd=INITRD, append="quiet")) == BASE + NET
+
+
+def test_no_initrd_no_append() -> None:
+    argv = build_command(VMConfig(kernel=KERNEL))
+    assert argv[:12] == ["qemu-system-x86_64", "-accel", "tcg", "-m", "1024", "-smp", "1",
+                         "-kernel", KERNEL, "-append", "console=ttyS0 panic=-1", "-no-reboot"]
+    assert "-initrd" not in argv
+
+
+def test_hardware_options() -> None:
+    cfg = VMConfig(kernel=KERNEL, initrd=INITRD, append="quiet", mac="52:54:00:aa:bb:cc",
+                   nic_model="e1000", memory_mb=2048, cpus=2, hostfwd=["tcp:127.0.0.1:2222-:22"],
+                   extra_args=["-cpu", "max"], qemu="/opt/qemu/bin/qemu-system-x86_64")
+    assert build_command(cfg) == [
+        "/opt/qemu/bin/qemu-system-x86_64", "-accel", "tcg", "-m", "2048", "-smp", "2",
+        *BASE[7:],
+        "-netdev", "user,id=n0,hostfwd=tcp:127.0.0.1:2222-:22",
+        "-device", "e1000,netdev=n0,mac=52:54:00:aa:bb:cc,romfile=",
+        "-cpu", "max",
+    ]
+
+
+def test_no_nic() -> None:
+    argv = build_command(VMConfig(kernel=KERNEL, initrd=INITRD, append="quiet", nic_model=None))
+    assert argv == [*BASE, "-nic", "none"]
+
+
+def test_kvm_uses_host_cpu() -> None:
+    argv = build_command(VMConfig(kernel=KERNEL, initrd=INITRD, append="quiet", accel="kvm"))
+    assert argv[:5] == ["qemu-system-x86_64", "-accel", "kvm", "-cpu", "host"]
+
+
+def test_auto_must_be_resolved_first() -> None:
+    with pytest.raises(ValueError, match="resolve_accel"):
+        build_command(VMConfig(kernel=KERNEL, accel="auto"))
+
+
+def test_resolve_accel() -> None:
+    def broken() -> bool:
+        raise AssertionError("must not probe")
+
+    assert resolve_accel("tcg", probe=broken) == "tcg"
+    assert resolve_accel("kvm", probe=broken) == "kvm"
+    assert resolve_accel("auto", probe=lambda: True) == "kvm"
+    assert resolve_accel("auto", probe=lambda: False) == "tcg"
+    with pytest.raises(ValueError):
+        resolve_accel("hvf", probe=broken)
+
+
+def test_virtio_disks_with_serial() -> None:
+    cfg = VMConfig(kernel=KERNEL, initrd=INITRD, append="quiet",
+                   disks=[Disk("/d/a.raw", serial="SN-A"), Disk("/d/b.qcow2", format="qcow2")])
+    assert build_command(cfg) == BASE + NET + [
+        "-drive", "file=/d/a.raw,format=raw,if=none,id=d0",
+        "-device", "virtio-blk-pci,drive=d0,serial=SN-A",
+        "-drive", "file=/d/b.qcow2,format=qcow2,if=none,id=d1",
+        "-device", "virtio-blk-pci,drive=d1",
+    ]
+
+
+def test_mixed_interfaces_add_each_controller_once() -> None:
+    cfg = VMConfig(kernel=KERNEL, initrd=INITRD, append="quiet", disks=[
+        Disk("/d/0", "ahci"), Disk("/d/1", "ahci", serial="S1"), Disk("/d/2", "ide"),
+        Disk("/d/3", "scsi"), Disk("/d/4", "scsi")])
+    assert build_command(cfg)[len(BASE) + len(NET):] == [
+        "-drive", "file=/d/0,format=raw,if=none,id=d0",
+        "-device", "ahci,id=ahci0",
+        "-device", "ide-hd,drive=d0,bus=ahci0.0",
+        "-drive", "file=/d/1,format=raw,if=none,id=d1",
+        "-device", "ide-hd,drive=d1,bus=ahci0.1,serial=S1",
+        "-drive", "file=/d/2,format=raw,if=none,id=d2",
+        "-device", "ide-hd,drive=d2",
+        "-drive", "file=/d/3,format=raw,if=none,id=d3",
+        "-device", "virtio-scsi-pci,id=scsi0",
+        "-device", "scsi-hd,drive=d3,bus=scsi0.0",
+        "-drive", "file=/d/4,format=raw,if=none,id=d4",
+        "-device", "scsi-hd,drive=d4,bus=scsi0.0",
+    ]
+
+
+def test_too_many_ahci_disks() -> None:
+    with pytest.raises(ValueError, match="AHCI"):
+        build_command(VMConfig(kernel=KERNEL, disks=[Disk(f"/d/{i}", "ahci") for i in range(7)]))
+
+
+def test_commas_in_option_values_are_doubled() -> None:
+    argv = build_command(VMConfig(kernel=KERNEL, disks=[Disk("/d/a,b.raw", serial="x,y")]))
+    assert "file=/d/a,,b.raw,format=raw,if=none,id=d0" in argv
+    assert "virtio-blk-pci,drive=d0,serial=x,,y" in argv
+
+
+def test_bad_interface() -> None:
+    with pytest.raises(ValueError, match="interface"):
+        Disk("/d/a", interface="nvme")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("append", "expected"), [
+    ("", "console=ttyS0 panic=-1"),
+    ("quiet", "console=ttyS0 panic=-1 quiet"),
+    ("  MYURL=http://x  ", "console=ttyS0 panic=-1 MYURL=http://x"),
+    ("panic=-1 quiet", "console=ttyS0 panic=-1 quiet"),
+    ("console=ttyS0 x -- a b", "panic=-1 console=ttyS0 x -- a b"),
+])
+def test_kernel_append(append: str, expected: str) -> None:
+    assert kernel_append(append) == expected
+
+
+@pytest.mark.parametrize(("url", "expected"), [
+    ("http://127.0.0.1:8080", "http://10.0.2.2:8080"),
+    ("http://localhost:8080/base/", "http://10.0.2.2:8080/base/"),
+    ("http://127.0.0.1/x?y=1", "http://10.0.2.2/x?y=1"),
+    ("http://u:p@127.0.0.1:1/", "http://u:p@10.0.2.2:1/"),
+    ("http://[::1]:8080", "http://10.0.2.2:8080"),
+    ("http://192.0.2.7:8080", "http://192.0.2.7:8080"),
+    ("http://example.org", "http://example.org"),
+])
+def test_guest_url(url: str, expected: str) -> None:
+    assert guest_url(url) == expected
+
+
+@pytest.mark.parametrize(("text", "size"), [
+    ("4096", 4096), ("1K", 1024), ("512M", 512 << 20), ("2G", 2 << 30), ("1GiB", 1 << 30),
+    ("3g", 3 << 30), ("1T", 1 << 40),
+])
+def test_parse_size(text: str, size: int) -> None:
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["", "G", "1.5G", "-1", "2X"])
+def test_parse_size_rejects(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_size(text)
+
+
+def test_create_disk_is_sparse(tmp_path: Path) -> None:
+    path = create_disk(tmp_path / "sub" / "disk.raw", 1 << 30)
+    st = path.stat()
+    assert st.st_size == 1 << 30
+    assert st.st_blocks * 512 < 1 << 20
+    with pytest.raises(ValueError):
+        create_disk(tmp_path / "zero.raw", 0)
+
+
+def test_clean_line() -> None:
+    assert clean_line(b"\x1bc\x1b[?7l\x1b[2Jhello\r") == "hello"
+    assert clean_line(b"\x1b[1;32mOK\x1b[0m\tdone") == "OK\tdone"
+    assert clean_line(b"caf\xc3\xa9 \xff") == "caf\u00e9 \ufffd"
+
+
+# --------------------------------------------------------------------------------------------
+# cli
+
+
+def _parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="pyinit")
+    vm_cli.register(parser.add_subparsers(dest="command"))
+    return parser.parse_args(["vm", *argv])
+
+
+def test_cli_defaults() -> None:
+    args = _parse()
+    assert args.func is vm_cli.run
+    cfg, create = vm_cli.config_from_args(args)
+    assert (str(cfg.kernel), str(cfg.initrd)) == ("out/vmlinuz", "out/initramfs.cpio.zst")
+    assert cfg.append == "" and cfg.disks == [] and create == []
+    assert (cfg.accel, cfg.nic_model, cfg.mac) == ("tcg", "virtio-net-pci", "52:54:00:12:34:56")
+
+
+def test_cli_server_disks_and_extra_args() -> None:
+    args = _parse("--server", "http://127.0.0.1:8080/", "--append", "pyinit.break=network",
+                  "--disk", "/tmp/a.raw:2G", "--disk", "/tmp/b:c.raw", "--disk-interface", "ahci",
+                  "--nic", "e1000", "--mac", "52:54:00:00:00:01", "--timeout", "0",
+                  "--", "-cpu", "max")
+    cfg, create = vm_cli.config_from_args(args)
+    assert cfg.append == "MYURL=http://10.0.2.2:8080 pyinit.break=network"
+    assert cfg.disks == [Disk(Path("/tmp/a.raw"), "ahci"), Disk(Path("/tmp/b:c.raw"), "ahci")]
+    assert create == [(Path("/tmp/a.raw"), 2 << 30)]
+    assert (cfg.nic_model, cfg.mac, cfg.timeout) == ("e1000", "52:54:00:00:00:01", None)
+    assert cfg.extra_args == ["-cpu", "max"]
+
+
+def test_cli_bootyurl_and_no_nic() -> None:
+    cfg, _ = vm_cli.config_from_args(
+        _parse("--server", "http://localhost:9000", "--bootyurl", "--nic", "none"))
+    assert cfg.append == "BOOTYURL=http://10.0.2.2:9000"
+    assert cfg.nic_model is None
+
+
+def test_cli_dry_run(capsys: pytest.CaptureFixture[str]) -> None:
+    args = _parse("--dry-run", "--kernel", KERNEL, "--initrd", INITRD, "--append", "quiet")
+    assert args.func(args) == 0
+    assert capsys.readouterr().out.split("\n")[0] == " ".join(BASE + NET).replace(
+        "console=ttyS0 panic=-1 quiet", "'console=ttyS0 panic=-1 quiet'")
+
+
+def test_cli_missing_kernel(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = _parse("--kernel", str(tmp_path / "nope"), "--initrd", str(tmp_path / "nope2"))
+    assert args.func(args) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------
+# The serial reader, expect() and cleanup against a fake QEMU
+
+
+def fake_qemu(tmp_path: Path, body: str) -> str:
+    """An executable that ignores QEMU's arguments and runs ``body`` (Python) instead."""
+    script = tmp_path / "fake-qemu"
+    script.write_text(f"#!{sys.executable}\nimport sys, time\n"
+                      "def out(s):\n    sys.stdout.write(s)\n    sys.stdout.flush()\n"
+                      + textwrap.dedent(body))
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    return str(script)
+
+
+def fake_vm(tmp_path: Path, body: str, **cfg: Any) -> VM:
+    config = VMConfig(kernel=KERNEL, initrd=INITRD, qemu=fake_qemu(tmp_path, body),
+                      workdir=tmp_path / "work", **cfg)
+    return VM(config)
+
+
+GUEST = """
+out("SeaBIOS junk\\x1bc\\x1b[2J\\r\\n")
+out("Linux version 6.1\\r\\n")
+out('PYINIT-EVENT {"step": "network", "status": "start"}\\r\\n')
+out('PYINIT-EVENT {"step": "network", "status": "ok", "elapsed": 2.1}\\r\\n')
+out("pyinit: RESULT ok bytes=42\\r\\n")
+out("no newline at the end")
+sys.exit(3)
+"""
+
+
+def test_expect_lines_events_and_exit(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="pyinit_qemu")
+    with fake_vm(tmp_path, GUEST) as vm:
+        assert vm.expect(r"Linux version (\S+)", timeout=10).group(1) == "6.1"
+        ev = vm.expect_event(step="network", status="ok", timeout=10)
+        assert ev == {"step": "network", "status": "ok", "elapsed": 2.1}
+        assert vm.expect(r"RESULT ok bytes=(\d+)", timeout=10).group(1) == "42"
+        assert vm.expect("no newline", timeout=10)
+        assert vm.wait_exit(timeout=10) == 3
+        assert vm.lines == ["SeaBIOS junk", "Linux version 6.1",
+                            'PYINIT-EVENT {"step": "network", "status": "start"}',
+                            'PYINIT-EVENT {"step": "network", "status": "ok", "elapsed": 2.1}',
+                            "pyinit: RESULT ok bytes=42", "no newline at the end"]
+        assert [e["status"] for e in vm.events] == ["start", "ok"]
+        vm.assert_never("Traceback", r"Kernel panic")
+    work = tmp_path / "work"
+    assert (work / "serial.log").read_text().splitlines() == vm.lines
+    command = (work / "command.txt").read_text().strip()
+    assert command.startswith(str(tmp_path / "fake-qemu") + " -accel tcg ")
+    messages = [r.getMessage() for r in caplog.records]
+    assert f"+ {command}" in messages
+    assert "vm: Linux version 6.1" in messages
+    assert any(r.name == "pyinit_qemu.serial" for r in caplog.records)
+
+
+def test_cursor_advances_past_matches(tmp_path: Path) -> None:
+    with fake_vm(tmp_path, "out('A\\nB\\nA2\\n')\ntime.sleep(30)\n") as vm:
+        vm.expect("B", timeout=10)
+        assert vm.expect("A", timeout=10).string == "A2"  # not the first A: it is behind us
+        with pytest.raises(ExpectTimeout, match=r"timed out after 0.3 s waiting for /B/"):
+            vm.expect("B", timeout=0.3)
+
+
+def test_expect_event_fields_and_any(tmp_path: Path) -> None:
+    body = """
+out('PYINIT-EVENT {"step": "image", "status": "progress", "bytes": 1}\\n')
+out('PYINIT-EVENT not json\\n')
+out('PYINIT-EVENT {"step": "image", "status": "progress", "bytes": 2}\\n')
+time.sleep(30)
+"""
+    with fake_vm(tmp_path, body) as vm:
+        assert vm.expect_event(bytes=2, timeout=10)["bytes"] == 2
+        assert len(vm.events) == 2
+        with pytest.raises(ExpectTimeout, match="event step='image'"):
+            vm.expect_event("image", timeout=0.2)
+
+
+def test_timeout_message_has_the_tail(tmp_path: Path) -> None:
+    body = "for i in range(50):\n    out(f'line {i}\\n')\ntime.sleep(30)\n"
+    with fake_vm(tmp_path, body) as vm:
+        vm.expect("line 49", timeout=10)
+        started = time.monotonic()
+        with pytest.raises(ExpectTimeout) as err:
+            vm.expect("never", timeout=0.5)
+        assert time.monotonic() - started < 5
+    text = str(err.value)
+    assert "waiting for /never/" in text and str(tmp_path / "work" / "serial.log") in text
+    assert "line 49" in text and "line 20" in text and "line 19" not in text
+    assert not err.value.exited
+
+
+def test_qemu_exiting_first_fails_at_once(tmp_path: Path) -> None:
+    body = "out('booting\\n')\nsys.stderr.write('qemu: could not open disk\\n')\nsys.exit(1)\n"
+    with fake_vm(tmp_path, body) as vm:
+        started = time.monotonic()
+        with pytest.raises(ExpectTimeout) as err:
+            vm.expect("login:", timeout=60)
+        assert time.monotonic() - started < 10
+        assert err.value.exited
+        assert "QEMU exited (status 1)" in str(err.value)
+        assert "could not open disk" in str(err.value)
+        assert "booting" in err.value.tail
+        assert vm.stderr == ["qemu: could not open disk"]
+
+
+def test_fail_on_stops_waiting(tmp_path: Path) -> None:
+    body = "out('Traceback (most recent call last):\\n')\ntime.sleep(30)\n"
+    with fake_vm(tmp_path, body) as vm, pytest.raises(UnexpectedOutput, match="Traceback"):
+        vm.expect_event("result", "ok", timeout=30, fail_on=r"Traceback|Kernel panic")
+
+
+def test_assert_never(tmp_path: Path) -> None:
+    body = "out('a\\nb\\nKernel panic - not syncing: Attempted to kill init!\\nc\\n')\n"
+    with fake_vm(tmp_path, body) as vm:
+        vm.wait_exit(timeout=10)
+        vm.assert_never("Traceback")
+        with pytest.raises(AssertionError, match="serial line 3 matches /Kernel panic/"):
+            vm.assert_never("Traceback", "Kernel panic")
+
+
+def test_wait_exit_timeout(tmp_path: Path) -> None:
+    with fake_vm(tmp_path, "time.sleep(30)\n") as vm, pytest.raises(ExpectTimeout,
+                                                                    match="still running"):
+        vm.wait_exit(timeout=0.2)
+
+
+def test_whole_vm_timeout_kills_qemu(tmp_path: Path) -> None:
+    with fake_vm(tmp_path, "out('up\\n')\ntime.sleep(60)\n", timeout=0.5) as vm:
+        started = time.monotonic()
+        with pytest.raises(ExpectTimeout, match=r"whole-VM timeout \(0.5 s\)"):
+            vm.expect("never", timeout=30)
+        assert time.monotonic() - started < 10
+        assert vm.timed_out
+        assert vm.returncode is not None
+        with pytest.raises(ExpectTimeout, match="whole-VM timeout"):
+            vm.wait_exit(timeout=5)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_exit_kills_and_reaps_even_on_keyboard_interrupt(tmp_path: Path) -> None:
+    vm = fake_vm(tmp_path, "out('up\\n')\ntime.sleep(60)\n")
+    with pytest.raises(KeyboardInterrupt), vm:
+        vm.expect("up", timeout=10)
+        raise KeyboardInterrupt
+    assert vm.returncode is not None  # reaped: poll() has the status
+    assert vm.pid is not None and not _alive(vm.pid)
+
+
+def test_kill_is_idempotent_and_qemu_ignoring_sigterm_is_killed(tmp_path: Path) -> None:
+    body = ("import signal\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+            "out('up\\n')\ntime.sleep(60)\n")
+    vm = fake_vm(tmp_path, body).start()
+    vm.expect("up", timeout=10)
+    vm.kill(grace=0.2)
+    vm.kill()
+    assert vm.returncode == -9
+
+
+def test_own_workdir_removed_on_success_kept_on_failure(tmp_path: Path) -> None:
+    qemu = fake_qemu(tmp_path, "out('hi\\n')\n")
+    with VM(VMConfig(kernel=KERNEL, qemu=qemu)) as vm:
+        vm.wait_exit(timeout=10)
+        assert (vm.workdir / "serial.log").exists()
+    assert not vm.workdir.exists()
+    vm = VM(VMConfig(kernel=KERNEL, qemu=qemu))
+    try:
+        with pytest.raises(RuntimeError), vm:
+            raise RuntimeError("test failed")
+        assert (vm.workdir / "command.txt").exists()
+    finally:
+        import shutil
+        shutil.rmtree(vm.workdir, ignore_errors=True)
+
+
+def test_send_and_on_output(tmp_path: Path) -> None:
+    chunks: list[bytes] = []
+    body = "out('prompt# ')\nline = sys.stdin.readline()\nout(f'got {line}')\n"
+    qemu = fake_qemu(tmp_path, body)
+    cfg = VMConfig(kernel=KERNEL, qemu=qemu, workdir=tmp_path / "w")
+    with VM(cfg, on_output=chunks.append) as vm:
+        vm.send("ls /dev\n")
+        assert vm.expect("got ls /dev", timeout=10).string == "prompt# got ls /dev"
+        vm.wait_exit(timeout=10)
+    assert b"".join(chunks) == b"prompt# got ls /dev\n"
+
+
+def test_not_started(tmp_path: Path) -> None:
+    vm = VM(VMConfig(kernel=KERNEL, workdir=tmp_path))
+    with pytest.raises(VMError):
+        vm.wait_exit(1)
+    with pytest.raises(VMError):
+        vm.send("x")
+    vm.kill()  # harmless
+
+
+def test_expect_accepts_compiled_patterns(tmp_path: Path) -> None:
+    with fake_vm(tmp_path, "out('Hello\\n')\n") as vm:
+        assert vm.expect(re.compile("hello", re.IGNORECASE), timeout=10)
+
+
+def test_qemu_runs_in_the_callers_directory(tmp_path: Path) -> None:
+    """Relative paths (out/vmlinuz, disks) mean what they meant to the caller."""
+    with fake_vm(tmp_path, "import os\nout(os.getcwd() + '\\n')\n") as vm:
+        assert vm.expect(".", timeout=10).string == os.getcwd()
+
+
+def test_missing_qemu_binary(tmp_path: Path) -> None:
+    vm = VM(VMConfig(kernel=KERNEL, qemu=str(tmp_path / "no-qemu"), workdir=tmp_path / "w"))
+    with pytest.raises(VMError, match=r"cannot start .*no-qemu"):
+        vm.start()
+    assert vm.pid is None
+    vm.kill()

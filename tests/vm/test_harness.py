@@ -1,0 +1,214 @@
+"""The QEMU harness against a real kernel, with a throwaway busybox initramfs (not pyinit's).
+
+Needs a kernel at ``$PYINIT_KERNEL`` or ``out/vmlinuz`` (skipped otherwise) and a static busybox
+(``$PYINIT_BUSYBOX`` or ``busybox`` on PATH). The network/disk test also needs the kernel's
+modules (virtio_pci, virtio_net, virtio_blk) when they are not built in: ``$PYINIT_MODULES`` or
+``<prefix>/lib/modules/<version>`` beside ``<prefix>/boot/vmlinuz-<version>``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import lzma
+import os
+import shutil
+import struct
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import pytest
+
+from pyinit_qemu.vm import VM, Disk, ExpectTimeout, VMConfig, create_disk, guest_url
+from pyinit_server.server import ProvisioningServer
+
+pytest_plugins = ["pyinit_qemu.pytest_plugin"]
+pytestmark = pytest.mark.vm
+
+MAC = "52:54:00:12:34:56"
+BOOT_TIMEOUT = 120.0  # TCG on a slow, shared host
+# In dependency order; a module the kernel has built in is simply not found and skipped.
+NET_BLK_MODULES = ("virtio_ring", "virtio", "virtio_pci_legacy_dev", "virtio_pci_modern_dev",
+                   "virtio_pci", "failover", "net_failover", "virtio_net", "virtio_blk")
+
+
+# --------------------------------------------------------------------------------------------
+# A throwaway initramfs: busybox, an /init script, optional modules
+
+
+def _newc(name: str, mode: int, data: bytes = b"", rdev: tuple[int, int] = (0, 0),
+          ino: int = 0) -> bytes:
+    fields = (ino, mode, 0, 0, 1, 0, len(data), 0, 0, rdev[0], rdev[1], len(name) + 1, 0)
+    head = b"070701" + b"".join(b"%08x" % f for f in fields) + name.encode() + b"\0"
+    head += b"\0" * (-len(head) % 4)
+    return head + data + b"\0" * (-len(data) % 4)
+
+
+def build_initramfs(path: Path, init: str, busybox: Path, modules: Iterable[Path] = ()) -> Path:
+    """A newc cpio (uncompressed): /init, /bin/busybox, /dev/console, /lib/modules/*.ko."""
+    entries: list[tuple[str, int, bytes, tuple[int, int]]] = [
+        (d, 0o040755, b"", (0, 0)) for d in ("bin", "dev", "proc", "sys", "lib", "lib/modules")]
+    entries += [("dev/console", 0o020600, b"", (5, 1)),
+                ("init", 0o100755, init.encode(), (0, 0)),
+                ("bin/busybox", 0o100755, busybox.read_bytes(), (0, 0))]
+    for ko in modules:
+        data = ko.read_bytes()
+        if ko.name.endswith(".xz"):
+            data = lzma.decompress(data)
+        entries.append((f"lib/modules/{ko.name.split('.ko')[0]}.ko", 0o100644, data, (0, 0)))
+    out = b"".join(_newc(n, m, d, r, i) for i, (n, m, d, r) in enumerate(entries, start=1))
+    path.write_bytes(out + _newc("TRAILER!!!", 0))
+    return path
+
+
+def _is_static(elf: Path) -> bool:
+    with open(elf, "rb") as f:
+        head = f.read(64)
+        if head[:4] != b"\x7fELF" or head[4] != 2:
+            return False
+        phoff, = struct.unpack_from("<Q", head, 32)
+        phentsize, phnum = struct.unpack_from("<HH", head, 54)
+        f.seek(phoff)
+        table = f.read(phentsize * phnum)
+    return all(struct.unpack_from("<I", table, i * phentsize)[0] != 3  # PT_INTERP
+               for i in range(phnum))
+
+
+@pytest.fixture
+def busybox() -> Path:
+    found = os.environ.get("PYINIT_BUSYBOX") or shutil.which("busybox")
+    if not found or not _is_static(Path(found)):
+        pytest.skip("needs a static busybox ($PYINIT_BUSYBOX or busybox-static on PATH)")
+    return Path(found)
+
+
+def _modules_dir(kernel: Path) -> Path | None:
+    env = os.environ.get("PYINIT_MODULES")
+    if env:
+        return Path(env)
+    version = kernel.name.removeprefix("vmlinuz-")
+    candidates = [kernel.parent.parent / "lib" / "modules" / version]
+    if version == kernel.name:  # out/vmlinuz: any single version beside it
+        candidates += sorted((kernel.parent / "lib" / "modules").glob("*"))
+    return next((c for c in candidates if (c / "kernel").is_dir()), None)
+
+
+def find_modules(kernel: Path, names: Iterable[str]) -> list[Path]:
+    moddir = _modules_dir(kernel)
+    if moddir is None:
+        pytest.skip(f"needs the modules of {kernel} ($PYINIT_MODULES or "
+                    "<prefix>/lib/modules/<version>)")
+    index = {p.name.split(".ko")[0]: p for p in moddir.rglob("*.ko*")}
+    builtin = (moddir / "modules.builtin").read_text() if (moddir / "modules.builtin").exists() \
+        else ""
+    found = []
+    for name in names:
+        if name in index:
+            found.append(index[name])
+        elif f"/{name}.ko" not in builtin:
+            pytest.skip(f"module {name} neither in {moddir} nor built in")
+    return found
+
+
+INIT_HEADER = """#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+"""
+
+
+@pytest.fixture
+def initramfs(tmp_path: Path, busybox: Path) -> Callable[..., Path]:
+    def make(body: str, modules: Iterable[Path] = ()) -> Path:
+        return build_initramfs(tmp_path / "initrd.cpio", INIT_HEADER + body, busybox, modules)
+    return make
+
+
+# --------------------------------------------------------------------------------------------
+# Tests
+
+
+def test_boot_to_marker_and_poweroff(vm_kernel: Path, initramfs: Callable[..., Path],
+                                     boot_vm: Callable[..., VM]) -> None:
+    initrd = initramfs("""
+echo "HARNESS-MARKER $(uname -r) $(cat /proc/cmdline)"
+echo 'PYINIT-EVENT {"step": "smoke", "status": "ok", "n": 1}'
+poweroff -f
+""")
+    started = time.monotonic()
+    vm = boot_vm(VMConfig(kernel=vm_kernel, initrd=initrd, append="quiet extra=1",
+                          timeout=BOOT_TIMEOUT * 2))
+    m = vm.expect(r"HARNESS-MARKER (\S+) (.*)$", timeout=BOOT_TIMEOUT)
+    print(f"boot to marker: {time.monotonic() - started:.1f} s")
+    assert m.group(2).split() == ["console=ttyS0", "panic=-1", "quiet", "extra=1"]
+    assert vm.expect_event("smoke", "ok", timeout=30)["n"] == 1
+    assert vm.wait_exit(timeout=60) == 0
+    vm.assert_never("Traceback", "Kernel panic")
+    serial = (vm.workdir / "serial.log").read_text()
+    assert "HARNESS-MARKER" in serial
+    assert (vm.workdir / "command.txt").read_text().startswith("qemu-system-x86_64 -accel tcg")
+
+
+def test_panic_ends_qemu(vm_kernel: Path, initramfs: Callable[..., Path],
+                         boot_vm: Callable[..., VM]) -> None:
+    """panic=-1 and -no-reboot: a dying init ends QEMU instead of hanging the test."""
+    initrd = initramfs("echo about to die\nexit 7\n")
+    vm = boot_vm(VMConfig(kernel=vm_kernel, initrd=initrd, timeout=BOOT_TIMEOUT * 2))
+    vm.expect("about to die", timeout=BOOT_TIMEOUT)
+    vm.expect(r"Kernel panic - not syncing: Attempted to kill init", timeout=60)
+    assert vm.wait_exit(timeout=60) == 0
+    with pytest.raises(AssertionError, match="Kernel panic"):
+        vm.assert_never("Kernel panic")
+    with pytest.raises(ExpectTimeout, match=r"QEMU exited \(status 0\)"):
+        vm.expect("never printed", timeout=5)
+
+
+def test_network_server_and_disk(vm_kernel: Path, initramfs: Callable[..., Path],
+                                 boot_vm: Callable[..., VM], tmp_path: Path) -> None:
+    """The guest reaches the host's server at 10.0.2.2 (slirp), with the configured MAC, and
+    writes to the configured disk; the host checks the server's records and the disk after."""
+    modules = find_modules(vm_kernel, NET_BLK_MODULES)
+    root = tmp_path / "srv"
+    (root / "machines").mkdir(parents=True)
+    (root / "images").mkdir()
+    action = {"action": "writeImage", "sourceImage": "images/payload.bin"}
+    (root / "machines" / "52-54-00-12-34-56.json").write_text(json.dumps(action))
+    payload = os.urandom(300_000)
+    (root / "images" / "payload.bin").write_bytes(payload)
+    disk = create_disk(tmp_path / "disk.raw", 4 << 20)
+
+    with ProvisioningServer(root) as server:
+        url = guest_url(server.url)
+        initrd = initramfs(f"""
+for m in {' '.join(p.name.split('.ko')[0] for p in modules)}; do
+    insmod /lib/modules/$m.ko || echo "insmod $m failed"
+done
+sleep 1
+echo "MAC $(cat /sys/class/net/eth0/address)"
+echo "SERIAL $(cat /sys/block/vda/serial)"
+ip addr add 10.0.2.15/24 dev eth0
+ip link set eth0 up
+echo "ACTION $(wget -q -O - {url}/52:54:00:12:34:56.bty)"
+wget -q -O /dev/vda {url}/images/payload.bin && echo "WROTE $(wc -c < /dev/vda)"
+wget -q -O - --header 'Content-Type: application/json' \\
+    --post-data '{{"step": "smoke", "status": "ok"}}' {url}/events/52-54-00-12-34-56
+sync
+poweroff -f
+""", modules)
+        vm = boot_vm(VMConfig(kernel=vm_kernel, initrd=initrd, append="quiet", mac=MAC,
+                              disks=[Disk(disk, serial="PYINIT-TEST-0")],
+                              timeout=BOOT_TIMEOUT * 2))
+        assert vm.expect(r"^MAC (\S+)", timeout=BOOT_TIMEOUT).group(1) == MAC
+        assert vm.expect(r"^SERIAL (\S+)", timeout=30).group(1) == "PYINIT-TEST-0"
+        assert json.loads(vm.expect(r"^ACTION (.*)", timeout=60).group(1)) == action
+        vm.expect(r"^WROTE", timeout=60)
+        assert vm.wait_exit(timeout=60) == 0
+        vm.assert_never("Traceback", "Kernel panic", "insmod .* failed")
+        assert server.events(MAC) == [{"step": "smoke", "status": "ok"}]
+        paths = [r["path"] for r in server.access_log]
+        assert "/52:54:00:12:34:56.bty" in paths and "/images/payload.bin" in paths
+    with open(disk, "rb") as f:
+        written = f.read(len(payload))
+    assert hashlib.sha256(written).hexdigest() == hashlib.sha256(payload).hexdigest()
