@@ -80,19 +80,16 @@ def parse_module_list(text: str) -> ModuleList:
     """A module list file: one name per line, ``?name`` = optional, ``#`` starts a comment."""
     names: list[str] = []
     optional: set[str] = set()
+    required: set[str] = set()
     for raw in text.splitlines():
         line = raw.split("#", 1)[0].strip()
         if not line:
             continue
-        is_optional = line.startswith("?")
         name = module_name(line.lstrip("?").strip())
         if name not in names:
             names.append(name)
-        if is_optional:
-            optional.add(name)
-        else:
-            optional.discard(name)  # required anywhere wins
-    return ModuleList(tuple(names), frozenset(optional))
+        (optional if line.startswith("?") else required).add(name)
+    return ModuleList(tuple(names), frozenset(optional - required))  # required anywhere wins
 
 
 def resolve(names: Iterable[str], deps: Mapping[str, tuple[str, ...]], *,

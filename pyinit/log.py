@@ -75,7 +75,9 @@ class _ConsoleTee:
                 for line in text.splitlines():
                     if line.strip():
                         with contextlib.suppress(OSError):
-                            _kmsg.write(f"<6>pyinit: {line[:900]}\n")
+                            # <7> (debug): kept in dmesg but not echoed on the console,
+                            # which already shows the line.
+                            _kmsg.write(f"<7>pyinit: {line[:900]}\n")
         return len(text)
 
     def flush(self) -> None:

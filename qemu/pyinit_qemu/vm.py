@@ -123,6 +123,10 @@ def build_command(cfg: VMConfig) -> list[str]:
     argv = [cfg.qemu, "-accel", cfg.accel]
     if cfg.accel == "kvm":
         argv += ["-cpu", "host"]
+    else:
+        # TCG's "max" CPU has RDRAND, as real servers do: the kernel's CRNG is ready at once
+        # instead of ~2 s into boot (Python's first os.urandom() would block on it).
+        argv += ["-cpu", "max"]
     argv += ["-m", str(cfg.memory_mb), "-smp", str(cfg.cpus), "-kernel", str(cfg.kernel)]
     if cfg.initrd is not None:
         argv += ["-initrd", str(cfg.initrd)]

@@ -35,7 +35,7 @@ from pyinit_qemu.vm import (
 
 KERNEL, INITRD = "/k/vmlinuz", "/k/initrd.zst"
 BASE = [
-    "qemu-system-x86_64", "-accel", "tcg", "-m", "1024", "-smp", "1",
+    "qemu-system-x86_64", "-accel", "tcg", "-cpu", "max", "-m", "1024", "-smp", "1",
     "-kernel", KERNEL, "-initrd", INITRD, "-append", "console=ttyS0 panic=-1 quiet",
     "-no-reboot", "-display", "none", "-serial", "stdio", "-monitor", "none",
 ]
@@ -53,21 +53,22 @@ def test_default_command() -> None:
 
 def test_no_initrd_no_append() -> None:
     argv = build_command(VMConfig(kernel=KERNEL))
-    assert argv[:12] == ["qemu-system-x86_64", "-accel", "tcg", "-m", "1024", "-smp", "1",
-                         "-kernel", KERNEL, "-append", "console=ttyS0 panic=-1", "-no-reboot"]
+    assert argv[:14] == ["qemu-system-x86_64", "-accel", "tcg", "-cpu", "max", "-m", "1024",
+                         "-smp", "1", "-kernel", KERNEL, "-append", "console=ttyS0 panic=-1",
+                         "-no-reboot"]
     assert "-initrd" not in argv
 
 
 def test_hardware_options() -> None:
     cfg = VMConfig(kernel=KERNEL, initrd=INITRD, append="quiet", mac="52:54:00:aa:bb:cc",
                    nic_model="e1000", memory_mb=2048, cpus=2, hostfwd=["tcp:127.0.0.1:2222-:22"],
-                   extra_args=["-cpu", "max"], qemu="/opt/qemu/bin/qemu-system-x86_64")
+                   extra_args=["-rtc", "base=utc"], qemu="/opt/qemu/bin/qemu-system-x86_64")
     assert build_command(cfg) == [
-        "/opt/qemu/bin/qemu-system-x86_64", "-accel", "tcg", "-m", "2048", "-smp", "2",
-        *BASE[7:],
+        "/opt/qemu/bin/qemu-system-x86_64", "-accel", "tcg", "-cpu", "max", "-m", "2048",
+        "-smp", "2", *BASE[9:],
         "-netdev", "user,id=n0,hostfwd=tcp:127.0.0.1:2222-:22",
         "-device", "e1000,netdev=n0,mac=52:54:00:aa:bb:cc,romfile=",
-        "-cpu", "max",
+        "-rtc", "base=utc",
     ]
 
 

@@ -1,0 +1,480 @@
+"""Build the initramfs: kernel + frozen /init + busybox + libraries + modules -> newc cpio + zstd.
+
+Steps, in order (each one logged):
+
+1. preflight: every missing host tool named at once, before any work;
+2. kernel: the Debian kernel package, downloaded and extracted once (``kernel.fetch``);
+3. freeze: the PyInstaller onedir bundle of ``pyinit.init:main``, cached (``freeze.freeze``);
+4. stage: the declarative ``LAYOUT`` (merged-/usr like Debian, so host library paths work as-is),
+   the repo's ``rootfs/`` skeleton, the bundle under ``/usr/lib/pyinit``, ``/init``, busybox with a
+   symlink per applet, the ELF closure of the bundle and of ``data/binaries.txt``, the modules of
+   ``data/modules.txt`` with their modules.dep closure, then ``depmod`` and ``ldconfig`` on the
+   staged tree;
+5. pack: the reproducible cpio (``cpio.py``), zstd-compressed (the Debian kernel has
+   CONFIG_RD_ZSTD), ``vmlinuz`` beside it and ``manifest.json`` describing both.
+
+Same inputs give the same initramfs sha256: paths sorted, owners 0, inodes renumbered, mtimes
+clamped to SOURCE_DATE_EPOCH, fixed zstd parameters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import shutil
+import stat
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import zstandard
+
+from pyinit import kmod, proc
+from pyinit.errors import PyinitError
+from pyinit_build import cpio, elf, freeze, kernel, preflight
+from pyinit_build.errors import BuildError
+
+log = logging.getLogger("pyinit_build.initramfs")
+
+DATA = Path(__file__).resolve().parent / "data"
+REPO = Path(__file__).resolve().parents[2]
+BUNDLE_DIR = "usr/lib/pyinit"          # inside the initramfs
+MODULES_LIST_PATH = "etc/pyinit/modules"  # read by pyinit.init's modules step
+ZSTD_LEVEL = 19
+# Used when neither SOURCE_DATE_EPOCH nor a git commit time is available (2024-01-01).
+FALLBACK_EPOCH = 1704067200
+
+
+@dataclass(frozen=True)
+class Dir:
+    path: str
+    mode: int = 0o755
+
+
+@dataclass(frozen=True)
+class Symlink:
+    path: str
+    target: str
+
+
+@dataclass(frozen=True)
+class DevNode:
+    path: str
+    major: int
+    minor: int
+    mode: int = 0o600
+
+
+# The initramfs skeleton. Merged /usr like the Debian host, so the interpreter and library paths
+# recorded in host binaries (/lib64/ld-linux-x86-64.so.2) resolve unchanged.
+LAYOUT: tuple[Dir | Symlink, ...] = (
+    Dir("usr/bin"), Dir("usr/sbin"), Dir("usr/lib"), Dir("usr/lib64"),
+    Symlink("bin", "usr/bin"), Symlink("sbin", "usr/sbin"), Symlink("lib", "usr/lib"),
+    Symlink("lib64", "usr/lib64"),
+    Dir("dev"), Dir("proc", 0o555), Dir("sys", 0o555), Dir("run"), Dir("tmp", 0o1777),
+    Dir("mnt"), Dir("newroot"), Dir("root", 0o700), Dir("etc"), Dir("etc/pyinit"),
+    Dir("var"), Dir("var/tmp", 0o1777), Symlink("var/run", "../run"),
+    Symlink("etc/mtab", "../proc/self/mounts"),
+)
+# The kernel opens /dev/console for PID 1's stdio before anything can mount devtmpfs
+# (CONFIG_DEVTMPFS_MOUNT is off in Debian), so the archive carries these two nodes itself.
+DEVICES: tuple[DevNode, ...] = (DevNode("dev/console", 5, 1, 0o600),
+                                DevNode("dev/null", 1, 3, 0o666))
+
+# /init is a symlink to the bundle's bootloader: it finds its _internal/ through the link without
+# /proc, and re-executes itself (execve, same PID) with LD_LIBRARY_PATH set, so the frozen Python
+# is PID 1 (checked in QEMU). The shell shim is kept as a fallback (BuildConfig.init_shim).
+INIT_LINK = f"/{BUNDLE_DIR}/{freeze.NAME}"
+INIT_SHIM = f'#!/bin/sh\nexec {INIT_LINK} "$@"\n'
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    repo: Path = REPO
+    out_dir: Path | None = None                 # default <repo>/out
+    cache_dir: Path | None = None               # default <repo>/.cache
+    kernel_deb: Path | None = None              # skip apt: use this linux-image .deb
+    modules: bool = True
+    modules_list: Path = DATA / "modules.txt"
+    binaries_list: Path = DATA / "binaries.txt"
+    extra_binaries: tuple[str, ...] = ()        # more host files, with their ELF closure
+    entry: Path = freeze.DEFAULT_ENTRY
+    bundle: Path | None = None                  # a ready onedir bundle (skips the freeze)
+    busybox: Path = Path("/bin/busybox")
+    source_date_epoch: int | None = None
+    zstd_level: int = ZSTD_LEVEL
+    init_shim: bool = False                     # /init as a busybox sh shim instead of a link
+
+    @property
+    def out(self) -> Path:
+        return self.out_dir or self.repo / "out"
+
+    @property
+    def cache(self) -> Path:
+        return self.cache_dir or self.repo / ".cache"
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    initramfs: Path
+    vmlinuz: Path
+    manifest_path: Path
+    sha256: str
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+
+def source_date_epoch(repo: Path, configured: int | None = None) -> int:
+    """Explicit value, else $SOURCE_DATE_EPOCH, else the last commit's time, else a constant."""
+    if configured is not None:
+        return configured
+    if os.environ.get("SOURCE_DATE_EPOCH", "").isdigit():
+        return int(os.environ["SOURCE_DATE_EPOCH"])
+    try:
+        done = proc.run(["git", "-C", str(repo), "log", "-1", "--format=%ct"], check=False)
+    except PyinitError:
+        return FALLBACK_EPOCH
+    value = done.stdout.strip()
+    return int(value) if done.rc == 0 and value.isdigit() else FALLBACK_EPOCH
+
+
+def parse_path_list(text: str) -> tuple[list[str], set[str]]:
+    """A declarative list: one entry per line, ``?`` = optional, ``#`` comments.
+
+    Returns (every entry in order, the optional ones)."""
+    entries: list[str] = []
+    optional: set[str] = set()
+    for raw in text.splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        value = line.lstrip("?").strip()
+        entries.append(value)
+        if line.startswith("?"):
+            optional.add(value)
+    return entries, optional
+
+
+# --- staging helpers -----------------------------------------------------------------------------
+
+def _dest(staging: Path, vpath: str) -> Path:
+    """Where ``vpath`` (absolute inside the image) lives in ``staging``, resolving the symlinks
+    already staged *inside* staging (``lib`` -> ``usr/lib``) so nothing escapes to the host."""
+    parent, name = os.path.split("/" + vpath.lstrip("/"))
+    real_parent, _ = elf.resolve_links(parent, root=str(staging))
+    directory = staging / real_parent.lstrip("/")
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory / name
+
+
+def _put_symlink(staging: Path, vpath: str, target: str) -> None:
+    dest = _dest(staging, vpath)
+    if dest.is_symlink():
+        if os.readlink(dest) != target:
+            raise BuildError("stage", f"/{vpath.lstrip('/')}: symlink to {os.readlink(dest)}, "
+                                      f"wanted {target}")
+        return
+    if dest.exists():
+        return  # a real file or directory wins over a link (e.g. a binary over an applet)
+    dest.symlink_to(target)
+
+
+def _put_file(staging: Path, vpath: str, source: Path, mode: int | None = None) -> None:
+    dest = _dest(staging, vpath)
+    if dest.is_symlink() or dest.exists():
+        dest.unlink()
+    shutil.copy2(source, dest, follow_symlinks=False)
+    if mode is not None:
+        dest.chmod(mode)
+
+
+def apply_layout(staging: Path, layout: Iterable[Dir | Symlink]) -> None:
+    for item in layout:
+        if isinstance(item, Dir):
+            path = _dest(staging, item.path)
+            path.mkdir(exist_ok=True)
+            path.chmod(item.mode)
+        else:
+            _put_symlink(staging, item.path, item.target)
+
+
+def copy_skeleton(staging: Path, skeleton: Path) -> int:
+    """The repo's ``rootfs/`` tree, file by file (directories and symlinks kept)."""
+    count = 0
+    if not skeleton.is_dir():
+        return 0
+    for path in sorted(skeleton.rglob("*")):
+        vpath = str(path.relative_to(skeleton))
+        if path.is_symlink():
+            _put_symlink(staging, vpath, os.readlink(path))
+        elif path.is_dir():
+            _dest(staging, vpath).mkdir(exist_ok=True)
+        else:
+            _put_file(staging, vpath, path)
+            count += 1
+    return count
+
+
+def stage_host_paths(staging: Path, paths: Iterable[str]) -> int:
+    """Copy host paths (files and symlinks, as ``elf.closure`` returns them) to the same places."""
+    count = 0
+    for vpath in sorted(paths, key=lambda p: (p.count("/"), p)):
+        st = os.lstat(vpath)
+        if stat.S_ISLNK(st.st_mode):
+            _put_symlink(staging, vpath, os.readlink(vpath))
+        elif stat.S_ISREG(st.st_mode):
+            _put_file(staging, vpath, Path(vpath))
+            count += 1
+        elif stat.S_ISDIR(st.st_mode):
+            _dest(staging, vpath).mkdir(exist_ok=True)
+    return count
+
+
+def stage_busybox(staging: Path, busybox: Path) -> int:
+    """``/bin/busybox`` and a symlink for every applet ``busybox --list-full`` names."""
+    info = elf.read_info(busybox)
+    if info is None or info.interp is not None:
+        raise BuildError("busybox", f"{busybox} is not a static ELF binary "
+                                    f"({preflight.install_hint('busybox')})")
+    _put_file(staging, "bin/busybox", busybox, 0o755)
+    applets = [a.strip() for a in proc.run([str(busybox), "--list-full"]).stdout.splitlines()
+               if a.strip()]
+    for applet in applets:
+        if applet.lstrip("/") != "bin/busybox":
+            _put_symlink(staging, applet, "/bin/busybox")
+    return len(applets)
+
+
+def stage_modules(staging: Path, kern: kernel.Kernel, names: kmod.ModuleList) -> list[str]:
+    """The modules.dep closure of ``names`` plus modules.builtin*/order, then ``depmod``."""
+    deps = kmod.parse_modules_dep((kern.modules_dir / "modules.dep").read_text())
+    builtin_file = kern.modules_dir / "modules.builtin"
+    builtin = kmod.parse_modules_builtin(builtin_file.read_text()) \
+        if builtin_file.exists() else frozenset()
+    order = kmod.resolve(names.names, deps, optional=names.optional, builtin=builtin)
+    base = f"lib/modules/{kern.release}"
+    for rel in order:
+        _put_file(staging, f"{base}/{rel}", kern.modules_dir / rel)
+    for meta in ("modules.builtin", "modules.builtin.modinfo", "modules.order"):
+        if (kern.modules_dir / meta).exists():
+            _put_file(staging, f"{base}/{meta}", kern.modules_dir / meta)
+    proc.run(["depmod", "-b", str(staging), kern.release])
+    by_name = {kmod.module_name(p) for p in order}
+    present = [n for n in names.names if n in by_name]
+    listing = "# Written by pyinit_build: modules /init loads, in order (with their deps).\n"
+    _dest(staging, MODULES_LIST_PATH).write_text(listing + "".join(f"{n}\n" for n in present))
+    return [kmod.module_name(p) for p in order]
+
+
+def bundle_elf_files(bundle: Path) -> list[Path]:
+    return sorted(p for p in bundle.rglob("*")
+                  if p.is_file() and not p.is_symlink() and elf.is_elf_file(p))
+
+
+def library_closure(bundle: Path | None, binaries: Sequence[str]) -> set[str]:
+    """Host paths the bundle and ``binaries`` need, minus what the bundle already carries.
+
+    The bootloader starts with the default library path (it needs the host's libz.so.1), then
+    re-executes itself with ``LD_LIBRARY_PATH=<bundle>/_internal``: everything else in the bundle
+    resolves against ``_internal`` first.
+    """
+    try:
+        paths = elf.closure(list(binaries))
+        if bundle is not None:
+            bootloader = bundle / freeze.NAME
+            paths |= elf.closure([str(bootloader)])
+            inner = [str(p) for p in bundle_elf_files(bundle) if p != bootloader]
+            paths |= elf.closure(inner, [str(bundle / "_internal"), *elf.DEFAULT_SEARCH_DIRS])
+    except (elf.LibraryNotFound, elf.ElfError, FileNotFoundError) as exc:
+        raise BuildError("libraries", str(exc)) from exc
+    if bundle is not None:
+        inside = str(bundle.resolve()) + "/"
+        paths = {p for p in paths if not (p + "/").startswith(inside)}
+    return paths
+
+
+# --- pack ----------------------------------------------------------------------------------------
+
+def archive_entries(staging: Path, devices: Iterable[DevNode] = DEVICES) -> list[cpio.Entry]:
+    entries = [e for e in cpio.entries_from_tree(staging)
+               if e.path not in {d.path for d in devices}]
+    entries += [cpio.chardev(d.path, d.major, d.minor, d.mode) for d in devices]
+    return entries
+
+
+def compress(data: bytes, level: int = ZSTD_LEVEL) -> bytes:
+    """zstd with fixed parameters (single-threaded, content size, checksum): same in, same out."""
+    cctx = zstandard.ZstdCompressor(level=level, write_content_size=True, write_checksum=True,
+                                    threads=0)
+    return cctx.compress(data)
+
+
+def _sha256(path_or_data: Path | bytes) -> str:
+    if isinstance(path_or_data, bytes):
+        return hashlib.sha256(path_or_data).hexdigest()
+    h = hashlib.sha256()
+    with path_or_data.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
+def stage(staging: Path, cfg: BuildConfig, kern: kernel.Kernel, bundle_dir: Path
+          ) -> tuple[list[str], int]:
+    """Fill ``staging`` with the image tree. Returns (modules staged, busybox applet count)."""
+    staging.chmod(0o755)
+    apply_layout(staging, LAYOUT)
+    copy_skeleton(staging, cfg.repo / "rootfs")
+    shutil.copytree(bundle_dir, _dest(staging, BUNDLE_DIR), symlinks=True)
+    if cfg.init_shim:
+        (staging / "init").write_text(INIT_SHIM)
+        (staging / "init").chmod(0o755)
+    else:
+        (staging / "init").symlink_to(INIT_LINK)
+
+    listed, optional = parse_path_list(cfg.binaries_list.read_text()) \
+        if cfg.binaries_list.exists() else ([], set())
+    binaries = [b for b in [*listed, *cfg.extra_binaries]
+                if os.path.lexists(b) or b not in optional]
+    missing = [b for b in binaries if not os.path.lexists(b)]
+    if missing:
+        raise BuildError("binaries", f"not on this host: {', '.join(missing)}")
+    stage_host_paths(staging, library_closure(bundle_dir, binaries))
+    applets = stage_busybox(staging, cfg.busybox)
+
+    modules: list[str] = []
+    if cfg.modules:
+        names = kmod.parse_module_list(cfg.modules_list.read_text())
+        try:
+            modules = stage_modules(staging, kern, names)
+        except PyinitError as exc:
+            raise BuildError("modules", str(exc)) from exc
+    if (staging / "usr/sbin/ldconfig").exists():
+        # /etc/ld.so.cache for the staged libraries; -X: do not touch the staged symlinks.
+        proc.run(["ldconfig", "-X", "-r", str(staging)])
+    return modules, applets
+
+
+def build(cfg: BuildConfig) -> BuildResult:
+    """Build ``vmlinuz``, ``initramfs.cpio.zst`` and ``manifest.json`` into ``cfg.out``."""
+    started = time.monotonic()
+    tools = [*preflight.BUILD_TOOLS]
+    if cfg.kernel_deb is None:
+        tools += preflight.KERNEL_FETCH_TOOLS
+    if cfg.bundle is not None:
+        tools.remove("python:PyInstaller")
+    if not cfg.modules:
+        tools.remove("depmod")
+    preflight.check(tools)
+    epoch = source_date_epoch(cfg.repo, cfg.source_date_epoch)
+    cfg.cache.mkdir(parents=True, exist_ok=True)
+
+    log.info("initramfs: kernel")
+    kern = kernel.fetch(cfg.cache / "kernel", kernel_deb=cfg.kernel_deb)
+
+    log.info("initramfs: freeze")
+    if cfg.bundle is not None:
+        bundle_dir, freeze_key, freeze_note = cfg.bundle.resolve(), None, "given"
+    else:
+        frozen = freeze.freeze(cfg.cache, repo=cfg.repo, entry=cfg.entry)
+        bundle_dir, freeze_key = frozen.directory, frozen.key
+        freeze_note = "cached" if frozen.cached else f"built in {frozen.seconds:.1f} s"
+    if not (bundle_dir / freeze.NAME).is_file():
+        raise BuildError("freeze", f"{bundle_dir} has no {freeze.NAME} executable")
+
+    log.info("initramfs: stage")
+    with tempfile.TemporaryDirectory(prefix="staging-", dir=cfg.cache) as tmp:
+        modules, applets = stage(Path(tmp), cfg, kern, bundle_dir)
+        log.info("initramfs: pack")
+        entries = archive_entries(Path(tmp))
+    raw = cpio.pack(entries, epoch=epoch)
+    data = compress(raw, cfg.zstd_level)
+
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    initramfs = cfg.out / "initramfs.cpio.zst"
+    vmlinuz = cfg.out / "vmlinuz"
+    _write_atomic(initramfs, data)
+    if not vmlinuz.exists() or _sha256(vmlinuz) != _sha256(kern.vmlinuz):
+        shutil.copyfile(kern.vmlinuz, vmlinuz)
+    sha = _sha256(data)
+    manifest: dict[str, Any] = {
+        "kernel": {"release": kern.release, "package": kern.package, "version": kern.version,
+                   "deb": kern.deb.name, "vmlinuz_sha256": _sha256(vmlinuz),
+                   "vmlinuz_bytes": vmlinuz.stat().st_size},
+        "initramfs": {"file": initramfs.name, "sha256": sha, "bytes_compressed": len(data),
+                      "bytes_uncompressed": len(raw), "cpio_sha256": _sha256(raw),
+                      "files": sum(1 for e in entries if e.kind == "file"),
+                      "entries": len(entries), "compression": f"zstd-{cfg.zstd_level}"},
+        "modules": modules,
+        "busybox_applets": applets,
+        "source_date_epoch": epoch,
+        "freeze_key": freeze_key,
+    }
+    manifest_path = cfg.out / "manifest.json"
+    _write_atomic(manifest_path, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
+    log.info("initramfs: %s: %d bytes (%d uncompressed), sha256 %s; %.1f s, freeze %s",
+             initramfs, len(data), len(raw), sha, time.monotonic() - started, freeze_note)
+    return BuildResult(initramfs, vmlinuz, manifest_path, sha, manifest)
+
+
+# --- CLI -----------------------------------------------------------------------------------------
+
+def register(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``initramfs`` subcommand to an argparse subparsers object."""
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "initramfs", help="build out/vmlinuz, out/initramfs.cpio.zst and out/manifest.json",
+        description="Build the initramfs: the Debian kernel (downloaded once), the frozen "
+                    "pyinit /init (cached by input hash), busybox, shared libraries and kernel "
+                    "modules, packed as a reproducible newc cpio compressed with zstd. "
+                    "Same inputs give the same sha256.")
+    p.add_argument("--out", type=Path, default=None, help="output directory (default <repo>/out)")
+    p.add_argument("--cache", type=Path, default=None,
+                   help="cache for the kernel, the freeze and staging (default <repo>/.cache)")
+    p.add_argument("--kernel-deb", type=Path, default=None,
+                   help="use this linux-image .deb instead of apt's linux-image-amd64")
+    p.add_argument("--no-modules", action="store_true", help="stage no kernel modules")
+    p.add_argument("--modules-list", type=Path, default=DATA / "modules.txt",
+                   help="module list: one name per line, '?name' optional (default: %(default)s)")
+    p.add_argument("--extra-binary", action="append", default=[], metavar="PATH",
+                   help="host binary or library to add with its libraries (repeatable)")
+    p.add_argument("--bundle", type=Path, default=None,
+                   help="use this PyInstaller onedir bundle instead of freezing")
+    p.add_argument("--entry", type=Path, default=freeze.DEFAULT_ENTRY,
+                   help="PyInstaller entry script (default: %(default)s)")
+    p.add_argument("--source-date-epoch", type=int, default=None,
+                   help="mtime clamp (default: $SOURCE_DATE_EPOCH, else the last commit time)")
+    p.add_argument("--zstd-level", type=int, default=ZSTD_LEVEL,
+                   help="zstd level (default: %(default)s)")
+    p.set_defaults(func=_main)
+    return p
+
+
+def _main(args: argparse.Namespace) -> int:
+    cfg = BuildConfig(out_dir=args.out, cache_dir=args.cache, kernel_deb=args.kernel_deb,
+                      modules=not args.no_modules, modules_list=args.modules_list,
+                      extra_binaries=tuple(args.extra_binary), bundle=args.bundle,
+                      entry=args.entry, source_date_epoch=args.source_date_epoch,
+                      zstd_level=args.zstd_level)
+    try:
+        result = build(cfg)
+    except PyinitError as exc:
+        log.error("initramfs: %s", exc)
+        return 1
+    info = result.manifest["initramfs"]
+    print(f"{result.initramfs}: {info['bytes_compressed']} bytes "
+          f"({info['bytes_uncompressed']} uncompressed, {info['files']} files), "
+          f"sha256 {result.sha256}")
+    print(f"{result.vmlinuz}: {result.manifest['kernel']['package']} "
+          f"{result.manifest['kernel']['version']}")
+    return 0
