@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -235,7 +234,6 @@ def main() -> None:
     log.console(f"pyinit {__version__} starting as PID {os.getpid()}")
     policy.install_signal_handlers()
     policy.start_reaper()
-    _warm_imports()
     ctx = Context()
     try:
         if early_error is not None:
@@ -248,22 +246,6 @@ def main() -> None:
         except BaseException as exc2:  # the guard of the guard: still never exit
             log.console(f"pyinit: failure handling failed: {exc2!r}")
     policy.idle_forever()
-
-
-def _warm_imports() -> None:
-    """Import what later steps need in a background thread while the modules step loads drivers:
-    under emulation importing pyroute2 alone costs about a second."""
-
-    def warm() -> None:
-        import importlib
-
-        for name in ("pyroute2", "pyroute2.dhcp.client", "pyroute2.iproute.linux"):
-            try:
-                importlib.import_module(name)
-            except Exception as exc:  # the step that needs it will report it properly
-                log.get_logger().debug(f"warm import {name}: {exc}")
-
-    threading.Thread(target=warm, name="warm-imports", daemon=True).start()
 
 
 def _early_console() -> None:

@@ -15,6 +15,8 @@ import pytest
 
 from pyinit import proc
 
+pytest_plugins = ["pyinit_qemu.pytest_plugin"]
+
 
 class RealCommandInUnitTest(AssertionError):
     pass

@@ -1,1 +1,1 @@
-"""Host-side builder: the initramfs (freeze, libraries, busybox, modules, cpio) and the `pyinit` CLI."""
+"""Host side: the initramfs builder (freeze, libraries, busybox, modules, cpio), the CLI."""

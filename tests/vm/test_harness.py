@@ -13,17 +13,16 @@ import json
 import lzma
 import os
 import shutil
-import struct
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import pytest
 
+from pyinit_build import cpio, elf
 from pyinit_qemu.vm import VM, Disk, ExpectTimeout, VMConfig, create_disk, guest_url
 from pyinit_server.server import ProvisioningServer
 
-pytest_plugins = ["pyinit_qemu.pytest_plugin"]
 pytestmark = pytest.mark.vm
 
 MAC = "52:54:00:12:34:56"
@@ -37,42 +36,24 @@ NET_BLK_MODULES = ("virtio_ring", "virtio", "virtio_pci_legacy_dev", "virtio_pci
 # A throwaway initramfs: busybox, an /init script, optional modules
 
 
-def _newc(name: str, mode: int, data: bytes = b"", rdev: tuple[int, int] = (0, 0),
-          ino: int = 0) -> bytes:
-    fields = (ino, mode, 0, 0, 1, 0, len(data), 0, 0, rdev[0], rdev[1], len(name) + 1, 0)
-    head = b"070701" + b"".join(b"%08x" % f for f in fields) + name.encode() + b"\0"
-    head += b"\0" * (-len(head) % 4)
-    return head + data + b"\0" * (-len(data) % 4)
-
-
 def build_initramfs(path: Path, init: str, busybox: Path, modules: Iterable[Path] = ()) -> Path:
-    """A newc cpio (uncompressed): /init, /bin/busybox, /dev/console, /lib/modules/*.ko."""
-    entries: list[tuple[str, int, bytes, tuple[int, int]]] = [
-        (d, 0o040755, b"", (0, 0)) for d in ("bin", "dev", "proc", "sys", "lib", "lib/modules")]
-    entries += [("dev/console", 0o020600, b"", (5, 1)),
-                ("init", 0o100755, init.encode(), (0, 0)),
-                ("bin/busybox", 0o100755, busybox.read_bytes(), (0, 0))]
+    """A newc cpio (uncompressed, pyinit_build's writer): /init, /bin/busybox, /dev/console and
+    /lib/modules/*.ko."""
+    entries = [cpio.directory(d) for d in ("bin", "dev", "proc", "sys", "lib", "lib/modules")]
+    entries += [cpio.chardev("dev/console", 5, 1), cpio.file("init", init.encode(), 0o755),
+                cpio.file("bin/busybox", busybox.read_bytes(), 0o755)]
     for ko in modules:
         data = ko.read_bytes()
         if ko.name.endswith(".xz"):
             data = lzma.decompress(data)
-        entries.append((f"lib/modules/{ko.name.split('.ko')[0]}.ko", 0o100644, data, (0, 0)))
-    out = b"".join(_newc(n, m, d, r, i) for i, (n, m, d, r) in enumerate(entries, start=1))
-    path.write_bytes(out + _newc("TRAILER!!!", 0))
+        entries.append(cpio.file(f"lib/modules/{ko.name.split('.ko')[0]}.ko", data))
+    path.write_bytes(cpio.pack(entries, epoch=0))
     return path
 
 
-def _is_static(elf: Path) -> bool:
-    with open(elf, "rb") as f:
-        head = f.read(64)
-        if head[:4] != b"\x7fELF" or head[4] != 2:
-            return False
-        phoff, = struct.unpack_from("<Q", head, 32)
-        phentsize, phnum = struct.unpack_from("<HH", head, 54)
-        f.seek(phoff)
-        table = f.read(phentsize * phnum)
-    return all(struct.unpack_from("<I", table, i * phentsize)[0] != 3  # PT_INTERP
-               for i in range(phnum))
+def _is_static(path: Path) -> bool:
+    info = elf.read_info(path)
+    return info is not None and info.interp is None
 
 
 @pytest.fixture
