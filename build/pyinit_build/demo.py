@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
 import tempfile
 import time
 from pathlib import Path
@@ -47,7 +48,7 @@ def run_demo(out: Path, *, keep: bool = False, timeout: float = 300.0) -> dict[s
     root = work / "server"
     (root / "machines").mkdir(parents=True)
     (root / "images").mkdir()
-    (root / "images" / "demo.img.gz").symlink_to(image.gz)
+    (root / "images" / "demo.img.gz").symlink_to(image.gz.resolve())
     mac_file = DEMO_MAC.replace(":", "-") + ".json"
     (root / "machines" / mac_file).write_text(json.dumps({
         "action": "writeImage", "compressed": True, "sourceImage": "images/demo.img.gz",
@@ -103,6 +104,8 @@ def register(sub: Any) -> None:
 
 
 def _main(args: argparse.Namespace) -> int:
+    # The console is streamed raw by _echo; don't log every serial line a second time.
+    logging.getLogger("pyinit_qemu.serial").setLevel(logging.WARNING)
     s = run_demo(args.out, keep=args.keep, timeout=args.timeout)
     print(f"demo: machine {s['machine']} image {s['image']} bytes {s['bytes']} "
           f"action fetched at {s['action_fetched_at_uptime']} s uptime, "
