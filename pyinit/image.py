@@ -19,7 +19,7 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import requests
 import zstandard
@@ -58,76 +58,50 @@ class RawDecoder:
         return b""
 
 
-class GzipDecoder:
-    """gzip, including concatenated members; truncation and trailing garbage are errors."""
+class FramedDecoder:
+    """A stream of one or more concatenated gzip members or zstd frames. Corruption, a truncated
+    last member and trailing bytes that start no new member are errors, never success."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, name: str, magic: bytes,
+                 new: Callable[[], Any]) -> None:
         self.url = url
-        self._d = zlib.decompressobj(wbits=31)
+        self.name = name
+        self.magic = magic
+        self._new = new
+        self._d = new()
 
     def feed(self, data: bytes) -> bytes:
         out = []
         while data:
             try:
                 out.append(self._d.decompress(data))
-            except zlib.error as exc:
-                raise ImageError(self.url, f"corrupt gzip stream: {exc}") from exc
+            except (zlib.error, zstandard.ZstdError) as exc:
+                raise ImageError(self.url, f"corrupt {self.name} stream: {exc}") from exc
             if not self._d.eof:
                 break
             rest = self._d.unused_data
             if not rest:
                 break
-            if not rest.startswith(GZIP_MAGIC):
-                raise ImageError(self.url, f"trailing garbage after gzip stream "
+            if not rest.startswith(self.magic):
+                raise ImageError(self.url, f"trailing garbage after {self.name} stream "
                                  f"({len(rest)} bytes or more)")
-            self._d = zlib.decompressobj(wbits=31)
+            self._d = self._new()
             data = rest
         return b"".join(out)
 
     def finish(self) -> bytes:
-        tail = self._d.flush()
+        tail: bytes = self._d.flush()
         if not self._d.eof:
-            raise ImageError(self.url, "truncated gzip stream")
+            raise ImageError(self.url, f"truncated {self.name} stream")
         return tail
-
-
-class ZstdDecoder:
-    """zstd, including concatenated frames; truncation and trailing garbage are errors."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self._dctx = zstandard.ZstdDecompressor()
-        self._d = self._dctx.decompressobj()
-
-    def feed(self, data: bytes) -> bytes:
-        out = []
-        while data:
-            try:
-                out.append(self._d.decompress(data))
-            except zstandard.ZstdError as exc:
-                raise ImageError(self.url, f"corrupt zstd stream: {exc}") from exc
-            if not self._d.eof:
-                break
-            rest = self._d.unused_data
-            if not rest:
-                break
-            if not rest.startswith(ZSTD_MAGIC):
-                raise ImageError(self.url, "trailing garbage after zstd stream")
-            self._d = self._dctx.decompressobj()
-            data = rest
-        return b"".join(out)
-
-    def finish(self) -> bytes:
-        if not self._d.eof:
-            raise ImageError(self.url, "truncated zstd stream")
-        return b""
 
 
 def decoder_for(kind: str, url: str) -> Decoder:
     if kind == "gzip":
-        return GzipDecoder(url)
+        return FramedDecoder(url, "gzip", GZIP_MAGIC, lambda: zlib.decompressobj(wbits=31))
     if kind == "zstd":
-        return ZstdDecoder(url)
+        dctx = zstandard.ZstdDecompressor()
+        return FramedDecoder(url, "zstd", ZSTD_MAGIC, dctx.decompressobj)
     return RawDecoder()
 
 
