@@ -13,7 +13,7 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -51,14 +51,21 @@ def configure(*, debug: bool = False, console: TextIO | None = None,
     for noisy in ("pyroute2", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.WARNING)
     structlog.configure(
-        processors=[
-            structlog.processors.add_log_level,
-            structlog.dev.ConsoleRenderer(colors=False, pad_event_to=0),
-        ],
+        processors=[structlog.processors.add_log_level, _render],
         wrapper_class=structlog.make_filtering_bound_logger(level),
         logger_factory=structlog.WriteLoggerFactory(file=_ConsoleTee()),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )
+
+
+def _render(_logger: Any, _name: str, ev: MutableMapping[str, Any]) -> str:
+    """``pyinit: <message> key=value`` — plain text for a serial console; level only when it
+    is not info."""
+    level = ev.pop("level", "info")
+    message = str(ev.pop("event", ""))
+    prefix = "pyinit: " if level in ("info", "debug") else f"pyinit: {level.upper()}: "
+    extra = " ".join(f"{k}={v}" for k, v in ev.items())
+    return prefix + message + (f" {extra}" if extra else "")
 
 
 class _ConsoleTee:

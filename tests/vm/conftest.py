@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from pyinit_build.demoimage import DemoImage, build_demo_image
-from pyinit_qemu.vm import VM, Disk, VMConfig, create_disk, guest_url
+from pyinit_qemu.vm import VM, Disk, Interface, VMConfig, create_disk, guest_url
 from pyinit_server.server import ProvisioningServer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -78,10 +78,12 @@ def server(tmp_path: Path) -> Iterator[Server]:
 
 
 def boot(artifacts: Artifacts, tmp_path: Path, append: str, *, mac: str,
-         disks: list[Path], timeout: float = 240) -> VM:
+         disks: list[Path], timeout: float = 240, nic_model: str = "virtio-net-pci",
+         interface: Interface = "virtio") -> VM:
     cfg = VMConfig(kernel=artifacts.kernel, initrd=artifacts.initrd,
-                   append=f"{append} pyinit.on_failure=poweroff", mac=mac,
-                   disks=[Disk(d) for d in disks], timeout=timeout, workdir=tmp_path / "vm")
+                   append=f"{append} pyinit.on_failure=poweroff", mac=mac, nic_model=nic_model,
+                   disks=[Disk(d, interface=interface) for d in disks], timeout=timeout,
+                   workdir=tmp_path / "vm")
     return VM(cfg)
 
 

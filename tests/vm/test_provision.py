@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from pyinit_build.demoimage import DemoImage
+from pyinit_qemu.vm import Interface
 
 from .conftest import NEVER, Artifacts, Server, blank_disk, boot
 
@@ -31,17 +32,22 @@ def is_all_zero(path: Path) -> bool:
     return True
 
 
-@pytest.mark.parametrize("form", ["MYURL", "BOOTYURL"])
+# MYURL on virtio (net and disk); BOOTYURL on e1000 and an AHCI disk, so both driver sets load.
+@pytest.mark.parametrize(("form", "mac", "nic", "interface", "device"), [
+    ("MYURL", "52:54:00:00:02:01", "virtio-net-pci", "virtio", "/dev/vda"),
+    ("BOOTYURL", "52:54:00:00:02:02", "e1000", "ahci", "/dev/sda"),
+])
 def test_provision_writes_the_image(artifacts: Artifacts, server: Server, demo_image: DemoImage,
-                                    tmp_path: Path, form: str) -> None:
-    mac = "52:54:00:00:02:01" if form == "MYURL" else "52:54:00:00:02:02"
+                                    tmp_path: Path, form: str, mac: str, nic: str,
+                                    interface: Interface, device: str) -> None:
     server.image("demo.img.gz", demo_image.gz)
     server.machine(mac, {"action": "writeImage", "compressed": True,
                          "sourceImage": f"{server.srv.url}/images/demo.img.gz".replace(
                              "127.0.0.1", "10.0.2.2"),
-                         "destinationDevice": "/dev/vda", "finish": "poweroff"})
+                         "destinationDevice": device, "finish": "poweroff"})
     disk = blank_disk(tmp_path / "disk.raw", 2 * demo_image.size)
-    with boot(artifacts, tmp_path, f"{form}={server.guest_url}", mac=mac, disks=[disk]) as vm:
+    with boot(artifacts, tmp_path, f"{form}={server.guest_url}", mac=mac, disks=[disk],
+              nic_model=nic, interface=interface) as vm:
         vm.expect(r"pyinit \S+ starting as PID 1", timeout=90)
         lease = vm.expect_event(step="network", status="ok", timeout=90)
         fetched = vm.expect_event(step="action", status="ok", timeout=60)
@@ -51,6 +57,7 @@ def test_provision_writes_the_image(artifacts: Artifacts, server: Server, demo_i
         vm.assert_never(*NEVER)
     assert result["status"] == "ok", result
     assert result["mac"] == mac
+    assert result["device"] == device
     assert result["address"].startswith("10.0.2.")
     assert result["bytes"] == demo_image.size
     assert result["sha256"] == demo_image.sha256
