@@ -79,9 +79,9 @@ def server(tmp_path: Path) -> Iterator[Server]:
 
 def boot(artifacts: Artifacts, tmp_path: Path, append: str, *, mac: str,
          disks: list[Path], timeout: float = 240, nic_model: str = "virtio-net-pci",
-         interface: Interface = "virtio") -> VM:
+         interface: Interface = "virtio", policy: str = "poweroff") -> VM:
     cfg = VMConfig(kernel=artifacts.kernel, initrd=artifacts.initrd,
-                   append=f"{append} pyinit.on_failure=poweroff", mac=mac, nic_model=nic_model,
+                   append=f"{append} pyinit.on_failure={policy}", mac=mac, nic_model=nic_model,
                    disks=[Disk(d, interface=interface) for d in disks], timeout=timeout,
                    workdir=tmp_path / "vm")
     return VM(cfg)
