@@ -20,6 +20,10 @@ from pyinit.errors import ConfigError
 
 ActionKind = Literal["writeImage", "readImage"]
 Finish = Literal["reboot", "poweroff", "shell"]
+Verify = Literal["none", "full"]
+Compression = Literal["zstd", "gzip", "none"]
+UploadMethod = Literal["multipart", "put"]
+CHECKSUM_ALGOS = {"sha256": 64, "sha512": 128}
 
 # wire name -> (attribute, expected python type(s))
 _FIELDS: dict[str, tuple[str, tuple[type, ...]]] = {
@@ -39,8 +43,15 @@ _FIELDS: dict[str, tuple[str, tuple[type, ...]]] = {
     "dryRun": ("dry_run", (bool,)),
     "dropToShell": ("drop_to_shell", (bool,)),
     "wipeDevice": ("wipe_device", (bool,)),
-    # pyinit extensions
+    # pyinit extensions (docs/action.md)
     "finish": ("finish", (str,)),
+    "checksum": ("checksum", (str,)),
+    "checksumURL": ("checksum_url", (str,)),
+    "size": ("size", (int,)),
+    "verify": ("verify", (str,)),
+    "preserveOnError": ("preserve_on_error", (bool,)),
+    "compression": ("compression", (str,)),
+    "uploadMethod": ("upload_method", (str,)),
 }
 
 _TYPE_NAMES = {bool: "a boolean", str: "a string", int: "an integer"}
@@ -65,6 +76,20 @@ class Action:
     drop_to_shell: bool = False
     wipe_device: bool = False
     finish: Finish = "reboot"
+    checksum: tuple[str, str] | None = None  # (algorithm, lower-case hex)
+    checksum_url: str | None = None
+    size: int | None = None
+    verify: Verify = "none"
+    preserve_on_error: bool = False
+    compression: Compression | None = None
+    upload_method: UploadMethod = "multipart"
+
+    @property
+    def capture_compression(self) -> Compression:
+        """readImage: explicit ``compression``, else BOOTy's behaviour (gzip when compressed)."""
+        if self.compression is not None:
+            return self.compression
+        return "gzip" if self.compressed else "none"
 
     def summary(self) -> str:
         if self.action == "writeImage":
@@ -91,6 +116,24 @@ def _device(name: str, value: str) -> str:
     if not _DEVICE_RE.match(value) or "/../" in value or value.endswith("/.."):
         raise ConfigError(name, f"not a device path under /dev: {value!r}")
     return value
+
+
+def parse_checksum(value: str, *, field: str = "checksum") -> tuple[str, str]:
+    """``sha256:<hex>`` / ``sha512:<hex>`` → (algorithm, lower-case hex). Pure."""
+    algo, sep, digest = value.strip().partition(":")
+    algo = algo.lower()
+    if not sep or algo not in CHECKSUM_ALGOS:
+        raise ConfigError(field, f"must be sha256:<hex> or sha512:<hex>, got {value!r}")
+    digest = digest.lower()
+    if len(digest) != CHECKSUM_ALGOS[algo] or not re.fullmatch(r"[0-9a-f]+", digest):
+        raise ConfigError(field, f"{algo} digest must be {CHECKSUM_ALGOS[algo]} hex digits")
+    return algo, digest
+
+
+def _choice(values: dict[str, Any], attr: str, allowed: tuple[str, ...], *,
+            wire: str | None = None) -> None:
+    if attr in values and values[attr] not in allowed:
+        raise ConfigError(wire or attr, f"{values[attr]!r} is not one of {', '.join(allowed)}")
 
 
 def parse_action(data: Mapping[str, Any], *, base_url: str | None = None) -> Action:
@@ -121,9 +164,18 @@ def parse_action(data: Mapping[str, Any], *, base_url: str | None = None) -> Act
             raise ConfigError("growPartition", f"partition number out of range: {gp}")
         values["grow_partition"] = gp or None  # BOOTy's Go zero value means "none"
 
-    fin = values.get("finish", "reboot")
-    if fin not in ("reboot", "poweroff", "shell"):
-        raise ConfigError("finish", f"{fin!r} is not one of reboot, poweroff, shell")
+    _choice(values, "finish", ("reboot", "poweroff", "shell"))
+    _choice(values, "verify", ("none", "full"))
+    _choice(values, "compression", ("zstd", "gzip", "none"))
+    _choice(values, "upload_method", ("multipart", "put"), wire="uploadMethod")
+    if "checksum" in values:
+        values["checksum"] = parse_checksum(values["checksum"])
+        if values.get("checksum_url"):
+            raise ConfigError("checksumURL", "give checksum or checksumURL, not both")
+    if "size" in values and values["size"] <= 0:
+        raise ConfigError("size", f"must be a positive number of bytes, got {values['size']}")
+    if values.get("checksum_url"):
+        values["checksum_url"] = _url("checksumURL", values["checksum_url"], base_url)
 
     if kind == "writeImage":
         for wire, attr in (("sourceImage", "source_image"),

@@ -80,6 +80,15 @@ def test_null_fields_mean_unset() -> None:
     ({"destinationDevice": None}, "destinationDevice", "required"),
     ({"finish": "explode"}, "finish", "reboot"),
     ({"sourceImg": "http://h/x"}, "sourceImg", "unknown field"),
+    ({"checksum": "md5:abc"}, "checksum", "sha256:<hex>"),
+    ({"checksum": "sha256:xyz"}, "checksum", "64 hex digits"),
+    ({"checksum": "sha512:" + "a" * 64}, "checksum", "128 hex digits"),
+    ({"checksum": "sha256:" + "a" * 64, "checksumURL": "SHA256SUMS"}, "checksumURL", "not both"),
+    ({"size": 0}, "size", "positive"),
+    ({"size": "1G"}, "size", "integer"),
+    ({"verify": "partial"}, "verify", "none, full"),
+    ({"compression": "lz4"}, "compression", "zstd"),
+    ({"uploadMethod": "ftp"}, "uploadMethod", "multipart"),
 ])
 def test_bad_actions_name_the_field(patch: dict[str, Any], field: str, needle: str) -> None:
     data = dict(PLUNDER_WRITE, **patch)
@@ -103,3 +112,21 @@ def test_non_json_answers_are_config_errors(body: bytes) -> None:
 def test_json_that_is_not_an_object() -> None:
     with pytest.raises(ConfigError, match="JSON object"):
         parse_action_json(json.dumps([PLUNDER_WRITE]))
+
+
+def test_extensions_for_the_image_pipeline() -> None:
+    digest = "AB" * 32
+    act = parse_action(dict(PLUNDER_WRITE, checksum=f"SHA256:{digest}", size=1 << 30,
+                            verify="full", preserveOnError=True))
+    assert act.checksum == ("sha256", digest.lower())
+    assert (act.size, act.verify, act.preserve_on_error) == (1 << 30, "full", True)
+    act = parse_action(dict(PLUNDER_WRITE, checksumURL="images/SHA256SUMS"),
+                       base_url="http://s:1")
+    assert act.checksum_url == "http://s:1/images/SHA256SUMS"
+
+
+def test_capture_compression_defaults_follow_booty() -> None:
+    assert parse_action(PLUNDER_READ).capture_compression == "gzip"
+    assert parse_action(dict(PLUNDER_READ, compressed=False)).capture_compression == "none"
+    act = parse_action(dict(PLUNDER_READ, compression="zstd", uploadMethod="put"))
+    assert (act.capture_compression, act.upload_method) == ("zstd", "put")
