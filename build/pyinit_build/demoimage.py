@@ -31,6 +31,43 @@ class DemoImage:
     gz_sha256: str
 
 
+def _prng_bytes(n: int, seed: bytes = b"pyinit-demo") -> bytes:
+    out = bytearray()
+    counter = 0
+    while len(out) < n:
+        out += hashlib.sha512(seed + counter.to_bytes(8, "little")).digest()
+        counter += 1
+    return bytes(out[:n])
+
+
+def compressed_copy(image: DemoImage, kind: str) -> Path:
+    """``demo.img.zst`` (with the frame checksum) or ``demo.img.xz`` beside the raw image,
+    made once and reused."""
+    suffix = {"zstd": ".zst", "xz": ".xz"}[kind]
+    out = image.raw.with_name(image.raw.name + suffix)
+    if out.exists() and out.stat().st_mtime >= image.raw.stat().st_mtime:
+        return out
+    tmp = out.with_name(out.name + ".tmp")
+    with image.raw.open("rb") as src, tmp.open("wb") as dst:
+        if kind == "zstd":
+            import zstandard
+
+            zstandard.ZstdCompressor(level=3, write_checksum=True,
+                                     write_content_size=True).copy_stream(
+                src, dst, size=image.size)
+        else:
+            import lzma
+
+            with lzma.LZMAFile(dst, "wb", preset=1) as xz:
+                shutil.copyfileobj(src, xz, 4 * MIB)
+    os.replace(tmp, out)
+    return out
+
+
+def sha256_file(path: Path) -> str:
+    return _sha256(path)
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
@@ -45,7 +82,7 @@ def build_demo_image(out_dir: Path, *, size_mib: int = 64, label: str = "pyinit-
     raw = out_dir / "demo.img"
     gz = out_dir / "demo.img.gz"
     meta = out_dir / "demo.json"
-    key = {"size_mib": size_mib, "label": label, "version": 1}
+    key = {"size_mib": size_mib, "label": label, "version": 2}
     if raw.exists() and gz.exists() and meta.exists():
         cached = json.loads(meta.read_text())
         if cached.get("key") == key:
@@ -57,6 +94,9 @@ def build_demo_image(out_dir: Path, *, size_mib: int = 64, label: str = "pyinit-
     (tree / "etc").mkdir(parents=True)
     (tree / "etc" / "hostname").write_text("pyinit-demo\n")
     (tree / "PYINIT-DEMO").write_text("written by pyinit\n")
+    # Incompressible payload (deterministic), so the compressed image is big enough to be
+    # interrupted and resumed mid-stream in tests.
+    (tree / "payload.bin").write_bytes(_prng_bytes(8 * MIB))
     for path in [*sorted(tree.rglob("*")), tree]:
         os.utime(path, (SOURCE_DATE_EPOCH, SOURCE_DATE_EPOCH), follow_symlinks=False)
 
