@@ -55,6 +55,7 @@ class BootParams:
     break_before: frozenset[str] = frozenset()
     debug: bool = False
     exec_entrypoint: bool = False
+    modules: Literal["auto", "all"] = "auto"
     carrier_timeout: float = 15.0
     dhcp_timeout: float = 45.0
     fetch_timeout: float = 120.0
@@ -231,6 +232,11 @@ def parse_cmdline(text: str, env: Mapping[str, str] | None = None) -> BootParams
         out["on_failure"] = pol
     if "pyinit.debug" in kv:
         out["debug"] = _flag(kv["pyinit.debug"])
+    mods = kv.get("pyinit.modules")
+    if mods is not None:
+        if mods not in ("auto", "all"):
+            raise ConfigError("pyinit.modules", f"{mods!r} is not one of auto, all")
+        out["modules"] = mods
     if "pyinit.exec" in kv:
         out["exec_entrypoint"] = _flag(kv["pyinit.exec"])
     for key, attr in (("pyinit.carrier_timeout", "carrier_timeout"),

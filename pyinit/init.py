@@ -18,7 +18,7 @@ from pathlib import Path
 
 import requests
 
-from pyinit import __version__, kmod, log, policy, rootfs
+from pyinit import __version__, coldplug, kmod, log, policy, rootfs
 from pyinit.action import Action
 from pyinit.cmdline import BootParams, failure_policy, parse_cmdline
 from pyinit.errors import ConfigError, PyinitError
@@ -29,6 +29,7 @@ from pyinit.image import wait_for_device, write_image
 from pyinit.network import NetworkResult, StaticIP, configure
 
 MODULES_LIST = Path("/etc/pyinit/modules")
+MODULES_ROOT = Path("/lib/modules")
 NEWROOT = Path("/newroot")
 
 
@@ -60,12 +61,28 @@ def step_rootfs(ctx: Context) -> None:
 
 
 def step_modules(ctx: Context) -> None:
-    """Load the NIC and disk drivers baked into the initramfs, in modules.dep order."""
-    if not MODULES_LIST.exists():
+    """Load the drivers for the devices present (coldplug by modalias, then hotplug in the
+    background) and the listed non-driver modules (filesystems, crc32c), in modules.dep order."""
+    base = MODULES_ROOT / os.uname().release
+    if not (base / "modules.dep").exists():
         return
-    names = [n.strip() for n in MODULES_LIST.read_text().splitlines()
-             if n.strip() and not n.startswith("#")]
-    loaded = kmod.load(names, optional=frozenset(names))
+    listed = [n.strip() for n in MODULES_LIST.read_text().splitlines()
+              if n.strip() and not n.startswith("#")] if MODULES_LIST.exists() else []
+    alias_file = base / "modules.alias"
+    table = kmod.parse_modules_alias(alias_file.read_text() if alias_file.exists() else "")
+    if ctx.params.modules == "all":  # pyinit.modules=all: every listed driver, present or not
+        loaded = kmod.load(listed, optional=frozenset(listed))
+        ctx.summary["modules"] = len(loaded)
+        log.get_logger().info(f"modules: loaded {len(loaded)}: {' '.join(loaded)}")
+        return
+    drivers = table.device_drivers()
+    always = [n for n in listed if kmod.module_name(n) not in drivers]
+    loaded = kmod.load(always, optional=frozenset(always))
+    plugger = coldplug.Plugger(table, load=lambda names: kmod.load(names,
+                                                                     optional=frozenset(names)))
+    loaded += coldplug.coldplug(plugger)
+    coldplug.start_hotplug(plugger)
+    ctx.summary["modules"] = len(loaded)
     log.get_logger().info(f"modules: loaded {len(loaded)}: {' '.join(loaded)}")
 
 

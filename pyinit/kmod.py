@@ -12,8 +12,11 @@ else is up, and busybox's modprobe cannot tell us which module failed and why.
 from __future__ import annotations
 
 import errno
+import fnmatch
+import functools
 import logging
 import os
+import re
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,6 +140,58 @@ def resolve(names: Iterable[str], deps: Mapping[str, tuple[str, ...]], *,
             raise ConfigError(f"module {name}", "not found in modules.dep nor modules.builtin")
         visit(found)
     return order
+
+
+@dataclass(frozen=True)
+class AliasTable:
+    """``modules.alias`` as (pattern, module) pairs in file order."""
+
+    entries: tuple[tuple[str, str], ...]
+
+    def modules(self) -> frozenset[str]:
+        return frozenset(m for _, m in self.entries)
+
+    @functools.cached_property
+    def index(self) -> dict[str, list[tuple[str, str, str]]]:
+        """(literal prefix, glob, module) grouped by bus (``pci``, ``virtio``…). Most globs start
+        with a long literal (vendor and device IDs), so a ``startswith`` rules them out without
+        compiling a regex: that matters when Python runs emulated at PID 1."""
+        out: dict[str, list[tuple[str, str, str]]] = {}
+        for pattern, module in self.entries:
+            if ":" in pattern:
+                prefix = re.split(r"[*?\[]", pattern, maxsplit=1)[0]
+                out.setdefault(pattern.split(":", 1)[0], []).append((prefix, pattern, module))
+        return out
+
+    def device_drivers(self) -> frozenset[str]:
+        """Modules with a bus alias (``pci:…``, ``virtio:…``, ``scsi:…``): loaded only when a
+        device matches. Filesystems (``fs-ext4``) and helpers (``crypto-crc32c``) have none."""
+        return frozenset(m for pattern, m in self.entries
+                         if ":" in pattern and not pattern.startswith(("devname:", "fs-")))
+
+
+def parse_modules_alias(text: str) -> AliasTable:
+    """``alias <pattern> <module>`` lines; comments and junk are skipped. Pure."""
+    entries: list[tuple[str, str]] = []
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[0] == "alias":
+            entries.append((parts[1], module_name(parts[2])))
+    return AliasTable(tuple(entries))
+
+
+def match_aliases(modaliases: Iterable[str], table: AliasTable) -> list[str]:
+    """Modules whose alias glob matches any of ``modaliases``, in first-match order. Pure."""
+    out: list[str] = []
+    index = table.index
+    for alias in modaliases:
+        if ":" not in alias:  # device modaliases always carry a bus prefix
+            continue
+        for prefix, pattern, module in index.get(alias.split(":", 1)[0], ()):
+            if (module not in out and alias.startswith(prefix)
+                    and fnmatch.fnmatchcase(alias, pattern)):
+                out.append(module)
+    return out
 
 
 def loaded_modules(text: str) -> frozenset[str]:
