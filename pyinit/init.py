@@ -20,16 +20,18 @@ import requests
 
 from pyinit import __version__, coldplug, kmod, log, policy, rootfs
 from pyinit.action import Action
+from pyinit.capture import capture_image
 from pyinit.cmdline import BootParams, failure_policy, parse_cmdline
 from pyinit.errors import ConfigError, PyinitError
 from pyinit.events import ServerSink
 from pyinit.fetch import fetch_action, mac_dashes, server_base
 from pyinit.ginit import mount_root, run_entrypoint
-from pyinit.image import wait_for_device, write_image
+from pyinit.image import WriteRequest, wait_for_device, write_image
 from pyinit.network import NetworkResult, StaticIP, configure
 
 MODULES_LIST = Path("/etc/pyinit/modules")
 MODULES_ROOT = Path("/lib/modules")
+DEVICE_TIMEOUT = 30.0  # seconds for the action's disk to appear (drivers probe asynchronously)
 NEWROOT = Path("/newroot")
 
 
@@ -118,23 +120,42 @@ def step_action(ctx: Context) -> None:
 
 
 def step_provision(ctx: Context) -> None:
-    """Carry out the action: stream the image onto the disk."""
+    """Carry out the action: stream the image onto the disk, or capture the disk and upload it."""
     act = ctx.action
     if act is None:
         return
-    if act.action != "writeImage":
-        raise ConfigError("action", f"{act.action} is not supported by this pyinit yet")
-    assert act.source_image and act.destination_device
+    logger = log.get_logger()
     if act.dry_run:
-        log.get_logger().info("provision: dryRun set, not writing")
+        logger.info(f"provision: dryRun set, not running {act.summary()}")
         return
-    wait_for_device(act.destination_device, timeout=20)
-    result = write_image(act.source_image, act.destination_device, session=ctx.session)
-    ctx.summary.update(image=result.url, device=result.device, format=result.format,
-                       bytes=result.bytes_written, sha256=result.sha256,
-                       write_seconds=round(result.seconds, 2))
-    log.get_logger().info(f"provision: wrote {result.bytes_written} bytes ({result.format}) to "
-                          f"{result.device} in {result.seconds:.1f} s, sha256 {result.sha256}")
+    if act.action == "readImage":
+        assert act.source_device and act.destination_address and ctx.network is not None
+        wait_for_device(act.source_device, timeout=DEVICE_TIMEOUT)
+        cap = capture_image(act.source_device, act.destination_address, mac=ctx.network.mac,
+                            method=act.upload_method, compression=act.capture_compression,
+                            session=ctx.session)
+        ctx.summary.update(device=cap.device, upload=cap.url, method=cap.method,
+                           compression=cap.compression, bytes_read=cap.bytes_read,
+                           bytes_sent=cap.bytes_sent, sha256_raw=cap.sha256_raw,
+                           sha256_sent=cap.sha256_sent, seconds=round(cap.seconds, 2))
+        logger.info(f"provision: captured {cap.bytes_read} bytes of {cap.device} "
+                    f"({cap.compression}, {cap.bytes_sent} sent) to {cap.url} in "
+                    f"{cap.seconds:.1f} s")
+        return
+    assert act.source_image and act.destination_device
+    wait_for_device(act.destination_device, timeout=DEVICE_TIMEOUT)
+    req = WriteRequest(url=act.source_image, device=act.destination_device,
+                       checksum=act.checksum, checksum_url=act.checksum_url, size=act.size,
+                       verify=act.verify == "full", preserve_on_error=act.preserve_on_error)
+    res = write_image(req, session=ctx.session)
+    ctx.summary.update(image=res.url, device=res.device, format=res.format,
+                       bytes=res.bytes_written, sha256=res.sha256,
+                       checksum_verified=res.checksum_verified, zero_bytes=res.zero_bytes,
+                       resumes=res.resumes, restarts=res.restarts,
+                       verified_readback=res.verified_readback, seconds=round(res.seconds, 2))
+    logger.info(f"provision: wrote {res.bytes_written} bytes ({res.format}) to {res.device} in "
+                f"{res.seconds:.1f} s; sha256 {res.sha256}"
+                + (f", {res.checksum_verified} verified" if res.checksum_verified else ""))
 
 
 def step_entrypoint(ctx: Context) -> None:

@@ -60,7 +60,7 @@ def test_provision_writes_the_image(artifacts: Artifacts, server: Server, demo_i
     assert result["device"] == device
     assert result["address"].startswith("10.0.2.")
     assert result["bytes"] == demo_image.size
-    assert result["sha256"] == demo_image.sha256
+    assert result["sha256"] == demo_image.gz_sha256  # of the file as served
     assert lease["uptime"] < fetched["uptime"]
     # The host's own check: the disk holds the image, byte for byte.
     assert disk_sha256(disk, demo_image.size) == demo_image.sha256
