@@ -3,11 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 from typing import Any
 
-from pyinit_server.server import ProvisioningServer
+from pyinit_server.server import DEFAULT_MAX_UPLOAD, ProvisioningServer
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(?:i?b)?\s*$", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """``1T``, ``500G``, ``64MiB``, ``1024`` -> bytes (binary units). Pure."""
+    m = _SIZE_RE.match(text)
+    if not m:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 1024, 64M, 500G, 1T)")
+    unit = m.group(2).lower()
+    scale = 1024 ** ("kmgtp".index(unit) + 1) if unit else 1
+    return int(float(m.group(1)) * scale)
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
@@ -17,7 +30,10 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         description="Serve ROOT over HTTP until Ctrl-C: GET /{mac} and /{mac}.bty return "
                     "ROOT/machines/{mac}.json (MAC lower-case with dashes; "
                     "ROOT/machines/default.json for unknown machines), GET /images/PATH serves "
-                    "ROOT/images/PATH with Range support, POST /events/{mac} records an event. "
+                    "ROOT/images/PATH with Range support, POST /events/{mac} records an event, "
+                    "POST /image (multipart, field BootyImage: BOOTy's readImage) and "
+                    "PUT /images/NAME store an upload as ROOT/images/NAME with NAME.sha256 "
+                    "beside it. "
                     "A QEMU guest (pyinit vm) reaches the host's 127.0.0.1 at 10.0.2.2.",
         epilog="example: pyinit serve --root demo/ --port 8080 & "
                "pyinit vm --server http://127.0.0.1:8080")
@@ -27,6 +43,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                    help="address to listen on (default: %(default)s)")
     p.add_argument("--port", type=int, default=8080,
                    help="port to listen on, 0 for any free port (default: %(default)s)")
+    p.add_argument("--max-upload", type=parse_size, default=DEFAULT_MAX_UPLOAD, metavar="SIZE",
+                   help="largest upload accepted, e.g. 500G (binary units; default: 1T); "
+                        "larger ones are refused with 413")
     p.set_defaults(func=run)
     return p
 
@@ -36,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
     if not (root / "machines").is_dir() and not (root / "images").is_dir():
         print(f"pyinit serve: warning: {root} has neither machines/ nor images/",
               file=sys.stderr)
-    server = ProvisioningServer(root, host=args.host, port=args.port)
+    server = ProvisioningServer(root, host=args.host, port=args.port,
+                                max_upload=args.max_upload)
     try:
         server.start()
     except OSError as exc:

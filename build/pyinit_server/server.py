@@ -20,21 +20,47 @@ Routes:
 ``POST /events/{mac}``
     one JSON object (at most 64 KiB), kept in memory per MAC (:meth:`ProvisioningServer.events`)
     and logged; 400 on bad JSON.
+``POST /image``
+    a captured disk, BOOTy/plunder style: ``multipart/form-data`` whose file field
+    ``BootyImage`` is stored as ``images/<file name>``. Only the file name's last component is
+    used and it must match ``[A-Za-z0-9_-][A-Za-z0-9._-]*`` (no leading dot, not ``*.sha256``);
+    anything else is refused with 400 (plunder writes the client's name into its working
+    directory; this server never does). Other fields are read and ignored.
+``PUT /images/<name>``
+    the request body is stored as ``images/<name>`` (same name rules; no subdirectories).
 
-Written by hand on :mod:`http.server` rather than a framework: the whole protocol is four routes,
-and the server must start in-process in tests with nothing to install.
+Uploads accept ``Content-Length`` or ``Transfer-Encoding: chunked`` bodies and are streamed:
+the body goes to a temporary file in ``images/`` while its SHA-256 is computed, is fsynced and
+renamed over the final name only once the whole request arrived, together with a sidecar
+``<name>.sha256`` (``sha256sum`` format). A body larger than ``max_upload`` is refused with 413,
+an upload cut off midway (client gone, chunked body without its last chunk, multipart without
+its closing boundary, no data for ``upload_timeout`` seconds) leaves nothing behind. Concurrent
+uploads of one name each complete; the last to finish wins. The answer is 201 with JSON
+``{"name", "size", "sha256"}``.
+
+Written by hand on :mod:`http.server` rather than a framework: the whole protocol is six routes,
+and the server must start in-process in tests with nothing to install. The streaming multipart
+parser is hand-written too: the stdlib's (``cgi``, removed in 3.13, and ``email``) read the whole
+body into memory.
 """
 
 from __future__ import annotations
 
+import contextlib
+import email.message
+import email.parser
 import email.utils
+import errno
+import hashlib
 import json
 import logging
 import os
 import re
 import socket
+import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -45,6 +71,12 @@ from urllib.parse import unquote, urlsplit
 log = logging.getLogger("pyinit_server")
 
 MAX_EVENT_BYTES = 64 * 1024
+DEFAULT_MAX_UPLOAD = 1 << 40  # 1 TiB
+DEFAULT_UPLOAD_TIMEOUT = 300.0  # seconds without data before an upload counts as cut off
+UPLOAD_FIELD = "BootyImage"
+UPLOAD_CHUNK = 1 << 20
+MAX_PART_HEADER = 16 * 1024
+_NAME_RE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}$")
 _MAC_RE = re.compile(r"^[0-9a-f]{2}([:-])[0-9a-f]{2}(?:\1[0-9a-f]{2}){4}$", re.IGNORECASE)
 _RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
@@ -126,6 +158,214 @@ def if_range_matches(if_range: str | None, etag: str, mtime: float) -> bool:
     return when is not None and when == int(mtime)
 
 
+# -- uploads: names, bodies, multipart --------------------------------------------------------
+
+
+def upload_name(raw: str, *, basename: bool) -> str | None:
+    """The file name to store an upload under, or None to refuse it. Pure.
+
+    ``basename``: keep only the last path component (a multipart file name, which browsers and
+    old clients send with a path); otherwise any ``/`` or ``\\`` refuses the name (a URL).
+    """
+    if basename:
+        raw = raw.replace("\\", "/").rsplit("/", 1)[-1]
+    if not _NAME_RE.match(raw) or raw.endswith(".sha256"):
+        return None
+    return raw
+
+
+class UploadError(Exception):
+    """An upload that must be answered with ``status`` (and nothing stored)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        self.status = status
+        self.message = message
+        super().__init__(f"{status}: {message}")
+
+
+class CutOff(UploadError):
+    def __init__(self, message: str) -> None:
+        super().__init__(400, f"upload cut off: {message}")
+
+
+def read_body(rfile: Any, *, length: int | None, chunked: bool,
+              limit: int) -> Iterator[bytes]:
+    """The request body from ``rfile``, de-chunked, in pieces of at most ``UPLOAD_CHUNK``.
+
+    Raises :class:`CutOff` when the body ends early and ``UploadError(413)`` beyond ``limit``.
+    """
+    def read(n: int) -> bytes:
+        try:
+            data: bytes = rfile.read(n)
+        except TimeoutError as exc:
+            raise CutOff("no data within the upload timeout") from exc
+        except OSError as exc:
+            raise CutOff(f"connection lost: {exc}") from exc
+        if not data:
+            raise CutOff("the connection closed before the end of the body")
+        return data
+
+    def line() -> bytes:
+        try:
+            text: bytes = rfile.readline(1024)
+        except TimeoutError as exc:
+            raise CutOff("no data within the upload timeout") from exc
+        except OSError as exc:
+            raise CutOff(f"connection lost: {exc}") from exc
+        if not text.endswith(b"\n"):
+            if len(text) >= 1024:
+                raise UploadError(400, "malformed chunked body: line too long")
+            raise CutOff("the connection closed inside the chunked body")
+        return text
+
+    total = 0
+    if not chunked:
+        assert length is not None
+        if length > limit:
+            raise UploadError(413, f"body of {length} bytes is larger than {limit}")
+        while total < length:
+            data = read(min(UPLOAD_CHUNK, length - total))
+            total += len(data)
+            yield data
+        return
+    while True:
+        size_text = line().split(b";", 1)[0].strip()
+        try:
+            size = int(size_text, 16)
+        except ValueError:
+            raise UploadError(400, f"malformed chunk size {size_text[:20]!r}") from None
+        if size == 0:
+            while line().strip():  # trailer fields, then the empty line
+                pass
+            return
+        total += size
+        if total > limit:
+            raise UploadError(413, f"body larger than {limit} bytes")
+        while size:
+            data = read(min(UPLOAD_CHUNK, size))
+            size -= len(data)
+            yield data
+        if read(2) != b"\r\n":  # the CRLF after the chunk data  (a short read raised)
+            raise UploadError(400, "malformed chunked body: no CRLF after a chunk")
+
+
+class Multipart:
+    """A streaming ``multipart/form-data`` parser over an iterator of body pieces.
+
+    :meth:`parts` yields ``(headers, data)`` per part; ``data`` is an iterator over the part's
+    bytes that must be consumed (or is drained) before the next part. Raises :class:`CutOff`
+    when the body ends before the closing boundary and ``UploadError(400)`` when it is not
+    multipart at all. Memory: one body piece plus the boundary length.
+    """
+
+    def __init__(self, body: Iterator[bytes], boundary: str) -> None:
+        self._body = body
+        self._delim = b"\r\n--" + boundary.encode("latin-1")
+        self._buf = b"\r\n"  # so that the first delimiter looks like all the others
+
+    def _fill(self) -> None:
+        for data in self._body:
+            if data:
+                self._buf += data
+                return
+        raise CutOff("multipart body ended before its closing boundary")
+
+    def _skip_to_delimiter(self) -> None:
+        while (i := self._buf.find(self._delim)) < 0:
+            self._buf = self._buf[-(len(self._delim) - 1):]
+            self._fill()
+        self._buf = self._buf[i + len(self._delim):]
+
+    def _data(self) -> Iterator[bytes]:
+        keep = len(self._delim) - 1
+        while True:
+            i = self._buf.find(self._delim)
+            if i >= 0:
+                if i:
+                    yield self._buf[:i]
+                self._buf = self._buf[i + len(self._delim):]
+                return
+            if len(self._buf) > keep:
+                out, self._buf = self._buf[:-keep], self._buf[-keep:]
+                yield out
+            self._fill()
+
+    def _headers(self) -> email.message.Message:
+        while (i := self._buf.find(b"\r\n\r\n")) < 0:
+            if len(self._buf) > MAX_PART_HEADER:
+                raise UploadError(400, "multipart part headers too long")
+            self._fill()
+        block, self._buf = self._buf[:i + 4], self._buf[i + 4:]
+        padding, _, headers = block.partition(b"\r\n")
+        if padding.strip(b" \t"):
+            raise UploadError(400, "malformed multipart body: garbage after a boundary")
+        return email.parser.BytesHeaderParser().parsebytes(headers)
+
+    def parts(self) -> Iterator[tuple[email.message.Message, Iterator[bytes]]]:
+        self._skip_to_delimiter()
+        while True:
+            while len(self._buf) < 2:
+                self._fill()
+            if self._buf.startswith(b"--"):
+                for _ in self._body:  # the epilogue
+                    pass
+                return
+            headers = self._headers()
+            data = self._data()
+            yield headers, data
+            for _ in data:  # whatever the consumer left
+                pass
+
+
+def multipart_boundary(content_type: str | None) -> str | None:
+    """The boundary of a ``multipart/form-data`` Content-Type, or None. Pure."""
+    if not content_type:
+        return None
+    msg = email.message.Message()
+    msg["Content-Type"] = content_type
+    boundary = msg.get_param("boundary")
+    if msg.get_content_type() != "multipart/form-data" or not isinstance(boundary, str) or \
+            not 1 <= len(boundary) <= 200:
+        return None
+    return boundary
+
+
+@dataclass
+class _Incoming:
+    """An upload being written to a temporary file next to its final name."""
+
+    tmp: Path
+    size: int = 0
+    sha256: str = ""
+
+    def discard(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.tmp.unlink()
+
+
+def _receive(images: Path, name: str, data: Iterator[bytes]) -> _Incoming:
+    images.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".upload-{name}.", dir=images)
+    incoming = _Incoming(Path(tmp))
+    try:
+        os.fchmod(fd, 0o644)
+        sha = hashlib.sha256()
+        for piece in data:
+            sha.update(piece)
+            view = memoryview(piece)
+            while view:
+                view = view[os.write(fd, view):]
+            incoming.size += len(piece)
+        os.fsync(fd)
+        incoming.sha256 = sha.hexdigest()
+    except BaseException:
+        incoming.discard()
+        raise
+    finally:
+        os.close(fd)
+    return incoming
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -151,10 +391,15 @@ class _Handler(BaseHTTPRequestHandler):
     _sent = 0
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        """Called by send_response: recorded before the client can see the answer, so a test
+        that got its response finds the record (the log line follows once the body is sent)."""
         try:
             self._status = int(code)
         except ValueError:
             self._status = 0
+        headers = getattr(self, "headers", None)  # unset for a malformed request line
+        if self.command and headers is not None:
+            self.server.app._record(self.command, self.path, self._status, headers.get("Range"))
 
     def log_message(self, format: str, *args: Any) -> None:
         log.warning("%s %s", self.client_address[0], format % args)
@@ -163,7 +408,6 @@ class _Handler(BaseHTTPRequestHandler):
         rng = self.headers.get("Range")
         log.info('%s "%s" %d %d %.3fs%s', self.client_address[0], self.requestline, self._status,
                  self._sent, time.monotonic() - started, f" range={rng}" if rng else "")
-        self.server.app._record(self.command, self.path, self._status, rng)
 
     # -- responses --------------------------------------------------------------------------
 
@@ -202,6 +446,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _route_post(self) -> None:
         path = urlsplit(self.path).path
+        if path == "/image":
+            self._upload(self._multipart_upload)
+            return
         if not path.startswith("/events/"):
             self.close_connection = True  # the body is left unread
             self._error(404, f"no such endpoint: POST {path}")
@@ -212,6 +459,32 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(400, "not a MAC address")
             return
         self._post_event(mac)
+
+    def do_PUT(self) -> None:
+        started = time.monotonic()
+        self._status = self._sent = 0
+        try:
+            path = urlsplit(self.path).path
+            if path.startswith("/images/"):
+                self._upload(lambda: self._put_upload(path[len("/images/"):]))
+            else:
+                self.close_connection = True
+                self._error(405 if path.startswith("/") else 400,
+                            f"PUT is only for /images/<name>, not {path}")
+        finally:
+            self._access(started)
+
+    def handle_expect_100(self) -> bool:
+        """Refuse an oversized upload before the client sends it (curl asks first)."""
+        length = self.headers.get("Content-Length", "")
+        if length.isdigit() and int(length) > self.server.app.max_upload:
+            self._status = self._sent = 0
+            self.close_connection = True
+            self._error(413, f"body of {length} bytes is larger than "
+                             f"{self.server.app.max_upload}")
+            self._access(time.monotonic())
+            return False
+        return super().handle_expect_100()
 
     def _route_get(self) -> None:
         path = urlsplit(self.path).path
@@ -316,6 +589,98 @@ class _Handler(BaseHTTPRequestHandler):
                 log.warning("%s: sent %d of %d bytes", rel, sent, count)
                 self.close_connection = True
 
+    # -- uploads ----------------------------------------------------------------------------
+
+    def _body(self) -> Iterator[bytes]:
+        encoding = self.headers.get("Transfer-Encoding", "").strip().lower()
+        length_text = self.headers.get("Content-Length")
+        if encoding and encoding != "chunked":
+            raise UploadError(501, f"Transfer-Encoding {encoding!r} is not supported")
+        if not encoding and (length_text is None or not length_text.strip().isdigit()):
+            raise UploadError(411, "Content-Length or Transfer-Encoding: chunked required")
+        return read_body(self.rfile, length=None if encoding else int(length_text or 0),
+                         chunked=bool(encoding), limit=self.server.app.max_upload)
+
+    def _upload(self, receive: Callable[[], tuple[str, _Incoming]]) -> None:
+        """Run ``receive() -> _Incoming`` (named), commit it, answer 201; clean up on error."""
+        app = self.server.app
+        self.connection.settimeout(app.upload_timeout)
+        try:
+            name, incoming = receive()
+        except UploadError as exc:
+            log.warning("upload %s refused: %s", self.path, exc.message)
+            self._refuse(exc.status, exc.message)
+            return
+        except OSError as exc:
+            log.error("upload %s failed: %s", self.path, exc)
+            status = 507 if exc.errno in (errno.ENOSPC, errno.EDQUOT) else 500
+            self._refuse(status, f"cannot store the upload: {exc.strerror or exc}")
+            return
+        finally:
+            self.connection.settimeout(self.timeout)
+        try:
+            record = app._commit(name, incoming)
+        except OSError as exc:
+            incoming.discard()
+            log.error("upload %s: cannot commit: %s", name, exc)
+            self._refuse(500, f"cannot store the upload: {exc.strerror or exc}")
+            return
+        self.send_response(201)
+        self.send_header("Location", f"/images/{name}")
+        data = (json.dumps(record) + "\n").encode()
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+        self._sent = len(data)
+
+    def _refuse(self, status: int, message: str) -> None:
+        """Answer an error for a body that may be partly unread, then close the connection
+        gently: drain what the client is still sending for a moment, so that our close does
+        not reset the connection before the client has read the answer."""
+        self.close_connection = True
+        try:
+            self._error(status, message)
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_WR)
+            self.connection.settimeout(1.0)
+            deadline = time.monotonic() + 2.0
+            while time.monotonic() < deadline and self.connection.recv(1 << 16):
+                pass
+        except OSError:
+            pass
+
+    def _put_upload(self, rel: str) -> tuple[str, _Incoming]:
+        name = upload_name(unquote(rel), basename=False)
+        if name is None:
+            raise UploadError(400, f"not a valid image name: {unquote(rel)!r} (a plain file "
+                                   "name of A-Z a-z 0-9 . _ -, no leading dot)")
+        return name, _receive(self.server.app.root / "images", name, self._body())
+
+    def _multipart_upload(self) -> tuple[str, _Incoming]:
+        boundary = multipart_boundary(self.headers.get("Content-Type"))
+        if boundary is None:
+            raise UploadError(400, "expected Content-Type: multipart/form-data; boundary=...")
+        found: tuple[str, _Incoming] | None = None
+        try:
+            for headers, data in Multipart(self._body(), boundary).parts():
+                field = headers.get_param("name", header="content-disposition")
+                if field != UPLOAD_FIELD or found is not None:
+                    continue  # other fields, a second file: read and ignored
+                raw = headers.get_filename()
+                name = upload_name(raw or "", basename=True)
+                if name is None:
+                    raise UploadError(400, f"not a valid image file name: {raw!r} (A-Z a-z 0-9 "
+                                           ". _ -, no leading dot)")
+                found = name, _receive(self.server.app.root / "images", name, data)
+        except BaseException:
+            if found is not None:
+                found[1].discard()
+            raise
+        if found is None:
+            raise UploadError(400, f"no {UPLOAD_FIELD} file in the multipart body")
+        return found
+
     # -- events -----------------------------------------------------------------------------
 
     def _post_event(self, mac: str) -> None:
@@ -346,9 +711,15 @@ class _Handler(BaseHTTPRequestHandler):
 class ProvisioningServer:
     """Serve ``root`` on ``host:port`` (port 0: any free port) from a background thread."""
 
-    def __init__(self, root: Path | str, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, root: Path | str, host: str = "127.0.0.1", port: int = 0, *,
+                 max_upload: int = DEFAULT_MAX_UPLOAD,
+                 upload_timeout: float = DEFAULT_UPLOAD_TIMEOUT) -> None:
         self.root = Path(root)
         self.host = host
+        self.max_upload = max_upload
+        self.upload_timeout = upload_timeout
+        self._uploads: dict[str, dict[str, Any]] = {}
+        self._commit_lock = threading.Lock()
         self._requested_port = port
         self._httpd: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -450,6 +821,42 @@ class ProvisioningServer:
                     raise TimeoutError(f"no event step={step} status={status} for {key} "
                                        f"within {timeout:g} s")
                 self._cond.wait(left)
+
+    def _commit(self, name: str, incoming: _Incoming) -> dict[str, Any]:
+        """Rename a complete upload (and its sidecar) over ``name``; the last commit wins."""
+        images = self.root / "images"
+        record = {"name": name, "size": incoming.size, "sha256": incoming.sha256}
+        side_fd, side_tmp = tempfile.mkstemp(prefix=f".upload-{name}.sha256.", dir=images)
+        try:
+            os.fchmod(side_fd, 0o644)
+            os.write(side_fd, f"{incoming.sha256}  {name}\n".encode())
+            os.fsync(side_fd)
+        except BaseException:
+            os.unlink(side_tmp)
+            raise
+        finally:
+            os.close(side_fd)
+        with self._commit_lock:  # the image and its sidecar change together
+            try:
+                os.replace(incoming.tmp, images / name)
+            except BaseException:
+                os.unlink(side_tmp)
+                raise
+            os.replace(side_tmp, images / f"{name}.sha256")
+            self._uploads[name] = record
+        dir_fd = os.open(images, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        log.info("upload %s: %d bytes, sha256 %s", name, incoming.size, incoming.sha256)
+        return record
+
+    @property
+    def uploads(self) -> dict[str, dict[str, Any]]:
+        """Uploads stored since the start, by name: ``{name, size, sha256}``."""
+        with self._commit_lock:
+            return {k: dict(v) for k, v in self._uploads.items()}
 
     @property
     def access_log(self) -> list[dict[str, Any]]:

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import http.client
+import io
 import json
 import logging
 import os
+import socket
+import threading
+import time
 from collections.abc import Iterator
 from email.utils import formatdate
 from pathlib import Path
@@ -18,11 +23,17 @@ from pyinit_server import cli as serve_cli
 from pyinit_server.server import (
     MAX_EVENT_BYTES,
     ByteRange,
+    CutOff,
+    Multipart,
     ProvisioningServer,
     Unsatisfiable,
+    UploadError,
     if_range_matches,
+    multipart_boundary,
     normalize_mac,
     parse_range,
+    read_body,
+    upload_name,
 )
 
 MAC = "52-54-00-12-34-56"
@@ -316,13 +327,29 @@ def test_access_log(server: ProvisioningServer, caplog: pytest.LogCaptureFixture
         {"method": "GET", "path": "/images/disk.img", "status": 206, "range": "bytes=0-9"},
         {"method": "GET", "path": "/nope", "status": 400, "range": None},
     ]
-    lines = [r.getMessage() for r in caplog.records if "HTTP/1.1" in r.getMessage()]
+    # the access line is logged once the body is sent, which may be after the client has it
+    deadline = time.monotonic() + 5
+    while True:
+        lines = [r.getMessage() for r in caplog.records if "HTTP/1.1" in r.getMessage()]
+        if len(lines) >= 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
     assert len(lines) == 2
     assert '"GET /images/disk.img HTTP/1.1" 206 10 ' in lines[0]
 
 
 # --------------------------------------------------------------------------------------------
 # lifecycle and CLI
+
+
+@pytest.mark.parametrize("request_bytes", [b"GARBAGE\r\n\r\n", b"\r\n", b"BREW / HTTP/1.1\r\n\r\n"])
+def test_malformed_requests(server: ProvisioningServer, request_bytes: bytes) -> None:
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(request_bytes)
+        sock.shutdown(socket.SHUT_WR)
+        answer = sock.recv(65536)
+    assert answer == b"" or b" 400" in answer or b" 501" in answer
+    assert requests.get(f"{server.url}/{MAC}", timeout=10).status_code == 200  # still serving
 
 
 def test_stop_frees_the_port(root: Path) -> None:
@@ -340,4 +367,373 @@ def test_cli_register() -> None:
     serve_cli.register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["serve", "--root", "/srv/x", "--port", "0", "--host", "::1"])
     assert (args.root, args.port, args.host) == (Path("/srv/x"), 0, "::1")
+    assert args.max_upload == 1 << 40
     assert args.func is serve_cli.run
+    args = parser.parse_args(["serve", "--max-upload", "500G"])
+    assert args.max_upload == 500 << 30
+
+
+@pytest.mark.parametrize(("text", "size"), [
+    ("1024", 1024), ("1k", 1024), ("64M", 64 << 20), ("64MiB", 64 << 20), ("1.5G", 3 << 29),
+    ("1T", 1 << 40), ("2 TB", 2 << 40),
+])
+def test_parse_size(text: str, size: int) -> None:
+    assert serve_cli.parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["", "-1", "1X", "G", "1 G B"])
+def test_parse_size_bad(text: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError):
+        serve_cli.parse_size(text)
+
+
+# --------------------------------------------------------------------------------------------
+# uploads: pure parts
+
+
+@pytest.mark.parametrize(("raw", "basename", "name"), [
+    ("52-54-00-12-34-56.img.zst", False, "52-54-00-12-34-56.img.zst"),
+    ("disk_1.IMG", True, "disk_1.IMG"),
+    ("../../etc/passwd", True, "passwd"),
+    ("../../etc/passwd", False, None),
+    ("C:\\Users\\x\\disk.img", True, "disk.img"),
+    ("a/b", True, "b"), ("a/b", False, None),
+    ("..", True, None), ("..", False, None), (".", False, None), ("", True, None),
+    (".hidden", True, None), ("dir/", True, None), ("a b", False, None), ("a\0b", False, None),
+    ("x.sha256", False, None), ("é.img", False, None), ("x" * 201, False, None),
+])
+def test_upload_name(raw: str, basename: bool, name: str | None) -> None:
+    assert upload_name(raw, basename=basename) == name
+
+
+@pytest.mark.parametrize(("header", "boundary"), [
+    ("multipart/form-data; boundary=abc", "abc"),
+    ('multipart/form-data; boundary="a b:c"', "a b:c"),
+    ("Multipart/Form-Data; charset=x; boundary=x1", "x1"),
+    ("multipart/mixed; boundary=abc", None), ("application/octet-stream", None),
+    ("multipart/form-data", None), (None, None), ("multipart/form-data; boundary=", None),
+])
+def test_multipart_boundary(header: str | None, boundary: str | None) -> None:
+    assert multipart_boundary(header) == boundary
+
+
+def body_of(raw: bytes, *, length: int | None = None, chunked: bool = False,
+            limit: int = 1 << 30) -> bytes:
+    return b"".join(read_body(io.BytesIO(raw), length=length, chunked=chunked, limit=limit))
+
+
+def test_read_body() -> None:
+    assert body_of(b"hello world", length=5) == b"hello"
+    assert body_of(b"", length=0) == b""
+    chunked = b"5;ext=1\r\nhello\r\n1\r\n \r\nA\r\n0123456789\r\n0\r\nX-Trailer: 1\r\n\r\n"
+    assert body_of(chunked, chunked=True) == b"hello 0123456789"
+    with pytest.raises(CutOff):
+        body_of(b"hel", length=5)
+    with pytest.raises(CutOff):
+        body_of(b"5\r\nhello\r\n", chunked=True)  # no last chunk
+    with pytest.raises(CutOff):
+        body_of(b"5\r\nhel", chunked=True)
+    with pytest.raises(UploadError, match="chunk size"):
+        body_of(b"zz\r\nhello\r\n0\r\n\r\n", chunked=True)
+    with pytest.raises(UploadError, match="no CRLF"):
+        body_of(b"5\r\nhelloXX0\r\n\r\n", chunked=True)
+    with pytest.raises(UploadError) as info:
+        body_of(b"x" * 20, length=20, limit=10)
+    assert info.value.status == 413
+    with pytest.raises(UploadError) as info:
+        body_of(b"8\r\n12345678\r\n8\r\n12345678\r\n0\r\n\r\n", chunked=True, limit=10)
+    assert info.value.status == 413
+
+
+def multipart(*parts: tuple[str, bytes], boundary: str = "XyZ", preamble: bytes = b"",
+              close: bool = True) -> bytes:
+    out = preamble
+    for disposition, data in parts:
+        out += (f"--{boundary}\r\nContent-Disposition: form-data; {disposition}\r\n"
+                "Content-Type: application/octet-stream\r\n\r\n").encode() + data + b"\r\n"
+    return out + (f"--{boundary}--\r\n".encode() if close else b"")
+
+
+@pytest.mark.parametrize("piece", [1, 3, 7, 1000, 1 << 20])
+def test_multipart_parser(piece: int) -> None:
+    payload = b"--XyZ not a delimiter, x--XyZ\r\n--Xy\r\n" + bytes(range(256)) * 50 + b"\r\n--X"
+    body = multipart(('name="note"', b"hello"), ('name="BootyImage"; filename="a.img"', payload),
+                     ('name="empty"', b""), preamble=b"preamble\r\n")
+    pieces = iter([body[i:i + piece] for i in range(0, len(body), piece)])
+    got = [(h.get_param("name", header="content-disposition"), h.get_filename(), b"".join(d))
+           for h, d in Multipart(pieces, "XyZ").parts()]
+    assert got == [("note", None, b"hello"), ("BootyImage", "a.img", payload),
+                   ("empty", None, b"")]
+
+
+def test_multipart_parser_unread_parts_are_skipped() -> None:
+    body = multipart(('name="a"', b"1" * 5000), ('name="b"', b"2"))
+    names = [h.get_param("name", header="content-disposition")
+             for h, _ in Multipart(iter([body]), "XyZ").parts()]
+    assert names == ["a", "b"]
+
+
+@pytest.mark.parametrize("body", [
+    multipart(('name="a"', b"data"), close=False),  # no closing boundary
+    b"--XyZ\r\nContent-Disposition: form-data; name=a\r\n\r\ndata",  # cut in a part
+    b"no boundary at all",
+    b"",
+])
+def test_multipart_parser_cut_off(body: bytes) -> None:
+    with pytest.raises(CutOff):
+        for _h, data in Multipart(iter([body]), "XyZ").parts():
+            for _ in data:
+                pass
+
+
+# --------------------------------------------------------------------------------------------
+# uploads: over HTTP
+
+
+def stored(root: Path) -> list[str]:
+    """Everything in images/ besides the fixture's files."""
+    return sorted(p.name for p in (root / "images").iterdir() if p.name not in ("disk.img",
+                                                                                  "sub"))
+
+
+def wait_stored(root: Path, expected: list[str], timeout: float = 10) -> list[str]:
+    """The server notices a cut-off upload asynchronously: wait until images/ settles."""
+    deadline = time.monotonic() + timeout
+    while stored(root) != expected and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return stored(root)
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def check_upload(root: Path, name: str, data: bytes) -> None:
+    assert (root / "images" / name).read_bytes() == data
+    assert (root / "images" / f"{name}.sha256").read_text() == f"{sha(data)}  {name}\n"
+
+
+def test_multipart_upload(root: Path, server: ProvisioningServer) -> None:
+    data = os.urandom(300_000)
+    resp = requests.post(f"{server.url}/image", data={"note": "x"},
+                         files={"BootyImage": ("52-54-00-12-34-56.img", data)}, timeout=10)
+    assert resp.status_code == 201
+    assert resp.json() == {"name": "52-54-00-12-34-56.img", "size": len(data),
+                           "sha256": sha(data)}
+    assert resp.headers["Location"] == "/images/52-54-00-12-34-56.img"
+    check_upload(root, "52-54-00-12-34-56.img", data)
+    assert stored(root) == ["52-54-00-12-34-56.img", "52-54-00-12-34-56.img.sha256"]
+    assert server.uploads == {"52-54-00-12-34-56.img": resp.json()}
+    # and it is served like any image
+    assert requests.get(f"{server.url}/images/52-54-00-12-34-56.img", timeout=10).content == data
+
+
+def test_multipart_upload_chunked_stream(root: Path, server: ProvisioningServer) -> None:
+    """What pyinit's capture sends: a generator body, so chunked transfer."""
+    from pyinit.capture import multipart_body
+
+    pieces = [os.urandom(100_000) for _ in range(20)]
+    body = multipart_body(iter(pieces), boundary="0123abcd", filename="m.img.zst")
+    resp = requests.post(f"{server.url}/image", data=body, timeout=10,
+                         headers={"Content-Type": "multipart/form-data; boundary=0123abcd"})
+    assert resp.status_code == 201, resp.text
+    check_upload(root, "m.img.zst", b"".join(pieces))
+
+
+@pytest.mark.parametrize(("filename", "status", "name"), [
+    ("../../etc/passwd", 201, "passwd"), ("a/b", 201, "b"), ("..", 400, None),
+    (".hidden", 400, None), ("", 400, None), ("x.sha256", 400, None), ("a b.img", 400, None),
+])
+def test_multipart_file_names(root: Path, server: ProvisioningServer, filename: str,
+                              status: int, name: str | None) -> None:
+    resp = requests.post(f"{server.url}/image", files={"BootyImage": (filename, b"data")},
+                         timeout=10)
+    assert resp.status_code == status, resp.text
+    assert stored(root) == ([name, f"{name}.sha256"] if name else [])
+    assert sorted(p.name for p in root.iterdir()) == ["images", "machines"]
+
+
+@pytest.mark.parametrize(("body", "ctype", "message"), [
+    (multipart(('name="other"; filename="x.img"', b"1")), "multipart/form-data; boundary=XyZ",
+     "no BootyImage file"),
+    (b"data", "application/octet-stream", "multipart/form-data"),
+])
+def test_multipart_refused(root: Path, server: ProvisioningServer, body: bytes, ctype: str,
+                           message: str) -> None:
+    resp = requests.post(f"{server.url}/image", data=body, headers={"Content-Type": ctype},
+                         timeout=10)
+    assert resp.status_code == 400
+    assert message in resp.json()["error"]
+    assert stored(root) == []
+
+
+def test_put_upload_content_length_and_chunked(root: Path, server: ProvisioningServer) -> None:
+    data = os.urandom(1 << 20) + b"end"
+    with requests.Session() as s:
+        resp = s.put(f"{server.url}/images/a.img", data=data, timeout=10)
+        assert resp.status_code == 201
+        assert resp.json() == {"name": "a.img", "size": len(data), "sha256": sha(data)}
+        resp = s.put(f"{server.url}/images/b.img", timeout=10,
+                     data=(data[i:i + 65536] for i in range(0, len(data), 65536)))
+        assert resp.status_code == 201
+        assert resp.request.headers["Transfer-Encoding"] == "chunked"
+        # the connection stays usable after an upload
+        assert s.get(f"{server.url}/images/b.img", timeout=10).content == data
+    check_upload(root, "a.img", data)
+    check_upload(root, "b.img", data)
+    # an empty body is an empty file; uploading again replaces
+    assert requests.put(f"{server.url}/images/a.img", data=b"", timeout=10).status_code == 201
+    check_upload(root, "a.img", b"")
+
+
+def test_put_with_expect_100_continue(root: Path, server: ProvisioningServer) -> None:
+    """curl -T asks before sending a large body."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(b"PUT /images/e.img HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n"
+                     b"Expect: 100-continue\r\n\r\n")
+        assert sock.recv(100).startswith(b"HTTP/1.1 100")
+        sock.sendall(b"data")
+        answer = recv_all(sock)
+    assert answer.startswith(b"HTTP/1.1 201")
+    check_upload(root, "e.img", b"data")
+
+
+def recv_all(sock: socket.socket) -> bytes:
+    out = b""
+    sock.settimeout(10)
+    while b"\r\n\r\n" not in out or not out.rstrip().endswith(b"}"):
+        data = sock.recv(65536)
+        if not data:
+            break
+        out += data
+    return out
+
+
+@pytest.mark.parametrize("path", [
+    "/images/..", "/images/.hidden", "/images/a/b", "/images/a%2Fb", "/images/..%2F..%2Fpasswd",
+    "/images/../../etc/passwd", "/images/", "/images/x.sha256", "/images/%00",
+])
+def test_put_bad_names(root: Path, server: ProvisioningServer, path: str) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    conn.request("PUT", path, body=b"data")
+    resp = conn.getresponse()
+    resp.read()
+    conn.close()
+    assert resp.status == 400, path
+    assert stored(root) == []
+    assert sorted(p.name for p in root.iterdir()) == ["images", "machines"]
+
+
+def test_put_elsewhere(server: ProvisioningServer) -> None:
+    assert requests.put(f"{server.url}/{MAC}", data=b"x", timeout=10).status_code == 405
+
+
+@pytest.fixture
+def small_server(root: Path) -> Iterator[ProvisioningServer]:
+    with ProvisioningServer(root, max_upload=1000, upload_timeout=0.5) as srv:
+        yield srv
+
+
+def test_oversized_upload(root: Path, small_server: ProvisioningServer) -> None:
+    url = small_server.url
+    resp = requests.put(f"{url}/images/big.img", data=b"x" * 5000, timeout=10)
+    assert resp.status_code == 413
+    resp = requests.put(f"{url}/images/big.img", data=iter([b"x" * 600] * 5), timeout=10)
+    assert resp.status_code == 413
+    resp = requests.post(f"{url}/image", files={"BootyImage": ("big.img", b"x" * 5000)},
+                         timeout=10)
+    assert resp.status_code == 413
+    assert requests.put(f"{url}/images/ok.img", data=b"x" * 1000, timeout=10).status_code == 201
+    assert wait_stored(root, ["ok.img", "ok.img.sha256"]) == ["ok.img", "ok.img.sha256"]
+
+
+def test_oversized_upload_refused_before_the_body(small_server: ProvisioningServer) -> None:
+    with socket.create_connection(("127.0.0.1", small_server.port), timeout=10) as sock:
+        sock.sendall(b"PUT /images/big.img HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n"
+                     b"Expect: 100-continue\r\n\r\n")
+        answer = recv_all(sock)
+    assert answer.startswith(b"HTTP/1.1 413")
+
+
+@pytest.mark.parametrize("request_bytes", [
+    b"PUT /images/cut.img HTTP/1.1\r\nHost: x\r\nContent-Length: 900\r\n\r\n" + b"x" * 500,
+    b"PUT /images/cut.img HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"100\r\n" + b"x" * 256 + b"\r\n",
+    b"POST /image HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+    b"Content-Type: multipart/form-data; boundary=XyZ\r\n\r\n"
+    + b"%x\r\n" % len(multipart(('name="BootyImage"; filename="cut.img"', b"x" * 100),
+                                 close=False))
+    + multipart(('name="BootyImage"; filename="cut.img"', b"x" * 100), close=False) + b"\r\n",
+])
+@pytest.mark.parametrize("how", ["close", "stall"])
+def test_cut_off_upload_leaves_nothing(root: Path, small_server: ProvisioningServer,
+                                       request_bytes: bytes, how: str) -> None:
+    sock = socket.create_connection(("127.0.0.1", small_server.port), timeout=10)
+    try:
+        sock.sendall(request_bytes)
+        deadline = time.monotonic() + 5
+        while not list((root / "images").glob(".upload-*")) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert list((root / "images").glob(".upload-cut.img.*"))  # it was being written
+        if how == "stall":  # no more data: the upload timeout (0.5 s) ends it
+            answer = recv_all(sock)
+            assert answer.startswith(b"HTTP/1.1 400") and b"cut off" in answer
+    finally:
+        sock.close()
+    assert wait_stored(root, []) == []
+
+
+def test_bad_chunked_body_and_missing_length(root: Path, server: ProvisioningServer) -> None:
+    for head, body, status in (
+            (b"Transfer-Encoding: chunked\r\n", b"zz\r\n", 400),
+            (b"Transfer-Encoding: gzip\r\n", b"", 501),
+            (b"", b"", 411)):
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            sock.sendall(b"PUT /images/bad.img HTTP/1.1\r\nHost: x\r\n" + head + b"\r\n" + body)
+            sock.shutdown(socket.SHUT_WR)
+            answer = recv_all(sock)
+        assert answer.startswith(b"HTTP/1.1 %d" % status), answer
+    assert wait_stored(root, []) == []
+
+
+def test_concurrent_uploads_of_one_name(root: Path, server: ProvisioningServer) -> None:
+    payloads = [bytes([i]) * (300_000 + i * 1000) for i in range(6)]
+    errors: list[BaseException] = []
+
+    def upload(data: bytes) -> None:
+        try:
+            pieces = (data[i:i + 10_000] for i in range(0, len(data), 10_000))
+            resp = requests.put(f"{server.url}/images/same.img", data=pieces, timeout=30)
+            assert resp.status_code == 201
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=upload, args=(p,)) for p in payloads]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    final = (root / "images" / "same.img").read_bytes()
+    assert final in payloads
+    check_upload(root, "same.img", final)  # the sidecar belongs to the same upload
+    assert server.uploads["same.img"]["sha256"] == sha(final)
+    assert stored(root) == ["same.img", "same.img.sha256"]
+
+
+def test_upload_answers_507_when_the_disk_is_full(root: Path, server: ProvisioningServer,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    real_write = os.write
+
+    def full(fd: int, data: bytes) -> int:
+        if len(data) > 100:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr("pyinit_server.server.os.write", full)
+    resp = requests.put(f"{server.url}/images/full.img", data=b"x" * 5000, timeout=10)
+    assert resp.status_code == 507
+    assert "No space left" in resp.json()["error"]
+    assert stored(root) == []

@@ -1,0 +1,808 @@
+"""readImage: read a block device, compress it and upload it as a stream.
+
+What is read
+    With a partition table (MBR incl. extended/logical, or GPT), the device up to the end of its
+    last partition; without one (or with one that cannot be read), the whole device. For a GPT
+    this deliberately leaves out the backup header and entry array in the last 33 sectors: the
+    image then ends where the data ends, and the writer (issue #5) rebuilds the backup header at
+    the end of whatever disk it writes to, as it must anyway when the target disk is larger.
+    A device mounted read-write (itself, a partition, or a device-mapper/md device on top) or
+    used as swap is refused; read-only mounts are fine. The device is opened read-only.
+
+How
+    A reader thread ``pread``\\ s 8 MiB at a time and hashes the raw data, a compressor thread
+    runs zstd (level 3, multi-threaded, frame checksum) or gzip (zlib level 6), and the calling
+    thread hands the compressed pieces to requests as a generator body (chunked transfer) while
+    hashing them. Bounded queues keep memory bounded (a few times 8 MiB plus zstd's buffers).
+    For a loop device (or, in tests, a regular file) the holes of the backing file are found with
+    ``SEEK_DATA``/``SEEK_HOLE`` and produced as zeros without reading them. Without compression
+    the size is known in advance and the body is sent with a ``Content-Length``.
+
+Where to
+    ``multipart`` (BOOTy-compatible): ``POST`` ``multipart/form-data`` with the field
+    ``BootyImage`` and the file name ``<mac>.img`` (none), ``<mac>.zmg`` (gzip, BOOTy's name) or
+    ``<mac>.img.zst`` (zstd). ``put``: a plain ``PUT`` of the compressed bytes to the URL as given
+    (object stores, presigned URLs). BOOTy ignores the answer; pyinit requires a 2xx and, when the
+    server answers JSON with ``sha256``/``size`` (pyinit's server does), checks them.
+
+Retries
+    A capture can be read again from the disk, so a retryable failure (connection refused or
+    lost, timeout, HTTP 408/429/502/503/504) restarts the whole capture, at most
+    ``UPLOAD_ATTEMPTS`` times with backoff. Any other status (a 500 from a server whose disk is
+    full, a 4xx) and disk errors fail at once: sending the disk again would not help.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import queue
+import re
+import stat
+import sys
+import threading
+import time
+import uuid
+import zlib
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal, Protocol
+
+import requests
+import zstandard
+
+from pyinit import parttable, syscalls
+from pyinit.errors import ConfigError, DiskError, FetchError, ImageError, PyinitError
+from pyinit.fetch import USER_AGENT, backoff
+from pyinit.log import event, get_logger
+
+log = get_logger("pyinit.capture")
+
+Method = Literal["multipart", "put"]
+Compression = Literal["zstd", "gzip", "none"]
+
+CHUNK = 8 << 20               # one read, one queue item
+OUT_CHUNK = 1 << 20           # compressed output is coalesced to this before it is sent
+QUEUE_DEPTH = 4               # items per queue: memory stays at a few CHUNKs
+MIN_HOLE = 1 << 20            # smaller holes are read rather than skipped
+ZSTD_LEVEL = 3
+ZSTD_MAX_THREADS = 8          # more workers only cost memory: the network is the limit by then
+GZIP_LEVEL = 6
+UPLOAD_ATTEMPTS = 3
+RETRYABLE_STATUS = frozenset({408, 429, 502, 503, 504})
+TIMEOUT = (60.0, 3600.0)      # (connect and each send, waiting for the answer: the server fsyncs)
+FIELD = "BootyImage"
+SUFFIX = {"none": ".img", "gzip": ".zmg", "zstd": ".img.zst"}
+CONTENT_TYPE = {"none": "application/octet-stream", "gzip": "application/gzip",
+                "zstd": "application/zstd"}
+_MAC_RE = re.compile(r"^[0-9a-f]{2}(?:-[0-9a-f]{2}){5,19}$")
+
+
+@dataclass(frozen=True)
+class CaptureResult:
+    device: str
+    url: str
+    method: str
+    compression: str
+    bytes_read: int
+    bytes_sent: int       # the uploaded file's size (without multipart framing)
+    sha256_raw: str       # of the bytes read from the device
+    sha256_sent: str      # of the uploaded file (compressed bytes)
+    seconds: float
+    filename: str | None  # the multipart file name; None for PUT
+
+
+# -- pure helpers -----------------------------------------------------------------------------
+
+
+def normalize_mac(mac: str) -> str:
+    """``52:54:00:AB:CD:EF`` -> ``52-54-00-ab-cd-ef``; ConfigError for anything else."""
+    text = mac.strip().lower().replace(":", "-")
+    if not _MAC_RE.match(text):
+        raise ConfigError("mac", f"not a MAC address: {mac!r}")
+    return text
+
+
+def upload_filename(mac: str, compression: Compression) -> str:
+    return normalize_mac(mac) + SUFFIX[compression]
+
+
+def multipart_head(boundary: str, filename: str, field: str = FIELD,
+                   content_type: str = "application/octet-stream") -> bytes:
+    """Everything before the file's bytes: one part, as Go's ``CreateFormFile`` writes it."""
+    def quote(text: str) -> str:
+        return text.replace("\\", "\\\\").replace('"', '\\"')
+    return (f"--{boundary}\r\n"
+            f'Content-Disposition: form-data; name="{quote(field)}"; '
+            f'filename="{quote(filename)}"\r\n'
+            f"Content-Type: {content_type}\r\n\r\n").encode()
+
+
+def multipart_tail(boundary: str) -> bytes:
+    return f"\r\n--{boundary}--\r\n".encode()
+
+
+def multipart_body(chunks: Iterable[bytes], *, boundary: str, filename: str,
+                   field: str = FIELD) -> Iterator[bytes]:
+    """A ``multipart/form-data`` body with one file part, streamed from ``chunks``."""
+    yield multipart_head(boundary, filename, field)
+    yield from chunks
+    yield multipart_tail(boundary)
+
+
+@dataclass(frozen=True)
+class ReadRange:
+    length: int
+    reason: str
+
+
+def decide_range(device_size: int, table: parttable.PartitionTable | None,
+                 problem: str | None = None) -> ReadRange:
+    """How much of a device to capture. Pure.
+
+    Up to the end of the last partition when there is a usable table that fits the device;
+    the whole device when there is no table, an empty one, an unreadable one (``problem``),
+    or one whose partitions reach past the end of the device.
+    """
+    if problem is not None:
+        return ReadRange(device_size, f"whole device: {problem}")
+    if table is None:
+        return ReadRange(device_size, "whole device: no partition table")
+    end = table.end_of_last_partition
+    count = len(table.partitions)
+    if count == 0:
+        return ReadRange(device_size, f"whole device: the {table.kind} table has no partitions")
+    if end > device_size:
+        return ReadRange(device_size, f"whole device: the {table.kind} table's partitions end "
+                                      f"at {end}, past the device's end at {device_size}")
+    return ReadRange(end, f"end of the last partition ({table.kind}, {count} partitions)")
+
+
+@dataclass(frozen=True)
+class Segment:
+    offset: int
+    length: int
+    data: bool  # False: a hole, produced as zeros without reading
+
+
+def plan_reads(length: int, extents: Iterable[tuple[int, int]], *, chunk: int = CHUNK,
+               min_hole: int = MIN_HOLE) -> Iterator[Segment]:
+    """Cut ``[0, length)`` into reads of at most ``chunk`` bytes. Pure.
+
+    ``extents`` are the (start, end) byte ranges that hold data, ascending (the rest reads as
+    zeros). Holes shorter than ``min_hole`` are read like data: that costs less than the extra
+    round trips.
+    """
+    def pieces(start: int, end: int, data: bool) -> Iterator[Segment]:
+        while start < end:
+            n = min(chunk, end - start)
+            yield Segment(start, n, data)
+            start += n
+
+    pos = 0
+    for start, end in _coalesce(length, extents, min_hole):
+        yield from pieces(pos, start, False)
+        yield from pieces(start, end, True)
+        pos = end
+    yield from pieces(pos, length, False)
+
+
+def _coalesce(length: int, extents: Iterable[tuple[int, int]],
+              min_hole: int) -> Iterator[tuple[int, int]]:
+    """Clip the extents to [0, length) and merge those separated by less than ``min_hole``."""
+    cur: tuple[int, int] | None = None
+    for start, end in extents:
+        start, end = max(start, 0, cur[1] if cur else 0), min(end, length)
+        if end <= start:
+            continue
+        if cur is None:
+            cur = (0 if start < min_hole else start, end)
+        elif start - cur[1] < min_hole:
+            cur = (cur[0], end)
+        else:
+            yield cur
+            cur = (start, end)
+    if cur is not None:
+        yield (cur[0], length if length - cur[1] < min_hole else cur[1])
+
+
+# -- the source -------------------------------------------------------------------------------
+
+
+def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return None
+
+
+def related_block_devices(name: str, sysfs: Path = Path("/sys")) -> set[str]:
+    """``name``, its partitions and, recursively, the devices stacked on them (dm, md)."""
+    block = sysfs / "class" / "block"
+    seen: set[str] = set()
+    todo = [name]
+    while todo:
+        cur = todo.pop()
+        if cur in seen:
+            continue
+        seen.add(cur)
+        base = block / cur
+        try:
+            children = list(base.iterdir())
+        except OSError:
+            continue
+        todo.extend(c.name for c in children if (c / "partition").exists())
+        with contextlib.suppress(OSError):
+            todo.extend(h.name for h in (base / "holders").iterdir())
+    return seen
+
+
+def _mounted_rw(names: set[str], name: str, mounts_file: Path) -> str | None:
+    try:
+        lines = mounts_file.read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 4 or not fields[0].startswith("/dev/"):
+            continue
+        source, target, options = fields[0], fields[1], fields[3].split(",")
+        if "rw" not in options:
+            continue
+        base = os.path.basename(os.path.realpath(source))
+        # Without sysfs (tests, odd setups) fall back to the kernel's partition naming.
+        suffix = base[len(name):].lstrip("p")
+        if base in names or (base.startswith(name) and suffix.isdigit()):
+            return f"{source} is mounted read-write on {target}"
+    return None
+
+
+def _swap(names: set[str], swaps_file: Path) -> str | None:
+    try:
+        lines = swaps_file.read_text().splitlines()[1:]
+    except OSError:
+        return None
+    for line in lines:
+        fields = line.split()
+        if fields and os.path.basename(os.path.realpath(fields[0])) in names:
+            return f"{fields[0]} is in use as swap"
+    return None
+
+
+def in_use(name: str, *, mounts_file: Path = Path("/proc/self/mounts"),
+           swaps_file: Path = Path("/proc/swaps"), sysfs: Path = Path("/sys")) -> str | None:
+    """Why block device ``name`` is being written to (a read-write mount or swap on it, a
+    partition of it, or a device stacked on those), or None."""
+    names = related_block_devices(name, sysfs)
+    return _mounted_rw(names, name, mounts_file) or _swap(names, swaps_file)
+
+
+def check_source(device: str, *, allow_regular_file: bool = False,
+                 mounts_file: Path = Path("/proc/self/mounts"),
+                 swaps_file: Path = Path("/proc/swaps"), sysfs: Path = Path("/sys")) -> bool:
+    """Refuse a missing device, a non-block device and one that is written to while we read.
+    Returns True for a block device, False for an (allowed) regular file."""
+    try:
+        st = os.stat(device)
+    except FileNotFoundError as exc:
+        raise DiskError(device, "does not exist") from exc
+    if stat.S_ISREG(st.st_mode) and allow_regular_file:
+        return False
+    if not stat.S_ISBLK(st.st_mode):
+        raise DiskError(device, "is not a block device")
+    busy = in_use(os.path.basename(os.path.realpath(device)), mounts_file=mounts_file,
+                  swaps_file=swaps_file, sysfs=sysfs)
+    if busy:
+        raise DiskError(device, f"{busy}; unmount it (or mount it read-only) before capturing")
+    return True
+
+
+def loop_backing(name: str, sysfs: Path = Path("/sys")) -> tuple[str, int] | None:
+    """A loop device's backing file and offset, or None (not a loop device, file deleted)."""
+    loop = sysfs / "class" / "block" / name / "loop"
+    path = _read_text(loop / "backing_file")
+    offset = _read_text(loop / "offset")
+    if not path or path.endswith("(deleted)") or not (offset or "0").isdigit():
+        return None
+    return path, int(offset or "0")
+
+
+def data_extents(fd: int, start: int, end: int) -> Iterator[tuple[int, int]]:
+    """The (start, end) ranges of ``fd`` within [start, end) that hold data, by
+    ``SEEK_DATA``/``SEEK_HOLE``; the whole range when the file system cannot tell."""
+    pos = start
+    while pos < end:
+        try:
+            data = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # no data after pos
+                return
+            yield pos, end  # EINVAL: not supported here
+            return
+        if data >= end:
+            return
+        try:
+            hole = os.lseek(fd, data, os.SEEK_HOLE)
+        except OSError:
+            hole = end
+        yield data, min(hole, end)
+        pos = hole
+
+
+def _shifted(extents: Iterable[tuple[int, int]], by: int) -> Iterator[tuple[int, int]]:
+    for a, b in extents:
+        yield a - by, b - by
+
+
+# -- the pipeline -----------------------------------------------------------------------------
+
+
+class _Compressor(Protocol):
+    def compress(self, data: bytes, /) -> bytes: ...
+    def flush(self) -> bytes: ...
+
+
+def zstd_threads() -> int:
+    return max(1, min(os.cpu_count() or 1, ZSTD_MAX_THREADS))
+
+
+def make_compressor(compression: Compression) -> _Compressor:
+    if compression == "zstd":
+        cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL, threads=zstd_threads(),
+                                        write_checksum=True)
+        return cctx.compressobj()
+    if compression == "gzip":
+        return zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
+    raise ValueError(compression)
+
+
+class _End:
+    pass
+
+
+@dataclass
+class _Failure:
+    exc: BaseException
+
+
+_END = _End()
+Item = bytes | _End | _Failure
+
+
+class _Progress:
+    def __init__(self, total: int, clock: Callable[[], float], interval: float = 1.0) -> None:
+        self.total = total
+        self.clock = clock
+        self.interval = interval
+        self.start = self.last = clock()
+
+    def update(self, read: int, sent: int, *, force: bool = False) -> None:
+        now = self.clock()
+        if not force and now - self.last < self.interval:
+            return
+        self.last = now
+        rate = read / max(now - self.start, 1e-6)
+        pct = 100 * read / self.total if self.total else 100.0
+        log.info(f"capture: {read / 1e6:.1f} MB read ({pct:.0f}%), {sent / 1e6:.1f} MB sent, "
+                 f"{rate / 1e6:.1f} MB/s")
+        event("capture", "progress", bytes_read=read, bytes_sent=sent, total=self.total,
+              rate=round(rate))
+
+
+class _Pipeline:
+    """reader thread -> raw queue -> compressor thread -> out queue -> :meth:`chunks`."""
+
+    def __init__(self, fd: int, device: str, segments: Iterable[Segment],
+                 compression: Compression, progress: _Progress) -> None:
+        self.fd = fd
+        self.device = device
+        self.segments = segments
+        self.compression = compression
+        self.progress = progress
+        self.stop = threading.Event()
+        self.raw_q: queue.Queue[Item] = queue.Queue(QUEUE_DEPTH)
+        self.out_q: queue.Queue[Item] = (self.raw_q if compression == "none"
+                                         else queue.Queue(QUEUE_DEPTH))
+        self.sha_raw = hashlib.sha256()
+        self.sha_sent = hashlib.sha256()
+        self.bytes_read = 0
+        self.bytes_sent = 0
+        self.finished = False
+        self.error: BaseException | None = None
+        self.threads = [threading.Thread(target=self._read, name="capture-read", daemon=True)]
+        if compression != "none":
+            self.threads.append(threading.Thread(target=self._compress, name="capture-compress",
+                                                 daemon=True))
+
+    def __enter__(self) -> _Pipeline:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop.set()
+        for q in {id(self.raw_q): self.raw_q, id(self.out_q): self.out_q}.values():
+            while True:  # unblock producers
+                try:
+                    q.get_nowait()
+                except queue.Empty:
+                    break
+        for t in self.threads:
+            t.join()
+
+    def _put(self, q: queue.Queue[Item], item: Item) -> bool:
+        while not self.stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _get(self, q: queue.Queue[Item]) -> Item | None:
+        while not self.stop.is_set():
+            try:
+                return q.get(timeout=0.1)
+            except queue.Empty:
+                continue
+        return None
+
+    def _pread(self, length: int, offset: int) -> bytes:
+        try:
+            data = os.pread(self.fd, length, offset)
+            while len(data) < length:  # short reads are legal; EOF is not
+                more = os.pread(self.fd, length - len(data), offset + len(data))
+                if not more:
+                    raise DiskError(self.device, f"unexpected end of device at offset "
+                                                 f"{offset + len(data)}")
+                data += more
+        except OSError as exc:
+            raise DiskError(self.device, f"read error at offset {offset}: "
+                                         f"{exc.strerror}") from exc
+        return data
+
+    def _read(self) -> None:
+        zeros = b""
+        try:
+            for seg in self.segments:
+                if self.stop.is_set():
+                    return
+                if seg.data:
+                    data = self._pread(seg.length, seg.offset)
+                else:
+                    if len(zeros) < seg.length:
+                        zeros = bytes(CHUNK)
+                    data = zeros if seg.length == len(zeros) else zeros[:seg.length]
+                self.sha_raw.update(data)  # releases the GIL: overlaps with the compressor
+                self.bytes_read += len(data)
+                if not self._put(self.raw_q, data):
+                    return
+            self._put(self.raw_q, _END)
+        except BaseException as exc:
+            self._put(self.raw_q, _Failure(exc))
+
+    def _compress(self) -> None:
+        try:
+            comp = make_compressor(self.compression)
+            pending = bytearray()
+            while True:
+                item = self._get(self.raw_q)
+                if item is None:
+                    return
+                if isinstance(item, _Failure):
+                    self._put(self.out_q, item)
+                    return
+                if isinstance(item, _End):
+                    pending += comp.flush()
+                    if pending:
+                        self._put(self.out_q, bytes(pending))
+                    self._put(self.out_q, _END)
+                    return
+                pending += comp.compress(item)
+                if len(pending) >= OUT_CHUNK:
+                    if not self._put(self.out_q, bytes(pending)):
+                        return
+                    pending.clear()
+        except BaseException as exc:
+            self._put(self.out_q, _Failure(exc))
+
+    def chunks(self) -> Iterator[bytes]:
+        """The bytes to upload; raises what failed in the reader or compressor."""
+        hashing = self.compression != "none"
+        while True:
+            item = self._get(self.out_q)
+            if item is None:  # stopped: never end the body normally, or it would look complete
+                raise RuntimeError("capture pipeline stopped before the end of the data")
+            if isinstance(item, _End):
+                self.finished = True
+                self.progress.update(self.bytes_read, self.bytes_sent, force=True)
+                return
+            if isinstance(item, _Failure):
+                self.error = item.exc
+                raise item.exc
+            if hashing:
+                self.sha_sent.update(item)
+            self.bytes_sent += len(item)
+            self.progress.update(self.bytes_read, self.bytes_sent)
+            yield item
+
+    @property
+    def sha256_sent(self) -> str:
+        return (self.sha_sent if self.compression != "none" else self.sha_raw).hexdigest()
+
+
+class _SizedBody:
+    """An iterable with a length: requests then sends ``Content-Length`` instead of chunks."""
+
+    def __init__(self, chunks: Iterable[bytes], length: int) -> None:
+        self._chunks = chunks
+        self._length = length
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._chunks)
+
+    def __len__(self) -> int:
+        return self._length
+
+
+# -- upload -----------------------------------------------------------------------------------
+
+
+def _check_answer(url: str, resp: requests.Response, sha256: str, size: int) -> None:
+    if not 200 <= resp.status_code < 300:
+        detail = ""
+        try:
+            body = resp.json()
+            if isinstance(body, dict) and body.get("error"):
+                detail = f": {str(body['error'])[:200]}"
+        except ValueError:
+            text = resp.text.strip()
+            detail = f": {text.splitlines()[0][:200]}" if text else ""
+        raise FetchError(url, f"upload rejected: HTTP {resp.status_code} {resp.reason}{detail}",
+                         retryable=resp.status_code in RETRYABLE_STATUS,
+                         status=resp.status_code)
+    try:
+        body = resp.json()
+    except ValueError:
+        return  # BOOTy's server (plunder) answers plain text
+    if not isinstance(body, dict):
+        return
+    if isinstance(body.get("sha256"), str) and body["sha256"] != sha256:
+        raise ImageError(url, f"the server stored sha256 {body['sha256']}, pyinit sent {sha256}")
+    if isinstance(body.get("size"), int) and body["size"] != size:
+        raise ImageError(url, f"the server stored {body['size']} bytes, pyinit sent {size}")
+
+
+def _capture_once(device: str, url: str, *, fd: int, segments: Iterable[Segment], length: int,
+                  mac: str, method: Method, compression: Compression,
+                  session: requests.Session, timeout: tuple[float, float],
+                  clock: Callable[[], float]) -> CaptureResult:
+    start = clock()
+    progress = _Progress(length, clock)
+    with _Pipeline(fd, device, segments, compression, progress) as pipe:
+        headers = {"User-Agent": USER_AGENT}
+        filename: str | None = None
+        body: Iterable[bytes]
+        if method == "multipart":
+            filename = upload_filename(mac, compression)
+            boundary = uuid.uuid4().hex
+            headers["Content-Type"] = f"multipart/form-data; boundary={boundary}"
+            body = multipart_body(pipe.chunks(), boundary=boundary, filename=filename)
+            overhead = len(multipart_head(boundary, filename)) + len(multipart_tail(boundary))
+        else:
+            headers["Content-Type"] = CONTENT_TYPE[compression]
+            body = pipe.chunks()
+            overhead = 0
+        if compression == "none":
+            body = _SizedBody(body, length + overhead)
+        try:
+            resp = session.request("POST" if method == "multipart" else "PUT", url, data=body,
+                                   headers=headers, timeout=timeout)
+        except (requests.ConnectionError, requests.Timeout,
+                requests.exceptions.ChunkedEncodingError) as exc:
+            if pipe.error is not None:
+                raise pipe.error from exc
+            raise FetchError(url, f"upload failed: {type(exc).__name__}: {_root(exc)}",
+                             retryable=True) from exc
+        except (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
+                requests.exceptions.InvalidSchema) as exc:
+            raise FetchError(url, f"invalid URL: {exc}") from exc
+        except requests.RequestException as exc:  # e.g. too many redirects
+            if pipe.error is not None:
+                raise pipe.error from exc
+            raise FetchError(url, f"upload failed: {type(exc).__name__}: {exc}") from exc
+        if pipe.error is not None:
+            raise pipe.error
+        with resp:
+            _check_answer(url, resp, pipe.sha256_sent, pipe.bytes_sent)
+        if not pipe.finished:
+            raise FetchError(url, f"the server answered HTTP {resp.status_code} before the "
+                                  f"upload was complete ({pipe.bytes_sent} bytes sent)")
+        return CaptureResult(device=device, url=url, method=method, compression=compression,
+                             bytes_read=pipe.bytes_read, bytes_sent=pipe.bytes_sent,
+                             sha256_raw=pipe.sha_raw.hexdigest(), sha256_sent=pipe.sha256_sent,
+                             seconds=round(clock() - start, 3), filename=filename)
+
+
+def _root(exc: BaseException) -> str:
+    """The innermost cause's message: requests wraps urllib3's error, which wraps the socket's."""
+    seen: set[int] = set()
+    cur = exc
+    while id(cur) not in seen:
+        seen.add(id(cur))
+        nxt = getattr(cur, "reason", None)
+        if not isinstance(nxt, BaseException):
+            nxt = next((a for a in cur.args if isinstance(a, BaseException)), None)
+        nxt = nxt or cur.__cause__ or cur.__context__
+        if nxt is None:
+            break
+        cur = nxt
+    if isinstance(cur, OSError) and cur.strerror:
+        return cur.strerror
+    return str(cur)[:200] or type(cur).__name__
+
+
+def capture_image(device: str, url: str, *, mac: str, method: Method = "multipart",
+                  compression: Compression = "zstd", session: requests.Session,
+                  allow_regular_file: bool = False, attempts: int = UPLOAD_ATTEMPTS,
+                  timeout: tuple[float, float] = TIMEOUT,
+                  mounts_file: Path = Path("/proc/self/mounts"),
+                  swaps_file: Path = Path("/proc/swaps"), sysfs: Path = Path("/sys"),
+                  clock: Callable[[], float] = time.monotonic,
+                  sleep: Callable[[float], None] = time.sleep) -> CaptureResult:
+    """Capture ``device`` to ``url``; see the module docstring for what, how and retries."""
+    if method not in ("multipart", "put"):
+        raise ConfigError("uploadMethod", f"{method!r} is not one of multipart, put")
+    if compression not in SUFFIX:
+        raise ConfigError("compression", f"{compression!r} is not one of zstd, gzip, none")
+    mac = normalize_mac(mac)
+    is_block = check_source(device, allow_regular_file=allow_regular_file,
+                            mounts_file=mounts_file, swaps_file=swaps_file, sysfs=sysfs)
+    try:
+        fd = os.open(device, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise DiskError(device, f"cannot open read-only: {exc.strerror}") from exc
+    try:
+        return _capture_fd(device, url, fd, is_block, mac=mac, method=method,
+                           compression=compression, session=session, attempts=attempts,
+                           timeout=timeout, sysfs=sysfs, clock=clock, sleep=sleep)
+    finally:
+        os.close(fd)
+
+
+def _capture_fd(device: str, url: str, fd: int, is_block: bool, *, mac: str, method: Method,
+                compression: Compression, session: requests.Session, attempts: int,
+                timeout: tuple[float, float], sysfs: Path, clock: Callable[[], float],
+                sleep: Callable[[float], None]) -> CaptureResult:
+    if is_block:
+        size, sector = syscalls.blk_size_bytes(fd), syscalls.blk_sector_size(fd)
+    else:
+        size, sector = os.fstat(fd).st_size, 512
+    table: parttable.PartitionTable | None = None
+    problem = None
+    try:
+        table = parttable.parse(parttable.reader_from_fd(fd), sector_size=sector, disk_size=size)
+    except parttable.PartitionTableError as exc:
+        problem = str(exc)
+    except OSError as exc:
+        raise DiskError(device, f"cannot read the partition table: {exc.strerror}") from exc
+    rng = decide_range(size, table, problem)
+    for note in (table.problems if table else (problem,) if problem else ()):
+        log.warning(f"capture: {device}: {note}")
+    log.info(f"capture: {device}: reading {rng.length} of {size} bytes ({rng.reason}), "
+             f"{compression}, {method} to {url}")
+    with _HoleMap(fd, device, is_block, sysfs) as holes:
+        delays = backoff(initial=1.0, cap=30.0)
+        for attempt in range(1, attempts + 1):
+            segments = plan_reads(rng.length, holes.extents(rng.length))
+            try:
+                return _capture_once(device, url, fd=fd, segments=segments, length=rng.length,
+                                     mac=mac, method=method, compression=compression,
+                                     session=session, timeout=timeout, clock=clock)
+            except FetchError as exc:
+                if not exc.retryable or attempt == attempts:
+                    if exc.retryable:
+                        raise FetchError(url, f"{exc.reason} (gave up after {attempt} "
+                                              "attempts)", status=exc.status) from exc
+                    raise
+                delay = next(delays)
+                log.warning(f"capture: {exc.reason}; capturing again in {delay:.1f} s "
+                            f"(attempt {attempt + 1} of {attempts})")
+                sleep(delay)
+    raise AssertionError("unreachable")
+
+
+class _HoleMap:
+    """Where the data is: the backing file of a loop device, or the regular file itself."""
+
+    def __init__(self, fd: int, device: str, is_block: bool, sysfs: Path) -> None:
+        self.fd = fd
+        self.map_fd: int | None = None
+        self.offset = 0
+        if not is_block:
+            self.map_fd = os.dup(fd)
+            return
+        backing = loop_backing(os.path.basename(os.path.realpath(device)), sysfs)
+        if backing is None:
+            return
+        path, self.offset = backing
+        try:
+            # Writes through the loop device may still sit in its page cache: push them to the
+            # backing file first, or its holes would hide them. fsync needs no write access.
+            os.fsync(fd)
+            self.map_fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            log.debug(f"capture: {device}: not skipping holes of {path}: {exc}")
+            return
+        log.debug(f"capture: {device}: skipping the holes of {path}")
+
+    def __enter__(self) -> _HoleMap:
+        with contextlib.suppress(OSError):
+            os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self.map_fd is not None:
+            os.close(self.map_fd)
+
+    def extents(self, length: int) -> Iterable[tuple[int, int]]:
+        if self.map_fd is None:
+            return [(0, length)]
+        return _shifted(data_extents(self.map_fd, self.offset, self.offset + length),
+                        self.offset)
+
+
+# -- command line -----------------------------------------------------------------------------
+
+
+def default_mac(sysfs: Path = Path("/sys")) -> str:
+    """The first network interface's MAC (sorted by name, loopback and zeros skipped)."""
+    try:
+        names = sorted(p.name for p in (sysfs / "class" / "net").iterdir())
+    except OSError:
+        names = []
+    for name in names:
+        addr = _read_text(sysfs / "class" / "net" / name / "address") or ""
+        if name != "lo" and re.fullmatch(r"([0-9a-f]{2}:){5}[0-9a-f]{2}", addr) and \
+                addr != "00:00:00:00:00:00":
+            return addr.replace(":", "-")
+    return "00-00-00-00-00-00"
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pyinit import log as pyinit_log
+
+    p = argparse.ArgumentParser(
+        prog="python -m pyinit.capture",
+        description="Capture DEVICE (up to the end of its last partition) to URL and print the "
+                    "result as one JSON line. Progress goes to stderr.")
+    p.add_argument("device")
+    p.add_argument("url")
+    p.add_argument("--mac", default=None,
+                   help="MAC for the multipart file name (default: the first NIC's)")
+    p.add_argument("--method", choices=("multipart", "put"), default="multipart")
+    p.add_argument("--compression", choices=("zstd", "gzip", "none"), default="zstd")
+    p.add_argument("--allow-file", action="store_true",
+                   help="accept a regular file as DEVICE (tests, benchmarks)")
+    args = p.parse_args(argv)
+    pyinit_log.configure(console=sys.stderr)
+    try:
+        with requests.Session() as session:
+            result = capture_image(args.device, args.url, mac=args.mac or default_mac(),
+                                   method=args.method, compression=args.compression,
+                                   session=session, allow_regular_file=args.allow_file)
+    except PyinitError as exc:
+        print(f"capture: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(asdict(result)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+
