@@ -15,9 +15,9 @@ OUT := out
 APT_PACKAGES := python3 python3-venv python3-dev gcc binutils \
 	qemu-system-x86 qemu-utils ipxe-qemu seabios \
 	busybox-static kmod cpio zstd e2fsprogs fdisk \
-	dnsmasq-base iproute2 procps ca-certificates
+	dnsmasq-base iproute2 procps ca-certificates nginx-light curl
 
-.PHONY: help setup apt venv initramfs demo test unit lint clean distclean
+.PHONY: help setup apt venv initramfs demo test unit lint bench clean distclean
 
 help:
 	@echo "make demo   - build everything and provision a QEMU machine end to end"
@@ -69,6 +69,11 @@ test: initramfs lint
 	PYINIT_OUT=$(abspath $(OUT)) \
 	PYINIT_MODULES=$$(ls -d $(CURDIR)/.cache/kernel/*/lib/modules/* | head -n 1) \
 	$(BIN)/pytest tests
+
+# Issue #3: pyinit's image writer and capture against curl|zstd|dd baselines measured in the same
+# run (nginx, a loop device); prints a table and, as the last line, one JSON object.
+bench: setup
+	$(BIN)/python -m tests.bench.bench_image
 
 clean:
 	rm -rf $(OUT)
