@@ -23,6 +23,7 @@ help:
 	@echo "make demo   - build everything and provision a QEMU machine end to end"
 	@echo "make test   - lint, type-check and run the whole test suite (VM tests included)"
 	@echo "make unit   - unit tests only (seconds)"
+	@echo "make bench  - image write/capture benchmarks: ratios against curl|zstd|dd, same run"
 	@echo "make clean  - remove build output (keeps downloaded caches)"
 
 setup: apt venv

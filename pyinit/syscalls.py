@@ -109,3 +109,29 @@ def blk_sector_size(fd: int) -> int:
 
 def blk_flush_buffers(fd: int) -> None:
     fcntl.ioctl(fd, BLKFLSBUF)
+
+
+# --- issue #3: zeroing and preallocation for the image writer ----------------------------------
+
+# <linux/fs.h>: BLKZEROOUT = _IO(0x12, 127); its argument is uint64_t[2] = {start, length}.
+BLKZEROOUT = 0x127F
+
+# <linux/falloc.h>
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
+FALLOC_FL_ZERO_RANGE = 0x10
+
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+_libc.fallocate.restype = ctypes.c_int
+
+
+def blk_zeroout(fd: int, offset: int, length: int) -> None:
+    """BLKZEROOUT: the range reads back as zeros afterwards (offloaded to the device when it
+    supports Write Zeroes / WRITE SAME, else the kernel writes zero pages). ``offset`` and
+    ``length`` must be multiples of 512; the fd must be open for writing."""
+    fcntl.ioctl(fd, BLKZEROOUT, struct.pack("=QQ", offset, length))
+
+
+def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
+    """fallocate(2) with ``mode`` flags (``os.posix_fallocate`` has none)."""
+    _check(_libc.fallocate(fd, mode, offset, length), "fallocate")

@@ -1,16 +1,52 @@
+"""The image writer's pure logic, decoders and disk layout, without a network or a real disk."""
+
 from __future__ import annotations
 
+import bz2
 import gzip
 import hashlib
+import lzma
+import mmap
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import zstandard
 
-from pyinit.errors import DiskError, ImageError
-from pyinit.image import HEAD, check_destination, sniff, write_stream
+from pyinit.errors import DiskError, FetchError, ImageError
+from pyinit.image import (
+    EOF,
+    GRANULE,
+    HEAD,
+    MIB,
+    RESET,
+    Decision,
+    Progress,
+    StreamInput,
+    Target,
+    Transfer,
+    Writer,
+    ZstdFrames,
+    _Reset,
+    check_destination,
+    coalesce,
+    decoder_for,
+    disk_family,
+    find_checksum,
+    holders,
+    image_name,
+    mount_conflict,
+    parse_content_range,
+    parse_sums,
+    progress_fields,
+    progress_line,
+    sniff,
+    sums_algorithm,
+    validator_of,
+    zero_extents,
+)
 
 
 def payload(size: int = 5 * HEAD + 12345) -> bytes:
@@ -20,9 +56,8 @@ def payload(size: int = 5 * HEAD + 12345) -> bytes:
     return data[: size // 2] + bytes(size // 4) + data[size // 2 + size // 4:]
 
 
-def chunked(data: bytes, size: int = 100_000) -> Iterator[bytes]:
-    for i in range(0, len(data), size):
-        yield data[i:i + size]
+def zstd(data: bytes, **kw: Any) -> bytes:
+    return zstandard.ZstdCompressor(**kw).compress(data)
 
 
 def _flip(data: bytes, at: int) -> bytes:
@@ -30,88 +65,571 @@ def _flip(data: bytes, at: int) -> bytes:
     return data[:at] + bytes(b ^ 0x5A for b in data[at:at + 16]) + data[at + 16:]
 
 
-@pytest.fixture
-def disk(tmp_path: Path) -> Iterator[tuple[Path, int]]:
-    path = tmp_path / "disk.img"
-    path.write_bytes(b"\xaa" * (8 * HEAD))  # old contents that must never survive a failure
-    fd = os.open(path, os.O_RDWR)
-    try:
-        yield path, fd
-    finally:
-        os.close(fd)
+COMPRESSORS: dict[str, Callable[[bytes], bytes]] = {
+    "raw": lambda d: d,
+    "gzip": gzip.compress,
+    "zstd": lambda d: zstd(d, write_checksum=True),
+    "xz": lambda d: lzma.compress(d, preset=1),
+    "bzip2": lambda d: bz2.compress(d, 1),
+}
 
 
-@pytest.mark.parametrize("compress", [lambda d: d, gzip.compress,
-                                      lambda d: zstandard.ZstdCompressor().compress(d),
-                                      lambda d: gzip.compress(d[:777]) + gzip.compress(d[777:])])
-def test_write_stream_formats(disk: tuple[Path, int], compress) -> None:  # type: ignore[no-untyped-def]
-    path, fd = disk
-    data = payload()
-    kind, written, digest = write_stream(chunked(compress(data)), fd, url="u", device="d",
-                                         size=1 << 40)
-    assert written == len(data)
-    assert digest == hashlib.sha256(data).hexdigest()
-    assert path.read_bytes()[: len(data)] == data
-    assert kind in ("raw", "gzip", "zstd")
+# --- sniffing ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", sorted(COMPRESSORS))
+def test_sniff_by_magic(kind: str) -> None:
+    assert sniff(COMPRESSORS[kind](payload(5000))[:18]) == kind
 
 
-def test_sniff() -> None:
-    assert sniff(b"\x1f\x8b\x08") == "gzip"
-    assert sniff(b"\x28\xb5\x2f\xfd") == "zstd"
-    assert sniff(b"\xeb\x63\x90") == "raw"
-
-
-@pytest.mark.parametrize(("stream", "needle"), [
-    (lambda d: gzip.compress(d)[:-100], "truncated gzip"),
-    (lambda d: gzip.compress(d) + b"GARBAGE!", "trailing garbage"),
-    (lambda d: zstandard.ZstdCompressor().compress(d)[:-50], "truncated zstd"),
-    (lambda d: zstandard.ZstdCompressor().compress(d) + b"xx", "trailing garbage"),
-    (lambda d: _flip(gzip.compress(d), 2000), "corrupt gzip"),
-    # Without the optional frame checksum zstd cannot notice flipped literals; images made by
-    # `pyinit image` and `zstd` (default) carry it. The image checksum (#3) covers the rest.
-    (lambda d: _flip(zstandard.ZstdCompressor(write_checksum=True).compress(d), 3000),
-     "corrupt zstd"),
+@pytest.mark.parametrize(("head", "kind"), [
+    (b"\xeb\x63\x90" + bytes(15), "raw"),  # MBR boot code
+    (bytes(18), "raw"),  # a filesystem image starting with zeros
+    (b"", "raw"),
+    (b"\x1f\x8b\x08", "gzip"),
+    (b"\x28\xb5\x2f\xfd", "zstd"),
+    (b"\x50\x2a\x4d\x18" + bytes(14), "zstd"),  # pzstd: a skippable frame first
+    (b"BZh9" + b"\x31\x41\x59\x26\x53\x59" + bytes(8), "bzip2"),
+    (b"BZh9 is just text here", "raw"),
+    (b"QFI\xfb\x00\x00\x00\x03", "qcow2"),
+    (b"\x04\x22\x4d\x18", "lz4"),
+    (b"vhdxfile", "vhdx"),
 ])
-def test_bad_streams_fail_and_leave_no_valid_looking_disk(disk: tuple[Path, int], stream,  # type: ignore[no-untyped-def]
-                                                         needle: str) -> None:
-    path, fd = disk
+def test_sniff_edge_cases(head: bytes, kind: str) -> None:
+    assert sniff(head) == kind
+
+
+def test_refused_formats_are_not_written_raw() -> None:
+    with pytest.raises(ImageError, match="qcow2 is not a raw disk image"):
+        decoder_for("qcow2", StreamInput(iter([]).__next__), "u")
+
+
+# --- decoders ----------------------------------------------------------------------------------
+
+def _source(chunks: Iterable[object]) -> StreamInput:
+    items = iter([*chunks, EOF])
+    return StreamInput(lambda: next(items))
+
+
+def chunked(data: bytes, size: int = 100_000) -> list[bytes]:
+    return [data[i:i + size] for i in range(0, len(data), size)]
+
+
+def decode(stream: bytes, *, chunk: int = 100_000, block: int = 1 << 20) -> bytes:
+    src = _source(chunked(stream, chunk))
+    kind = sniff(src.peek(18))
+    dec = decoder_for(kind, src, "u")
+    buf = mmap.mmap(-1, block)
+    out = bytearray()
+    while True:
+        n = dec.readinto(memoryview(buf))
+        out += buf[:n]
+        if n < block:
+            break
+    dec.finish()
+    return bytes(out)
+
+
+@pytest.mark.parametrize("kind", sorted(COMPRESSORS))
+@pytest.mark.parametrize("chunk", [1, 4099, 1 << 20])
+def test_decoders_round_trip(kind: str, chunk: int) -> None:
+    data = payload(3 * MIB + 7 if chunk > 1 else 70_000)
+    assert decode(COMPRESSORS[kind](data), chunk=chunk) == data
+
+
+@pytest.mark.parametrize("kind", ["gzip", "zstd", "xz", "bzip2"])
+def test_concatenated_members_are_one_stream(kind: str) -> None:
+    data = payload(2 * MIB)
+    c = COMPRESSORS[kind]
+    assert decode(c(data[:777]) + c(data[777:MIB]) + c(data[MIB:]), chunk=65536) == data
+
+
+def test_xz_stream_padding_is_allowed() -> None:
+    data = payload(100_000)
+    x = lzma.compress(data)
+    assert decode(x + bytes(8) + x) == data + data
+    with pytest.raises(ImageError, match="trailing garbage after xz stream"):
+        decode(x + bytes(3))
+
+
+def test_zstd_skippable_frames_are_skipped() -> None:
+    data = payload(100_000)
+    skippable = b"\x50\x2a\x4d\x18" + (5).to_bytes(4, "little") + b"hello"
+    assert decode(skippable + zstd(data) + skippable + zstd(data)) == data + data
+
+
+def test_zstd_output_is_bounded_for_huge_zero_runs() -> None:
+    """1 GiB of zeros is ~32 KB of zstd: the decoder must hand it out block by block."""
+    stream = zstd(bytes(256 * MIB))
+    src = _source(chunked(stream, 1 << 20))
+    dec = decoder_for("zstd", src, "u")
+    buf = mmap.mmap(-1, 4 * MIB)
+    total = 0
+    while n := dec.readinto(memoryview(buf)):
+        assert n <= 4 * MIB
+        total += n
+    dec.finish()
+    assert total == 256 * MIB
+
+
+@pytest.mark.parametrize(("make", "needle"), [
+    (lambda d: gzip.compress(d)[:-100], "truncated gzip"),
+    (lambda d: gzip.compress(d) + b"GARBAGE!", "trailing garbage after gzip"),
+    (lambda d: gzip.compress(d) + bytes(10), "trailing garbage after gzip"),
+    (lambda d: zstd(d)[:-50], "truncated zstd"),
+    (lambda d: zstd(d, write_checksum=True)[:-3], "truncated zstd"),  # checksum cut
+    (lambda d: zstd(d) + b"xx", "trailing garbage after zstd"),
+    (lambda d: zstd(d) + bytes(100), "trailing garbage after zstd"),
+    (lambda d: lzma.compress(d, preset=0)[:-30], "truncated xz"),
+    (lambda d: lzma.compress(d, preset=0) + b"junkjunk", "trailing garbage after xz"),
+    (lambda d: bz2.compress(d, 1)[:-30], "truncated bzip2"),
+    (lambda d: bz2.compress(d, 1) + b"junk", "trailing garbage after bzip2"),
+    (lambda d: _flip(gzip.compress(d), 2000), "corrupt gzip"),
+    (lambda d: _flip(zstd(d, write_checksum=True), 3000), "corrupt zstd"),
+    (lambda d: _flip(lzma.compress(d, preset=0), 3000), "corrupt xz"),
+    (lambda d: _flip(bz2.compress(d, 1), 3000), "corrupt bzip2"),
+])
+def test_bad_streams_are_errors(make: Callable[[bytes], bytes], needle: str) -> None:
     with pytest.raises(ImageError, match=needle):
-        write_stream(chunked(stream(payload())), fd, url="u", device="d", size=8 * HEAD)
-    content = path.read_bytes()
-    # The first MiB (partition table, boot code) is never the new image's, and after a write
-    # began both partition-table areas are zeroed.
-    assert content[:HEAD] in (b"\xaa" * HEAD, bytes(HEAD))
-    if content[:HEAD] == bytes(HEAD):
-        assert content[-HEAD:] == bytes(HEAD)
+        decode(make(payload(MIB + 12345)))
 
 
-def test_first_mib_is_written_last(disk: tuple[Path, int]) -> None:
-    path, fd = disk
-    data = payload()
-    seen_head_during_stream: list[bytes] = []
-
-    def spy() -> Iterator[bytes]:
-        for i, chunk in enumerate(chunked(data)):
-            if i == len(data) // 100_000 - 1:
-                seen_head_during_stream.append(path.read_bytes()[:16])
-            yield chunk
-
-    write_stream(spy(), fd, url="u", device="d", size=1 << 40)
-    assert seen_head_during_stream == [b"\xaa" * 16]
-    assert path.read_bytes()[:HEAD] == data[:HEAD]
+def test_empty_member_stream() -> None:
+    assert decode(gzip.compress(b"")) == b""
 
 
-def test_image_larger_than_disk(disk: tuple[Path, int]) -> None:
-    path, fd = disk
+def test_reset_reaches_the_decoder() -> None:
+    src = _source([b"abc", RESET, b"xyz"])
+    assert src.peek(2) == b"ab"
+    with pytest.raises(_Reset):
+        src.peek(18)
+    assert src.read(10) == b"xyz"
+    assert src.read(10) == b""
+
+
+# --- zstd frame walk ---------------------------------------------------------------------------
+
+def test_zstd_frames_complete_and_truncated() -> None:
+    stream = zstd(payload(300_000), write_checksum=True) + zstd(b"x" * 1000)
+    for cut in (0, 1, 4, 5, 9, len(stream) // 2, len(stream) - 4, len(stream) - 1):
+        walker = ZstdFrames()
+        for i in range(0, cut, 7):
+            walker.feed(stream[i:min(i + 7, cut)])
+        assert walker.problem_at_end() in ("truncated zstd stream", "empty zstd stream"), cut
+    walker = ZstdFrames()
+    walker.feed(stream)
+    assert walker.problem_at_end() is None
+    assert walker.frames == 2
+
+
+def test_zstd_frames_garbage() -> None:
+    walker = ZstdFrames()
+    with pytest.raises(ValueError, match="trailing garbage"):
+        walker.feed(zstd(b"abc") + b"\x00\x00\x00\x00")
+
+
+# --- zero runs ---------------------------------------------------------------------------------
+
+def test_zero_extents() -> None:
+    g = GRANULE
+    buf = bytearray(8 * g)
+    buf[2 * g + 5] = 1  # granule 2 is data
+    buf[5 * g] = 1  # granule 5
+    buf[5 * g + g - 1] = 1
+    assert zero_extents(buf, 0, len(buf)) == [
+        (0, 2 * g, True), (2 * g, 3 * g, False), (3 * g, 5 * g, True), (5 * g, 6 * g, False),
+        (6 * g, 8 * g, True)]
+    assert zero_extents(buf, g, 2 * g + 100) == [(g, 2 * g, True), (2 * g, 2 * g + 100, False)]
+    assert zero_extents(bytes(100), 0, 100) == [(0, 100, True)]  # short last granule
+    assert zero_extents(b"\0" * 99 + b"\1", 0, 100) == [(0, 100, False)]
+    assert zero_extents(b"", 0, 0) == []
+
+
+def test_zero_extents_uses_an_mmap_block() -> None:
+    buf = mmap.mmap(-1, 4 * MIB)
+    buf[MIB:MIB + 3] = b"abc"
+    assert zero_extents(buf, 0, 4 * MIB) == [
+        (0, MIB, True), (MIB, MIB + GRANULE, False), (MIB + GRANULE, 4 * MIB, True)]
+
+
+def test_coalesce() -> None:
+    k = 1024
+    ext = [(0, 64 * k, True), (64 * k, 128 * k, False), (128 * k, 192 * k, True),
+           (192 * k, 256 * k, False), (256 * k, 2048 * k, True), (2048 * k, 2112 * k, False),
+           (2112 * k, 2176 * k, True)]
+    assert coalesce(ext, min_zero=MIB) == [
+        (0, 64 * k, True),  # touches the start: may continue the previous block's run
+        (64 * k, 256 * k, False),  # a short inner run is written with its data
+        (256 * k, 2048 * k, True),
+        (2048 * k, 2112 * k, False),
+        (2112 * k, 2176 * k, True),  # touches the end
+    ]
+    assert coalesce([], min_zero=MIB) == []
+
+
+class FakeTarget:
+    """Records writes and zeroing; ``data`` is the resulting image."""
+
+    def __init__(self, capacity: int | None = None) -> None:
+        self.capacity = capacity
+        self.path = "/dev/fake"
+        self.calls: list[tuple[str, int, int]] = []
+        self.data = bytearray()
+        self.syncs = 0
+
+    def _put(self, offset: int, data: bytes) -> None:
+        if len(self.data) < offset + len(data):
+            self.data.extend(bytes(offset + len(data) - len(self.data)))
+        self.data[offset:offset + len(data)] = data
+
+    def write(self, offset: int, data: Any) -> None:
+        self.calls.append(("write", offset, len(data)))
+        self._put(offset, bytes(data))
+
+    def write_zeros(self, offset: int, length: int) -> None:
+        self.calls.append(("write_zeros", offset, length))
+        self._put(offset, bytes(length))
+
+    def zero(self, offset: int, length: int) -> None:
+        self.calls.append(("zero", offset, length))
+        self._put(offset, bytes(length))
+
+    def wipe_tables(self) -> None:
+        self.calls.append(("wipe", 0, 0))
+
+    def sync(self) -> None:
+        self.syncs += 1
+
+
+def feed_writer(w: Writer, image: bytes, block: int = 4 * MIB) -> None:
+    buf = mmap.mmap(-1, block)
+    for off in range(0, len(image), block):
+        piece = image[off:off + block]
+        buf[:len(piece)] = piece
+        w.block(buf, off, len(piece))
+    w.finish()
+
+
+def test_writer_coalesces_zero_runs_across_blocks_and_holds_the_head_back() -> None:
+    image = b"\x01" * HEAD + bytes(10 * MIB) + b"\x02" * MIB + bytes(100)
+    t = FakeTarget()
+    w = Writer(t, url="u")  # type: ignore[arg-type]
+    feed_writer(w, image)
+    assert t.calls == [
+        ("wipe", 0, 0),  # both partition-table areas, before anything else
+        ("write", 11 * MIB, MIB),
+        ("write_zeros", 12 * MIB, 100),  # a short run at the end is written
+        ("zero", HEAD, 10 * MIB),  # one call across three blocks, issued in a batch
+    ]
+    assert w.zero_bytes == 10 * MIB
+    assert t.syncs == 1
+    assert bytes(t.data[:HEAD]) == bytes(HEAD)  # the head is not written yet
+    w.write_head()
+    assert t.calls[-1] == ("write", 0, HEAD)
+    assert bytes(t.data) == image
+    assert w.offset == len(image)
+
+
+def test_writer_never_skips_zeros_it_did_not_zero() -> None:
+    """Whatever the layout, the result equals the image (the fake starts with 0xAA junk)."""
+    rng = __import__("random").Random(3)
+    parts = []
+    for _ in range(40):
+        n = rng.choice([1, 100, GRANULE, GRANULE + 1, MIB - 1, MIB, 3 * MIB])
+        parts.append(bytes(n) if rng.random() < 0.6 else os.urandom(n))
+    image = b"".join(parts)
+    t = FakeTarget()
+    t.data = bytearray(b"\xaa" * (len(image) + MIB))
+    w = Writer(t, url="u")  # type: ignore[arg-type]
+    feed_writer(w, image)
+    w.write_head()
+    assert bytes(t.data[:len(image)]) == image
+
+
+def test_writer_refuses_to_write_past_the_disk() -> None:
+    t = FakeTarget(capacity=6 * MIB)
+    w = Writer(t, url="u")  # type: ignore[arg-type]
     with pytest.raises(DiskError, match="larger than the disk"):
-        write_stream(chunked(payload(12 * HEAD)), fd, url="u", device="d", size=8 * HEAD)
-    assert path.read_bytes()[:HEAD] == bytes(HEAD)
+        feed_writer(w, b"\x01" * 7 * MIB)
+    assert ("write", 4 * MIB, 2 * MIB) not in t.calls
 
 
-def test_empty_image(disk: tuple[Path, int]) -> None:
-    _, fd = disk
-    with pytest.raises(ImageError, match="empty"):
-        write_stream(iter([]), fd, url="u", device="d", size=8 * HEAD)
+def test_writer_enforces_the_declared_size() -> None:
+    w = Writer(FakeTarget(), url="u", size=5 * MIB)  # type: ignore[arg-type]
+    with pytest.raises(ImageError, match="declared size"):
+        feed_writer(w, b"\x01" * 6 * MIB)
+
+
+def test_writer_reset_starts_over() -> None:
+    t = FakeTarget()
+    w = Writer(t, url="u")  # type: ignore[arg-type]
+    buf = mmap.mmap(-1, 4 * MIB)
+    buf[:] = b"\x01" * 4 * MIB
+    w.block(buf, 0, 4 * MIB)
+    w.reset()
+    assert (w.offset, w.head_len) == (0, 0)
+    buf[:] = b"\x02" * 4 * MIB
+    w.block(buf, 0, 4 * MIB)
+    w.finish()
+    w.write_head()
+    assert bytes(t.data) == b"\x02" * 4 * MIB
+
+
+# --- regular-file target -----------------------------------------------------------------------
+
+def test_file_target_zeroes_with_fallocate_and_wipes(tmp_path: Path) -> None:
+    path = tmp_path / "disk.img"
+    path.write_bytes(b"\xaa" * (8 * MIB))
+    target = Target.open(str(path), allow_regular_file=True)
+    try:
+        assert (target.capacity, target.direct) == (8 * MIB, False)
+        target.zero(MIB, 2 * MIB)
+        target.zero(8 * MIB - 100, 100)
+        assert target.touched
+        content = path.read_bytes()
+        assert content[:MIB] == b"\xaa" * MIB
+        assert content[MIB:3 * MIB] == bytes(2 * MIB)
+        assert content[-100:] == bytes(100)
+        assert target.zero_method.startswith("fallocate")
+        target.wipe_tables()
+        content = path.read_bytes()
+        assert content[:MIB] == bytes(MIB) and content[-MIB:] == bytes(MIB)
+        assert content[3 * MIB:7 * MIB] == b"\xaa" * 4 * MIB
+    finally:
+        target.close()
+
+
+def test_file_target_needs_permission(tmp_path: Path) -> None:
+    with pytest.raises(DiskError, match="is not a block device"):
+        Target.open(str(tmp_path))
+    with pytest.raises(DiskError, match="does not exist"):
+        Target.open(str(tmp_path / "nope"))
+
+
+# --- ranges and resume decisions ---------------------------------------------------------------
+
+def test_parse_content_range() -> None:
+    assert parse_content_range("bytes 100-199/1000") == (100, 200, 1000)
+    assert parse_content_range("bytes 0-0/*") == (0, 1, None)
+    assert parse_content_range("bytes */1000") is None
+    assert parse_content_range("items 1-2/3") is None
+    assert parse_content_range("bytes 5-4/10") is None
+    assert parse_content_range(None) is None
+
+
+def test_validator_prefers_a_strong_etag() -> None:
+    lm = "Mon, 23 Nov 2026 14:17:42 GMT"
+    assert validator_of({"ETag": '"abc"', "Last-Modified": lm}) == '"abc"'
+    assert validator_of({"etag": 'W/"abc"', "last-modified": lm}) == lm
+    assert validator_of({}) is None
+
+
+def started(total: int = 1000, etag: str = '"v1"') -> Transfer:
+    t = Transfer("http://h/a.img")
+    assert t.on_response(200, {"Content-Length": str(total), "ETag": etag}).action == "start"
+    t.on_data(400)
+    return t
+
+
+def test_transfer_first_request() -> None:
+    t = Transfer("http://h/a.img")
+    assert "Range" not in t.request_headers()
+    assert t.request_headers()["Accept-Encoding"] == "identity"
+    assert t.on_response(200, {"Content-Length": "1000", "ETag": '"v1"'}) == Decision("start")
+    assert (t.total, t.validator) == (1000, '"v1"')
+    t.on_data(1000)
+    assert t.complete()
+
+
+def test_resume_206_with_matching_content_range_continues() -> None:
+    t = started()
+    assert t.request_headers()["Range"] == "bytes=400-"
+    assert t.request_headers()["If-Range"] == '"v1"'
+    d = t.on_response(206, {"Content-Range": "bytes 400-999/1000", "ETag": '"v1"'})
+    assert d == Decision("continue")
+    assert (t.offset, t.resumes, t.restarts) == (400, 1, 0)
+    assert not t.complete()
+    t.on_data(600)
+    assert t.complete() and t.fetched == 1000
+
+
+def test_resume_200_means_restart_from_zero() -> None:
+    t = started()
+    d = t.on_response(200, {"Content-Length": "1000", "ETag": '"v1"'})
+    assert d.action == "restart" and "ignored the Range" in d.reason
+    assert (t.offset, t.restarts, t.total) == (0, 1, 1000)
+    assert t.fetched == 400  # bytes already fetched still count
+
+
+def test_if_range_mismatch_restarts_with_the_new_file() -> None:
+    t = started()
+    d = t.on_response(200, {"Content-Length": "1200", "ETag": '"v2"'})
+    assert d.action == "restart" and "changed on the server" in d.reason
+    assert (t.total, t.validator) == (1200, '"v2"')
+
+
+@pytest.mark.parametrize(("status", "headers", "action", "why"), [
+    (416, {"Content-Range": "bytes */300"}, "refetch", "416"),
+    (206, {"Content-Range": "bytes 0-999/1000"}, "refetch", "asked for bytes 400-"),
+    (206, {"Content-Range": "bytes 400-1199/1200"}, "refetch", "changed size"),
+    (206, {"Content-Range": "bytes 400-999/1000", "ETag": '"v2"'}, "refetch", "changed"),
+    (206, {}, "refetch", "no Content-Range"),
+    (503, {}, "retry", "HTTP 503"),
+    (408, {}, "retry", "HTTP 408"),
+    (429, {}, "retry", "HTTP 429"),
+    (404, {}, "fatal", "HTTP 404"),
+    (403, {}, "fatal", "HTTP 403"),
+    (304, {}, "fatal", "unexpected HTTP 304"),
+])
+def test_resume_decisions(status: int, headers: dict[str, str], action: str, why: str) -> None:
+    d = started().on_response(status, headers)
+    assert d.action == action
+    assert why in d.reason
+
+
+def test_first_response_decisions() -> None:
+    assert Transfer("u").on_response(404, {}).action == "fatal"
+    assert Transfer("u").on_response(500, {}).action == "retry"
+    t = Transfer("u")
+    assert t.on_response(206, {"Content-Range": "bytes 0-9/10"}).action == "start"
+    assert t.total == 10
+
+
+def test_resume_without_a_validator_needs_a_checksum() -> None:
+    t = Transfer("u")
+    t.on_response(200, {"Content-Length": "10"})
+    assert not t.can_resume()
+    assert Transfer("u", allow_unvalidated_resume=True).can_resume()
+    t.on_data(5)
+    assert "If-Range" not in t.request_headers()
+
+
+def test_restarts_are_bounded() -> None:
+    t = Transfer("u", max_restarts=2)
+    t.restart("one")
+    t.restart("two")
+    with pytest.raises(FetchError, match="three; gave up after 2 restarts") as err:
+        t.restart("three")
+    assert not err.value.retryable
+
+
+# --- SHA256SUMS --------------------------------------------------------------------------------
+
+SUMS = f"""\
+# comment
+{'a' * 64}  other.img.zst
+{'B' * 64} *disk.img.zst
+{'c' * 64}  ./sub/nested.img
+-----BEGIN PGP SIGNATURE-----
+SHA256 (bsd.img) = {'d' * 64}
+SHA512 (big.img) = {'e' * 128}
+{'f' * 64}  big.img
+"""
+
+
+def test_parse_sums() -> None:
+    entries = parse_sums(SUMS)
+    assert ("sha256", "b" * 64, "disk.img.zst") in entries
+    assert ("sha256", "d" * 64, "bsd.img") in entries
+    assert ("sha512", "e" * 128, "big.img") in entries
+    assert len(entries) == 6
+
+
+def test_find_checksum() -> None:
+    assert find_checksum(SUMS, "disk.img.zst") == ("sha256", "b" * 64)
+    assert find_checksum(SUMS, "nested.img") == ("sha256", "c" * 64)
+    assert find_checksum(SUMS, "bsd.img", algo="sha256") == ("sha256", "d" * 64)
+    with pytest.raises(ValueError, match="2 different checksums for big.img"):
+        find_checksum(SUMS, "big.img")
+    assert find_checksum(SUMS, "big.img", algo="sha512") == ("sha512", "e" * 128)
+    with pytest.raises(ValueError, match="no sha256 checksum line for missing.img"):
+        find_checksum(SUMS, "missing.img", algo="sha256")
+
+
+def test_gnu_escaped_names() -> None:
+    assert parse_sums(f"\\{'a' * 64}  back\\\\slash\\nnewline") == [
+        ("sha256", "a" * 64, "back\\slash\nnewline")]
+
+
+def test_names_and_algorithms_from_urls() -> None:
+    assert image_name("http://h/images/a%20b.img.zst?x=1") == "a b.img.zst"
+    assert sums_algorithm("http://h/SHA512SUMS") == "sha512"
+    assert sums_algorithm("http://h/a.img.zst.sha256") == "sha256"
+    assert sums_algorithm("http://h/CHECKSUMS") is None
+
+
+# --- progress ----------------------------------------------------------------------------------
+
+def test_progress_is_rate_limited() -> None:
+    now = [0.0]
+    seen: list[dict[str, Any]] = []
+    p = Progress(interval=1.0, clock=lambda: now[0], emit=seen.append)
+    for t in (0.1, 0.5, 0.99, 1.0, 1.5, 1.9, 2.0, 2.01, 3.5):
+        now[0] = t
+        p.tick(int(t * 1e8), 0, int(4e8))
+    assert [f["bytes"] for f in seen] == [int(1e8), int(2e8), int(3.5e8)]
+    assert p.tick(4, 0, force=True)
+    assert len(seen) == 4
+
+
+def test_progress_fields_and_line() -> None:
+    f = progress_fields(250_000_000, 50_000_000, 1_000_000_000, None, 2.0)
+    assert (f["percent"], f["rate"], f["eta"]) == (25.0, 125_000_000, 6.0)
+    assert progress_line(f) == "provision: 250 MB written (25%), 125 MB/s, ETA 6 s"
+    # No raw size: the fraction comes from the compressed bytes fetched.
+    f = progress_fields(250_000_000, 50_000_000, None, 100_000_000, 2.0)
+    assert f["percent"] == 50.0
+    f = progress_fields(1, 1, None, None, 0.0)
+    assert f["percent"] is None and "ETA" not in progress_line(f)
+
+
+# --- the destination ---------------------------------------------------------------------------
+
+def fake_sysfs(root: Path) -> Path:
+    sysfs = root / "sys"
+    for name, dev in (("vda", "252:0"), ("vda/vda1", "252:1"), ("vda/vda2", "252:2"),
+                      ("vdb", "252:16")):
+        d = sysfs / "class" / "block" / name
+        d.mkdir(parents=True)
+        (d / "dev").write_text(dev + "\n")
+        (d / "holders").mkdir()
+        if "/" in name:
+            (d / "partition").write_text("1\n")
+    return sysfs
+
+
+def test_disk_family(tmp_path: Path) -> None:
+    sysfs = fake_sysfs(tmp_path)
+    assert disk_family(sysfs, "vda") == {"vda": "252:0", "vda1": "252:1", "vda2": "252:2"}
+    assert disk_family(sysfs, "vdb") == {"vdb": "252:16"}
+
+
+def test_mount_conflicts() -> None:
+    fam = {"vda": "252:0", "vda1": "252:1"}
+    same = lambda p: p  # noqa: E731
+    assert mount_conflict(fam, mounts="/dev/vda1 /mnt ext4 rw 0 0\n",
+                          resolve=same) == "/dev/vda1 is mounted on /mnt"
+    assert mount_conflict(fam, mounts="/dev/vdb1 /mnt ext4 rw 0 0\nproc /proc proc rw 0 0\n",
+                          resolve=same) is None
+    by_uuid = {"/dev/disk/by-uuid/x": "/dev/vda"}
+    assert mount_conflict(fam, mounts="/dev/disk/by-uuid/x /a\\040b xfs rw 0 0",
+                          resolve=lambda p: by_uuid.get(p, p)) == \
+        "/dev/disk/by-uuid/x is mounted on /a b"
+    info = "22 1 252:1 / / rw,relatime - ext4 /dev/root rw\n"
+    assert mount_conflict(fam, mounts="/dev/root / ext4 rw 0 0", mountinfo=info,
+                          resolve=same) == "/dev/vda1 is mounted on /"
+    swaps = "Filename Type Size Used Priority\n/dev/vda1 partition 1024 0 -2\n"
+    assert mount_conflict(fam, mounts="", swaps=swaps, resolve=same) == \
+        "/dev/vda1 is in use as swap"
+
+
+def test_holders(tmp_path: Path) -> None:
+    sysfs = fake_sysfs(tmp_path)
+    assert holders(sysfs, disk_family(sysfs, "vda")) == []
+    dm = sysfs / "class" / "block" / "vda" / "vda2" / "holders" / "dm-0"
+    (dm / "dm").mkdir(parents=True)
+    (dm / "dm" / "name").write_text("vg0-root\n")
+    (sysfs / "class" / "block" / "vda2").symlink_to(sysfs / "class" / "block" / "vda" / "vda2")
+    assert holders(sysfs, disk_family(sysfs, "vda")) == ["vda2 is held by dm-0 (vg0-root)"]
 
 
 def test_check_destination(tmp_path: Path) -> None:
@@ -122,14 +640,5 @@ def test_check_destination(tmp_path: Path) -> None:
     with pytest.raises(DiskError, match="not a block device"):
         check_destination(str(regular))
     check_destination(str(regular), allow_regular_file=True)
-
-
-def test_check_destination_refuses_mounted_disk(tmp_path: Path) -> None:
-    mounts = tmp_path / "mounts"
-    dev = tmp_path / "vda"
-    dev.write_bytes(b"")
-    mounts.write_text("/dev/vda1 /mnt ext4 rw 0 0\n")
-    with pytest.raises(DiskError, match="/dev/vda1 is mounted"):
-        check_destination(str(dev), mounts_file=mounts, allow_regular_file=True)
-    mounts.write_text("/dev/vdb1 /mnt ext4 rw 0 0\n")
-    check_destination(str(dev), mounts_file=mounts, allow_regular_file=True)
+    with pytest.raises(DiskError, match="not a block device"):
+        check_destination("/dev/null")
