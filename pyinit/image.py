@@ -3,10 +3,13 @@
 The pipeline (threads joined by bounded queues; zlib, lzma, bz2, zstandard, hashlib, socket reads
 and pwrite all release the GIL, so the stages overlap on separate cores)::
 
-    fetch ──chunks──► decode ──4 MiB aligned blocks (pool of 8)──► write ──► disk
+    fetch ──chunks──► decode ──4 MiB aligned blocks (pool of 8)──► write ──4 I/O threads──► disk
       │                                 │
       └──chunks──► hash                 └──blocks──► raw hash (verify="full" only)
                    (the file as served)
+
+Memory is bounded by the queues and the block pool, not the image: ~75 MB peak RSS for the CLI
+whether the image is 16 MiB or 8 GiB.
 
 * **Formats** by magic bytes: raw, gzip, zstd, xz, bzip2; concatenated members/frames are one
   stream. A truncated stream, a corrupt one and trailing garbage are errors, never success.
@@ -14,8 +17,9 @@ and pwrite all release the GIL, so the stages overlap on separate cores)::
 * **Checksums** (``checksum`` or a ``SHA256SUMS``-style ``checksum_url``) of the file as served,
   computed while streaming; sha256 is always computed and reported.
 * **Zero runs** never go through write(): they are zeroed with ``BLKZEROOUT`` (regular files:
-  ``fallocate`` ZERO_RANGE, else PUNCH_HOLE), coalesced across blocks. Runs shorter than 1 MiB in
-  the middle of data are written with it (one pwrite instead of three syscalls).
+  ``fallocate`` ZERO_RANGE, else PUNCH_HOLE), coalesced across blocks and issued in batches.
+  Runs shorter than 1 MiB in the middle of data are written with it (one pwrite instead of
+  three syscalls). Nothing is ever skipped without being zeroed: the old contents would show.
 * **Resume**: a dropped or stalled connection continues with ``Range: bytes=N-`` validated by
   ``If-Range``; the decoder and the hashes never see the break. A server that ignores ranges, or a
   file that changed, restarts the whole stream from byte 0 (decoder, hashes, offsets reset).
@@ -1310,6 +1314,11 @@ class Block:
         with self._lock:
             self._refs += 1
 
+    def give_back(self) -> None:
+        """Unused: straight back to the pool."""
+        self._refs = 0
+        self._pool.put_nowait(self)
+
     def release(self) -> None:
         with self._lock:
             self._refs -= 1
@@ -1536,8 +1545,7 @@ class _Pipeline:
                     raise ImageError(self.url, "empty image")
                 kind = sniff(head)
                 decoder = decoder_for(kind, src, self.url)
-                if kind != self.format or not self.transfer.restarts:
-                    log.info(f"provision: {self.url} is {kind}")
+                log.info(f"provision: {self.url} is {kind}")
                 self.format = kind
                 self._check_declared_size(kind, head)
                 offset = 0
@@ -1546,16 +1554,14 @@ class _Pipeline:
                     try:
                         n = decoder.readinto(blk.view)
                     except BaseException:
-                        blk.share(1)
-                        blk.release()
+                        blk.give_back()
                         raise
                     if n:
                         blk.offset, blk.length = offset, n
                         offset += n
                         self._send(blk)
                     else:
-                        blk.share(1)
-                        blk.release()
+                        blk.give_back()
                     if n < BLOCK:
                         break
                 decoder.finish()
@@ -1750,8 +1756,9 @@ def write_image(req: WriteRequest, *, session: requests.Session,
                 clock: Callable[[], float] = time.monotonic) -> WriteResult:
     """Stream ``req.url`` onto ``req.device`` (see the module docstring for the guarantees).
 
-    ``direct``: O_DIRECT for block devices (default :data:`DIRECT_DEFAULT`: on a loop device
-    1 GiB 30 % data went 1.4x faster than through the page cache, and progress is honest).
+    ``direct``: O_DIRECT for block devices (default :data:`DIRECT_DEFAULT`: 1 GiB, 30 % data,
+    zstd, onto a loop device with direct I/O: 0.89 s with O_DIRECT, 1.32 s through the page
+    cache, median of 5, and 1.06 vs 1.58 CPU seconds; progress is honest too).
     ``read_timeout``: seconds without a byte before a connection counts as stalled and is
     resumed. ``max_attempts``: consecutive failed attempts (without progress) before giving up.
     """
@@ -1773,6 +1780,8 @@ def write_image(req: WriteRequest, *, session: requests.Session,
             pipe.stream(progress)
             verified = pipe.check()
             pipe.writer.write_head()
+            progress.tick(pipe.writer.offset, pipe.transfer.fetched, pipe.raw_total,
+                          pipe.transfer.total, force=True)
             readback = False
             if req.verify:
                 assert pipe.raw_sha256 is not None
@@ -1787,8 +1796,6 @@ def write_image(req: WriteRequest, *, session: requests.Session,
         except BaseException as exc:
             _fail_safe(target, req, exc)
             raise
-        progress.tick(pipe.writer.offset, pipe.transfer.fetched, pipe.raw_total,
-                      pipe.transfer.total, force=True)
         target.reread_partitions()
     finally:
         target.close()
@@ -1827,18 +1834,23 @@ def main(argv: list[str] | None = None) -> int:
         description="Write the image at URL onto DEVICE with pyinit's writer (benchmarks, "
                     "debugging). Logs go to stderr; stdout gets one JSON line: the WriteResult, "
                     "or {\"error\": ..., \"type\": ...} with exit status 1.")
-    parser.add_argument("url")
-    parser.add_argument("device")
+    parser.add_argument("url", metavar="URL", help="http(s) URL of the image (raw, gzip, zstd, "
+                        "xz or bzip2: recognised by its magic bytes)")
+    parser.add_argument("device", metavar="DEVICE", help="the block device to overwrite")
     parser.add_argument("--checksum", metavar="ALGO:HEX", help="sha256:<hex> or sha512:<hex>")
     parser.add_argument("--checksum-url", metavar="URL", help="a SHA256SUMS-style file")
-    parser.add_argument("--size", type=int, help="the raw image's size in bytes")
-    parser.add_argument("--verify", action="store_true", help="read back and compare")
-    parser.add_argument("--preserve-on-error", action="store_true")
+    parser.add_argument("--size", type=int, metavar="BYTES",
+                        help="the raw image's size (refused up front if the disk is smaller)")
+    parser.add_argument("--verify", action="store_true",
+                        help="read the written range back (O_DIRECT) and compare")
+    parser.add_argument("--preserve-on-error", action="store_true",
+                        help="after a failure, leave the disk as it is (no wipe)")
     parser.add_argument("--allow-file", action="store_true",
                         help="allow a regular file as DEVICE (tests)")
     parser.add_argument("--direct", action=argparse.BooleanOptionalAction, default=None,
                         help="O_DIRECT writes to block devices (default: on)")
-    parser.add_argument("--read-timeout", type=float, default=30.0, metavar="SECONDS")
+    parser.add_argument("--read-timeout", type=float, default=30.0, metavar="SECONDS",
+                        help="no byte for this long: the connection stalled, resume (default 30)")
     parser.add_argument("--io-threads", type=int, default=IO_THREADS, metavar="N",
                         help=f"disk operations in flight (default {IO_THREADS})")
     args = parser.parse_args(argv)

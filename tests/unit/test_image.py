@@ -46,6 +46,7 @@ from pyinit.image import (
     sums_algorithm,
     validator_of,
     zero_extents,
+    zeroes_offloaded,
 )
 
 
@@ -538,10 +539,10 @@ def test_find_checksum() -> None:
     assert find_checksum(SUMS, "disk.img.zst") == ("sha256", "b" * 64)
     assert find_checksum(SUMS, "nested.img") == ("sha256", "c" * 64)
     assert find_checksum(SUMS, "bsd.img", algo="sha256") == ("sha256", "d" * 64)
-    with pytest.raises(ValueError, match="2 different checksums for big.img"):
+    with pytest.raises(ValueError, match=r"2 different checksums for big\.img"):
         find_checksum(SUMS, "big.img")
     assert find_checksum(SUMS, "big.img", algo="sha512") == ("sha512", "e" * 128)
-    with pytest.raises(ValueError, match="no sha256 checksum line for missing.img"):
+    with pytest.raises(ValueError, match=r"no sha256 checksum line for missing\.img"):
         find_checksum(SUMS, "missing.img", algo="sha256")
 
 
@@ -642,3 +643,19 @@ def test_check_destination(tmp_path: Path) -> None:
     check_destination(str(regular), allow_regular_file=True)
     with pytest.raises(DiskError, match="not a block device"):
         check_destination("/dev/null")
+
+
+def test_zeroes_offloaded(tmp_path: Path) -> None:
+    sysfs = tmp_path / "sys"
+    disk = sysfs / "devices" / "vda"
+    (disk / "queue").mkdir(parents=True)
+    (disk / "vda1").mkdir()
+    (sysfs / "dev" / "block").mkdir(parents=True)
+    (sysfs / "dev" / "block" / "252:0").symlink_to(disk)
+    (sysfs / "dev" / "block" / "252:1").symlink_to(disk / "vda1")
+    (disk / "queue" / "write_zeroes_max_bytes").write_text("33550336\n")
+    assert zeroes_offloaded(sysfs, os.makedev(252, 0)) is True
+    assert zeroes_offloaded(sysfs, os.makedev(252, 1)) is True  # a partition: its disk's queue
+    (disk / "queue" / "write_zeroes_max_bytes").write_text("0\n")
+    assert zeroes_offloaded(sysfs, os.makedev(252, 0)) is False
+    assert zeroes_offloaded(sysfs, os.makedev(8, 0)) is None
