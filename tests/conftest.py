@@ -9,11 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 from pyinit import proc
+from pyinit_server.server import ProvisioningServer
 
 pytest_plugins = ["pyinit_qemu.pytest_plugin"]
 
@@ -67,3 +70,17 @@ def recorder() -> Iterator[Recorder]:
         yield rec
     finally:
         proc.set_runner(previous)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[ProvisioningServer]:
+    """A provisioning server on 127.0.0.1 with an empty images/ (the VM tests override it)."""
+    (tmp_path / "srv" / "images").mkdir(parents=True)
+    with ProvisioningServer(tmp_path / "srv") as srv:
+        yield srv
+
+
+@pytest.fixture
+def session() -> Iterator[requests.Session]:
+    with requests.Session() as s:
+        yield s

@@ -8,7 +8,6 @@ checks the disk on the host: its first ``len(image)`` bytes must hash to the ima
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import tempfile
@@ -17,25 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from pyinit.errors import PyinitError
-from pyinit_build.demoimage import MIB, build_demo_image
+from pyinit_build.demoimage import build_demo_image, sha256_file
 from pyinit_qemu.vm import VM, Disk, VMConfig, create_disk, guest_url
 from pyinit_server.server import ProvisioningServer
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO_MAC = "52:54:00:de:00:01"
-
-
-def sha256_prefix(path: Path, length: int) -> str:
-    h = hashlib.sha256()
-    left = length
-    with path.open("rb") as f:
-        while left > 0:
-            chunk = f.read(min(4 * MIB, left))
-            if not chunk:
-                break
-            h.update(chunk)
-            left -= len(chunk)
-    return h.hexdigest()
 
 
 def run_demo(out: Path, *, keep: bool = False, timeout: float = 300.0) -> dict[str, Any]:
@@ -71,10 +57,10 @@ def run_demo(out: Path, *, keep: bool = False, timeout: float = 300.0) -> dict[s
     if result.get("status") != "ok":
         raise PyinitError(f"demo: provisioning failed at {result.get('failed_step')}: "
                           f"{result.get('error')} (VM log: {work / 'vm' / 'serial.log'})")
-    on_disk = sha256_prefix(disk, image.size)
+    on_disk = sha256_file(disk, image.size)
     if on_disk != image.sha256:
         raise PyinitError(f"demo: disk sha256 {on_disk} != image sha256 {image.sha256}")
-    fetched = next((e for e in vm.events if e.get("step") == "action"
+    fetched: dict[str, Any] = next((e for e in vm.events if e.get("step") == "action"
                     and e.get("status") == "ok"), {})
     summary = {"machine": DEMO_MAC, "image": image.gz.name, "bytes": result.get("bytes"),
                "sha256": on_disk, "seconds": round(seconds, 1),

@@ -64,15 +64,14 @@ def compressed_copy(image: DemoImage, kind: str) -> Path:
     return out
 
 
-def sha256_file(path: Path) -> str:
-    return _sha256(path)
-
-
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path, length: int | None = None) -> str:
+    """sha256 of a file (or of its first ``length`` bytes: a disk holding a smaller image)."""
     h = hashlib.sha256()
+    left = length if length is not None else -1
     with path.open("rb") as f:
-        while chunk := f.read(4 * MIB):
+        while left != 0 and (chunk := f.read(4 * MIB if left < 0 else min(4 * MIB, left))):
             h.update(chunk)
+            left = left - len(chunk) if left > 0 else left
     return h.hexdigest()
 
 
@@ -123,7 +122,7 @@ def build_demo_image(out_dir: Path, *, size_mib: int = 64, label: str = "pyinit-
         shutil.copyfileobj(src, dst, 4 * MIB)
     os.replace(part, raw)
     os.replace(tmp_gz, gz)
-    result = DemoImage(raw, gz, raw.stat().st_size, _sha256(raw), _sha256(gz))
+    result = DemoImage(raw, gz, raw.stat().st_size, sha256_file(raw), sha256_file(gz))
     meta.write_text(json.dumps({"key": key, "sha256": result.sha256,
                                 "gz_sha256": result.gz_sha256}, indent=2) + "\n")
     shutil.rmtree(work, ignore_errors=True)

@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from pyinit_build.demoimage import sha256_file
+
 MiB = 1 << 20
 GiB = 1 << 30
 # Bump when the layout or content generation changes: cached images are keyed by it.
@@ -141,14 +143,6 @@ def _write_raw(spec: ImageSpec, raw: Path) -> tuple[str, int, list[list[Any]]]:
     return sha.hexdigest(), data_bytes, hashed
 
 
-def file_sha256(path: Path) -> str:
-    sha = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(8 * MiB):
-            sha.update(chunk)
-    return sha.hexdigest()
-
-
 def ensure_image(spec: ImageSpec, cache: Path, *,
                  log: Callable[[str], None] = print) -> Image:
     """The cached compressed image for ``spec``, building it first if needed."""
@@ -172,7 +166,7 @@ def ensure_image(spec: ImageSpec, cache: Path, *,
         subprocess.run(["zstd", "-q", "-f", "-T0", f"-{spec.level}", "--check", "--rm",
                         str(raw), "-o", str(tmp)], check=True)
         image = Image(key=spec.key, path=zst, raw_size=spec.size, raw_sha256=raw_sha,
-                      zst_size=tmp.stat().st_size, zst_sha256=file_sha256(tmp),
+                      zst_size=tmp.stat().st_size, zst_sha256=sha256_file(tmp),
                       data_bytes=data_bytes, data_runs=len(runs),
                       seconds_to_build=round(time.monotonic() - start, 1), runs=runs)
         os.replace(tmp, zst)

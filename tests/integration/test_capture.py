@@ -81,19 +81,6 @@ def loop(tmp_path: Path) -> Iterator[Callable[..., str]]:
         subprocess.run(["losetup", "-d", dev], check=False)
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[ProvisioningServer]:
-    (tmp_path / "srv" / "images").mkdir(parents=True)
-    with ProvisioningServer(tmp_path / "srv") as srv:
-        yield srv
-
-
-@pytest.fixture
-def session() -> Iterator[requests.Session]:
-    with requests.Session() as s:
-        yield s
-
-
 Writer = Callable[[int, bytes], object]
 
 

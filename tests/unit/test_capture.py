@@ -16,7 +16,6 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -243,19 +242,6 @@ def disk_with_gpt(path: Path) -> bytes:
         f.seek(9 * MIB)
         f.write(disk[9 * MIB:])  # leaves a hole between
     return bytes(disk[:10 * MIB])
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[ProvisioningServer]:
-    (tmp_path / "srv" / "images").mkdir(parents=True)
-    with ProvisioningServer(tmp_path / "srv") as srv:
-        yield srv
-
-
-@pytest.fixture
-def session() -> Iterator[requests.Session]:
-    with requests.Session() as s:
-        yield s
 
 
 def decompress(data: bytes, compression: str) -> bytes:

@@ -4,7 +4,6 @@ uploaded to the server then written back to a second VM, byte-identical."""
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 from pathlib import Path
 
@@ -17,16 +16,6 @@ from tests.faultserver import FaultServer
 from .conftest import NEVER, Artifacts, Server, blank_disk, boot
 
 pytestmark = pytest.mark.vm
-
-
-def sha256_prefix(path: Path, length: int) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        left = length
-        while left > 0 and (chunk := f.read(min(4 * MIB, left))):
-            h.update(chunk)
-            left -= len(chunk)
-    return h.hexdigest()
 
 
 def provision(artifacts: Artifacts, tmp_path: Path, server: Server, mac: str,
@@ -55,7 +44,7 @@ def test_compressed_image_with_checksum(artifacts: Artifacts, server: Server,
     assert result["status"] == "ok", result
     assert result["format"] == kind
     assert result["checksum_verified"] == "sha256"
-    assert sha256_prefix(disk, demo_image.size) == demo_image.sha256
+    assert sha256_file(disk, demo_image.size) == demo_image.sha256
 
 
 def test_wrong_checksum_leaves_no_valid_partition_table(artifacts: Artifacts, server: Server,
@@ -97,7 +86,7 @@ def test_dropped_connection_resumes_inside_the_vm(artifacts: Artifacts, server: 
     assert result["status"] == "ok", result
     assert result["resumes"] == 1
     assert ranges[0] is None and ranges[1] is not None and ranges[1].startswith("bytes=")
-    assert sha256_prefix(disk, demo_image.size) == demo_image.sha256
+    assert sha256_file(disk, demo_image.size) == demo_image.sha256
 
 
 def test_capture_then_write_back_to_a_second_machine(artifacts: Artifacts, server: Server,
@@ -126,5 +115,5 @@ def test_capture_then_write_back_to_a_second_machine(artifacts: Artifacts, serve
     assert second["status"] == "ok", second
     # The partitioned part of the source, byte for byte; nothing of the junk after it.
     end = demo_image.size - MIB  # the demo image's partition ends 1 MiB before its end
-    assert sha256_prefix(target, end) == sha256_prefix(source, end)
+    assert sha256_file(target, end) == sha256_file(source, end)
     assert first["bytes_read"] == end

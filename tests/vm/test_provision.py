@@ -4,24 +4,16 @@ then checks the disk. Failures (unknown MAC, malformed action) end in the policy
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import pytest
 
-from pyinit_build.demoimage import DemoImage
+from pyinit_build.demoimage import DemoImage, sha256_file
 from pyinit_qemu.vm import Interface
 
 from .conftest import NEVER, Artifacts, Server, blank_disk, boot
 
 pytestmark = pytest.mark.vm
-
-
-def disk_sha256(path: Path, length: int) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        h.update(f.read(length))
-    return h.hexdigest()
 
 
 def is_all_zero(path: Path) -> bool:
@@ -63,7 +55,7 @@ def test_provision_writes_the_image(artifacts: Artifacts, server: Server, demo_i
     assert result["sha256"] == demo_image.gz_sha256  # of the file as served
     assert lease["uptime"] < fetched["uptime"]
     # The host's own check: the disk holds the image, byte for byte.
-    assert disk_sha256(disk, demo_image.size) == demo_image.sha256
+    assert sha256_file(disk, demo_image.size) == demo_image.sha256
     # The server saw this machine's events, ending in the result.
     seen = [(e.get("step"), e.get("status")) for e in server.events(mac)]
     assert ("result", "ok") in seen
