@@ -16,7 +16,7 @@ import ipaddress
 import re
 import shlex
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 from pyinit.errors import ConfigError
@@ -49,7 +49,7 @@ class BootParams:
     rootfstype: str | None = None
     entrypoint: tuple[str, ...] = ()
     bootif: str | None = None  # MAC, lower-case, colon separated
-    ip: IpConfig = field(default_factory=IpConfig)
+    ip: IpConfig | None = None  # None: no ip= given (DHCP when provisioning, else no network)
     consoles: tuple[str, ...] = ()
     on_failure: FailurePolicy = DEFAULT_POLICY
     break_before: frozenset[str] = frozenset()

@@ -21,7 +21,7 @@ import requests
 from pyinit import __version__, coldplug, kmod, log, policy, rootfs
 from pyinit.action import Action
 from pyinit.capture import capture_image
-from pyinit.cmdline import BootParams, failure_policy, parse_cmdline
+from pyinit.cmdline import BootParams, IpConfig, failure_policy, parse_cmdline
 from pyinit.errors import ConfigError, PyinitError
 from pyinit.events import ServerSink
 from pyinit.fetch import fetch_action, mac_dashes, server_base
@@ -91,15 +91,15 @@ def step_modules(ctx: Context) -> None:
 def step_network(ctx: Context) -> None:
     """DHCP (background thread, renewals keep running) or the static ip= configuration."""
     p = ctx.params
-    if p.ip.mode == "off" or (p.mode != "provision" and p.ip.mode == "dhcp"
-                              and "ip=" not in ctx.cmdline):
-        return
+    ip = p.ip or IpConfig(mode="dhcp")
+    if ip.mode == "off" or (p.ip is None and p.mode != "provision"):
+        return  # ginit without ip= needs no network: do not wait for a lease
     static = None
-    if p.ip.mode == "static":
-        assert p.ip.address is not None and p.ip.prefixlen is not None
-        static = StaticIP(address=p.ip.address, prefixlen=p.ip.prefixlen, gateway=p.ip.gateway,
-                          dns=p.ip.dns, hostname=p.ip.hostname, device=p.ip.device)
-    ctx.network = configure(bootif=p.bootif or None, static=static, device=p.ip.device,
+    if ip.mode == "static":
+        assert ip.address is not None and ip.prefixlen is not None
+        static = StaticIP(address=ip.address, prefixlen=ip.prefixlen, gateway=ip.gateway,
+                          dns=ip.dns, hostname=ip.hostname, device=ip.device)
+    ctx.network = configure(bootif=p.bootif or None, static=static, device=ip.device,
                             carrier_timeout=p.carrier_timeout, lease_timeout=p.dhcp_timeout)
     ctx.summary["mac"] = ctx.network.mac
     ctx.summary["address"] = f"{ctx.network.address}/{ctx.network.prefixlen}"

@@ -83,6 +83,7 @@ def test_defaults() -> None:
     params = parse_cmdline("", {})
     assert params == BootParams()
     assert params.on_failure == "shell"
+    assert params.ip is None  # no ip=: DHCP when provisioning, no network in ginit mode
 
 
 def test_tokenize_like_the_kernel() -> None:
