@@ -1,4 +1,5 @@
-"""``pyinit vm``: boot a QEMU machine by hand against a provisioning server.
+"""``pyinit vm``: boot a QEMU machine by hand against a provisioning server, or from a disk
+through its firmware.
 
 The serial console streams to stdout as it arrives (when stdin is a terminal, typing goes to the
 guest's console); the exit status is QEMU's.
@@ -18,37 +19,53 @@ from typing import Any, cast
 from pyinit_qemu.vm import (
     DEFAULT_MAC,
     DEFAULT_VM_TIMEOUT,
+    FIRMWARES,
     INTERFACES,
     VM,
     Disk,
     ExpectTimeout,
+    Firmware,
     Interface,
     VMConfig,
+    VMError,
     build_command,
     create_disk,
     guest_url,
     kvm_works,
     parse_size,
     resolve_accel,
+    resolve_firmware,
 )
 
 log = logging.getLogger("pyinit_qemu")
+
+DEFAULT_KERNEL = Path("out/vmlinuz")
+DEFAULT_INITRD = Path("out/initramfs.cpio.zst")
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``vm`` subcommand to ``subparsers`` (from ``ArgumentParser.add_subparsers``)."""
     p: argparse.ArgumentParser = subparsers.add_parser(
-        "vm", help="boot a QEMU machine (TCG) with the initramfs",
-        description="Boot a QEMU machine with -kernel/-initrd under TCG, user networking and the "
-                    "serial console on stdout. With --server the guest fetches its action from "
-                    "that provisioning server (the host's 127.0.0.1 is 10.0.2.2 in the guest; "
-                    "the URL is translated). Exits with QEMU's status: a guest poweroff, reboot "
-                    "or panic ends QEMU (-no-reboot, panic=-1).",
-        epilog="example: pyinit vm --server http://127.0.0.1:8080 --disk /tmp/disk.raw:4G")
-    p.add_argument("--kernel", type=Path, default=Path("out/vmlinuz"),
-                   help="kernel image (default: %(default)s)")
-    p.add_argument("--initrd", type=Path, default=Path("out/initramfs.cpio.zst"),
-                   help="initramfs (default: %(default)s)")
+        "vm", help="boot a QEMU machine (TCG) with the initramfs or from a disk",
+        description="Boot a QEMU machine under TCG, user networking and the serial console on "
+                    "stdout: with -kernel/-initrd (default), or with --boot disk through the "
+                    "firmware (SeaBIOS, or OVMF with --firmware uefi) from the first --disk. "
+                    "With --server the guest fetches its action from that provisioning server "
+                    "(the host's 127.0.0.1 is 10.0.2.2 in the guest; the URL is translated). "
+                    "Exits with QEMU's status: a guest poweroff, reboot or panic ends QEMU "
+                    "(-no-reboot, panic=-1) unless --reboot is given.",
+        epilog="examples: pyinit vm --server http://127.0.0.1:8080 --disk /tmp/disk.raw:4G ; "
+               "pyinit vm --boot disk --firmware uefi --disk out/golden.img")
+    p.add_argument("--boot", choices=("kernel", "disk"), default="kernel",
+                   help="kernel: QEMU loads --kernel/--initrd; disk: the firmware boots the "
+                        "first --disk, no kernel command line (default: %(default)s)")
+    p.add_argument("--firmware", choices=FIRMWARES, default="bios",
+                   help="bios (SeaBIOS) or uefi (OVMF, with a private copy of its variable "
+                        "store in the workdir) (default: %(default)s)")
+    p.add_argument("--kernel", type=Path,
+                   help=f"kernel image, with --boot kernel (default: {DEFAULT_KERNEL})")
+    p.add_argument("--initrd", type=Path,
+                   help=f"initramfs, with --boot kernel (default: {DEFAULT_INITRD})")
     p.add_argument("--server", metavar="URL",
                    help="provisioning server, passed as MYURL=URL (127.0.0.1/localhost become "
                         "10.0.2.2)")
@@ -70,6 +87,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                         "(default: %(default)s)")
     p.add_argument("--append", default="", metavar="EXTRA",
                    help="extra kernel command line (console=ttyS0 panic=-1 are always added)")
+    p.add_argument("--reboot", action="store_true",
+                   help="let a guest reboot instead of ending QEMU (e.g. into the disk it "
+                        "installed)")
     p.add_argument("--timeout", type=float, default=DEFAULT_VM_TIMEOUT, metavar="SECONDS",
                    help="kill QEMU after this long; 0 for no limit (default: %(default)s)")
     p.add_argument("--workdir", type=Path,
@@ -95,7 +115,8 @@ def parse_disk(spec: str, interface: str = "virtio") -> tuple[Disk, int | None]:
 
 
 def config_from_args(args: argparse.Namespace) -> tuple[VMConfig, list[tuple[Path, int]]]:
-    """The VM configuration and the disks to create (path, size). Pure."""
+    """The VM configuration and the disks to create (path, size). Pure; ValueError for
+    options that contradict each other."""
     append: list[str] = []
     if args.server:
         key = "BOOTYURL" if args.bootyurl else "MYURL"
@@ -112,7 +133,19 @@ def config_from_args(args: argparse.Namespace) -> tuple[VMConfig, list[tuple[Pat
     extra = list(args.qemu_args or [])
     if extra[:1] == ["--"]:
         extra = extra[1:]
-    cfg = VMConfig(kernel=args.kernel, initrd=args.initrd, append=" ".join(append),
+    kernel: Path | None = args.kernel or DEFAULT_KERNEL
+    initrd: Path | None = args.initrd or DEFAULT_INITRD
+    if args.boot == "disk":
+        given = [opt for opt, value in (("--kernel", args.kernel), ("--initrd", args.initrd),
+                                        ("--server", args.server), ("--append", args.append))
+                 if value]
+        if given:
+            raise ValueError(f"--boot disk has no kernel command line: drop {', '.join(given)}")
+        if not disks:
+            raise ValueError("--boot disk needs a --disk to boot from")
+        kernel = initrd = None
+    cfg = VMConfig(kernel=kernel, initrd=initrd, append=" ".join(append),
+                   firmware=cast(Firmware, args.firmware), reboot=args.reboot,
                    disks=disks, mac=args.mac,
                    nic_model=None if args.nic == "none" else args.nic,
                    memory_mb=args.memory, cpus=args.cpus, accel=args.accel,
@@ -127,13 +160,20 @@ def _write_stdout(data: bytes) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg, to_create = config_from_args(args)
-    if args.dry_run:
-        accel = resolve_accel(cfg.accel, probe=lambda: kvm_works(cfg.qemu, str(cfg.kernel)))
-        print(shlex.join(build_command(replace(cfg, accel=accel))))
-        return 0
-    for path in (Path(cfg.kernel), Path(cfg.initrd or "")):
-        if not path.is_file():
+    try:
+        cfg, to_create = config_from_args(args)
+        if args.dry_run:
+            kernel = None if cfg.kernel is None else str(cfg.kernel)
+            accel = resolve_accel(cfg.accel, probe=lambda: kvm_works(cfg.qemu, kernel))
+            workdir = cfg.workdir if cfg.workdir is not None else Path("<workdir>")
+            cfg = resolve_firmware(replace(cfg, accel=accel), workdir)
+            print(shlex.join(build_command(cfg)))
+            return 0
+    except (ValueError, VMError) as exc:
+        print(f"pyinit vm: {exc}", file=sys.stderr)
+        return 2
+    for path in (cfg.kernel, cfg.initrd):
+        if path is not None and not Path(path).is_file():
             print(f"pyinit vm: {path} does not exist (build it with `pyinit initramfs`, or pass "
                   "--kernel/--initrd)", file=sys.stderr)
             return 2
@@ -144,8 +184,12 @@ def run(args: argparse.Namespace) -> int:
     # The console is streamed raw to stdout; don't repeat each line through logging.
     logging.getLogger("pyinit_qemu.serial").setLevel(logging.WARNING)
     interactive = os.isatty(0)
-    vm = VM(cfg, on_output=_write_stdout, interactive=interactive)
-    vm.start()
+    try:
+        vm = VM(cfg, on_output=_write_stdout, interactive=interactive)
+        vm.start()
+    except (ValueError, VMError) as exc:
+        print(f"pyinit vm: {exc}", file=sys.stderr)
+        return 2
     try:
         # Past the whole-VM timeout, so that its watchdog (with its clearer message) fires first.
         rc = vm.wait_exit(timeout=cfg.timeout + 30 if cfg.timeout else None)

@@ -1,9 +1,13 @@
-"""Boot a kernel + initramfs in QEMU (TCG), stream the serial console, expect lines and events.
+"""Boot QEMU (TCG), stream the serial console, expect lines and events.
 
 Modelled on u-root's vmtest: ``-kernel/-initrd`` with ``-no-reboot`` and ``panic=-1`` (so a guest
 poweroff, reboot or panic all make QEMU exit), every serial line in the test log with a ``vm:``
 prefix, ``expect()`` with a timeout per expectation plus one for the whole VM, the exact QEMU
 command line printed, and QEMU always killed and reaped.
+
+Without a kernel (``VMConfig.kernel=None``) the firmware boots the first disk, as on a real
+machine: SeaBIOS (``firmware="bios"``) or OVMF (``firmware="uefi"``: the code image read-only
+and a private, writable copy of its variable store in pflash). Both print to the serial console.
 
 The serial console goes to QEMU's stdout with ``-display none -serial stdio -monitor none``.
 ``-nographic`` is deliberately not used: it makes SeaBIOS write escape sequences and
@@ -56,6 +60,16 @@ Interface = Literal["virtio", "ide", "ahci", "scsi"]
 INTERFACES: tuple[str, ...] = ("virtio", "ide", "ahci", "scsi")
 AHCI_PORTS = 6
 Accel = Literal["tcg", "kvm", "auto"]
+Firmware = Literal["bios", "uefi"]
+FIRMWARES: tuple[str, ...] = ("bios", "uefi")
+#: Where distributions install OVMF (Debian/Ubuntu, Fedora).
+OVMF_DIRS = (Path("/usr/share/OVMF"), Path("/usr/share/edk2/ovmf"))
+#: (code, variable store template) pairs that belong together, preferred first. Code and store
+#: fill one flash together (4 MiB or 2 MiB); a store from the other pair still boots, but OVMF
+#: never writes it (tried: NVRAM silently not persisted).
+OVMF_PAIRS = (("OVMF_CODE_4M.fd", "OVMF_VARS_4M.fd"), ("OVMF_CODE.fd", "OVMF_VARS.fd"))
+#: The name of the VM's own copy of the variable store in its workdir.
+UEFI_VARS_NAME = "OVMF_VARS.fd"
 
 _T = TypeVar("_T")
 
@@ -79,13 +93,48 @@ class Disk:
                              f"{', '.join(INTERFACES)}")
 
 
+@dataclass(frozen=True)
+class Ovmf:
+    """An OVMF build: the code image (mapped read-only) and the template of its variable store."""
+
+    code: Path
+    vars_template: Path
+
+
+def find_ovmf(dirs: Sequence[Path] | None = None) -> Ovmf:
+    """The first installed OVMF code image with its matching variable store (in ``dirs``,
+    default :data:`OVMF_DIRS`)."""
+    dirs = OVMF_DIRS if dirs is None else dirs
+    for d in dirs:
+        for code, template in OVMF_PAIRS:
+            if (d / code).is_file() and (d / template).is_file():
+                return Ovmf(d / code, d / template)
+    looked = ", ".join(str(d / code) for d in dirs for code, _ in OVMF_PAIRS)
+    raise VMError(f"no OVMF firmware (looked for {looked}); install it: apt install ovmf")
+
+
 @dataclass
 class VMConfig:
-    """What to boot and with which hardware. ``accel="auto"`` uses KVM only if a probe boots."""
+    """What to boot and with which hardware. ``accel="auto"`` uses KVM only if a probe boots.
 
-    kernel: Path | str
+    With ``kernel=None`` the firmware boots the first disk (``bootindex``); ``initrd`` and
+    ``append`` then must be empty. For ``firmware="uefi"``, :func:`resolve_firmware` (run by
+    :class:`VM`) fills in ``ovmf`` and ``uefi_vars``.
+    """
+
+    kernel: Path | str | None = None
     initrd: Path | str | None = None
     append: str = ""
+    firmware: Firmware = "bios"
+    #: OVMF images for ``firmware="uefi"``; None: :func:`find_ovmf`.
+    ovmf: Ovmf | None = None
+    #: The VM's writable UEFI variable store; None: ``OVMF_VARS.fd`` in the workdir. Created
+    #: from ``ovmf.vars_template`` when missing; an existing file is used as it is, so boot
+    #: entries persist across VMs that share it. Never the system's template itself.
+    uefi_vars: Path | str | None = None
+    #: False: ``-no-reboot`` (a guest reboot ends QEMU). True: the guest reboots, e.g. from an
+    #: installer into the disk it wrote.
+    reboot: bool = False
     disks: list[Disk] = field(default_factory=list)
     mac: str = DEFAULT_MAC
     #: QEMU NIC model (``virtio-net-pci``, ``e1000``, ...); None: no NIC at all.
@@ -117,9 +166,15 @@ def _opt(value: str) -> str:
 
 
 def build_command(cfg: VMConfig) -> list[str]:
-    """The QEMU argv for ``cfg``. Pure: no I/O (resolve ``accel="auto"`` first)."""
+    """The QEMU argv for ``cfg``. Pure: no I/O (resolve ``accel="auto"`` with
+    :func:`resolve_accel` and, for UEFI, the firmware files with :func:`resolve_firmware`)."""
     if cfg.accel not in ("tcg", "kvm"):
         raise ValueError(f"accel {cfg.accel!r}: resolve it with resolve_accel() first")
+    if cfg.firmware not in FIRMWARES:
+        raise ValueError(f"firmware {cfg.firmware!r} is not one of {', '.join(FIRMWARES)}")
+    if cfg.kernel is None and (cfg.initrd is not None or cfg.append.strip()):
+        raise ValueError("initrd and append need a kernel (without one the firmware boots the "
+                         "first disk)")
     argv = [cfg.qemu, "-accel", cfg.accel]
     if cfg.accel == "kvm":
         argv += ["-cpu", "host"]
@@ -127,49 +182,89 @@ def build_command(cfg: VMConfig) -> list[str]:
         # TCG's "max" CPU has RDRAND, as real servers do: the kernel's CRNG is ready at once
         # instead of ~2 s into boot (Python's first os.urandom() would block on it).
         argv += ["-cpu", "max"]
-    argv += ["-m", str(cfg.memory_mb), "-smp", str(cfg.cpus), "-kernel", str(cfg.kernel)]
-    if cfg.initrd is not None:
-        argv += ["-initrd", str(cfg.initrd)]
-    argv += ["-append", kernel_append(cfg.append),
-             "-no-reboot", "-display", "none", "-serial", "stdio", "-monitor", "none"]
+    argv += ["-m", str(cfg.memory_mb), "-smp", str(cfg.cpus)]
+    if cfg.firmware == "uefi":
+        if cfg.ovmf is None or cfg.uefi_vars is None:
+            raise ValueError("firmware uefi: set ovmf and uefi_vars with resolve_firmware() "
+                             "first")
+        argv += ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,"
+                           f"file={_opt(str(cfg.ovmf.code))}",
+                 "-drive", f"if=pflash,format=raw,unit=1,file={_opt(str(cfg.uefi_vars))}"]
+    if cfg.kernel is not None:
+        argv += ["-kernel", str(cfg.kernel)]
+        if cfg.initrd is not None:
+            argv += ["-initrd", str(cfg.initrd)]
+        argv += ["-append", kernel_append(cfg.append)]
+    if not cfg.reboot:
+        argv += ["-no-reboot"]
+    argv += ["-display", "none", "-serial", "stdio", "-monitor", "none"]
     if cfg.nic_model:
         netdev = "user,id=n0" + "".join(f",hostfwd={_opt(f)}" for f in cfg.hostfwd)
-        # romfile= : no iPXE option ROM, nothing network-boots when QEMU loads the kernel itself.
+        # romfile= : no iPXE option ROM: nothing network-boots, whether QEMU loads the kernel
+        # itself or the firmware boots a disk.
         argv += ["-netdev", netdev,
                  "-device", f"{cfg.nic_model},netdev=n0,mac={cfg.mac},romfile="]
     else:
         argv += ["-nic", "none"]
-    argv += _disk_args(cfg.disks)
+    argv += _disk_args(cfg.disks, boot_first=cfg.kernel is None)
     argv += [str(a) for a in cfg.extra_args]
     return argv
 
 
-def _disk_args(disks: Sequence[Disk]) -> list[str]:
+def _disk_args(disks: Sequence[Disk], *, boot_first: bool = False) -> list[str]:
+    """``-drive``/``-device`` pairs; ``boot_first``: the first disk gets ``bootindex=0``."""
     argv: list[str] = []
     ahci_ports = 0
     have_scsi = False
     for i, disk in enumerate(disks):
         drive = f"d{i}"
         argv += ["-drive", f"file={_opt(str(disk.path))},format={disk.format},if=none,id={drive}"]
-        serial = f",serial={_opt(disk.serial)}" if disk.serial else ""
+        props = f",serial={_opt(disk.serial)}" if disk.serial else ""
+        if boot_first and i == 0:
+            props += ",bootindex=0"
         if disk.interface == "virtio":
-            device = f"virtio-blk-pci,drive={drive}{serial}"
+            device = f"virtio-blk-pci,drive={drive}{props}"
         elif disk.interface == "ide":
-            device = f"ide-hd,drive={drive}{serial}"  # QEMU picks the next free IDE slot
+            device = f"ide-hd,drive={drive}{props}"  # QEMU picks the next free IDE slot
         elif disk.interface == "ahci":
             if ahci_ports == 0:
                 argv += ["-device", "ahci,id=ahci0"]
             if ahci_ports >= AHCI_PORTS:
                 raise ValueError(f"more than {AHCI_PORTS} AHCI disks")
-            device = f"ide-hd,drive={drive},bus=ahci0.{ahci_ports}{serial}"
+            device = f"ide-hd,drive={drive},bus=ahci0.{ahci_ports}{props}"
             ahci_ports += 1
         else:
             if not have_scsi:
                 argv += ["-device", "virtio-scsi-pci,id=scsi0"]
                 have_scsi = True
-            device = f"scsi-hd,drive={drive},bus=scsi0.0{serial}"
+            device = f"scsi-hd,drive={drive},bus=scsi0.0{props}"
         argv += ["-device", device]
     return argv
+
+
+def resolve_firmware(cfg: VMConfig, workdir: Path | str) -> VMConfig:
+    """``cfg`` with, for UEFI, the OVMF images found and the variable store placed in
+    ``workdir`` (unless given). Touches no file; :func:`prepare_uefi_vars` creates the store."""
+    if cfg.firmware != "uefi":
+        return cfg
+    ovmf = cfg.ovmf if cfg.ovmf is not None else find_ovmf()
+    uefi_vars = cfg.uefi_vars if cfg.uefi_vars is not None else Path(workdir, UEFI_VARS_NAME)
+    return replace(cfg, ovmf=ovmf, uefi_vars=uefi_vars)
+
+
+def prepare_uefi_vars(cfg: VMConfig) -> None:
+    """Create ``cfg.uefi_vars`` as a copy of the OVMF template, unless it exists already."""
+    if cfg.firmware != "uefi" or cfg.ovmf is None or cfg.uefi_vars is None:
+        return
+    target = Path(cfg.uefi_vars)
+    template = cfg.ovmf.vars_template
+    if target.resolve() == template.resolve():
+        raise VMError(f"uefi_vars {target} is the system's OVMF template: give the VM a copy")
+    if target.exists():
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(template, target)  # not copy2: the copy must be writable, whatever the mode
+    log.info("UEFI variable store %s (from %s)", target, template)
 
 
 def create_disk(path: Path | str, size_bytes: int) -> Path:
@@ -357,12 +452,19 @@ class VM:
 
     def __init__(self, cfg: VMConfig, *, on_output: Callable[[bytes], None] | None = None,
                  interactive: bool = False) -> None:
-        self.cfg = replace(cfg, accel=resolve_accel(
-            cfg.accel, probe=lambda: kvm_works(cfg.qemu, str(cfg.kernel))))
-        self.argv = build_command(self.cfg)
+        kernel = None if cfg.kernel is None else str(cfg.kernel)
         self._own_workdir = cfg.workdir is None
         self.workdir = (Path(cfg.workdir) if cfg.workdir is not None
                         else Path(tempfile.mkdtemp(prefix="pyinit-vm-")))
+        try:
+            cfg = resolve_firmware(cfg, self.workdir)
+            self.cfg = replace(cfg, accel=resolve_accel(
+                cfg.accel, probe=lambda: kvm_works(cfg.qemu, kernel)))
+            self.argv = build_command(self.cfg)
+        except BaseException:
+            if self._own_workdir:
+                shutil.rmtree(self.workdir, ignore_errors=True)
+            raise
         self.serial_path = self.workdir / "serial.log"
         self._on_output = on_output
         self._interactive = interactive
@@ -386,6 +488,7 @@ class VM:
         if self._proc is not None:
             raise VMError("VM already started")
         self.workdir.mkdir(parents=True, exist_ok=True)
+        prepare_uefi_vars(self.cfg)
         command = shlex.join(self.argv)
         (self.workdir / "command.txt").write_text(command + "\n")
         log.info("+ %s", command)

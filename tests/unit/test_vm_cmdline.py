@@ -17,20 +17,25 @@ from typing import Any
 import pytest
 
 from pyinit_qemu import cli as vm_cli
+from pyinit_qemu import vm as vm_mod
 from pyinit_qemu.vm import (
     VM,
     Disk,
     ExpectTimeout,
+    Ovmf,
     UnexpectedOutput,
     VMConfig,
     VMError,
     build_command,
     clean_line,
     create_disk,
+    find_ovmf,
     guest_url,
     kernel_append,
     parse_size,
+    prepare_uefi_vars,
     resolve_accel,
+    resolve_firmware,
 )
 
 KERNEL, INITRD = "/k/vmlinuz", "/k/initrd.zst"
@@ -146,6 +151,145 @@ def test_bad_interface() -> None:
         Disk("/d/a", interface="nvme")  # type: ignore[arg-type]
 
 
+# --------------------------------------------------------------------------------------------
+# Firmware boot: no -kernel, SeaBIOS or OVMF boots the first disk
+
+
+FW_HEAD = ["qemu-system-x86_64", "-accel", "tcg", "-cpu", "max", "-m", "1024", "-smp", "1"]
+CONSOLE = ["-display", "none", "-serial", "stdio", "-monitor", "none"]
+OVMF = Ovmf(Path("/fw/OVMF_CODE_4M.fd"), Path("/fw/OVMF_VARS_4M.fd"))
+PFLASH = ["-drive", "if=pflash,format=raw,unit=0,readonly=on,file=/fw/OVMF_CODE_4M.fd",
+          "-drive", "if=pflash,format=raw,unit=1,file=/w/OVMF_VARS.fd"]
+
+
+def test_bios_disk_boot() -> None:
+    cfg = VMConfig(disks=[Disk("/d/golden.raw"), Disk("/d/data.raw", "ahci")], nic_model=None)
+    assert build_command(cfg) == [
+        *FW_HEAD, "-no-reboot", *CONSOLE, "-nic", "none",
+        "-drive", "file=/d/golden.raw,format=raw,if=none,id=d0",
+        "-device", "virtio-blk-pci,drive=d0,bootindex=0",
+        "-drive", "file=/d/data.raw,format=raw,if=none,id=d1",
+        "-device", "ahci,id=ahci0",
+        "-device", "ide-hd,drive=d1,bus=ahci0.0",
+    ]
+
+
+@pytest.mark.parametrize(("interface", "device"), [
+    ("virtio", "virtio-blk-pci,drive=d0,serial=S0,bootindex=0"),
+    ("ide", "ide-hd,drive=d0,serial=S0,bootindex=0"),
+    ("ahci", "ide-hd,drive=d0,bus=ahci0.0,serial=S0,bootindex=0"),
+    ("scsi", "scsi-hd,drive=d0,bus=scsi0.0,serial=S0,bootindex=0"),
+])
+def test_boot_disk_on_every_interface(interface: str, device: str) -> None:
+    cfg = VMConfig(disks=[Disk("/d/0", interface, serial="S0"),  # type: ignore[arg-type]
+                          Disk("/d/1", interface)])  # type: ignore[arg-type]
+    argv = build_command(cfg)
+    assert device in argv
+    assert sum("bootindex" in a for a in argv) == 1
+
+
+def test_uefi_disk_boot() -> None:
+    cfg = VMConfig(firmware="uefi", ovmf=OVMF, uefi_vars="/w/OVMF_VARS.fd",
+                   disks=[Disk("/d/golden.raw")])
+    assert build_command(cfg) == [
+        *FW_HEAD, *PFLASH, "-no-reboot", *CONSOLE, *NET,
+        "-drive", "file=/d/golden.raw,format=raw,if=none,id=d0",
+        "-device", "virtio-blk-pci,drive=d0,bootindex=0",
+    ]
+
+
+def test_uefi_with_a_kernel_boots_the_kernel() -> None:
+    cfg = VMConfig(kernel=KERNEL, initrd=INITRD, append="quiet", firmware="uefi", ovmf=OVMF,
+                   uefi_vars=Path("/w/OVMF_VARS.fd"), disks=[Disk("/d/a.raw")])
+    assert build_command(cfg) == [*FW_HEAD, *PFLASH, *BASE[9:], *NET,
+                                  "-drive", "file=/d/a.raw,format=raw,if=none,id=d0",
+                                  "-device", "virtio-blk-pci,drive=d0"]
+
+
+def test_firmware_alone() -> None:
+    cfg = VMConfig(firmware="uefi", ovmf=OVMF, uefi_vars="/w/OVMF_VARS.fd", nic_model=None,
+                   memory_mb=512)
+    assert build_command(cfg) == [*FW_HEAD[:6], "512", "-smp", "1", *PFLASH, "-no-reboot",
+                                  *CONSOLE, "-nic", "none"]
+
+
+def test_reboot_drops_no_reboot() -> None:
+    assert "-no-reboot" not in build_command(VMConfig(kernel=KERNEL, reboot=True))
+    argv = build_command(VMConfig(disks=[Disk("/d/a")], reboot=True, nic_model=None))
+    assert argv == [*FW_HEAD, *CONSOLE, "-nic", "none",
+                    "-drive", "file=/d/a,format=raw,if=none,id=d0",
+                    "-device", "virtio-blk-pci,drive=d0,bootindex=0"]
+
+
+@pytest.mark.parametrize("cfg", [
+    VMConfig(initrd=INITRD, disks=[Disk("/d/a")]),
+    VMConfig(append="quiet", disks=[Disk("/d/a")]),
+])
+def test_initrd_or_append_without_kernel(cfg: VMConfig) -> None:
+    with pytest.raises(ValueError, match="need a kernel"):
+        build_command(cfg)
+
+
+def test_uefi_must_be_resolved_first() -> None:
+    with pytest.raises(ValueError, match="resolve_firmware"):
+        build_command(VMConfig(firmware="uefi", disks=[Disk("/d/a")]))
+    with pytest.raises(ValueError, match="resolve_firmware"):
+        build_command(VMConfig(firmware="uefi", ovmf=OVMF, disks=[Disk("/d/a")]))
+    with pytest.raises(ValueError, match="firmware 'coreboot'"):
+        build_command(VMConfig(firmware="coreboot", disks=[Disk("/d/a")]))  # type: ignore[arg-type]
+
+
+def _touch(*paths: Path) -> None:
+    for p in paths:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"fd")
+
+
+def test_find_ovmf_pairs_code_with_its_vars(tmp_path: Path) -> None:
+    deb, fed = tmp_path / "OVMF", tmp_path / "edk2"
+    with pytest.raises(VMError, match=r"no OVMF firmware .*OVMF_CODE_4M.fd.*apt install ovmf"):
+        find_ovmf([deb, fed])
+    _touch(deb / "OVMF_CODE_4M.fd", fed / "OVMF_CODE.fd", fed / "OVMF_VARS.fd")
+    # The 4 MiB code without its 4 MiB store is no use: the 2 MiB pair is taken.
+    assert find_ovmf([deb, fed]) == Ovmf(fed / "OVMF_CODE.fd", fed / "OVMF_VARS.fd")
+    _touch(deb / "OVMF_VARS_4M.fd", deb / "OVMF_CODE.fd", deb / "OVMF_VARS.fd")
+    assert find_ovmf([deb, fed]) == Ovmf(deb / "OVMF_CODE_4M.fd", deb / "OVMF_VARS_4M.fd")
+
+
+def test_resolve_firmware(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    bios = VMConfig(disks=[Disk("/d/a")])
+    assert resolve_firmware(bios, tmp_path) is bios
+    _touch(tmp_path / "fw" / "OVMF_CODE.fd", tmp_path / "fw" / "OVMF_VARS.fd")
+    monkeypatch.setattr(vm_mod, "OVMF_DIRS", (tmp_path / "fw",))
+    cfg = resolve_firmware(VMConfig(firmware="uefi"), tmp_path / "w")
+    assert cfg.ovmf == Ovmf(tmp_path / "fw" / "OVMF_CODE.fd", tmp_path / "fw" / "OVMF_VARS.fd")
+    assert cfg.uefi_vars == tmp_path / "w" / "OVMF_VARS.fd"
+    assert not (tmp_path / "w").exists()  # nothing created yet
+    given = resolve_firmware(VMConfig(firmware="uefi", ovmf=OVMF, uefi_vars="/keep/v.fd"),
+                             tmp_path)
+    assert (given.ovmf, given.uefi_vars) == (OVMF, "/keep/v.fd")
+
+
+def test_prepare_uefi_vars_copies_once_and_never_uses_the_template(tmp_path: Path) -> None:
+    template = tmp_path / "fw" / "OVMF_VARS.fd"
+    _touch(template)
+    template.write_bytes(b"pristine")
+    template.chmod(0o444)
+    ovmf = Ovmf(tmp_path / "fw" / "OVMF_CODE.fd", template)
+    target = tmp_path / "w" / "OVMF_VARS.fd"
+    cfg = VMConfig(firmware="uefi", ovmf=ovmf, uefi_vars=target)
+    prepare_uefi_vars(cfg)
+    assert target.read_bytes() == b"pristine"
+    assert os.access(target, os.W_OK)
+    target.write_bytes(b"boot entries")
+    prepare_uefi_vars(cfg)  # an existing store is kept: NVRAM persists
+    assert target.read_bytes() == b"boot entries"
+    with pytest.raises(VMError, match="template"):
+        prepare_uefi_vars(VMConfig(firmware="uefi", ovmf=ovmf, uefi_vars=template))
+    prepare_uefi_vars(VMConfig(uefi_vars=tmp_path / "bios.fd"))  # bios: nothing to do
+    assert not (tmp_path / "bios.fd").exists()
+
+
 @pytest.mark.parametrize(("append", "expected"), [
     ("", "console=ttyS0 panic=-1"),
     ("quiet", "console=ttyS0 panic=-1 quiet"),
@@ -249,6 +393,49 @@ def test_cli_missing_kernel(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     args = _parse("--kernel", str(tmp_path / "nope"), "--initrd", str(tmp_path / "nope2"))
     assert args.func(args) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_cli_boot_disk_uefi() -> None:
+    cfg, create = vm_cli.config_from_args(
+        _parse("--boot", "disk", "--firmware", "uefi", "--disk", "/tmp/g.img", "--reboot"))
+    assert (cfg.kernel, cfg.initrd, cfg.append) == (None, None, "")
+    assert (cfg.firmware, cfg.reboot, cfg.disks) == ("uefi", True, [Disk(Path("/tmp/g.img"))])
+    assert create == []
+    cfg, _ = vm_cli.config_from_args(_parse("--firmware", "uefi"))
+    assert (str(cfg.kernel), cfg.firmware, cfg.reboot) == ("out/vmlinuz", "uefi", False)
+
+
+@pytest.mark.parametrize(("argv", "error"), [
+    (["--boot", "disk"], "--boot disk needs a --disk to boot from"),
+    (["--boot", "disk", "--disk", "/d", "--server", "http://x"],
+     "--boot disk has no kernel command line: drop --server"),
+    (["--boot", "disk", "--disk", "/d", "--kernel", "k", "--append", "a"],
+     "--boot disk has no kernel command line: drop --kernel, --append"),
+])
+def test_cli_boot_disk_errors(argv: list[str], error: str,
+                              capsys: pytest.CaptureFixture[str]) -> None:
+    args = _parse("--dry-run", *argv)
+    assert args.func(args) == 2
+    assert capsys.readouterr().err == f"pyinit vm: {error}\n"
+
+
+def test_cli_dry_run_uefi_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                               capsys: pytest.CaptureFixture[str]) -> None:
+    _touch(tmp_path / "fw" / "OVMF_CODE_4M.fd", tmp_path / "fw" / "OVMF_VARS_4M.fd")
+    monkeypatch.setattr(vm_mod, "OVMF_DIRS", (tmp_path / "fw",))
+    args = _parse("--dry-run", "--boot", "disk", "--firmware", "uefi", "--disk", "/d/g.img",
+                  "--nic", "none", "--workdir", "/w")
+    assert args.func(args) == 0
+    assert capsys.readouterr().out.split() == [
+        *FW_HEAD,
+        "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={tmp_path}/fw/OVMF_CODE_4M.fd",
+        "-drive", "if=pflash,format=raw,unit=1,file=/w/OVMF_VARS.fd",
+        "-no-reboot", *CONSOLE, "-nic", "none",
+        "-drive", "file=/d/g.img,format=raw,if=none,id=d0",
+        "-device", "virtio-blk-pci,drive=d0,bootindex=0"]
+    monkeypatch.setattr(vm_mod, "OVMF_DIRS", (tmp_path / "none",))
+    assert args.func(args) == 2
+    assert "no OVMF firmware" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------------------------
@@ -471,3 +658,28 @@ def test_missing_qemu_binary(tmp_path: Path) -> None:
         vm.start()
     assert vm.pid is None
     vm.kill()
+
+
+def test_uefi_vm_copies_the_vars_into_its_workdir(tmp_path: Path) -> None:
+    template = tmp_path / "fw" / "OVMF_VARS.fd"
+    _touch(template)
+    ovmf = Ovmf(tmp_path / "fw" / "OVMF_CODE.fd", template)
+    cfg = VMConfig(firmware="uefi", ovmf=ovmf, disks=[Disk(tmp_path / "g.img")],
+                   qemu=fake_qemu(tmp_path, "out('BdsDxe: loading Boot0001\\n')\n"),
+                   workdir=tmp_path / "work")
+    with VM(cfg) as vm:
+        assert vm.cfg.uefi_vars == tmp_path / "work" / "OVMF_VARS.fd"
+        vm.expect("BdsDxe", timeout=10)
+        vm.wait_exit(timeout=10)
+    assert (tmp_path / "work" / "OVMF_VARS.fd").read_bytes() == b"fd"
+    command = (tmp_path / "work" / "command.txt").read_text()
+    assert f"unit=1,file={tmp_path}/work/OVMF_VARS.fd " in command
+    assert "-kernel" not in command and "bootindex=0" in command
+
+
+def test_bad_config_leaves_no_temp_workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tempfile
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    with pytest.raises(ValueError, match="need a kernel"):
+        VM(VMConfig(initrd=INITRD, disks=[Disk("/d/a")]))
+    assert list(tmp_path.iterdir()) == []
