@@ -1,4 +1,4 @@
-"""The host-side `pyinit` command: initramfs, serve, vm and demo subcommands.
+"""The host-side `pyinit` command: initramfs, image, serve, vm and demo subcommands.
 
 Each subcommand lives with its package and registers itself here; the frozen ``/init`` is the
 runtime's entry point (``pyinit.init:main``), not this CLI.
@@ -17,6 +17,7 @@ from pyinit.errors import PyinitError
 
 def build_parser() -> argparse.ArgumentParser:
     from pyinit_build import demo, initramfs
+    from pyinit_build.golden import cli as image_cli
     from pyinit_qemu import cli as vm_cli
     from pyinit_server import cli as serve_cli
 
@@ -28,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     initramfs.register(sub)
+    image_cli.register(sub)
     serve_cli.register(sub)
     vm_cli.register(sub)
     demo.register(sub)

@@ -17,23 +17,33 @@ PACKAGES: dict[str, str] = {
     "apt-get": "apt",
     "busybox": "busybox-static",
     "cpio": "cpio",
+    "debugfs": "e2fsprogs",
     "depmod": "kmod",
     "dnsmasq": "dnsmasq-base",
     "dpkg-deb": "dpkg",
+    "faketime": "faketime",
+    "grub-mkimage": "grub-common",
     "ip": "iproute2",
+    "lvm": "lvm2",
+    "mcopy": "mtools",
+    "mke2fs": "e2fsprogs",
     "mkfs.ext4": "e2fsprogs",
+    "mkfs.fat": "dosfstools",
+    "mkfs.xfs": "xfsprogs",
+    "mmd": "mtools",
     "objcopy": "binutils",
     "objdump": "binutils",
     "qemu-img": "qemu-utils",
     "qemu-system-x86_64": "qemu-system-x86",
     "sfdisk": "fdisk",
+    "xfs_db": "xfsprogs",
     "strip": "binutils",
     "zstd": "zstd",
     "python:PyInstaller": "pyinstaller",
 }
 
-# What `pyinit build initramfs` itself runs.
-BUILD_TOOLS: tuple[str, ...] = ("busybox", "depmod", "dpkg-deb", "strip", "objcopy",
+# What `pyinit build initramfs` itself runs, or copies into the initramfs (lvm: data/binaries.txt).
+BUILD_TOOLS: tuple[str, ...] = ("busybox", "depmod", "dpkg-deb", "strip", "objcopy", "lvm",
                                 "python:PyInstaller")
 # Needed only to fetch the kernel package (not with --kernel-deb).
 KERNEL_FETCH_TOOLS: tuple[str, ...] = ("apt-cache", "apt-get")

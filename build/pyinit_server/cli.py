@@ -3,24 +3,20 @@
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from pathlib import Path
 from typing import Any
 
+from pyinit import units
 from pyinit_server.server import DEFAULT_MAX_UPLOAD, ProvisioningServer
-
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(?:i?b)?\s*$", re.IGNORECASE)
 
 
 def parse_size(text: str) -> int:
-    """``1T``, ``500G``, ``64MiB``, ``1024`` -> bytes (binary units). Pure."""
-    m = _SIZE_RE.match(text)
-    if not m:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 1024, 64M, 500G, 1T)")
-    unit = m.group(2).lower()
-    scale = 1024 ** ("kmgtp".index(unit) + 1) if unit else 1
-    return int(float(m.group(1)) * scale)
+    """``--max-upload`` sizes (``64MiB``, ``500G``) for argparse."""
+    try:
+        return units.parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
