@@ -68,8 +68,9 @@ def step_modules(ctx: Context) -> None:
     base = MODULES_ROOT / os.uname().release
     if not (base / "modules.dep").exists():
         return
+    # "@name": staged for on-demand loading (ginit loads a filesystem before mounting it).
     listed = [n.strip() for n in MODULES_LIST.read_text().splitlines()
-              if n.strip() and not n.startswith("#")] if MODULES_LIST.exists() else []
+              if n.strip() and not n.startswith(("#", "@"))] if MODULES_LIST.exists() else []
     alias_file = base / "modules.alias"
     table = kmod.parse_modules_alias(alias_file.read_text() if alias_file.exists() else "")
     if ctx.params.modules == "all":  # pyinit.modules=all: every listed driver, present or not

@@ -43,10 +43,12 @@ class ModuleLoadError(PyinitError):
 
 @dataclass(frozen=True)
 class ModuleList:
-    """A declarative module list: names in order, and the subset that may be absent."""
+    """A declarative module list: names in order, the subset that may be absent, and the
+    subset staged but loaded only on demand (a filesystem when something mounts it)."""
 
     names: tuple[str, ...]
     optional: frozenset[str]
+    on_demand: frozenset[str] = frozenset()
 
 
 def module_name(path_or_name: str) -> str:
@@ -80,19 +82,25 @@ def parse_modules_builtin(text: str) -> frozenset[str]:
 
 
 def parse_module_list(text: str) -> ModuleList:
-    """A module list file: one name per line, ``?name`` = optional, ``#`` starts a comment."""
+    """A module list file: one name per line, ``?name`` = optional, ``@name`` = staged but
+    loaded only on demand (``@?name`` both), ``#`` starts a comment."""
     names: list[str] = []
     optional: set[str] = set()
     required: set[str] = set()
+    on_demand: set[str] = set()
     for raw in text.splitlines():
         line = raw.split("#", 1)[0].strip()
         if not line:
             continue
-        name = module_name(line.lstrip("?").strip())
+        marks = line[:len(line) - len(line.lstrip("?@"))]
+        name = module_name(line.lstrip("?@").strip())
         if name not in names:
             names.append(name)
-        (optional if line.startswith("?") else required).add(name)
-    return ModuleList(tuple(names), frozenset(optional - required))  # required anywhere wins
+        (optional if "?" in marks else required).add(name)
+        if "@" in marks:
+            on_demand.add(name)
+    # required anywhere wins
+    return ModuleList(tuple(names), frozenset(optional - required), frozenset(on_demand))
 
 
 def resolve(names: Iterable[str], deps: Mapping[str, tuple[str, ...]], *,

@@ -266,8 +266,10 @@ def stage_modules(staging: Path, kern: kernel.Kernel, names: kmod.ModuleList) ->
     proc.run(["depmod", "-b", str(staging), kern.release])
     by_name = {kmod.module_name(p) for p in order}
     present = [n for n in names.names if n in by_name]
-    listing = "# Written by pyinit_build: modules /init loads, in order (with their deps).\n"
-    _dest(staging, MODULES_LIST_PATH).write_text(listing + "".join(f"{n}\n" for n in present))
+    listing = ("# Written by pyinit_build: modules /init loads, in order (with their deps);\n"
+               "# @name: staged, loaded on demand only.\n")
+    _dest(staging, MODULES_LIST_PATH).write_text(listing + "".join(
+        f"{'@' if n in names.on_demand else ''}{n}\n" for n in present))
     return [kmod.module_name(p) for p in order]
 
 

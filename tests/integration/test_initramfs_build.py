@@ -101,6 +101,7 @@ def test_extracted_tree(two_builds: tuple[Path, Path], extracted: tuple[Path, li
     assert "kernel/drivers/net/virtio_net.ko: kernel/drivers/net/net_failover.ko" in dep
     listed = (root / "etc/pyinit/modules").read_text().split()
     assert "virtio_net" in listed and "af_packet" not in listed  # built in
+    assert "@xfs" in listed and "@dm_mod" in listed  # staged, loaded on demand
 
 
 @pytest.mark.integration

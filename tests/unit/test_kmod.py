@@ -97,6 +97,14 @@ def test_parse_module_list() -> None:
         "# comment\nvirtio_net\n?crc32c-intel   # ENODEV without SSE4.2\n\next4\n?ext4\n")
     assert listed.names == ("virtio_net", "crc32c_intel", "ext4")
     assert listed.optional == frozenset({"crc32c_intel"})  # required anywhere wins
+    assert listed.on_demand == frozenset()
+
+
+def test_parse_module_list_on_demand_marker() -> None:
+    listed = kmod.parse_module_list("@xfs\n@?dm-mod\n?@vfat\nahci\n")
+    assert listed.names == ("xfs", "dm_mod", "vfat", "ahci")
+    assert listed.on_demand == frozenset({"xfs", "dm_mod", "vfat"})
+    assert listed.optional == frozenset({"dm_mod", "vfat"})
 
 
 def test_resolve_orders_dependencies_first(deps: dict[str, tuple[str, ...]]) -> None:
