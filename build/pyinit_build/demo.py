@@ -1,8 +1,14 @@
 """``pyinit demo``: the main job end to end on an embedded default.
 
-Builds (or reuses) the demo golden image, starts the provisioning server on loopback, boots a QEMU
-machine from ``out/vmlinuz`` + ``out/initramfs.cpio.zst`` that provisions its own disk, and then
-checks the disk on the host: its first ``len(image)`` bytes must hash to the image's sha256.
+1. Builds a golden image with `pyinit image`: a busybox root filesystem, the Debian kernel and
+   pyinit's initramfs (ginit mode) as its initrd, GPT, GRUB for BIOS and UEFI, zstd copy.
+2. Starts the provisioning server on loopback, with the image's manifest as the machine's action
+   (compressed image, its sha256 checksum, the raw size).
+3. Boots a QEMU machine from ``out/vmlinuz`` + ``out/initramfs.cpio.zst`` that provisions its
+   own disk, then checks the disk on the host: its first ``size`` bytes must hash to the
+   manifest's sha256.
+4. Boots the provisioned disk through SeaBIOS and GRUB, with no ``-kernel``, to the marker the
+   target's own ``/sbin/marker`` prints.
 """
 
 from __future__ import annotations
@@ -10,18 +16,36 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from pyinit.errors import PyinitError
-from pyinit_build.demoimage import build_demo_image, sha256_file
+from pyinit_build.demoimage import sha256_file
+from pyinit_build.golden import build, busybox
 from pyinit_qemu.vm import VM, Disk, VMConfig, create_disk, guest_url
 from pyinit_server.server import ProvisioningServer
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO_MAC = "52:54:00:de:00:01"
+DEMO_HOSTNAME = "pyinit-demo"
+MIB = 1 << 20
+
+
+def build_golden(out: Path, kernel: Path, initrd: Path) -> tuple[Path, build.Manifest]:
+    """``out/demo/golden.img`` (+ .zst, .json) from the busybox rootfs. Reproducible, ~2 s."""
+    demo = out / "demo"
+    rootfs = demo / "rootfs"
+    shutil.rmtree(rootfs, ignore_errors=True)
+    busybox.busybox_rootfs(rootfs)
+    spec = build.ImageSpec(
+        rootfs=rootfs, output=demo / "golden.img", table="gpt", firmware="both",
+        kernel=kernel, initrds=(initrd,), hostname=DEMO_HOSTNAME, headroom=32 * MIB,
+        cmdline="entrypoint=/sbin/marker pyinit.on_failure=poweroff quiet loglevel=4",
+        source_date_epoch=busybox.EPOCH)
+    return spec.output, build.build_image(spec, progress=lambda line: print(f"demo: {line}"))
 
 
 def run_demo(out: Path, *, keep: bool = False, timeout: float = 300.0) -> dict[str, Any]:
@@ -29,43 +53,56 @@ def run_demo(out: Path, *, keep: bool = False, timeout: float = 300.0) -> dict[s
     for path in (kernel, initrd):
         if not path.exists():
             raise PyinitError(f"{path} is missing: run `pyinit initramfs` (or `make demo`)")
-    image = build_demo_image(out / "demo")
+    image, manifest = build_golden(out, kernel, initrd)
+    compressed = image.with_name(manifest.action["image"])
     work = Path(tempfile.mkdtemp(prefix="pyinit-demo-"))
     root = work / "server"
     (root / "machines").mkdir(parents=True)
     (root / "images").mkdir()
-    (root / "images" / "demo.img.gz").symlink_to(image.gz.resolve())
+    (root / "images" / compressed.name).symlink_to(compressed.resolve())
     mac_file = DEMO_MAC.replace(":", "-") + ".json"
     (root / "machines" / mac_file).write_text(json.dumps({
-        "action": "writeImage", "compressed": True, "sourceImage": "images/demo.img.gz",
+        "action": "writeImage", "sourceImage": f"images/{compressed.name}",
+        "checksum": manifest.action["checksum"], "size": manifest.action["size"],
         "destinationDevice": "/dev/vda", "finish": "poweroff"}, indent=2))
-    disk = create_disk(work / "disk.raw", 2 * image.size)
+    disk = create_disk(work / "disk.raw", 2 * manifest.virtual_size)
     started = time.monotonic()
     with ProvisioningServer(root) as server:
         append = (f"MYURL={guest_url(server.url)} pyinit.on_failure=poweroff quiet "
                   "loglevel=4")
         cfg = VMConfig(kernel=kernel, initrd=initrd, append=append, mac=DEMO_MAC,
                        disks=[Disk(disk)], timeout=timeout, workdir=work / "vm")
-        print(f"demo: server {server.url}, machine {DEMO_MAC}, image {image.gz.name} "
-              f"({image.gz.stat().st_size} bytes gz, {image.size} raw)", flush=True)
+        print(f"demo: server {server.url}, machine {DEMO_MAC}, image {compressed.name} "
+              f"({compressed.stat().st_size} bytes zstd, {manifest.virtual_size} raw)",
+              flush=True)
         with VM(cfg, on_output=_echo) as vm:
             result = vm.expect_event(step="result", timeout=timeout)
             vm.wait_exit(timeout=60)
             vm.assert_never(r"Traceback", r"Kernel panic")
         events = server.events(DEMO_MAC)
-    seconds = time.monotonic() - started
+    provisioned = time.monotonic() - started
     if result.get("status") != "ok":
         raise PyinitError(f"demo: provisioning failed at {result.get('failed_step')}: "
                           f"{result.get('error')} (VM log: {work / 'vm' / 'serial.log'})")
-    on_disk = sha256_file(disk, image.size)
-    if on_disk != image.sha256:
-        raise PyinitError(f"demo: disk sha256 {on_disk} != image sha256 {image.sha256}")
+    on_disk = sha256_file(disk, manifest.virtual_size)
+    if on_disk != manifest.sha256:
+        raise PyinitError(f"demo: disk sha256 {on_disk} != image sha256 {manifest.sha256}")
     fetched: dict[str, Any] = next((e for e in vm.events if e.get("step") == "action"
                     and e.get("status") == "ok"), {})
-    summary = {"machine": DEMO_MAC, "image": image.gz.name, "bytes": result.get("bytes"),
-               "sha256": on_disk, "seconds": round(seconds, 1),
+
+    print("demo: booting the provisioned disk through SeaBIOS and GRUB (no -kernel)", flush=True)
+    boot_cfg = VMConfig(kernel=None, firmware="bios", disks=[Disk(disk)], nic_model=None,
+                        timeout=timeout, workdir=work / "vm-disk")
+    with VM(boot_cfg, on_output=_echo) as target:
+        marker = target.expect(busybox.MARKER + r".*", timeout=timeout).group(0)
+        target.wait_exit(timeout=60)
+        target.assert_never(r"Traceback", r"Kernel panic")
+    if f"hostname={DEMO_HOSTNAME}" not in marker.split():
+        raise PyinitError(f"demo: the provisioned disk booted but printed {marker!r}")
+    summary = {"machine": DEMO_MAC, "image": compressed.name, "bytes": result.get("bytes"),
+               "sha256": on_disk, "seconds": round(provisioned, 1),
                "action_fetched_at_uptime": fetched.get("uptime"),
-               "server_events": len(events), "workdir": str(work)}
+               "server_events": len(events), "marker": marker.strip(), "workdir": str(work)}
     if not keep:
         disk.unlink()
     return summary
@@ -80,9 +117,10 @@ def _echo(data: bytes) -> None:
 
 def register(sub: Any) -> None:
     p = sub.add_parser("demo", help="provision a QEMU machine from a local server, end to end",
-                       description="Boot out/vmlinuz + out/initramfs.cpio.zst in QEMU (TCG) "
-                                   "against a loopback provisioning server that serves a demo "
-                                   "image; verify the disk's sha256 on the host.")
+                       description="Build a golden image (pyinit image), boot out/vmlinuz + "
+                                   "out/initramfs.cpio.zst in QEMU (TCG) against a loopback "
+                                   "provisioning server that serves it, verify the disk's "
+                                   "sha256 on the host, then boot the disk through SeaBIOS.")
     p.add_argument("--out", type=Path, default=REPO / "out", help="build output (default: out/)")
     p.add_argument("--keep", action="store_true", help="keep the provisioned disk file")
     p.add_argument("--timeout", type=float, default=300.0, help="whole-VM timeout in seconds")
@@ -96,5 +134,6 @@ def _main(args: argparse.Namespace) -> int:
     print(f"demo: machine {s['machine']} image {s['image']} bytes {s['bytes']} "
           f"action fetched at {s['action_fetched_at_uptime']} s uptime, "
           f"{s['server_events']} events on the server, {s['seconds']} s total")
+    print(f"demo: the provisioned disk booted: {s['marker']}")
     print(f"demo: OK disk sha256 {s['sha256']} verified against the image")
     return 0

@@ -1,8 +1,9 @@
-"""A small deterministic demo disk image: MBR, one ext4 partition with a marker, gzip-compressed.
+"""A small deterministic data-only disk image for the write-pipeline tests: MBR, one ext4
+partition with a marker and an 8 MiB incompressible payload (so a compressed stream is long
+enough to be cut and resumed mid-way), gzip/zstd/xz copies.
 
-This is the stand-in golden image for `make demo` and the VM tests until `pyinit image` (issue #4)
-builds real bootable ones. Built without root or loop devices: sfdisk on a file, ``mke2fs -d``
-into a separate file, then both assembled here. Same inputs → same bytes.
+Bootable golden images come from `pyinit image` (:mod:`pyinit_build.golden`); `make demo`
+flashes one of those. This one stays because the pipeline tests want a payload, not a kernel.
 """
 
 from __future__ import annotations
