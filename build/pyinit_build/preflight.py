@@ -31,6 +31,7 @@ PACKAGES: dict[str, str] = {
     "mkfs.fat": "dosfstools",
     "mkfs.xfs": "xfsprogs",
     "mmd": "mtools",
+    "mmdebstrap": "mmdebstrap",
     "objcopy": "binutils",
     "objdump": "binutils",
     "qemu-img": "qemu-utils",

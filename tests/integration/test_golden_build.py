@@ -65,7 +65,7 @@ def _cli(args: list[str], *, user: int | None = None) -> subprocess.CompletedPro
     return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
 
 
-def test_same_inputs_give_the_same_bytes_as_root_and_as_nobody(shared_dir: Path) -> None:
+def test_same_inputs_give_the_same_bytes_anywhere_as_root_and_as_nobody(shared_dir: Path) -> None:
     # A tarball: how an unprivileged user holds a root-owned filesystem (0700 /root and all).
     tarball = golden_rootfs.container_tarball(shared_dir / "rootfs.tar")
     kernel = fake_kernel(shared_dir / "vmlinuz")
@@ -73,14 +73,18 @@ def test_same_inputs_give_the_same_bytes_as_root_and_as_nobody(shared_dir: Path)
     initrd.write_bytes(b"initrd\n")
     for path in (tarball, kernel, initrd):
         path.chmod(0o644)
-    args = [str(tarball), "--kernel", str(kernel), "--initrd", str(initrd),
-            "--hostname", "golden", "--format", "qcow2", "--headroom", "16M"]
+    moved = shared_dir / "elsewhere"  # the same inputs under other host paths
+    moved.mkdir()
+    for path in (tarball, kernel, initrd):
+        shutil.copy2(path, moved / path.name)
     outs = []
-    for n, user in enumerate((None, None, NOBODY)):
+    for n, (user, src) in enumerate(((None, shared_dir), (None, moved), (NOBODY, shared_dir))):
         out = shared_dir / f"run{n}" / "golden.img"
         out.parent.mkdir()
         out.parent.chmod(0o777)
-        done = _cli([*args, "-o", str(out)], user=user)
+        done = _cli([str(src / tarball.name), "--kernel", str(src / kernel.name),
+                     "--initrd", str(src / initrd.name), "--hostname", "golden",
+                     "--format", "qcow2", "--headroom", "16M", "-o", str(out)], user=user)
         assert done.returncode == 0, done.stderr + done.stdout
         outs.append(json.loads(out.with_name("golden.img.json").read_text()))
     assert outs[0] == outs[1] == outs[2]  # the manifest holds every output's sha256

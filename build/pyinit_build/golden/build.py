@@ -31,7 +31,7 @@ from typing import Any, Literal
 from pyinit import proc
 from pyinit_build import preflight
 from pyinit_build.errors import BuildError
-from pyinit_build.golden import fs, grub, layout, lvm, tree
+from pyinit_build.golden import debian, fs, grub, layout, lvm, tree
 from pyinit_build.golden.layout import MIB
 
 log = logging.getLogger("pyinit_build.golden")
@@ -50,7 +50,7 @@ MANIFEST_FORMAT = "pyinit-image/1"
 class ImageSpec:
     """Everything `pyinit image` takes. Paths are host paths."""
 
-    rootfs: Path
+    rootfs: Path  # a directory, tarball, OCI layout/archive, or "debian:SUITE" (mmdebstrap)
     output: Path  # the raw image; the other outputs go beside it
     table: layout.Table = "gpt"
     firmware: Firmware = "both"
@@ -74,6 +74,7 @@ class ImageSpec:
     uuid_seed: str | None = None  # fixes the derived UUIDs' seed (default: the inputs' digest)
     root_uuid: str | None = None  # given instead of derived
     workdir: Path | None = None  # where the work directory goes (default: beside the output)
+    include: tuple[str, ...] = debian.BOOT_PACKAGES  # packages added to a debian:SUITE rootfs
 
 
 @dataclass
@@ -107,7 +108,15 @@ def required_tools(spec: ImageSpec) -> list[str]:
         tools.append("qemu-img")
     if spec.kernel_deb is not None:
         tools += ["dpkg-deb", "depmod"]
+    if debian_suite(spec) is not None:
+        tools.append("mmdebstrap")
     return tools
+
+
+def debian_suite(spec: ImageSpec) -> str | None:
+    """``bookworm`` for ``--rootfs debian:bookworm``, else None."""
+    text = str(spec.rootfs)
+    return text.removeprefix("debian:") if text.startswith("debian:") else None
 
 
 def validate(spec: ImageSpec) -> None:
@@ -230,8 +239,13 @@ def build_image(spec: ImageSpec, *, progress: Callable[[str], None] = log.info) 
 
 def _build(spec: ImageSpec, out: Path, work: Path,
            progress: Callable[[str], None]) -> tuple[Manifest, list[tuple[Path, Path]]]:
-    progress(f"image: loading rootfs {spec.rootfs}")
-    t = tree.load_rootfs(spec.rootfs, work / "tree")
+    suite = debian_suite(spec)
+    source = spec.rootfs
+    if suite is not None:
+        progress(f"image: bootstrapping Debian {suite} with mmdebstrap (host apt sources)")
+        source = debian.bootstrap(suite, work / f"debian-{suite}.tar", include=spec.include)
+    progress(f"image: loading rootfs {source}")
+    t = tree.load_rootfs(source, work / "tree")
     epoch = spec.source_date_epoch if spec.source_date_epoch is not None else t.newest_mtime()
     t.clamp_mtimes(epoch)
     if spec.hostname:
@@ -244,10 +258,12 @@ def _build(spec: ImageSpec, out: Path, work: Path,
     bios = spec.firmware in ("bios", "both")
     uefi = spec.firmware in ("uefi", "both")
 
-    # Every identifier derives from one seed covering the inputs (contents and options).
+    # Every identifier derives from one seed covering the inputs: the tree's content (kernel and
+    # initrd included) and the options that shape the disk — not host paths, so the same
+    # inputs give the same bytes wherever they are built.
     options = {k: str(v) for k, v in asdict(spec).items()
-               if k not in ("rootfs", "output", "workdir", "formats", "compress",
-                            "compress_level")}
+               if k not in ("rootfs", "output", "workdir", "kernel", "initrds", "kernel_deb",
+                            "formats", "compress", "compress_level", "include")}
     seed = spec.uuid_seed or hashlib.sha256(
         (t.digest() + json.dumps(options, sort_keys=True)).encode()).hexdigest()
     fs_uuid = spec.root_uuid or str(layout.derive(seed, "fs-root"))

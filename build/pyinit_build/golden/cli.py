@@ -10,7 +10,7 @@ from typing import Any
 
 from pyinit.units import parse_size
 from pyinit_build.errors import BuildError
-from pyinit_build.golden import build
+from pyinit_build.golden import build, debian
 
 
 def _size(text: str) -> int:
@@ -30,7 +30,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                     "or XFS, optionally on LVM. Writes OUTPUT (sparse raw), a compressed copy, "
                     "optional qemu-img conversions, OUTPUT.SHA256SUMS and the manifest "
                     "OUTPUT.json. Same inputs and SOURCE_DATE_EPOCH give the same bytes.")
-    p.add_argument("rootfs", type=Path, metavar="ROOTFS")
+    p.add_argument("rootfs", type=Path, metavar="ROOTFS",
+                   help="directory, tarball, OCI layout, docker-save archive, or debian:SUITE "
+                        "(bootstrapped with mmdebstrap from the host's apt sources; slow)")
     p.add_argument("-o", "--output", type=Path, required=True, metavar="OUTPUT",
                    help="the raw image to write, e.g. out/golden.img")
     p.add_argument("--table", choices=("gpt", "mbr"), default="gpt",
@@ -65,6 +67,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                    help="crypt(3) hash for root in /etc/shadow (e.g. from `openssl passwd -6`)")
     p.add_argument("--ssh-key", action="append", default=[], metavar="KEY|FILE",
                    help="public key (or a file of keys) for /root/.ssh/authorized_keys")
+    p.add_argument("--include", action="append", default=None, metavar="PKG",
+                   help="packages for a debian:SUITE rootfs (repeatable; default: "
+                        f"{' '.join(debian.BOOT_PACKAGES)})")
     p.add_argument("--label", default="root", help="root filesystem label (default: root)")
     p.add_argument("--format", dest="formats", action="append", default=[],
                    metavar="FMT", help=f"also convert to {', '.join(build.FORMATS)} (repeatable)")
@@ -104,12 +109,13 @@ def spec_from_args(args: argparse.Namespace) -> build.ImageSpec:
         hostname=args.hostname, root_password_hash=args.root_password_hash,
         ssh_keys=_ssh_keys(args.ssh_key), label=args.label, formats=tuple(args.formats),
         compress=args.compress, compress_level=args.compress_level, source_date_epoch=epoch,
-        root_uuid=args.root_uuid)
+        root_uuid=args.root_uuid,
+        include=tuple(args.include) if args.include else debian.BOOT_PACKAGES)
 
 
 def _main(args: argparse.Namespace) -> int:
     spec = spec_from_args(args)
-    if not spec.rootfs.exists():
+    if build.debian_suite(spec) is None and not spec.rootfs.exists():
         raise BuildError("rootfs", f"{spec.rootfs}: no such file or directory")
     manifest = build.build_image(spec, progress=print)
     print(json.dumps({"image": str(spec.output), "sha256": manifest.sha256,
