@@ -702,3 +702,18 @@ def test_find_kernel_without_a_kernel(tmp_path: Path) -> None:
     with pytest.raises(BuildError, match=r"^kernel: no kernel in the rootfs \(/boot/vmlinuz-\*\) "
                                          "and none given with --kernel$"):
         gt.find_kernel(tree)
+
+
+def test_paths_through_a_merged_usr_symlink_land_in_the_directory(tmp_path: Path) -> None:
+    # Debian 12's /sbin -> usr/sbin: "./sbin/x" appended to its tarball lands in /usr/sbin, as
+    # tar -x puts it; a hard link through the symlink points at the real path too.
+    t = Tree(tmp_path / "w")
+    t.mkdir("/usr/sbin", mtime=1)
+    t.symlink("/sbin", "usr/sbin", mtime=1)
+    t.write_file("/sbin/marker", b"#!/bin/sh\n", mode=0o755, mtime=1)
+    t.add(Entry("/sbin/marker2", "hardlink", target="/sbin/marker"))
+    assert t.get("/sbin") is not None and t.get("/sbin").kind == "symlink"
+    assert t.get("/usr/sbin/marker") is not None and t.get("/usr/sbin/marker").mode == 0o755
+    assert t.get("/usr/sbin/marker2") is not None
+    assert t.get("/usr/sbin/marker2").target == "/usr/sbin/marker"
+    assert t.get("/sbin/marker") is None

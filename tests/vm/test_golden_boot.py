@@ -7,11 +7,13 @@ the target's root filesystem → the marker the target's own /sbin/marker prints
 
 from __future__ import annotations
 
+import io
+import tarfile
 from pathlib import Path
 
 import pytest
 
-from pyinit_build.golden import build
+from pyinit_build.golden import build, debian
 from pyinit_qemu.vm import VM, Disk, VMConfig
 from tests import golden_rootfs
 from tests.vm.conftest import NEVER, Artifacts
@@ -83,3 +85,30 @@ def test_oci_image_on_lvm_boots_through_ovmf(artifacts: Artifacts, tmp_path: Pat
     assert manifest.root["device"] == "/dev/mapper/vg0-root"
     # The upper layer's whiteout removed /etc/gone and replaced /etc/layer.
     _boot(image, tmp_path, "uefi", "hostname=golden rootfs=ext4 layer=upper gone=absent")
+
+
+DEBIAN_MARKER = f"""#!/bin/sh
+root_fs=$(awk '$2 == "/" {{print $3}}' /proc/self/mounts | tail -n 1)
+echo "{golden_rootfs.MARKER} hostname=$(cat /etc/hostname) rootfs=$root_fs kernel=$(uname -r)"
+echo o > /proc/sysrq-trigger
+sleep 60
+"""
+
+
+def test_debian_bootstrap_boots_with_its_own_kernel_and_initramfs(tmp_path: Path) -> None:
+    """The slow path: ``debian:bookworm`` (mmdebstrap from the host's apt sources, with
+    linux-image-cloud-amd64 and initramfs-tools) — Debian's own kernel and initramfs-tools
+    find the root filesystem by UUID; the marker runs as init."""
+    tarball = debian.bootstrap("bookworm", tmp_path / "bookworm.tar")
+    with tarfile.open(tarball, "a") as tar:  # /sbin is merged-/usr's link to usr/sbin
+        info = tarfile.TarInfo("./sbin/pyinit-marker")
+        info.mode, info.size, info.mtime = 0o755, len(DEBIAN_MARKER), golden_rootfs.EPOCH
+        tar.addfile(info, io.BytesIO(DEBIAN_MARKER.encode()))
+    spec = build.ImageSpec(rootfs=tarball, output=tmp_path / "debian.img", table="gpt",
+                           firmware="both", hostname="debian-golden", compress="none",
+                           headroom=64 * build.MIB, cmdline="init=/sbin/pyinit-marker")
+    manifest = build.build_image(spec)
+    assert manifest.kernel["release"].endswith("-cloud-amd64")
+    assert manifest.kernel["initrd"] == f"/boot/initrd.img-{manifest.kernel['release']}"
+    _boot(spec.output, tmp_path, "uefi",
+          f"hostname=debian-golden rootfs=ext4 kernel={manifest.kernel['release']}")

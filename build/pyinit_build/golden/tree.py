@@ -17,6 +17,7 @@ import base64
 import binascii
 import bz2
 import contextlib
+import dataclasses
 import errno
 import gzip
 import hashlib
@@ -149,8 +150,9 @@ class Tree:
         drops the old subtree. Missing parents become 0o755 root directories with the entry's
         mtime; a parent that exists but is not a directory is an error.
         """
+        _check_path(entry.path)
+        entry = self._through_parent_symlinks(entry)
         path = entry.path
-        _check_path(path)
         if entry.kind == "hardlink":
             self._add_hardlink(entry)
             return
@@ -166,6 +168,27 @@ class Tree:
             self.remove(path)
         self._ensure_parent(path, entry.mtime)
         self._put(entry)
+
+    def _real_path(self, path: str) -> str:
+        """``path`` with its parent resolved when the parent is (or goes through) a symlink to
+        a directory in the tree: ``/sbin/x`` with ``/sbin -> usr/sbin`` is ``/usr/sbin/x``."""
+        if path == "/":
+            return path
+        parent = _parent(path)
+        real = self.resolve(parent)
+        target = self._entries.get(real)
+        if real != parent and target is not None and target.kind == "dir":
+            return _join(real, _basename(path))
+        return path
+
+    def _through_parent_symlinks(self, entry: Entry) -> Entry:
+        """Place ``entry`` where ``tar -x`` would: through symlinked parent directories (the
+        merged-/usr ``/bin``, ``/sbin``, ``/lib`` links of current distributions)."""
+        path = self._real_path(entry.path)
+        target = self._real_path(entry.target) if entry.kind == "hardlink" else entry.target
+        if (path, target) == (entry.path, entry.target):
+            return entry
+        return dataclasses.replace(entry, path=path, target=target)
 
     def remove(self, path: str) -> None:
         """Remove ``path`` and its subtree; nothing happens if it is absent.
