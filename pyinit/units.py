@@ -3,6 +3,7 @@ Pure; shared by the runtime (disk hints), the image builder, the server and the 
 
 from __future__ import annotations
 
+import argparse
 import re
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(?:i?b)?\s*$", re.IGNORECASE)
@@ -16,3 +17,11 @@ def parse_size(text: str) -> int:
     unit = m.group(2).lower()
     scale = 1024 ** ("kmgtp".index(unit) + 1) if unit else 1
     return int(float(m.group(1)) * scale)
+
+
+def size_arg(text: str) -> int:
+    """:func:`parse_size` for argparse ``type=``: a bad size is a usage error."""
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc

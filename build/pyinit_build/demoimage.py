@@ -32,7 +32,8 @@ class DemoImage:
     gz_sha256: str
 
 
-def _prng_bytes(n: int, seed: bytes = b"pyinit-demo") -> bytes:
+def prng_bytes(n: int, seed: bytes = b"pyinit-demo") -> bytes:
+    """``n`` deterministic incompressible bytes."""
     out = bytearray()
     counter = 0
     while len(out) < n:
@@ -96,7 +97,7 @@ def build_demo_image(out_dir: Path, *, size_mib: int = 64, label: str = "pyinit-
     (tree / "PYINIT-DEMO").write_text("written by pyinit\n")
     # Incompressible payload (deterministic), so the compressed image is big enough to be
     # interrupted and resumed mid-stream in tests.
-    (tree / "payload.bin").write_bytes(_prng_bytes(8 * MIB))
+    (tree / "payload.bin").write_bytes(prng_bytes(8 * MIB))
     for path in [*sorted(tree.rglob("*")), tree]:
         os.utime(path, (SOURCE_DATE_EPOCH, SOURCE_DATE_EPOCH), follow_symlinks=False)
 

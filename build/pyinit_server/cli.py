@@ -10,13 +10,7 @@ from typing import Any
 from pyinit import units
 from pyinit_server.server import DEFAULT_MAX_UPLOAD, ProvisioningServer
 
-
-def parse_size(text: str) -> int:
-    """``--max-upload`` sizes (``64MiB``, ``500G``) for argparse."""
-    try:
-        return units.parse_size(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
+parse_size = units.size_arg  # --max-upload sizes (64MiB, 500G)
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:

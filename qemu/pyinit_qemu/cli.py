@@ -16,6 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
 
+from pyinit.units import parse_size
 from pyinit_qemu.vm import (
     DEFAULT_MAC,
     DEFAULT_VM_TIMEOUT,
@@ -32,7 +33,6 @@ from pyinit_qemu.vm import (
     create_disk,
     guest_url,
     kvm_works,
-    parse_size,
     resolve_accel,
     resolve_firmware,
 )

@@ -278,18 +278,6 @@ def create_disk(path: Path | str, size_bytes: int) -> Path:
     return p
 
 
-_SIZE_RE = re.compile(r"^(\d+)([KMGT]i?B?|B)?$", re.IGNORECASE)
-
-
-def parse_size(text: str) -> int:
-    """``4096``, ``512M``, ``2G``, ``1GiB`` -> bytes (binary multiples)."""
-    m = _SIZE_RE.match(text.strip())
-    if not m:
-        raise ValueError(f"not a size: {text!r} (e.g. 512M, 2G)")
-    unit = (m.group(2) or "B")[0].upper()
-    return int(m.group(1)) * int(1024 ** "BKMGT".index(unit))
-
-
 def guest_url(url: str) -> str:
     """``url`` as the guest sees it: the host's loopback is :data:`SLIRP_HOST` under slirp."""
     parts = urlsplit(url)

@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from pyinit import proc
+from pyinit_build.demoimage import prng_bytes as prng
 from pyinit_build.errors import BuildError
 from pyinit_build.golden import fs
 from pyinit_build.golden.tree import Entry, Tree
@@ -38,15 +39,6 @@ MIB = 1 << 20
 HOSTNAME = b"pyinit-golden\n"
 ODD_NAME = '/etc/odd "name" with spaces'  # ext4 only: a protofile cannot hold it
 LONG_LINK = "../usr/share/a-symlink-target-longer-than-sixty-bytes/so/it/needs/a/block"
-
-
-def prng(n: int, seed: bytes) -> bytes:
-    out = bytearray()
-    counter = 0
-    while len(out) < n:
-        out += hashlib.sha512(seed + counter.to_bytes(8, "little")).digest()
-        counter += 1
-    return bytes(out[:n])
 
 
 def sha256(path: Path) -> str:

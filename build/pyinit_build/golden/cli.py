@@ -8,16 +8,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pyinit.units import parse_size
+from pyinit.units import size_arg
 from pyinit_build.errors import BuildError
 from pyinit_build.golden import build, debian
-
-
-def _size(text: str) -> int:
-    try:
-        return parse_size(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
@@ -44,9 +37,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                    help=f"root filesystem: {', '.join(build.FILESYSTEMS)} (default: %(default)s)")
     p.add_argument("--lvm", metavar="VG/LV", default=None,
                    help="put the root filesystem on an LVM logical volume, e.g. vg0/root")
-    p.add_argument("--size", type=_size, default=None,
+    p.add_argument("--size", type=size_arg, default=None,
                    help="disk size, e.g. 2G (default: the content plus headroom)")
-    p.add_argument("--headroom", type=_size, default=build.ImageSpec.headroom,
+    p.add_argument("--headroom", type=size_arg, default=build.ImageSpec.headroom,
                    help="free space added to the content when --size is not given "
                         "(default: 256M)")
     p.add_argument("--kernel", type=Path, default=None,
