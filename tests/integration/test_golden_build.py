@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pyinit import parttable
+from pyinit import image, parttable
 from pyinit_build import preflight
 from pyinit_build.errors import BuildError, PreflightError
 from pyinit_build.golden import build
@@ -144,6 +144,8 @@ def test_image_is_what_the_manifest_says(rootfs: Path, shared_dir: Path) -> None
                         "size": m.virtual_size}
     sums = (shared_dir / "golden.img.SHA256SUMS").read_text()
     assert f"{m.files['zstd']['sha256']}  golden.img.zst" in sums
+    # ... which the writer reads as an action's checksumURL
+    assert image.find_checksum(sums, "golden.img.zst") == ("sha256", m.files["zstd"]["sha256"])
 
 
 def _grub_fstest(image: Path, *args: str) -> str:
@@ -190,3 +192,24 @@ def test_unknown_filesystem_and_missing_tool(rootfs: Path, shared_dir: Path) -> 
                                              r"xfsprogs\), xfs_db \(apt install xfsprogs\)$"):
         preflight.check(build.required_tools(spec), path=str(bindir))
     assert _no_outputs(shared_dir) == []
+
+
+def test_kernel_deb_installs_kernel_and_modules_with_depmod(shared_dir: Path) -> None:
+    debs = sorted((REPO / ".cache" / "kernel").glob("linux-image-*.deb"))
+    if not debs:
+        message = "no cached linux-image .deb: run `make initramfs` first"
+        if "PYINIT_OUT" in os.environ:
+            pytest.fail(message)
+        pytest.skip(message)
+    rootfs = golden_rootfs.busybox_dir(shared_dir / "rootfs")
+    out = shared_dir / "golden.img"
+    m = build.build_image(build.ImageSpec(rootfs=rootfs, output=out, kernel_deb=debs[-1],
+                                          firmware="bios", compress="none",
+                                          source_date_epoch=1700000000))
+    release = m.kernel["release"]
+    assert m.kernel["path"] == f"/boot/vmlinuz-{release}" and m.kernel["initrd"] is None
+    root = f"(loop0,gpt{m.root['partition']})"
+    assert f"linux /boot/vmlinuz-{release} root=UUID={m.root['fs_uuid']}" in \
+        _grub_fstest(out, "cat", f"{root}/boot/grub/grub.cfg")
+    dep = _grub_fstest(out, "cat", f"{root}/lib/modules/{release}/modules.dep")
+    assert "kernel/fs/ext4/ext4.ko: " in dep  # depmod ran on the package's modules

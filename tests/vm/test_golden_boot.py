@@ -70,12 +70,16 @@ def test_mbr_image_boots_through_seabios(artifacts: Artifacts, tmp_path: Path,
     _boot(image, tmp_path, "bios", "hostname=golden rootfs=ext4 layer=base fstab=1")
 
 
-def test_container_tarball_on_xfs_boots(artifacts: Artifacts, tmp_path: Path) -> None:
+def test_container_tarball_on_xfs_and_mbr_boots_through_seabios_and_ovmf(
+        artifacts: Artifacts, tmp_path: Path) -> None:
     tarball = golden_rootfs.container_tarball(tmp_path / "export.tar")
     image, manifest = _image(artifacts, tmp_path, tarball, "xfs.img", filesystem="xfs",
-                             firmware="both")
+                             table="mbr", firmware="both")
     assert manifest.root["fs"] == "xfs"
+    assert [(p["role"], p["type"]) for p in manifest.partitions] == [("esp", "ef"),
+                                                                      ("root", "83")]
     _boot(image, tmp_path, "bios", "hostname=golden rootfs=xfs layer=base")
+    _boot(image, tmp_path, "uefi", "hostname=golden rootfs=xfs layer=base")
 
 
 def test_oci_image_on_lvm_boots_through_ovmf(artifacts: Artifacts, tmp_path: Path) -> None:
@@ -110,5 +114,6 @@ def test_debian_bootstrap_boots_with_its_own_kernel_and_initramfs(tmp_path: Path
     manifest = build.build_image(spec)
     assert manifest.kernel["release"].endswith("-cloud-amd64")
     assert manifest.kernel["initrd"] == f"/boot/initrd.img-{manifest.kernel['release']}"
-    _boot(spec.output, tmp_path, "uefi",
-          f"hostname=debian-golden rootfs=ext4 kernel={manifest.kernel['release']}")
+    for firmware in ("bios", "uefi"):
+        _boot(spec.output, tmp_path, firmware,
+              f"hostname=debian-golden rootfs=ext4 kernel={manifest.kernel['release']}")
