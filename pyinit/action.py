@@ -9,6 +9,7 @@ something else.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 from collections.abc import Mapping
@@ -19,7 +20,8 @@ from urllib.parse import urljoin, urlsplit
 from pyinit.errors import ConfigError
 
 ActionKind = Literal["writeImage", "readImage"]
-Finish = Literal["reboot", "poweroff", "shell"]
+Finish = Literal["reboot", "poweroff", "shell", "kexec", "switch_root"]
+NetworkMode = Literal["dhcp", "static", "none"]
 Verify = Literal["none", "full"]
 Compression = Literal["zstd", "gzip", "none"]
 UploadMethod = Literal["multipart", "put"]
@@ -52,9 +54,16 @@ _FIELDS: dict[str, tuple[str, tuple[type, ...]]] = {
     "preserveOnError": ("preserve_on_error", (bool,)),
     "compression": ("compression", (str,)),
     "uploadMethod": ("upload_method", (str,)),
+    "rootPartition": ("root_partition", (int, str)),
+    "hostname": ("hostname", (str,)),
+    "sshKeys": ("ssh_keys", (list,)),
+    "network": ("network", (str,)),
+    "cloudInit": ("cloud_init", (bool,)),
 }
 
-_TYPE_NAMES = {bool: "a boolean", str: "a string", int: "an integer"}
+_TYPE_NAMES = {bool: "a boolean", str: "a string", int: "an integer", list: "a list"}
+_HOSTNAME_RE = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                          r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
 _DEVICE_RE = re.compile(r"^/dev/[A-Za-z0-9._/:+-]+$")
 
 
@@ -83,6 +92,23 @@ class Action:
     preserve_on_error: bool = False
     compression: Compression | None = None
     upload_method: UploadMethod = "multipart"
+    # After the write (issue #5): which partition holds the target's root ("auto": the LV of
+    # lvmRootName, else the grown partition, else the one with /etc/os-release), and the
+    # machine identity written into it.
+    root_partition: int | Literal["auto"] = "auto"
+    hostname: str | None = None
+    ssh_keys: tuple[str, ...] = ()
+    network: NetworkMode = "none"
+    nameservers: tuple[str, ...] = ()
+    cloud_init: bool = False
+
+    @property
+    def grows(self) -> bool:
+        return self.grow_partition is not None or self.grow_disk
+
+    @property
+    def configures(self) -> bool:
+        return bool(self.hostname or self.ssh_keys or self.network != "none" or self.cloud_init)
 
     @property
     def capture_compression(self) -> Compression:
@@ -136,6 +162,45 @@ def _choice(values: dict[str, Any], attr: str, allowed: tuple[str, ...], *,
         raise ConfigError(wire or attr, f"{values[attr]!r} is not one of {', '.join(allowed)}")
 
 
+def _identity(values: dict[str, Any]) -> None:
+    """hostname, sshKeys, network/address/gateway/nameserver, rootPartition. Pure."""
+    name = values.get("hostname")
+    if name is not None and not _HOSTNAME_RE.match(name):
+        raise ConfigError("hostname", f"not a valid host name: {name!r}")
+    keys = values.get("ssh_keys", [])
+    for i, key in enumerate(keys):
+        if not isinstance(key, str) or len(key.split()) < 2 or "\n" in key:
+            raise ConfigError(f"sshKeys[{i}]", f"not an authorized_keys line: {key!r}")
+    values["ssh_keys"] = tuple(k.strip() for k in keys)
+    mode = values.setdefault("network", "static" if values.get("address") else "none")
+    _choice(values, "network", ("dhcp", "static", "none"))
+    if mode == "static":
+        address = values.get("address", "")
+        try:
+            iface = ipaddress.ip_interface(address)
+        except ValueError:
+            iface = None
+        if iface is None or "/" not in address:
+            raise ConfigError("address", f"network static needs address/prefix, got {address!r}")
+        if values.get("gateway"):
+            try:
+                ipaddress.ip_address(values["gateway"])
+            except ValueError as exc:
+                raise ConfigError("gateway", f"not an IP address: {values['gateway']!r}") from exc
+    servers = [s for s in re.split(r"[,\s]+", values.get("nameserver", "")) if s]
+    for server in servers:
+        try:
+            ipaddress.ip_address(server)
+        except ValueError as exc:
+            raise ConfigError("nameserver", f"not an IP address: {server!r}") from exc
+    values["nameservers"] = tuple(servers)
+    rp = values.get("root_partition")
+    if isinstance(rp, str) and rp != "auto":
+        raise ConfigError("rootPartition", f"must be a partition number or \"auto\", got {rp!r}")
+    if isinstance(rp, int) and not 1 <= rp <= 128:
+        raise ConfigError("rootPartition", f"partition number out of range: {rp}")
+
+
 def parse_action(data: Mapping[str, Any], *, base_url: str | None = None) -> Action:
     """Validate a decoded JSON object. Relative image URLs are resolved against ``base_url``."""
     if not isinstance(data, Mapping):
@@ -164,7 +229,8 @@ def parse_action(data: Mapping[str, Any], *, base_url: str | None = None) -> Act
             raise ConfigError("growPartition", f"partition number out of range: {gp}")
         values["grow_partition"] = gp or None  # BOOTy's Go zero value means "none"
 
-    _choice(values, "finish", ("reboot", "poweroff", "shell"))
+    _choice(values, "finish", ("reboot", "poweroff", "shell", "kexec", "switch_root"))
+    _identity(values)
     _choice(values, "verify", ("none", "full"))
     _choice(values, "compression", ("zstd", "gzip", "none"))
     _choice(values, "upload_method", ("multipart", "put"), wire="uploadMethod")

@@ -89,6 +89,19 @@ def test_null_fields_mean_unset() -> None:
     ({"verify": "partial"}, "verify", "none, full"),
     ({"compression": "lz4"}, "compression", "zstd"),
     ({"uploadMethod": "ftp"}, "uploadMethod", "multipart"),
+    ({"hostname": "web_01"}, "hostname", "not a valid host name"),
+    ({"hostname": "-web"}, "hostname", "not a valid host name"),
+    ({"sshKeys": "ssh-ed25519 AAAA"}, "sshKeys", "a list"),
+    ({"sshKeys": ["AAAA"]}, "sshKeys[0]", "authorized_keys"),
+    ({"sshKeys": [7]}, "sshKeys[0]", "authorized_keys"),
+    ({"network": "bonded"}, "network", "dhcp, static, none"),
+    ({"address": "192.168.0.10"}, "address", "address/prefix"),
+    ({"address": "192.168.0.300/24"}, "address", "address/prefix"),
+    ({"gateway": "router"}, "gateway", "not an IP"),
+    ({"nameserver": "8.8.8.8, dns.example"}, "nameserver", "not an IP"),
+    ({"rootPartition": "first"}, "rootPartition", "auto"),
+    ({"rootPartition": 0}, "rootPartition", "out of range"),
+    ({"cloudInit": "yes"}, "cloudInit", "boolean"),
 ])
 def test_bad_actions_name_the_field(patch: dict[str, Any], field: str, needle: str) -> None:
     data = dict(PLUNDER_WRITE, **patch)
@@ -130,3 +143,21 @@ def test_capture_compression_defaults_follow_booty() -> None:
     assert parse_action(dict(PLUNDER_READ, compressed=False)).capture_compression == "none"
     act = parse_action(dict(PLUNDER_READ, compression="zstd", uploadMethod="put"))
     assert (act.capture_compression, act.upload_method) == ("zstd", "put")
+
+
+def test_identity_and_handoff_fields() -> None:
+    act = parse_action(dict(PLUNDER_WRITE, hostname="web01.rack3", finish="kexec",
+                            sshKeys=["ssh-ed25519 AAAAC3Nza key@host"],
+                            nameserver="192.168.0.1, 9.9.9.9", rootPartition=2,
+                            cloudInit=True))
+    assert act.network == "static"  # BOOTy's address alone means a static configuration
+    assert act.nameservers == ("192.168.0.1", "9.9.9.9")
+    assert act.ssh_keys == ("ssh-ed25519 AAAAC3Nza key@host",)
+    assert (act.hostname, act.root_partition, act.finish) == ("web01.rack3", 2, "kexec")
+    assert act.grows and act.configures
+    plain = parse_action({"action": "writeImage", "sourceImage": "http://h/i.img",
+                          "destinationDevice": "/dev/vda"})
+    assert (plain.network, plain.root_partition, plain.grows, plain.configures) == \
+        ("none", "auto", False, False)
+    dhcp = parse_action(dict(PLUNDER_WRITE, address=None, network="dhcp", finish="switch_root"))
+    assert dhcp.network == "dhcp" and dhcp.configures and dhcp.finish == "switch_root"
