@@ -11,6 +11,7 @@ import ctypes.util
 import fcntl
 import os
 import struct
+import termios
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
@@ -30,6 +31,11 @@ LINUX_REBOOT_CMD_RESTART = 0x01234567
 LINUX_REBOOT_CMD_POWER_OFF = 0x4321FEDC
 LINUX_REBOOT_CMD_HALT = 0xCDEF0123
 LINUX_REBOOT_CMD_KEXEC = 0x45584543
+
+# <linux/kexec.h>: kexec_file_load flags
+KEXEC_FILE_UNLOAD = 0x1
+KEXEC_FILE_ON_CRASH = 0x2
+KEXEC_FILE_NO_INITRAMFS = 0x4
 
 # <linux/mount.h>
 MS_RDONLY = 1
@@ -86,6 +92,12 @@ def kexec_file_load(kernel_fd: int, initrd_fd: int, cmdline: str, flags: int = 0
                          data, ctypes.c_ulong(flags)), "kexec_file_load")
 
 
+def set_controlling_tty(fd: int) -> None:
+    """ioctl(TIOCSCTTY, 1): make the terminal on ``fd`` the controlling terminal of this session
+    (taking it from another session if needed, as root may). Call os.setsid() first."""
+    fcntl.ioctl(fd, termios.TIOCSCTTY, 1)
+
+
 def sethostname(name: str) -> None:
     raw = name.encode()
     _check(_libc.sethostname(raw, ctypes.c_size_t(len(raw))), "sethostname")
@@ -135,3 +147,25 @@ def blk_zeroout(fd: int, offset: int, length: int) -> None:
 def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
     """fallocate(2) with ``mode`` flags (``os.posix_fallocate`` has none)."""
     _check(_libc.fallocate(fd, mode, offset, length), "fallocate")
+
+
+# --- issue #5: growing a partition the kernel already knows ------------------------------------
+
+# <linux/blkpg.h>: BLKPG = _IO(0x12, 105); struct blkpg_ioctl_arg {int op, flags, datalen;
+# void *data;} pointing at struct blkpg_partition {long long start, length; int pno;
+# char devname[64], volname[64];}.
+BLKPG = 0x1269
+BLKPG_RESIZE_PARTITION = 3
+_BLKPG_PARTITION = struct.Struct("=qqi64s64s4x")  # 152 bytes, as the kernel lays it out
+_BLKPG_ARG = struct.Struct("=iii4xQ")
+
+
+def blkpg_resize_partition(fd: int, number: int, start: int, length: int) -> None:
+    """BLKPG_RESIZE_PARTITION: tell the kernel partition ``number`` of the disk open on ``fd``
+    now spans ``length`` bytes from ``start`` (which must not change). Unlike BLKRRPART it works
+    while partitions of the disk are in use (what ``partx --update`` and growpart do)."""
+    part = ctypes.create_string_buffer(
+        _BLKPG_PARTITION.pack(start, length, number, b"", b""), _BLKPG_PARTITION.size)
+    arg = _BLKPG_ARG.pack(BLKPG_RESIZE_PARTITION, 0, _BLKPG_PARTITION.size,
+                          ctypes.addressof(part))
+    fcntl.ioctl(fd, BLKPG, arg)

@@ -35,17 +35,20 @@ PACKAGES: dict[str, str] = {
     "objcopy": "binutils",
     "objdump": "binutils",
     "qemu-img": "qemu-utils",
+    "resize2fs": "e2fsprogs",
     "qemu-system-x86_64": "qemu-system-x86",
     "sfdisk": "fdisk",
     "xfs_db": "xfsprogs",
+    "xfs_growfs": "xfsprogs",
     "strip": "binutils",
     "zstd": "zstd",
     "python:PyInstaller": "pyinstaller",
 }
 
-# What `pyinit build initramfs` itself runs, or copies into the initramfs (lvm: data/binaries.txt).
+# What `pyinit initramfs` runs, or copies into the initramfs (lvm, resize2fs, xfs_growfs:
+# data/binaries.txt).
 BUILD_TOOLS: tuple[str, ...] = ("busybox", "depmod", "dpkg-deb", "strip", "objcopy", "lvm",
-                                "python:PyInstaller")
+                                "resize2fs", "xfs_growfs", "python:PyInstaller")
 # Needed only to fetch the kernel package (not with --kernel-deb).
 KERNEL_FETCH_TOOLS: tuple[str, ...] = ("apt-cache", "apt-get")
 
