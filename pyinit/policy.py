@@ -41,12 +41,18 @@ def unmount_all(mounts_file: Path = Path("/proc/self/mounts")) -> None:
             log.warning(f"umount {target}: {exc}")
 
 
+def quiesce(mounts_file: Path = Path("/proc/self/mounts")) -> None:
+    """sync, unmount everything but the pseudo filesystems, sync: the last thing before
+    reboot(2), whether it restarts, powers off or jumps into a kexec-loaded kernel."""
+    os.sync()
+    unmount_all(mounts_file)
+    os.sync()
+
+
 def power(kind: str) -> None:
     """sync, unmount and reboot(2). Returns only if reboot(2) failed."""
     console(f"pyinit: {kind} now")
-    os.sync()
-    unmount_all()
-    os.sync()
+    quiesce()
     try:
         syscalls.reboot(_REBOOT_CMDS[kind])
     except OSError as exc:
