@@ -18,7 +18,7 @@ from pathlib import Path
 
 import requests
 
-from pyinit import __version__, coldplug, kmod, log, policy, rootfs
+from pyinit import __version__, coldplug, grow, handoff, identity, kmod, log, policy, rootfs
 from pyinit.action import Action
 from pyinit.capture import capture_image
 from pyinit.cmdline import BootParams, IpConfig, failure_policy, parse_cmdline
@@ -28,11 +28,13 @@ from pyinit.fetch import fetch_action, mac_dashes, server_base
 from pyinit.ginit import mount_root, run_entrypoint
 from pyinit.image import WriteRequest, wait_for_device, write_image
 from pyinit.network import NetworkResult, StaticIP, configure
+from pyinit.target import mounted_target
 
 MODULES_LIST = Path("/etc/pyinit/modules")
 MODULES_ROOT = Path("/lib/modules")
 DEVICE_TIMEOUT = 30.0  # seconds for the action's disk to appear (drivers probe asynchronously)
 NEWROOT = Path("/newroot")
+TARGET = Path("/run/pyinit/target")  # the written disk's root while configuring / inspecting it
 
 
 @dataclass
@@ -45,6 +47,11 @@ class Context:
     sink: ServerSink | None = None
     summary: dict[str, object] = field(default_factory=dict)
     entrypoint_rc: int | None = None
+    grown: grow.GrowResult | None = None
+    # The prepared hand-off (kexec loaded, switch_root checked): run by finish(), the point of
+    # no return. Everything that can fail happened in the steps, before it.
+    handoff: Callable[[], object] | None = None
+    handoff_kind: str | None = None
 
 
 # ---- steps -------------------------------------------------------------------------------
@@ -159,12 +166,95 @@ def step_provision(ctx: Context) -> None:
                 + (f", {res.checksum_verified} verified" if res.checksum_verified else ""))
 
 
+def _written(ctx: Context) -> Action | None:
+    """The action when it wrote a disk (not a dry run), else None."""
+    act = ctx.action
+    if act is None or act.action != "writeImage" or act.dry_run:
+        return None
+    return act
+
+
+def step_grow(ctx: Context) -> None:
+    """growPartition/growDisk: the partition (GPT backup moved to the end), the LVM PV and LV,
+    then the filesystem, online — with the target's own tools where it has them."""
+    act = _written(ctx)
+    if act is None or not act.grows:
+        return
+    assert act.destination_device
+    ctx.grown = grow.grow(act.destination_device, act)
+    ctx.summary["grow"] = ctx.grown.summary()
+    log.get_logger().info(f"grow: {ctx.grown.summary()}")
+
+
+def _target_root(ctx: Context, act: Action) -> str:
+    assert act.destination_device
+    grown = ctx.grown.partition if ctx.grown is not None else None
+    choice = grow.find_root(act.destination_device, act, grown=grown, mountpoint=TARGET)
+    log.get_logger().info(f"target root: {choice.device} ({choice.how})")
+    ctx.summary["target_root"] = choice.device
+    return choice.device
+
+
+def step_configure(ctx: Context) -> None:
+    """The machine's identity in the target: network (its own format, matched by MAC),
+    hostname, SSH keys, optionally a cloud-init NoCloud seed."""
+    act = _written(ctx)
+    if act is None or not act.configures:
+        return
+    device = _target_root(ctx, act)
+    mac = ctx.network.mac if ctx.network is not None else ""
+    interface = ctx.network.interface if ctx.network is not None else ""
+    # No binds: nothing runs in the target here, and the target's own /run and resolv.conf
+    # must be written, not the installer's.
+    with mounted_target(device, TARGET, binds=(), resolv_conf=None) as t:
+        res = identity.apply_identity(t.root, act, mac=mac, interface=interface)
+    ctx.summary["network_system"] = res.network_system or "none"
+    ctx.summary["configured"] = ",".join(res.written)
+    for note in res.notes:
+        log.get_logger().warning(f"configure: {note}")
+    log.get_logger().info(f"configure: {res.network_system or 'no network system found'}; "
+                          f"wrote {', '.join(res.written) or 'nothing'}")
+
+
+def step_handoff(ctx: Context) -> None:
+    """kexec: find the target's kernel, initrd(s) and command line (grub.cfg, BLS, /boot) and
+    load them; switch_root: mount the target and check its init. Nothing irreversible here."""
+    act = _written(ctx)
+    if act is None or act.drop_to_shell or act.finish not in ("kexec", "switch_root"):
+        return
+    device = _target_root(ctx, act)
+    logger = log.get_logger()
+    if act.finish == "kexec":
+        with mounted_target(device, TARGET, binds=(), resolv_conf=None, read_only=True) as t:
+            entry = handoff.find_boot_entry(t.root)
+            for note in entry.notes:
+                logger.warning(f"handoff: {note}")
+            logger.info(f"handoff: kexec {entry.describe()}")
+            handoff.kexec_load(entry, t.root)
+        ctx.summary["kexec"] = entry.kernel
+        ctx.handoff, ctx.handoff_kind = handoff.kexec_reboot, "kexec"
+        return
+    mount_root(device, NEWROOT)
+    init = handoff.check_switch_root(NEWROOT, "/sbin/init")
+    logger.info(f"handoff: switch_root into {NEWROOT}, exec {init}")
+    ctx.handoff, ctx.handoff_kind = (lambda: handoff.switch_root(NEWROOT, "/sbin/init")), \
+        "switch_root"
+
+
 def step_entrypoint(ctx: Context) -> None:
-    """ginit mode: mount root= and run entrypoint= inside it, on the console."""
+    """ginit mode: mount root= and run entrypoint= inside it, on the console; with
+    ``pyinit.exec=1`` it becomes PID 1 instead (switch_root, done by finish())."""
     p = ctx.params
     if p.mode != "ginit" or p.root is None:
         return
     mount_root(p.root, NEWROOT, fstype=p.rootfstype)
+    if p.exec_entrypoint:
+        argv = list(p.entrypoint)
+        handoff.check_switch_root(NEWROOT, argv[0])
+        ctx.handoff = lambda: handoff.exec_entrypoint(NEWROOT, argv)
+        ctx.handoff_kind = "exec"
+        log.get_logger().info(f"entrypoint: {argv[0]} will run as PID 1 (pyinit.exec=1)")
+        return
     ctx.entrypoint_rc = run_entrypoint(NEWROOT, p.entrypoint)
     ctx.summary["entrypoint_rc"] = ctx.entrypoint_rc
     if ctx.entrypoint_rc != 0:
@@ -177,7 +267,10 @@ STEPS: tuple[tuple[str, Callable[[Context], None]], ...] = (
     ("network", step_network),
     ("action", step_action),
     ("provision", step_provision),
+    ("grow", step_grow),
+    ("configure", step_configure),
     ("entrypoint", step_entrypoint),
+    ("handoff", step_handoff),
     ("finish", lambda ctx: None),  # the hand-off itself happens after the table: see finish()
 )
 
@@ -224,13 +317,22 @@ def run_steps(ctx: Context, steps: tuple[tuple[str, Callable[[Context], None]], 
 def finish(ctx: Context) -> None:
     """The hand-off once every step succeeded."""
     act = ctx.action
-    what = act.finish if act is not None else ctx.params.on_failure
+    what: str = act.finish if act is not None else ctx.params.on_failure
     if act is not None and act.drop_to_shell:
         what = "shell"
+    if ctx.handoff_kind is not None:
+        what = ctx.handoff_kind
     log.event("result", "ok", handoff=what, **ctx.summary)
     log.console("pyinit: RESULT ok " + " ".join(f"{k}={v}" for k, v in ctx.summary.items()))
     if ctx.sink is not None:
         ctx.sink.flush()
+    if ctx.handoff is not None:
+        log.console(f"pyinit: {what} now")
+        ctx.handoff()  # returns only by raising: fail() then applies the failure policy
+        return
+    if what in ("kexec", "switch_root"):  # nothing was written to hand off to (dry run, read)
+        log.get_logger().warning(f"finish: {what} needs a written target; rebooting instead")
+        what = "reboot"
     policy.apply(what, "finished")
 
 

@@ -21,8 +21,9 @@ root_fs=$(awk '$2 == "/" {{fs=$3}} END {{print fs}}' /proc/self/mounts 2>/dev/nu
 host=$(cat /etc/hostname 2>/dev/null)
 layer=$(cat /etc/layer 2>/dev/null)
 gone=$(test -e /etc/gone && echo present || echo absent)
+net=$(cd /etc/network/interfaces.d 2>/dev/null && echo *)
 echo "{MARKER} hostname=$host rootfs=$root_fs layer=$layer gone=$gone \
-fstab=$(grep -c UUID= /etc/fstab)"
+fstab=$(grep -c UUID= /etc/fstab) net=$net"
 """
 INIT_SCRIPT = """#!/bin/sh
 mount -t proc proc /proc 2>/dev/null
@@ -35,7 +36,8 @@ poweroff -f
 def files() -> dict[str, tuple[int, bytes | None, str | None]]:
     """path -> (mode, content or None for a directory, symlink target)."""
     files: dict[str, tuple[int, bytes | None, str | None]] = {}
-    for d in ("bin", "sbin", "etc", "proc", "sys", "dev", "run", "root", "tmp", "boot", "var"):
+    for d in ("bin", "sbin", "etc", "proc", "sys", "dev", "run", "root", "tmp", "boot", "var",
+              "usr", "usr/sbin"):
         files[d] = (0o1777 if d == "tmp" else 0o700 if d == "root" else 0o755, None, None)
     files["bin/busybox"] = (0o755, BUSYBOX.read_bytes(), None)
     for applet in APPLETS:
@@ -47,6 +49,11 @@ def files() -> dict[str, tuple[int, bytes | None, str | None]]:
     files["etc/group"] = (0o644, b"root:x:0:\nshadow:x:42:\n", None)
     files["etc/shadow"] = (0o640, b"root:*:19000:0:99999:7:::\n", None)
     files["etc/layer"] = (0o644, b"base\n", None)
+    # ifupdown's layout (busybox has ifup/ifdown): pyinit writes the machine's network here.
+    files["etc/network"] = (0o755, None, None)
+    files["etc/network/interfaces.d"] = (0o755, None, None)
+    files["etc/network/interfaces"] = (0o644, b"auto lo\niface lo inet loopback\n\n"
+                                       b"source /etc/network/interfaces.d/*\n", None)
     return files
 
 

@@ -1,0 +1,232 @@
+"""After the write (issue #5): grow, configure, hand off — proven in QEMU, checked on the host.
+
+Each test writes a golden image built by `pyinit image` (busybox target, the Debian kernel and
+pyinit's initramfs as its initrd) onto a disk twice its size, with an action that grows the root
+partition (and LV and filesystem) to the end of the disk and writes the machine's identity, then
+hands off: ``reboot`` (QEMU exits; a second QEMU boots the disk through SeaBIOS and GRUB),
+``kexec`` (the target's kernel and initrd from its grub.cfg, no firmware) or ``switch_root``
+(the target's /sbin/init as PID 1). The target prints its marker; the host then reads the disk:
+partition table, filesystem size, the network file.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pyinit import parttable
+from pyinit_build.demoimage import sha256_file
+from pyinit_build.golden import build, busybox
+from pyinit_qemu.vm import VM, Disk, VMConfig, create_disk
+from tests.vm.conftest import NEVER, Artifacts, Server, boot
+
+pytestmark = pytest.mark.vm
+
+MIB = 1 << 20
+CMDLINE = "entrypoint=/sbin/marker pyinit.on_failure=poweroff"
+MAC = "52:54:00:5e:00:05"
+
+
+def golden(artifacts: Artifacts, tmp_path: Path, **options: Any) -> tuple[Path, build.Manifest]:
+    rootfs = busybox.busybox_rootfs(tmp_path / "rootfs")
+    spec = build.ImageSpec(rootfs=rootfs, output=tmp_path / "golden.img", kernel=artifacts.kernel,
+                           initrds=(artifacts.initrd,), cmdline=CMDLINE, hostname="golden",
+                           headroom=32 * MIB, source_date_epoch=busybox.EPOCH, **options)
+    manifest = build.build_image(spec)
+    return spec.output, manifest
+
+
+def provision(artifacts: Artifacts, tmp_path: Path, server: Server, image: Path,
+              manifest: build.Manifest, disk: Path, **fields: Any) -> VM:
+    compressed = image.with_name(manifest.action["image"])
+    server.image(compressed.name, compressed)
+    server.machine(MAC, {"action": "writeImage", "sourceImage": f"images/{compressed.name}",
+                         "destinationDevice": "/dev/vda",
+                         "checksum": manifest.action["checksum"], **fields})
+    return boot(artifacts, tmp_path, f"MYURL={server.guest_url}", mac=MAC, disks=[disk],
+                timeout=300)
+
+
+def marker(vm: VM) -> str:
+    line: str = vm.expect(busybox.MARKER + r".*", timeout=180).group(0)
+    return line
+
+
+def boot_disk(disk: Path, tmp_path: Path, firmware: str = "bios") -> str:
+    cfg = VMConfig(kernel=None, firmware=firmware,  # type: ignore[arg-type]
+                   disks=[Disk(disk)], nic_model=None, timeout=300,
+                   workdir=tmp_path / f"vm-disk-{firmware}")
+    with VM(cfg) as vm:
+        vm.expect(r"GNU GRUB|Loading /boot/vmlinuz", timeout=120)
+        line = marker(vm)
+        vm.wait_exit(timeout=60)
+        vm.assert_never(*NEVER)
+    return line
+
+
+# --- host-side checks ----------------------------------------------------------------------
+
+def table(disk: Path) -> parttable.PartitionTable:
+    with disk.open("rb") as f:
+        parsed = parttable.parse(f, disk_size=disk.stat().st_size)
+    assert parsed is not None and not parsed.problems, parsed
+    return parsed
+
+
+def fs_size(disk: Path, offset: int, fstype: str) -> int:
+    """The filesystem's size from its superblock, read straight off the disk image."""
+    with disk.open("rb") as f:
+        if fstype == "ext4":
+            f.seek(offset + 1024)
+            sb = f.read(1024)
+            lo, hi = struct.unpack_from("<I", sb, 4)[0], struct.unpack_from("<I", sb, 0x150)[0]
+            blocks = lo | hi << 32
+            return int(blocks * (1024 << struct.unpack_from("<I", sb, 24)[0]))
+        f.seek(offset)
+        sb = f.read(512)
+        assert sb[:4] == b"XFSB"
+        return int(struct.unpack_from(">I", sb, 4)[0] * struct.unpack_from(">Q", sb, 8)[0])
+
+
+def grub_cat(disk: Path, path: str) -> str:
+    done = subprocess.run(["grub-fstest", str(disk), "cat", path], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def lvs(disk: Path, part: parttable.Partition) -> dict[str, Any]:
+    """The LVs of the PV in ``part``, as LVM reads them (a read-only loop device; no
+    device-mapper needed)."""
+    loop = subprocess.run(["losetup", "--find", "--show", "--read-only", "--offset",
+                           str(part.start), "--sizelimit", str(part.size), str(disk)],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        out = subprocess.run(["lvs", "--devices", loop, "--reportformat", "json", "--units",
+                              "b", "--nosuffix", "-o", "vg_name,lv_name,lv_size"],
+                             capture_output=True, text=True, check=True).stdout
+    finally:
+        subprocess.run(["losetup", "-d", loop], check=False)
+    lv: dict[str, Any] = json.loads(out)["report"][0]["lv"][0]
+    return lv
+
+
+def assert_grown(disk: Path, manifest: build.Manifest) -> parttable.Partition:
+    parsed = table(disk)
+    root = parsed.by_number(manifest.root["partition"])
+    size = disk.stat().st_size
+    end = size - MIB if parsed.kind == "gpt" else size
+    assert end - root.end < MIB, (root, size)  # the root partition reaches the end of the disk
+    before = next(p for p in manifest.partitions if p["role"] == "root")
+    assert root.start == before["start"] and root.size > before["size"] * 1.8
+    return root
+
+
+def network_file(disk: Path, root: str) -> str:
+    return grub_cat(disk, f"{root}/etc/network/interfaces.d/pyinit")
+
+
+IDENTITY = {"hostname": "grown", "address": "10.0.2.15/24", "gateway": "10.0.2.2",
+            "nameserver": "10.0.2.3", "sshKeys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA test"]}
+
+
+def test_mbr_ext4_grow_configure_reboot_into_the_disk(artifacts: Artifacts, tmp_path: Path,
+                                                      server: Server) -> None:
+    image, manifest = golden(artifacts, tmp_path, table="mbr", firmware="bios")
+    disk = create_disk(tmp_path / "disk.raw", 2 * manifest.virtual_size)
+    with provision(artifacts, tmp_path, server, image, manifest, disk, growPartition="last",
+                   finish="reboot", **IDENTITY) as vm:
+        result = vm.expect_event(step="result", timeout=300)
+        vm.wait_exit(timeout=60)  # the guest's reboot ends QEMU (-no-reboot)
+        vm.assert_never(*NEVER)
+    assert result["status"] == "ok" and result["handoff"] == "reboot", result
+    root = assert_grown(disk, manifest)
+    assert abs(fs_size(disk, root.start, "ext4") - root.size) < 4 * MIB
+    assert "10.0.2.15" in network_file(disk, "(loop0,msdos1)")
+    assert grub_cat(disk, "(loop0,msdos1)/etc/hostname") == "grown\n"
+    line = boot_disk(disk, tmp_path, "bios")
+    assert "hostname=grown" in line.split() and "net=pyinit" in line.split(), line
+
+
+def test_gpt_ext4_grow_then_kexec_into_the_target(artifacts: Artifacts, tmp_path: Path,
+                                                  server: Server) -> None:
+    image, manifest = golden(artifacts, tmp_path, table="gpt", firmware="both")
+    disk = create_disk(tmp_path / "disk.raw", 2 * manifest.virtual_size)
+    with provision(artifacts, tmp_path, server, image, manifest, disk, growPartition="last",
+                   finish="kexec", **IDENTITY) as vm:
+        result = vm.expect_event(step="result", timeout=300)
+        vm.expect(r"kexec", timeout=60)
+        line = marker(vm)  # the target's kernel + initrd, no firmware in between
+        vm.wait_exit(timeout=60)
+        vm.assert_never(*NEVER)
+    assert result["status"] == "ok" and result["handoff"] == "kexec", result
+    assert "hostname=grown" in line.split(), line
+    root = assert_grown(disk, manifest)
+    assert abs(fs_size(disk, root.start, "ext4") - root.size) < 4 * MIB
+
+
+def test_gpt_xfs_grow_then_switch_root(artifacts: Artifacts, tmp_path: Path,
+                                       server: Server) -> None:
+    image, manifest = golden(artifacts, tmp_path, table="gpt", firmware="bios",
+                             filesystem="xfs")
+    disk = create_disk(tmp_path / "disk.raw", 2 * manifest.virtual_size)
+    with provision(artifacts, tmp_path, server, image, manifest, disk, growPartition="last",
+                   finish="switch_root", **IDENTITY) as vm:
+        result = vm.expect_event(step="result", timeout=300)
+        line = marker(vm)  # printed by the target's /sbin/init running as PID 1
+        vm.wait_exit(timeout=60)
+        vm.assert_never(*NEVER)
+    assert result["status"] == "ok" and result["handoff"] == "switch_root", result
+    assert "hostname=grown" in line.split() and "rootfs=xfs" in line.split(), line
+    root = assert_grown(disk, manifest)
+    assert abs(fs_size(disk, root.start, "xfs") - root.size) < 8 * MIB
+
+
+def test_gpt_lvm_ext4_grows_pv_lv_and_filesystem(artifacts: Artifacts, tmp_path: Path,
+                                                 server: Server) -> None:
+    image, manifest = golden(artifacts, tmp_path, table="gpt", firmware="bios", lvm="vg0/root")
+    disk = create_disk(tmp_path / "disk.raw", 2 * manifest.virtual_size)
+    with provision(artifacts, tmp_path, server, image, manifest, disk, growPartition="last",
+                   lvmRootName="vg0/root", finish="kexec", **IDENTITY) as vm:
+        result = vm.expect_event(step="result", timeout=300)
+        line = marker(vm)
+        vm.wait_exit(timeout=60)
+        vm.assert_never(*NEVER)
+    assert result["status"] == "ok", result
+    assert "hostname=grown" in line.split(), line
+    root = assert_grown(disk, manifest)
+    lv = lvs(disk, root)
+    assert (lv["vg_name"], lv["lv_name"]) == ("vg0", "root")
+    assert int(lv["lv_size"]) > root.size - 8 * MIB
+    assert "10.0.2.15" in network_file(disk, "(lvm/vg0-root)")
+
+
+@pytest.mark.parametrize(("fields", "error"), [
+    ({"growPartition": 7}, r"growPartition: 7: no such partition \(the image has 1, 2, 3\)"),
+    ({"growPartition": "last", "lvmRootName": "vg0/nope"}, r"vg0/nope: no such logical volume"),
+    # partition 2 is the ESP: a filesystem, but no kernel on it
+    ({"finish": "kexec", "rootPartition": 2}, r"kexec: no kernel found"),
+])
+def test_failures_after_the_write_leave_the_good_disk(artifacts: Artifacts, tmp_path: Path,
+                                                      server: Server, fields: dict[str, Any],
+                                                      error: str) -> None:
+    """BOOTy wipes a freshly written disk when a post-step fails; pyinit keeps it."""
+    image, manifest = golden(artifacts, tmp_path, table="gpt", firmware="both",
+                             lvm="vg0/root" if "lvmRootName" in fields else None)
+    disk = create_disk(tmp_path / "disk.raw", 2 * manifest.virtual_size)
+    with provision(artifacts, tmp_path, server, image, manifest, disk, **fields) as vm:
+        result = vm.expect_event(step="result", timeout=300)
+        vm.wait_exit(timeout=60)
+        vm.assert_never(*NEVER)
+    assert result["status"] == "failed", result
+    assert re.search(error, result["error"]), result["error"]
+    if "growPartition" in fields and fields["growPartition"] == 7:
+        # nothing was changed: the disk holds exactly the image
+        assert sha256_file(disk, manifest.virtual_size) == manifest.sha256
+    assert table(disk).by_number(manifest.root["partition"]) is not None
