@@ -169,6 +169,7 @@ def test_gpt_ext4_grow_then_kexec_into_the_target(artifacts: Artifacts, tmp_path
     assert "hostname=grown" in line.split(), line
     root = assert_grown(disk, manifest)
     assert abs(fs_size(disk, root.start, "ext4") - root.size) < 4 * MIB
+    assert "10.0.2.15" in network_file(disk, f"(loop0,gpt{root.number})")
 
 
 def test_gpt_xfs_grow_then_switch_root(artifacts: Artifacts, tmp_path: Path,
@@ -179,13 +180,15 @@ def test_gpt_xfs_grow_then_switch_root(artifacts: Artifacts, tmp_path: Path,
     with provision(artifacts, tmp_path, server, image, manifest, disk, growPartition="last",
                    finish="switch_root", **IDENTITY) as vm:
         result = vm.expect_event(step="result", timeout=300)
-        line = marker(vm)  # printed by the target's /sbin/init running as PID 1
+        vm.expect(r"PYINIT-TARGET-INIT pid=1$", timeout=120)  # the target's init is PID 1
+        line = marker(vm)
         vm.wait_exit(timeout=60)
         vm.assert_never(*NEVER)
     assert result["status"] == "ok" and result["handoff"] == "switch_root", result
     assert "hostname=grown" in line.split() and "rootfs=xfs" in line.split(), line
     root = assert_grown(disk, manifest)
     assert abs(fs_size(disk, root.start, "xfs") - root.size) < 8 * MIB
+    assert "10.0.2.15" in network_file(disk, f"(loop0,gpt{root.number})")
 
 
 def test_gpt_lvm_ext4_grows_pv_lv_and_filesystem(artifacts: Artifacts, tmp_path: Path,

@@ -26,6 +26,7 @@ echo "{MARKER} hostname=$host rootfs=$root_fs layer=$layer gone=$gone \
 fstab=$(grep -c UUID= /etc/fstab) net=$net"
 """
 INIT_SCRIPT = """#!/bin/sh
+echo "PYINIT-TARGET-INIT pid=$$"
 mount -t proc proc /proc 2>/dev/null
 /sbin/marker
 sync
