@@ -330,7 +330,7 @@ def reread(fd: int, path: str, *, plan: GrowPlan | None = None, attempts: int = 
     the grown partition, as ``partx --update`` does. Returns how (``"BLKRRPART"``,
     ``"BLKPG"``, or ``"not a block device"``).
 
-    (Shares its retry policy with ``image.Target.reread_partitions``.)
+    ``image.Target.reread_partitions`` (after a write) calls this too.
     """
     if not (block if block is not None else stat.S_ISBLK(os.fstat(fd).st_mode)):
         return "not a block device"

@@ -63,7 +63,7 @@ import requests
 import urllib3.exceptions
 import zstandard
 
-from pyinit import syscalls
+from pyinit import grow, syscalls
 from pyinit.errors import ChecksumMismatch, DiskError, FetchError, ImageError, PyinitError
 from pyinit.fetch import RETRYABLE_STATUS, USER_AGENT, backoff, retry
 from pyinit.log import event, get_logger
@@ -1026,19 +1026,8 @@ class Target:
 
     def reread_partitions(self, *, attempts: int = 10,
                           sleep: Callable[[float], None] = time.sleep) -> None:
-        if not self.block_device:
-            return
-        for i in range(attempts):
-            try:
-                syscalls.blk_reread_partitions(self.fd)
-                return
-            except OSError as exc:
-                if exc.errno == errno.EBUSY and i + 1 < attempts:
-                    sleep(0.2 * (i + 1))
-                    continue
-                if exc.errno in (errno.EINVAL, errno.ENOTTY):  # not partitionable (loop w/o -P)
-                    return
-                raise DiskError(self.path, f"BLKRRPART: {exc.strerror}") from exc
+        """BLKRRPART, retried while EBUSY (one policy for the writer and the grow step)."""
+        grow.reread(self.fd, self.path, attempts=attempts, sleep=sleep, block=self.block_device)
 
 
 # --- the writer stage ------------------------------------------------------------------------
