@@ -5,10 +5,11 @@
 2. Starts the provisioning server on loopback, with the image's manifest as the machine's action
    (compressed image, its sha256 checksum, the raw size).
 3. Boots a QEMU machine from ``out/vmlinuz`` + ``out/initramfs.cpio.zst`` that provisions its
-   own disk, then checks the disk on the host: its first ``size`` bytes must hash to the
-   manifest's sha256.
+   own disk twice the image's size: writes the image (its sha256 checked while streaming), grows
+   the root partition and filesystem to the end of the disk, writes the machine's hostname and
+   network configuration into the target, and reboots. The host then checks the partition table.
 4. Boots the provisioned disk through SeaBIOS and GRUB, with no ``-kernel``, to the marker the
-   target's own ``/sbin/marker`` prints.
+   target's own ``/sbin/marker`` prints — with the new hostname and pyinit's network file.
 """
 
 from __future__ import annotations
@@ -22,15 +23,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pyinit import parttable
 from pyinit.errors import PyinitError
-from pyinit_build.demoimage import sha256_file
 from pyinit_build.golden import build, busybox
 from pyinit_qemu.vm import VM, Disk, VMConfig, create_disk, guest_url
 from pyinit_server.server import ProvisioningServer
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO_MAC = "52:54:00:de:00:01"
-DEMO_HOSTNAME = "pyinit-demo"
+DEMO_HOSTNAME = "pyinit-demo"  # in the golden image
+MACHINE_HOSTNAME = "rack1-node01"  # given by the machine's action
 MIB = 1 << 20
 
 
@@ -64,7 +66,8 @@ def run_demo(out: Path, *, keep: bool = False, timeout: float = 300.0) -> dict[s
     (root / "machines" / mac_file).write_text(json.dumps({
         "action": "writeImage", "sourceImage": f"images/{compressed.name}",
         "checksum": manifest.action["checksum"], "size": manifest.action["size"],
-        "destinationDevice": "/dev/vda", "finish": "poweroff"}, indent=2))
+        "destinationDevice": "/dev/vda", "growPartition": "last", "hostname": MACHINE_HOSTNAME,
+        "network": "dhcp", "finish": "reboot"}, indent=2))
     disk = create_disk(work / "disk.raw", 2 * manifest.virtual_size)
     started = time.monotonic()
     with ProvisioningServer(root) as server:
@@ -84,9 +87,15 @@ def run_demo(out: Path, *, keep: bool = False, timeout: float = 300.0) -> dict[s
     if result.get("status") != "ok":
         raise PyinitError(f"demo: provisioning failed at {result.get('failed_step')}: "
                           f"{result.get('error')} (VM log: {work / 'vm' / 'serial.log'})")
-    on_disk = sha256_file(disk, manifest.virtual_size)
-    if on_disk != manifest.sha256:
-        raise PyinitError(f"demo: disk sha256 {on_disk} != image sha256 {manifest.sha256}")
+    if result.get("checksum_verified") != "sha256" or \
+            f"sha256:{result.get('sha256')}" != manifest.action["checksum"]:
+        raise PyinitError(f"demo: the writer did not verify the image's sha256: {result}")
+    with disk.open("rb") as f:
+        table = parttable.parse(f, disk_size=disk.stat().st_size)
+    root_part = table.by_number(manifest.root["partition"]) if table else None
+    if root_part is None or disk.stat().st_size - root_part.end > 1 << 20:
+        raise PyinitError(f"demo: the root partition was not grown to the end of the disk: "
+                          f"{root_part}")
     fetched: dict[str, Any] = next((e for e in vm.events if e.get("step") == "action"
                     and e.get("status") == "ok"), {})
 
@@ -97,10 +106,11 @@ def run_demo(out: Path, *, keep: bool = False, timeout: float = 300.0) -> dict[s
         marker = target.expect(busybox.MARKER + r".*", timeout=timeout).group(0)
         target.wait_exit(timeout=60)
         target.assert_never(r"Traceback", r"Kernel panic")
-    if f"hostname={DEMO_HOSTNAME}" not in marker.split():
+    if not {f"hostname={MACHINE_HOSTNAME}", "net=pyinit"} <= set(marker.split()):
         raise PyinitError(f"demo: the provisioned disk booted but printed {marker!r}")
     summary = {"machine": DEMO_MAC, "image": compressed.name, "bytes": result.get("bytes"),
-               "sha256": on_disk, "seconds": round(provisioned, 1),
+               "sha256": result.get("sha256"), "seconds": round(provisioned, 1),
+               "grow": result.get("grow"),
                "action_fetched_at_uptime": fetched.get("uptime"),
                "server_events": len(events), "marker": marker.strip(), "workdir": str(work)}
     if not keep:
@@ -134,6 +144,8 @@ def _main(args: argparse.Namespace) -> int:
     print(f"demo: machine {s['machine']} image {s['image']} bytes {s['bytes']} "
           f"action fetched at {s['action_fetched_at_uptime']} s uptime, "
           f"{s['server_events']} events on the server, {s['seconds']} s total")
+    print(f"demo: grow: {s['grow']}")
     print(f"demo: the provisioned disk booted: {s['marker']}")
-    print(f"demo: OK disk sha256 {s['sha256']} verified against the image")
+    print(f"demo: OK image sha256 {s['sha256']} verified while writing; disk grown, "
+          f"configured and booted")
     return 0
