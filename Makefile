@@ -24,7 +24,8 @@ help:
 	@echo "make demo   - build everything and provision a QEMU machine end to end"
 	@echo "make test   - lint, type-check and run the whole test suite (VM tests included)"
 	@echo "make unit   - unit tests only (seconds)"
-	@echo "make bench  - image write/capture benchmarks: ratios against curl|zstd|dd, same run"
+	@echo "make bench  - boot time; serving (vs nginx) and image write/capture (vs curl|zstd|dd)"
+	@echo "              benchmarks: ratios against baselines measured in the same run"
 	@echo "make clean  - remove build output (keeps downloaded caches)"
 
 setup: apt venv
@@ -74,11 +75,15 @@ test: initramfs lint
 
 # Issue #3: pyinit's image writer and capture against curl|zstd|dd baselines measured in the same
 # run (nginx, a loop device); prints a table and, as the last line, one JSON object.
-# Boot time first (its own table and JSON line), then the image benchmarks, whose JSON line is
-# the last line printed.
+# Boot time first (its own table and JSON line); then issue #6's serve benchmark (32 agents pull
+# one 256 MiB image from `pyinit serve` and from nginx; its own table and JSON line, also written
+# to $(OUT)/bench-serve.json); then the image benchmarks, which fold that file's figures
+# (serve_ratio, serve_peak_rss_mb) into their JSON line: the last line printed stays one JSON
+# object holding every ratio. A failure of an earlier bench stops the target, as before.
 bench: initramfs
 	$(BIN)/python -m tests.bench.bench_boot --out $(OUT)
-	$(BIN)/python -m tests.bench.bench_image
+	$(BIN)/python -m tests.bench.bench_serve --json-out $(OUT)/bench-serve.json
+	$(BIN)/python -m tests.bench.bench_image --merge $(OUT)/bench-serve.json
 
 clean:
 	rm -rf $(OUT)

@@ -45,6 +45,9 @@ baseline's once. A mismatch, or pyinit failing, fails loudly (exit 1).
 Output: progress, a table, and as the last line exactly one JSON object. Exit 0 when everything
 ran and was correct (missed targets included: this is a measurement, not a gate), 1 when a result
 was wrong, 2 when something could not run (a missing CLI or endpoint, a tool, a peer).
+``--merge FILE`` folds the JSON object another bench wrote (``bench_serve --json-out``) into that
+last line: its figures (``serve_ratio``, ``serve_peak_rss_mb``) beside these, its details under
+``details``; an unreadable file is named under ``merge_errors``.
 """
 
 from __future__ import annotations
@@ -654,6 +657,31 @@ def report(ses: Session, args: argparse.Namespace, started: float, load_start: l
     return result
 
 
+def merge(result: dict[str, Any], path: Path) -> dict[str, Any]:
+    """``result`` with the JSON object in ``path`` folded in: its scalar top-level figures after
+    this run's figures, its ``details`` beside these, anything else (host, method) under
+    ``merged``; this run's own keys win."""
+    try:
+        other = json.loads(path.read_text())
+        if not isinstance(other, dict) or not isinstance(other.get("details", {}), dict):
+            raise ValueError("not a JSON object with details")
+    except (OSError, ValueError) as exc:
+        result.setdefault("merge_errors", []).append(f"{path}: {exc}")
+        return result
+    figures = {k: v for k, v in other.items()
+               if k not in result and not isinstance(v, (dict, list))}
+    rest = {k: v for k, v in other.items() if k not in figures and k != "details"}
+    out: dict[str, Any] = {}
+    for key, value in result.items():
+        if key == "details":
+            out.update(figures)
+            value = value | {k: v for k, v in other.get("details", {}).items()
+                             if k not in value}
+        out[key] = value
+    out.setdefault("merged", {})[path.name] = rest
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.bench.bench_image",
                                      description=__doc__.split("\n\n")[0] if __doc__ else None)
@@ -667,6 +695,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="repetitions of the 20 GiB RSS run (default: %(default)s)")
     parser.add_argument("--only", default=",".join(FIGURES),
                         help=f"comma-separated subset of {','.join(FIGURES)}")
+    parser.add_argument("--merge", type=Path, action="append", default=[], metavar="FILE",
+                        help="fold the JSON object another bench wrote to FILE (bench_serve "
+                             "--json-out) into the last line; repeatable")
     args = parser.parse_args(argv)
     only = set(args.only.split(","))
     if only - set(FIGURES) or min(args.reps, args.capture_reps, args.rss_reps) < 1:
@@ -700,7 +731,10 @@ def main(argv: list[str] | None = None) -> int:
     figs = list(ses.figs.values())
     say("")
     say(table(figs))
-    say(json.dumps(report(ses, args, started, load_start, fatal), separators=(",", ":")))
+    result = report(ses, args, started, load_start, fatal)
+    for path in args.merge:
+        result = merge(result, path)
+    say(json.dumps(result, separators=(",", ":")))
     if fatal_wrong or any(f.wrong for f in figs):
         return 1
     if fatal or any(f.error for f in figs):
