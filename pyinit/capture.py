@@ -23,7 +23,10 @@ Where to
     ``BootyImage`` and the file name ``<mac>.img`` (none), ``<mac>.zmg`` (gzip, BOOTy's name) or
     ``<mac>.img.zst`` (zstd). ``put``: a plain ``PUT`` of the compressed bytes to the URL as given
     (object stores, presigned URLs). BOOTy ignores the answer; pyinit requires a 2xx and, when the
-    server answers JSON with ``sha256``/``size`` (pyinit's server does), checks them.
+    server answers JSON with ``sha256``/``size`` (pyinit's server does), checks them. With a
+    ``token`` (``pyinit.token=``; the init passes it only when the upload goes to the server the
+    action came from) the request carries ``Authorization: Bearer <token>``; a 401/403 fails at
+    once.
 
 Retries
     A capture can be read again from the disk, so a retryable failure (connection refused or
@@ -58,7 +61,7 @@ import zstandard
 
 from pyinit import parttable, syscalls
 from pyinit.errors import ConfigError, DiskError, FetchError, ImageError, PyinitError
-from pyinit.fetch import USER_AGENT, backoff
+from pyinit.fetch import USER_AGENT, auth_headers, backoff
 from pyinit.log import event, get_logger
 
 log = get_logger("pyinit.capture")
@@ -581,11 +584,11 @@ def _check_answer(url: str, resp: requests.Response, sha256: str, size: int) -> 
 def _capture_once(device: str, url: str, *, fd: int, segments: Iterable[Segment], length: int,
                   mac: str, method: Method, compression: Compression,
                   session: requests.Session, timeout: tuple[float, float],
-                  clock: Callable[[], float]) -> CaptureResult:
+                  clock: Callable[[], float], token: str | None = None) -> CaptureResult:
     start = clock()
     progress = _Progress(length, clock)
     with _Pipeline(fd, device, segments, compression, progress) as pipe:
-        headers = {"User-Agent": USER_AGENT}
+        headers = {"User-Agent": USER_AGENT, **auth_headers(token)}
         filename: str | None = None
         body: Iterable[bytes]
         if method == "multipart":
@@ -654,7 +657,8 @@ def capture_image(device: str, url: str, *, mac: str, method: Method = "multipar
                   mounts_file: Path = Path("/proc/self/mounts"),
                   swaps_file: Path = Path("/proc/swaps"), sysfs: Path = Path("/sys"),
                   clock: Callable[[], float] = time.monotonic,
-                  sleep: Callable[[float], None] = time.sleep) -> CaptureResult:
+                  sleep: Callable[[float], None] = time.sleep,
+                  token: str | None = None) -> CaptureResult:
     """Capture ``device`` to ``url``; see the module docstring for what, how and retries."""
     if method not in ("multipart", "put"):
         raise ConfigError("uploadMethod", f"{method!r} is not one of multipart, put")
@@ -670,7 +674,7 @@ def capture_image(device: str, url: str, *, mac: str, method: Method = "multipar
     try:
         return _capture_fd(device, url, fd, is_block, mac=mac, method=method,
                            compression=compression, session=session, attempts=attempts,
-                           timeout=timeout, sysfs=sysfs, clock=clock, sleep=sleep)
+                           timeout=timeout, sysfs=sysfs, clock=clock, sleep=sleep, token=token)
     finally:
         os.close(fd)
 
@@ -678,7 +682,7 @@ def capture_image(device: str, url: str, *, mac: str, method: Method = "multipar
 def _capture_fd(device: str, url: str, fd: int, is_block: bool, *, mac: str, method: Method,
                 compression: Compression, session: requests.Session, attempts: int,
                 timeout: tuple[float, float], sysfs: Path, clock: Callable[[], float],
-                sleep: Callable[[float], None]) -> CaptureResult:
+                sleep: Callable[[float], None], token: str | None = None) -> CaptureResult:
     if is_block:
         size, sector = syscalls.blk_size_bytes(fd), syscalls.blk_sector_size(fd)
     else:
@@ -703,7 +707,8 @@ def _capture_fd(device: str, url: str, fd: int, is_block: bool, *, mac: str, met
             try:
                 return _capture_once(device, url, fd=fd, segments=segments, length=rng.length,
                                      mac=mac, method=method, compression=compression,
-                                     session=session, timeout=timeout, clock=clock)
+                                     session=session, timeout=timeout, clock=clock,
+                                     token=token)
             except FetchError as exc:
                 if not exc.retryable or attempt == attempts:
                     if exc.retryable:
@@ -787,6 +792,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="MAC for the multipart file name (default: the first NIC's)")
     p.add_argument("--method", choices=("multipart", "put"), default="multipart")
     p.add_argument("--compression", choices=("zstd", "gzip", "none"), default="zstd")
+    p.add_argument("--token", default=os.environ.get("PYINIT_TOKEN"),
+                   help="send 'Authorization: Bearer TOKEN' (default: $PYINIT_TOKEN)")
     p.add_argument("--allow-file", action="store_true",
                    help="accept a regular file as DEVICE (tests, benchmarks)")
     args = p.parse_args(argv)
@@ -795,7 +802,8 @@ def main(argv: list[str] | None = None) -> int:
         with requests.Session() as session:
             result = capture_image(args.device, args.url, mac=args.mac or default_mac(),
                                    method=args.method, compression=args.compression,
-                                   session=session, allow_regular_file=args.allow_file)
+                                   session=session, allow_regular_file=args.allow_file,
+                                   token=args.token)
     except PyinitError as exc:
         print(f"capture: {exc}", file=sys.stderr)
         return 1

@@ -16,7 +16,7 @@ import ipaddress
 import re
 import shlex
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from pyinit.errors import ConfigError
@@ -26,6 +26,8 @@ FAILURE_POLICIES: tuple[FailurePolicy, ...] = ("shell", "reboot", "poweroff")
 DEFAULT_POLICY: FailurePolicy = "shell"
 
 _MAC_RE = re.compile(r"^[0-9a-f]{2}([:-])[0-9a-f]{2}(\1[0-9a-f]{2}){4}$")
+_TOKEN_RE = re.compile(r"^[\x21\x23-\x7e]{1,256}$")
+_TOKEN_ARG_RE = re.compile(r'(pyinit\.token=)(?:"[^"]*"|[^\s"])*')
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,8 @@ class BootParams:
     dhcp_timeout: float = 45.0
     fetch_timeout: float = 120.0
     init_args: tuple[str, ...] = ()
+    # the bearer token for the server's write endpoints; kept out of repr, never logged
+    token: str | None = field(default=None, repr=False)
 
     @property
     def mode(self) -> Literal["provision", "ginit", "none"]:
@@ -239,12 +243,23 @@ def parse_cmdline(text: str, env: Mapping[str, str] | None = None) -> BootParams
         out["modules"] = mods
     if "pyinit.exec" in kv:
         out["exec_entrypoint"] = _flag(kv["pyinit.exec"])
+    if "pyinit.token" in kv:
+        token = kv["pyinit.token"] or ""
+        if not _TOKEN_RE.match(token):  # the message must not show the token
+            raise ConfigError("pyinit.token", "must be 1 to 256 printable ASCII characters "
+                                              "without spaces or quotes")
+        out["token"] = token
     for key, attr in (("pyinit.carrier_timeout", "carrier_timeout"),
                       ("pyinit.dhcp_timeout", "dhcp_timeout"),
                       ("pyinit.fetch_timeout", "fetch_timeout")):
         if kv.get(key):
             out[attr] = _seconds(kv[key] or "", key)
     return BootParams(**out)  # type: ignore[arg-type]
+
+
+def mask_secrets(text: str) -> str:
+    """The command line with the value of ``pyinit.token=`` replaced by ``***``, for logs."""
+    return _TOKEN_ARG_RE.sub(r"\1***", text)
 
 
 def failure_policy(text: str) -> FailurePolicy:

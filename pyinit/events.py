@@ -1,5 +1,6 @@
 """Send events to the provisioning server (``POST {base}/events/{mac}``) without blocking the boot.
 
+With a ``token`` each POST carries ``Authorization: Bearer <token>`` (the server's ``--token``).
 A bounded queue drained by one daemon thread; when the server is slow or gone, events are dropped
 (the console keeps the full record). ``flush()`` waits, bounded, before reboot or a shell.
 """
@@ -13,19 +14,23 @@ import time
 
 import requests
 
-from pyinit.log import Event
+from pyinit.log import Event, get_logger
+
+log = get_logger("pyinit.events")
 
 _STOP = object()
 
 
 class ServerSink:
     def __init__(self, url: str, *, session: requests.Session | None = None,
-                 timeout: float = 2.0, maxsize: int = 256) -> None:
+                 timeout: float = 2.0, maxsize: int = 256, token: str | None = None) -> None:
         self.url = url
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.session = session or requests.Session()
         self.timeout = timeout
         self.queue: queue.Queue[object] = queue.Queue(maxsize=maxsize)
         self.failures = 0
+        self._warned = False
         self._thread = threading.Thread(target=self._drain, name="events", daemon=True)
         self._thread.start()
 
@@ -43,8 +48,14 @@ class ServerSink:
                     return
                 if self.failures < 5:  # a dead server must not cost 2 s per event forever
                     try:
-                        self.session.post(self.url, json=item, timeout=self.timeout)
+                        resp = self.session.post(self.url, json=item, timeout=self.timeout,
+                                                 headers=self._headers)
                         self.failures = 0
+                        if resp.status_code in (401, 403) and not self._warned:
+                            self._warned = True  # once: the console has every event anyway
+                            log.warning(f"events: {self.url}: HTTP {resp.status_code}: the "
+                                        "server refuses events (pyinit.token= missing or "
+                                        "wrong); they stay on the console only")
                     except requests.RequestException:
                         self.failures += 1
             finally:

@@ -3,6 +3,10 @@
 ``MYURL``   → ``GET {MYURL}/{mac}``
 ``BOOTYURL`` → ``GET {BOOTYURL}/{mac}.bty`` (exactly as plunder serves BOOTy's configs)
 
+The MAC is lower-case with dashes. With ``pyinit.token=`` the request carries
+``Authorization: Bearer <token>`` (the server does not need it to read an action, but a server
+that does may ask; requests drops the header on a redirect to another host).
+
 The MAC is lower-case with dashes. Connection failures, timeouts, 408, 429 and 5xx are retried with
 jittered exponential backoff for a bounded total time; any other 4xx (e.g. 404, no action for this
 machine) and a malformed answer are fatal at once.
@@ -15,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 
@@ -47,6 +52,22 @@ def server_base(params: BootParams) -> str:
     if not base:
         raise ConfigError("MYURL", "neither MYURL= nor BOOTYURL= is set")
     return base
+
+
+def auth_headers(token: str | None) -> dict[str, str]:
+    """``{"Authorization": "Bearer <token>"}``, or nothing without a token. Pure."""
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def same_origin(url: str, base: str) -> bool:
+    """Whether ``url`` goes to the same scheme, host and port as ``base``: only then may it
+    carry the server's token (an upload URL can point to any object store). Pure."""
+    a, b = urlsplit(url), urlsplit(base)
+    try:
+        return (a.scheme.lower(), a.hostname, a.port or None) == (
+            b.scheme.lower(), b.hostname, b.port or None) and bool(a.hostname)
+    except ValueError:  # a port that is not a number
+        return False
 
 
 def backoff(*, initial: float = 0.5, factor: float = 2.0, cap: float = 10.0,
@@ -82,24 +103,39 @@ def retry(func: Callable[[], Any], *, what: str, total: float,
             sleep(delay)
 
 
-def get(session: requests.Session, url: str, *, timeout: float = 10.0) -> requests.Response:
+def get(session: requests.Session, url: str, *, timeout: float = 10.0,
+        token: str | None = None) -> requests.Response:
     """One GET classified into success, retryable FetchError and fatal FetchError."""
     try:
-        resp = session.get(url, timeout=timeout, headers={"User-Agent": USER_AGENT})
+        resp = session.get(url, timeout=timeout,
+                           headers={"User-Agent": USER_AGENT, **auth_headers(token)})
     except requests.exceptions.SSLError as exc:
         raise FetchError(url, f"TLS error: {exc}", retryable=False) from exc
     except requests.exceptions.InvalidURL as exc:
         raise FetchError(url, f"invalid URL: {exc}", retryable=False) from exc
     except (requests.ConnectionError, requests.Timeout) as exc:
         raise FetchError(url, f"unreachable: {type(exc).__name__}", retryable=True) from exc
+    why = server_reason(resp) if resp.status_code >= 400 else ""
     if resp.status_code in RETRYABLE_STATUS:
-        raise FetchError(url, f"HTTP {resp.status_code}", retryable=True, status=resp.status_code)
+        raise FetchError(url, f"HTTP {resp.status_code}{why}", retryable=True,
+                         status=resp.status_code)
     if resp.status_code == 404:
         raise FetchError(url, "HTTP 404: the server has no action for this machine",
                          status=404)
     if resp.status_code >= 400:
-        raise FetchError(url, f"HTTP {resp.status_code}", status=resp.status_code)
+        raise FetchError(url, f"HTTP {resp.status_code}{why}", status=resp.status_code)
     return resp
+
+
+def server_reason(resp: requests.Response) -> str:
+    """``": <error>"`` from a JSON error body (``{"error": "machines/x.yaml:3: ..."}``, what
+    ``pyinit serve`` answers), so the console names the operator's broken file; else ``""``."""
+    try:
+        body = resp.json() if len(resp.content) <= 4096 else None
+    except ValueError:
+        return ""
+    text = body.get("error") if isinstance(body, dict) else None
+    return f": {' '.join(str(text).split())[:200]}" if text else ""
 
 
 @dataclass(frozen=True)
@@ -114,7 +150,7 @@ def fetch_action(params: BootParams, mac: str, *, session: requests.Session,
                  sleep: Callable[[float], None] = time.sleep) -> Fetched:
     url = action_url(params, mac)
     start = clock()
-    resp = retry(lambda: get(session, url), what=f"GET {url}", total=params.fetch_timeout,
-                 clock=clock, sleep=sleep)
+    resp = retry(lambda: get(session, url, token=params.token), what=f"GET {url}",
+                 total=params.fetch_timeout, clock=clock, sleep=sleep)
     action = parse_action_json(resp.content, base_url=server_base(params))
     return Fetched(url, action, clock() - start)

@@ -21,10 +21,10 @@ import requests
 from pyinit import __version__, coldplug, grow, handoff, identity, kmod, log, policy, rootfs
 from pyinit.action import Action
 from pyinit.capture import capture_image
-from pyinit.cmdline import BootParams, IpConfig, failure_policy, parse_cmdline
+from pyinit.cmdline import BootParams, IpConfig, failure_policy, mask_secrets, parse_cmdline
 from pyinit.errors import ConfigError, PyinitError
 from pyinit.events import ServerSink
-from pyinit.fetch import fetch_action, mac_dashes, server_base
+from pyinit.fetch import fetch_action, mac_dashes, same_origin, server_base
 from pyinit.ginit import mount_root, run_entrypoint
 from pyinit.image import WriteRequest, wait_for_device, write_image
 from pyinit.network import NetworkResult, StaticIP, configure
@@ -66,7 +66,8 @@ def step_rootfs(ctx: Context) -> None:
     if ctx.params.mode == "none" and not ctx.params.break_before:
         raise ConfigError("cmdline", "nothing to do: give MYURL= or BOOTYURL= (provision), or "
                           "root= and entrypoint= (ginit)")
-    log.get_logger().info(f"rootfs: mode {ctx.params.mode}, cmdline: {ctx.cmdline}")
+    log.get_logger().info(f"rootfs: mode {ctx.params.mode}, "
+                          f"cmdline: {mask_secrets(ctx.cmdline)}")
 
 
 def step_modules(ctx: Context) -> None:
@@ -119,7 +120,8 @@ def step_action(ctx: Context) -> None:
         return
     assert ctx.network is not None
     mac = ctx.network.mac
-    ctx.sink = ServerSink(f"{server_base(ctx.params)}/events/{mac_dashes(mac)}")
+    ctx.sink = ServerSink(f"{server_base(ctx.params)}/events/{mac_dashes(mac)}",
+                          token=ctx.params.token)
     log.add_sink(ctx.sink)
     fetched = fetch_action(ctx.params, mac, session=ctx.session)
     ctx.action = fetched.action
@@ -139,9 +141,12 @@ def step_provision(ctx: Context) -> None:
     if act.action == "readImage":
         assert act.source_device and act.destination_address and ctx.network is not None
         wait_for_device(act.source_device, timeout=DEVICE_TIMEOUT)
+        # the token is the provisioning server's: never sent to an upload URL elsewhere
+        token = ctx.params.token if same_origin(act.destination_address,
+                                                server_base(ctx.params)) else None
         cap = capture_image(act.source_device, act.destination_address, mac=ctx.network.mac,
                             method=act.upload_method, compression=act.capture_compression,
-                            session=ctx.session)
+                            session=ctx.session, token=token)
         ctx.summary.update(device=cap.device, upload=cap.url, method=cap.method,
                            compression=cap.compression, bytes_read=cap.bytes_read,
                            bytes_sent=cap.bytes_sent, sha256_raw=cap.sha256_raw,

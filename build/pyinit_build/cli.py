@@ -1,4 +1,4 @@
-"""The host-side `pyinit` command: initramfs, image, serve, vm and demo subcommands.
+"""The host-side `pyinit` command: initramfs, image, serve, status, vm and demo subcommands.
 
 Each subcommand lives with its package and registers itself here; the frozen ``/init`` is the
 runtime's entry point (``pyinit.init:main``), not this CLI.
@@ -20,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     from pyinit_build.golden import cli as image_cli
     from pyinit_qemu import cli as vm_cli
     from pyinit_server import cli as serve_cli
+    from pyinit_server import status_cli
 
     parser = argparse.ArgumentParser(
         prog="pyinit",
@@ -31,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     initramfs.register(sub)
     image_cli.register(sub)
     serve_cli.register(sub)
+    status_cli.register(sub)
     vm_cli.register(sub)
     demo.register(sub)
     return parser

@@ -1,25 +1,45 @@
-"""A minimal provisioning server (stdlib only): per-MAC actions, images with Range, events.
+"""A provisioning server (stdlib HTTP): per-MAC actions, iPXE, images with Range, events, uploads.
 
 Layout of ``root``::
 
-    machines/52-54-00-12-34-56.json   the action for one machine (MAC lower-case, dashes)
-    machines/default.json             optional: the action for any other MAC
+    machines/52-54-00-12-34-56.yaml   one machine (YAML or JSON, see pyinit_server.machines)
+    machines/default.yaml             optional: the action for any other MAC
     images/...                        image files
+    boot/vmlinuz, boot/initramfs.cpio.zst   for iPXE (or ``boot_dir``: ``pyinit serve --boot-dir``)
 
 Routes:
 
 ``GET|HEAD /{mac}`` and ``/{mac}.bty``
-    the machine's file as-is (``application/json``; not validated, the client must reject a
-    malformed action). The MAC may use dashes or colons, any case. 404 (short JSON body) for an
-    unknown MAC without ``default.json``; 400 for a path that is not a MAC.
+    the machine's action as JSON (``.yaml``/``.yml`` converted; a ``.json`` file without
+    server keys byte for byte; the ``pxe:`` key stripped). The MAC may use dashes or colons, any
+    case. 404 (short JSON body) for an unknown MAC without ``default.*``; 400 for a path that is
+    not a MAC; 500 with ``{"error": "machines/<file>:<line>: <reason>"}`` when that machine's
+    file (or, for a MAC without its own, the default) cannot be parsed or two files claim it:
+    only that machine is affected, and pyinit retries 5xx until the operator fixes the file.
+    An action that :func:`pyinit.action.parse_action` rejects is served anyway, with an
+    ``X-Pyinit-Warning`` header and a warning in the log and in ``/api/machines`` (the machine
+    refuses it itself, with one line naming the field).
+``GET|HEAD /{mac}.ipxe``
+    an iPXE script booting ``/boot/vmlinuz`` and ``/boot/initramfs.cpio.zst`` with
+    ``kernel_args``, ``BOOTYURL=<base>``, ``BOOTIF=01-<mac>`` and the file's ``pxe.cmdline``
+    (see :mod:`pyinit_server.ipxe`). ``<base>`` is ``public_url``, else ``http://`` and the
+    request's Host header (so a QEMU slirp guest gets ``10.0.2.2``).
+``GET|HEAD /boot.ipxe``
+    a script that chains to ``<base>/${netX/mac:hexhyp}.ipxe``.
+``GET|HEAD /boot/<path>``
+    files of ``boot_dir``, served exactly as images are.
+``GET /api/machines`` and ``/api/machines/{mac}``
+    the status of every machine (with a file or with events) and of one with its event log
+    (see :mod:`pyinit_server.status`; ``pyinit status`` prints them).
 ``GET|HEAD /images/<path>``
     the file, with ``Range: bytes=a-b`` (206/416), ``ETag``, ``Last-Modified``, ``If-Range``,
     ``If-None-Match``, ``Accept-Ranges``; streamed with ``sendfile``. A URL path with ``..`` (also
     percent-encoded) is refused; symlinks placed inside ``images/`` by the operator are followed,
     as nginx does by default.
 ``POST /events/{mac}``
-    one JSON object (at most 64 KiB), kept in memory per MAC (:meth:`ProvisioningServer.events`)
-    and logged; 400 on bad JSON.
+    one JSON object (at most 64 KiB), kept in memory per MAC, the last 1000
+    (:meth:`ProvisioningServer.events`), folded into the machine's status, and logged; 400 on
+    bad JSON.
 ``POST /image``
     a captured disk, BOOTy/plunder style: ``multipart/form-data`` whose file field
     ``BootyImage`` is stored as ``images/<file name>``. Only the file name's last component is
@@ -38,7 +58,15 @@ its closing boundary, no data for ``upload_timeout`` seconds) leaves nothing beh
 uploads of one name each complete; the last to finish wins. The answer is 201 with JSON
 ``{"name", "size", "sha256"}``.
 
-Written by hand on :mod:`http.server` rather than a framework: the whole protocol is six routes,
+Tokens: with ``token`` set, the write endpoints (``POST /events``, ``POST /image``,
+``PUT /images``) require ``Authorization: Bearer <token>``: 401 with a JSON message and
+``WWW-Authenticate`` when it is missing or not a bearer token, 403 when it is wrong (compared in
+constant time). The refusal comes before the body is read (before ``100 Continue`` when the
+client asks), so nothing is stored. Reads stay open: iPXE's ``kernel``/``chain`` cannot send a
+header, and actions and images are not secrets (an image that is should not be on a provisioning
+network); what the token protects is the server's disk and the status an operator trusts.
+
+Written by hand on :mod:`http.server` rather than a framework: the protocol is a dozen routes,
 and the server must start in-process in tests with nothing to install. The streaming multipart
 parser is hand-written too: the stdlib's (``cgi``, removed in 3.13, and ``email``) read the whole
 body into memory.
@@ -52,6 +80,7 @@ import email.parser
 import email.utils
 import errno
 import hashlib
+import hmac
 import json
 import logging
 import os
@@ -68,6 +97,11 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from pyinit_server.ipxe import chain_script, machine_script
+from pyinit_server.machines import Machine, MachineError, MachineStore
+from pyinit_server.machines import normalize_mac as normalize_mac  # re-exported
+from pyinit_server.status import MAX_EVENTS, History, Summary
+
 log = logging.getLogger("pyinit_server")
 
 MAX_EVENT_BYTES = 64 * 1024
@@ -77,16 +111,10 @@ UPLOAD_FIELD = "BootyImage"
 UPLOAD_CHUNK = 1 << 20
 MAX_PART_HEADER = 16 * 1024
 _NAME_RE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}$")
-_MAC_RE = re.compile(r"^[0-9a-f]{2}([:-])[0-9a-f]{2}(?:\1[0-9a-f]{2}){4}$", re.IGNORECASE)
 _RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
-
-
-def normalize_mac(text: str) -> str | None:
-    """``52:54:00:AB:cd:EF`` or ``52-54-...`` -> ``52-54-00-ab-cd-ef``; None if not a MAC."""
-    text = text.strip()
-    if not _MAC_RE.match(text):
-        return None
-    return text.lower().replace(":", "-")
+_TOKEN_RE = re.compile(r"^[\x21\x23-\x7e]{1,256}$")
+_HOST_RE = re.compile(r"^(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?$")
+DEFAULT_KERNEL_ARGS = "console=ttyS0,115200 console=tty0"
 
 
 @dataclass(frozen=True)
@@ -424,6 +452,11 @@ class _Handler(BaseHTTPRequestHandler):
     def _error(self, status: int, message: str) -> None:
         self._send_json(status, {"error": message, "status": status})
 
+    def send_response(self, code: int, message: str | None = None) -> None:
+        super().send_response(code, message)
+        if code == 401:
+            self.send_header("WWW-Authenticate", 'Bearer realm="pyinit"')
+
     # -- routing ----------------------------------------------------------------------------
 
     def do_GET(self) -> None:
@@ -444,14 +477,43 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             self._access(started)
 
+    def _auth_failure(self) -> tuple[int, str] | None:
+        """Why this write request is not allowed (status, message), or None when it is."""
+        token = self.server.app.token
+        if token is None:
+            return None
+        header = self.headers.get("Authorization")
+        if not header:
+            return 401, "this server requires a token: send 'Authorization: Bearer <token>' " \
+                        "(pyinit: pyinit.token= on the kernel command line)"
+        scheme, _, given = header.strip().partition(" ")
+        if scheme.lower() != "bearer" or not given.strip():
+            return 401, "malformed Authorization header: expected 'Bearer <token>'"
+        if not hmac.compare_digest(given.strip().encode(), token.encode()):
+            return 403, "wrong token"
+        return None
+
+    def _authorized(self) -> bool:
+        """Answer 401/403 (leaving any body unread, then closing) unless the token matches."""
+        failure = self._auth_failure()
+        if failure is None:
+            return True
+        status, message = failure
+        log.warning("%s %s refused: %s", self.command, self.path, message)
+        self._refuse(status, message)
+        return False
+
     def _route_post(self) -> None:
         path = urlsplit(self.path).path
         if path == "/image":
-            self._upload(self._multipart_upload)
+            if self._authorized():
+                self._upload(self._multipart_upload)
             return
         if not path.startswith("/events/"):
             self.close_connection = True  # the body is left unread
             self._error(404, f"no such endpoint: POST {path}")
+            return
+        if not self._authorized():
             return
         mac = normalize_mac(unquote(path[len("/events/"):]))
         if mac is None:
@@ -466,7 +528,8 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             path = urlsplit(self.path).path
             if path.startswith("/images/"):
-                self._upload(lambda: self._put_upload(path[len("/images/"):]))
+                if self._authorized():
+                    self._upload(lambda: self._put_upload(path[len("/images/"):]))
             else:
                 self.close_connection = True
                 self._error(405 if path.startswith("/") else 400,
@@ -475,7 +538,16 @@ class _Handler(BaseHTTPRequestHandler):
             self._access(started)
 
     def handle_expect_100(self) -> bool:
-        """Refuse an oversized upload before the client sends it (curl asks first)."""
+        """Refuse an upload without its token, or an oversized one, before the client sends
+        it (curl asks first)."""
+        failure = self._auth_failure() if self.command in ("POST", "PUT") else None
+        if failure is not None:
+            self._status = self._sent = 0
+            self.close_connection = True
+            log.warning("%s %s refused: %s", self.command, self.path, failure[1])
+            self._error(*failure)
+            self._access(time.monotonic())
+            return False
         length = self.headers.get("Content-Length", "")
         if length.isdigit() and int(length) > self.server.app.max_upload:
             self._status = self._sent = 0
@@ -488,57 +560,119 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _route_get(self) -> None:
         path = urlsplit(self.path).path
+        app = self.server.app
         if path.startswith("/images/"):
-            self._serve_image(path[len("/images/"):])
+            self._serve_file(app.root / "images", path[len("/images/"):], "images/")
+            return
+        if path.startswith("/boot/"):
+            self._serve_file(app.boot_dir, path[len("/boot/"):], "boot/")
+            return
+        if path == "/boot.ipxe":
+            self._send_text(200, chain_script(self._base_url()))
+            return
+        if path in ("/api/machines", "/api/machines/"):
+            self._send_json(200, app.status())
+            return
+        if path.startswith("/api/machines/"):
+            raw = unquote(path[len("/api/machines/"):])
+            mac = normalize_mac(raw)
+            if mac is None:
+                self._error(400, f"not a MAC address: {raw!r}")
+                return
+            status = app.status(mac)
+            if status is None:
+                self._error(404, f"no events and no machine file for {mac}")
+                return
+            self._send_json(200, status)
             return
         name = unquote(path.lstrip("/"))
-        if name.endswith(".bty"):
-            name = name[:-len(".bty")]
+        kind = "action"
+        for suffix, what in ((".bty", "action"), (".ipxe", "ipxe")):
+            if name.endswith(suffix):
+                name, kind = name[:-len(suffix)], what
         mac = normalize_mac(name)
         if mac is None:
-            self._error(400, f"not a MAC address: {path!r} (expected /<mac> or /<mac>.bty)")
+            self._error(400, f"not a MAC address: {path!r} (expected /<mac>, /<mac>.bty "
+                             "or /<mac>.ipxe)")
             return
-        self._serve_machine(mac)
+        machine = self._machine(mac)
+        if machine is None:
+            return
+        if kind == "ipxe":
+            self._send_text(200, machine_script(self._base_url(), mac, machine,
+                                                 app.kernel_args))
+            return
+        data = machine.action_json()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Cache-Control", "no-store")
+        if machine.warning:
+            self.send_header("X-Pyinit-Warning", machine.warning.encode("ascii", "replace")
+                             .decode()[:500])
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+            self._sent = len(data)
+
+    def _base_url(self) -> str:
+        """The server as the client sees it: --public-url, else the Host header."""
+        app = self.server.app
+        if app.public_url:
+            return app.public_url
+        host = (self.headers.get("Host") or "").strip()
+        if not _HOST_RE.match(host):
+            return app.url
+        return f"http://{host}"
+
+    def _send_text(self, status: int, text: str) -> None:
+        data = text.encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+            self._sent = len(data)
 
     # -- machines ---------------------------------------------------------------------------
 
-    def _serve_machine(self, mac: str) -> None:
-        machines = self.server.app.root / "machines"
-        for candidate in (machines / f"{mac}.json", machines / "default.json"):
-            try:
-                data = candidate.read_bytes()
-            except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-                continue
-            log.info("machine %s: %s", mac, candidate.name)
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.send_header("Cache-Control", "no-store")
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(data)
-                self._sent = len(data)
-            return
-        self._error(404, f"no action for {mac} and no default.json")
+    def _machine(self, mac: str) -> Machine | None:
+        """The machine serving ``mac``, or None once a 404/500 has been answered."""
+        try:
+            machine = self.server.app.machines.lookup(mac)
+        except MachineError as exc:
+            log.error("machine %s: %s", mac, exc.message)
+            self._error(500, exc.message)
+            return None
+        if machine is None:
+            self._error(404, f"no machine file for {mac} and no default "
+                             "(machines/<mac>.yaml|.yml|.json, machines/default.*)")
+            return None
+        log.info("machine %s: %s", mac, machine.path.name)
+        return machine
 
-    # -- images -----------------------------------------------------------------------------
+    # -- files: images/ and boot/ ---------------------------------------------------------
 
-    def _image_path(self, rel: str) -> Path | None:
-        """The file for a URL path under /images/, or None if it tries to leave images/."""
+    @staticmethod
+    def _file_path(base: Path, rel: str) -> Path | None:
+        """The file for a URL path under ``base``, or None if it tries to leave ``base``."""
         parts = [p for p in unquote(rel).split("/") if p not in ("", ".")]
         if not parts or any(p == ".." or "\0" in p or "\\" in p for p in parts):
             return None
-        return self.server.app.root.joinpath("images", *parts)
+        return base.joinpath(*parts)
 
-    def _serve_image(self, rel: str) -> None:
-        path = self._image_path(rel)
+    def _serve_file(self, base: Path, rel: str, what: str) -> None:
+        """``base/rel`` with Range, ETag, If-Range, If-None-Match, streamed with sendfile."""
+        path = self._file_path(base, rel)
         if path is None:
-            self._error(403, "path escapes images/")
+            self._error(403, f"path escapes {what}")
             return
         try:
             f = open(path, "rb")  # noqa: SIM115 - closed below, after streaming
         except (FileNotFoundError, NotADirectoryError):
-            self._error(404, f"no such image: {rel}")
+            self._error(404, f"no such file: {what}{rel}")
             return
         except (IsADirectoryError, PermissionError):
             self._error(403, f"not a readable file: {rel}")
@@ -709,21 +843,38 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class ProvisioningServer:
-    """Serve ``root`` on ``host:port`` (port 0: any free port) from a background thread."""
+    """Serve ``root`` on ``host:port`` (port 0: any free port) from a background thread.
+
+    ``boot_dir``: where ``/boot/`` is served from (default ``root/boot``). ``public_url``: the
+    base URL written into iPXE scripts (default: from each request's Host header).
+    ``kernel_args``: the kernel command line of every iPXE script, before ``BOOTYURL=`` and the
+    machine's ``pxe.cmdline``. ``token``: required as ``Authorization: Bearer`` by the write
+    endpoints (None: no authentication).
+    """
 
     def __init__(self, root: Path | str, host: str = "127.0.0.1", port: int = 0, *,
                  max_upload: int = DEFAULT_MAX_UPLOAD,
-                 upload_timeout: float = DEFAULT_UPLOAD_TIMEOUT) -> None:
+                 upload_timeout: float = DEFAULT_UPLOAD_TIMEOUT,
+                 boot_dir: Path | str | None = None, public_url: str | None = None,
+                 kernel_args: str = DEFAULT_KERNEL_ARGS, token: str | None = None,
+                 max_events: int = MAX_EVENTS) -> None:
         self.root = Path(root)
         self.host = host
         self.max_upload = max_upload
         self.upload_timeout = upload_timeout
+        self.boot_dir = Path(boot_dir) if boot_dir is not None else self.root / "boot"
+        self.public_url = public_url.rstrip("/") if public_url else None
+        self.kernel_args = kernel_args
+        if token is not None and not _TOKEN_RE.match(token):
+            raise ValueError("a token is 1-256 printable ASCII characters without spaces")
+        self.token = token
+        self.machines = MachineStore(self.root / "machines")
+        self.history = History(max_events)
         self._uploads: dict[str, dict[str, Any]] = {}
         self._commit_lock = threading.Lock()
         self._requested_port = port
         self._httpd: _Server | None = None
         self._thread: threading.Thread | None = None
-        self._events: dict[str, list[dict[str, Any]]] = {}
         self._access: list[dict[str, Any]] = []
         self._cond = threading.Condition()
 
@@ -787,7 +938,7 @@ class ProvisioningServer:
     def _add_event(self, mac: str, event: dict[str, Any]) -> None:
         log.info("event %s: %s", mac, json.dumps(event, sort_keys=False, default=str))
         with self._cond:
-            self._events.setdefault(mac, []).append(event)
+            self.history.add(mac, event)
             self._cond.notify_all()
 
     def _record(self, method: str, path: str, status: int, range_header: str | None) -> None:
@@ -801,7 +952,38 @@ class ProvisioningServer:
         if key is None:
             raise ValueError(f"not a MAC address: {mac!r}")
         with self._cond:
-            return list(self._events.get(key, []))
+            return self.history.events(key)
+
+    def status(self, mac: str | None = None) -> Any:
+        """The summary of ``mac`` with its event log (None if unknown), or of every machine:
+        the JSON of ``/api/machines/{mac}`` and ``/api/machines``."""
+        with self._cond:
+            if mac is not None:
+                summary = self.history.summary(mac)
+                log_ = self.history.log(mac)
+            else:
+                seen = {m: self.history.summary(m) for m in self.history.macs()}
+        if mac is not None:
+            if summary is None and mac not in self.machines.known():
+                return None
+            return {**(summary or Summary(mac)).to_json(), **self._file_info(mac),
+                    "now": round(time.time(), 3), "log": log_}
+        out = []
+        for key in sorted({*seen, *self.machines.known()}):
+            summary = seen.get(key) or Summary(key)
+            out.append({**summary.to_json(), **self._file_info(key)})
+        return {"now": round(time.time(), 3), "machines": out}
+
+    def _file_info(self, key: str) -> dict[str, Any]:
+        """Which file serves ``key`` (a MAC or ``default``), and what is wrong with it."""
+        try:
+            machine = self.machines.lookup(key)
+        except MachineError as exc:
+            return {"file": None, "file_error": exc.message, "file_warning": None}
+        if machine is None:
+            return {"file": None, "file_error": None, "file_warning": None}
+        return {"file": f"{machine.path.parent.name}/{machine.path.name}", "file_error": None,
+                "file_warning": machine.warning}
 
     def wait_event(self, mac: str, step: str | None = None, status: str | None = None,
                    timeout: float = 10.0) -> dict[str, Any]:
@@ -812,7 +994,7 @@ class ProvisioningServer:
         deadline = time.monotonic() + timeout
         with self._cond:
             while True:
-                for ev in self._events.get(key, []):
+                for ev in self.history.events(key):
                     if (step is None or ev.get("step") == step) and (
                             status is None or ev.get("status") == status):
                         return ev

@@ -103,3 +103,18 @@ def test_malformed_json_is_fatal() -> None:
     with pytest.raises(ConfigError, match="not JSON"):
         fetch_action(parse_cmdline("BOOTYURL=http://h:1"), MAC, session=session,  # type: ignore[arg-type]
                      clock=clock, sleep=clock.sleep)
+
+
+def test_the_servers_json_error_reaches_the_console() -> None:
+    clock = FakeClock()
+    body = b'{"error": "machines/52-54-00-12-34-56.yaml:3: mapping values are not allowed here"}'
+    session = FakeSession([(500, body)])
+    with pytest.raises(FetchError, match=r"gave up after") as info:
+        fetch_action(parse_cmdline("BOOTYURL=http://h:1 pyinit.fetch_timeout=1"), MAC,
+                     session=session, clock=clock, sleep=clock.sleep)  # type: ignore[arg-type]
+    assert "HTTP 500: machines/52-54-00-12-34-56.yaml:3: mapping values are not allowed" in \
+        str(info.value)
+    session = FakeSession([(400, b"<html>Bad</html>")])
+    with pytest.raises(FetchError, match=r"HTTP 400$"):
+        fetch_action(parse_cmdline("BOOTYURL=http://h:1"), MAC, session=session,  # type: ignore[arg-type]
+                     clock=clock, sleep=clock.sleep)

@@ -37,7 +37,8 @@ from pyinit_server.server import (
 )
 
 MAC = "52-54-00-12-34-56"
-ACTION = b'{"action": "writeImage", "sourceImage": "images/disk.img"}\n'
+ACTION = (b'{"action": "writeImage", "sourceImage": "images/disk.img", '
+          b'"destinationDevice": "/dev/vda"}\n')
 IMAGE = bytes(range(256)) * 400  # 102400 bytes, every offset distinguishable
 
 
@@ -88,9 +89,11 @@ def test_machine_by_mac(server: ProvisioningServer, path: str) -> None:
     assert resp.content == ACTION
 
 
-def test_malformed_machine_file_is_served_raw(server: ProvisioningServer) -> None:
+def test_malformed_machine_file_is_500_with_file_and_line(server: ProvisioningServer) -> None:
     resp = requests.get(f"{server.url}/52:54:00:00:00:0B", timeout=10)
-    assert (resp.status_code, resp.content) == (200, b"{not json")
+    assert resp.status_code == 500
+    assert resp.json()["error"] == ("machines/52-54-00-00-00-0b.json:1: Expecting property name "
+                                    "enclosed in double quotes")
 
 
 def test_unknown_mac_is_404_with_json(server: ProvisioningServer) -> None:

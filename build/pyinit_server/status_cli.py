@@ -1,0 +1,144 @@
+"""``pyinit status``: the machines a provisioning server knows, as a terminal table.
+
+Reads ``GET /api/machines`` (or ``/api/machines/{mac}`` for one machine's event log) from a
+running ``pyinit serve``. Ages are computed against the server's clock (its ``now``), so a
+client with a wrong clock still prints the right ages.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+import requests
+
+from pyinit_server.machines import normalize_mac
+
+DEFAULT_SERVER = "http://127.0.0.1:8080"
+COLUMNS = ("MAC", "PHASE", "PROGRESS", "RATE", "ETA", "RESULT", "AGE", "ERROR")
+MAX_ERROR = 60
+_SKIP = ("step", "status", "time", "uptime", "received")
+
+
+def age(seconds: float | None) -> str:
+    """``4s``, ``3m05s``, ``2h01m``, ``3d``; ``-`` when unknown. Pure."""
+    if seconds is None:
+        return "-"
+    s = max(0, int(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d"
+
+
+def rate(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value / 1e6:.1f} MB/s" if value >= 1e5 else f"{value / 1e3:.1f} kB/s"
+
+
+def _cut(text: str, width: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def row(m: dict[str, Any], now: float) -> tuple[str, ...]:
+    phase = m.get("phase") or "-"
+    if m.get("state"):
+        phase = f"{phase} {m['state']}"
+    pct = m.get("percent")
+    error = m.get("error") or ""
+    if not error and m.get("file_error"):
+        error = f"file: {m['file_error']}"
+    elif not error and m.get("file_warning"):
+        error = f"file warning: {m['file_warning']}"
+    last = m.get("last_seen")
+    return (m["mac"], phase, "-" if pct is None else f"{pct:.0f}%", rate(m.get("rate")),
+            age(m.get("eta")) if m.get("eta") is not None else "-", m.get("result") or "-",
+            age(None if last is None else now - last), _cut(error, MAX_ERROR) or "-")
+
+
+def table(data: dict[str, Any]) -> str:
+    """The ``/api/machines`` answer as an aligned table. Pure."""
+    rows = [COLUMNS, *(row(m, data["now"]) for m in data["machines"])]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip()
+                     for r in rows) + "\n"
+
+
+def _value(v: Any) -> str:
+    return v if isinstance(v, str) and v and " " not in v else json.dumps(v, default=str)
+
+
+def event_log(data: dict[str, Any], now: float) -> str:
+    """One machine's summary line and its events, oldest first, timed from the first. Pure."""
+    head = table({"now": now, "machines": [data]})
+    lines = [head.rstrip("\n")]
+    if data.get("file"):
+        lines.append(f"file: {data['file']}")
+    events = data.get("log") or []
+    if not events:
+        lines.append("no events")
+        return "\n".join(lines) + "\n"
+    lines.append("")
+    first = events[0].get("received", now)
+    for ev in events:
+        fields = " ".join(f"{k}={_value(v)}" for k, v in ev.items() if k not in _SKIP)
+        when = f"+{ev.get('received', first) - first:.1f}s"
+        lines.append(f"{when:>9}  {ev.get('step', '?'):<10} {ev.get('status', '?'):<9} "
+                     f"{fields}".rstrip())
+    return "\n".join(lines) + "\n"
+
+
+def register(subparsers: Any) -> argparse.ArgumentParser:
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "status", help="show what the machines of a pyinit serve are doing",
+        description="Print a table of every machine a running `pyinit serve` knows (from its "
+                    "machine files and the events the machines posted): phase, progress, "
+                    "rate, ETA, result, age of the last event and the last error. With MAC, "
+                    "that machine's event log.")
+    p.add_argument("--server", default=os.environ.get("PYINIT_SERVER", DEFAULT_SERVER),
+                   help="the server's URL (default: $PYINIT_SERVER or %(default)s)")
+    p.add_argument("--json", action="store_true", help="print the server's JSON instead")
+    p.add_argument("mac", nargs="?", help="one machine: show its event log")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace, out: Any = None) -> int:
+    out = out or sys.stdout
+    base = args.server.rstrip("/")
+    url = f"{base}/api/machines"
+    if args.mac:
+        mac = normalize_mac(args.mac)
+        if mac is None:
+            print(f"pyinit status: not a MAC address: {args.mac!r}", file=sys.stderr)
+            return 2
+        url += f"/{mac}"
+    try:
+        resp = requests.get(url, timeout=10)
+    except requests.RequestException as exc:
+        print(f"pyinit status: cannot reach {base}: {type(exc).__name__}", file=sys.stderr)
+        return 1
+    if resp.status_code != 200:
+        try:
+            detail = resp.json()["error"]
+        except (ValueError, KeyError, TypeError):
+            detail = resp.reason
+        print(f"pyinit status: {url}: HTTP {resp.status_code}: {detail}", file=sys.stderr)
+        return 1
+    data = resp.json()
+    if args.json:
+        out.write(json.dumps(data, indent=2) + "\n")
+    elif args.mac:
+        out.write(event_log(data, data["now"]))
+    else:
+        out.write(table(data))
+    return 0
+
