@@ -74,6 +74,7 @@ body into memory.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import email.message
 import email.parser
@@ -105,6 +106,7 @@ from pyinit_server.status import MAX_EVENTS, History, Summary
 log = logging.getLogger("pyinit_server")
 
 MAX_EVENT_BYTES = 64 * 1024
+ACCESS_RECORDS = 10_000  # requests remembered for access_log
 DEFAULT_MAX_UPLOAD = 1 << 40  # 1 TiB
 DEFAULT_UPLOAD_TIMEOUT = 300.0  # seconds without data before an upload counts as cut off
 UPLOAD_FIELD = "BootyImage"
@@ -875,7 +877,9 @@ class ProvisioningServer:
         self._requested_port = port
         self._httpd: _Server | None = None
         self._thread: threading.Thread | None = None
-        self._access: list[dict[str, Any]] = []
+        # The last ACCESS_RECORDS requests (tests read them): bounded for a long-running server.
+        self._access: collections.deque[dict[str, Any]] = collections.deque(
+            maxlen=ACCESS_RECORDS)
         self._cond = threading.Condition()
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -1042,7 +1046,8 @@ class ProvisioningServer:
 
     @property
     def access_log(self) -> list[dict[str, Any]]:
-        """One record per request: method, path, status, range."""
+        """One record per recent request (the last ACCESS_RECORDS): method, path, status,
+        range."""
         with self._cond:
             return list(self._access)
 

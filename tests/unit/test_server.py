@@ -740,3 +740,15 @@ def test_upload_answers_507_when_the_disk_is_full(root: Path, server: Provisioni
     assert resp.status_code == 507
     assert "No space left" in resp.json()["error"]
     assert stored(root) == []
+
+
+def test_access_log_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pyinit_server.server as server_module
+
+    monkeypatch.setattr(server_module, "ACCESS_RECORDS", 3)
+    (tmp_path / "images").mkdir()
+    with ProvisioningServer(tmp_path) as srv, requests.Session() as s:
+        for i in range(5):
+            assert s.get(f"{srv.url}/images/missing-{i}").status_code == 404
+        assert [r["path"] for r in srv.access_log] == [f"/images/missing-{i}"
+                                                       for i in (2, 3, 4)]
