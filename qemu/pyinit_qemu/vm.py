@@ -150,6 +150,10 @@ class VMConfig:
     extra_args: list[str] = field(default_factory=list)
     #: slirp host forwards, QEMU syntax: ``tcp:127.0.0.1:2222-:22``.
     hostfwd: list[str] = field(default_factory=list)
+    #: Network boot (no kernel): slirp's TFTP serves this directory and its DHCP offers
+    #: ``pxe_bootfile`` (e.g. an iPXE script); the NIC keeps QEMU's iPXE ROM and boots first.
+    pxe_tftp: Path | str | None = None
+    pxe_bootfile: str | None = None
     qemu: str = QEMU
 
 
@@ -198,15 +202,22 @@ def build_command(cfg: VMConfig) -> list[str]:
     if not cfg.reboot:
         argv += ["-no-reboot"]
     argv += ["-display", "none", "-serial", "stdio", "-monitor", "none"]
+    pxe = cfg.pxe_tftp is not None
+    if pxe and (cfg.kernel is not None or not cfg.nic_model or not cfg.pxe_bootfile):
+        raise ValueError("network boot needs kernel=None, a NIC and pxe_bootfile")
     if cfg.nic_model:
         netdev = "user,id=n0" + "".join(f",hostfwd={_opt(f)}" for f in cfg.hostfwd)
-        # romfile= : no iPXE option ROM: nothing network-boots, whether QEMU loads the kernel
-        # itself or the firmware boots a disk.
-        argv += ["-netdev", netdev,
-                 "-device", f"{cfg.nic_model},netdev=n0,mac={cfg.mac},romfile="]
+        if pxe:
+            netdev += f",tftp={_opt(str(cfg.pxe_tftp))},bootfile={_opt(str(cfg.pxe_bootfile))}"
+            nic = f"{cfg.nic_model},netdev=n0,mac={cfg.mac},bootindex=0"  # QEMU's iPXE ROM
+        else:
+            # romfile= : no iPXE option ROM: nothing network-boots, whether QEMU loads the
+            # kernel itself or the firmware boots a disk.
+            nic = f"{cfg.nic_model},netdev=n0,mac={cfg.mac},romfile="
+        argv += ["-netdev", netdev, "-device", nic]
     else:
         argv += ["-nic", "none"]
-    argv += _disk_args(cfg.disks, boot_first=cfg.kernel is None)
+    argv += _disk_args(cfg.disks, boot_first=cfg.kernel is None and not pxe)
     argv += [str(a) for a in cfg.extra_args]
     return argv
 

@@ -683,3 +683,15 @@ def test_bad_config_leaves_no_temp_workdir(tmp_path: Path, monkeypatch: pytest.M
     with pytest.raises(ValueError, match="need a kernel"):
         VM(VMConfig(initrd=INITRD, disks=[Disk("/d/a")]))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_network_boot_keeps_the_ipxe_rom_and_boots_the_nic_first() -> None:
+    cfg = VMConfig(kernel=None, disks=[Disk("/d.raw")], pxe_tftp="/srv/tftp",
+                   pxe_bootfile="pyinit.ipxe")
+    argv = build_command(cfg)
+    assert argv[argv.index("-netdev") + 1] == "user,id=n0,tftp=/srv/tftp,bootfile=pyinit.ipxe"
+    assert argv[argv.index("-device") + 1] == \
+        "virtio-net-pci,netdev=n0,mac=52:54:00:12:34:56,bootindex=0"
+    assert "bootindex=0" not in " ".join(a for a in argv if a.startswith("virtio-blk"))
+    with pytest.raises(ValueError, match="network boot needs kernel=None"):
+        build_command(VMConfig(kernel="/k", pxe_tftp="/srv/tftp", pxe_bootfile="x"))

@@ -1,0 +1,60 @@
+"""A real network boot, no ``-kernel`` shortcut: QEMU's own iPXE ROM gets a DHCP lease and a boot
+file from slirp, fetches it over TFTP, chains to ``pyinit serve``'s ``/boot.ipxe`` over HTTP,
+which chains to the machine's ``/{mac}.ipxe``: iPXE downloads the kernel and the initramfs over
+HTTP and boots them, and pyinit provisions the disk from the same server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pyinit_build.demoimage import DemoImage, sha256_file
+from pyinit_qemu.vm import VM, Disk, VMConfig, create_disk, guest_url
+from pyinit_server.server import ProvisioningServer
+
+from .conftest import NEVER, Artifacts
+
+pytestmark = pytest.mark.vm
+
+MAC = "52:54:00:9e:00:01"
+
+
+def test_ipxe_from_slirp_tftp_chains_to_the_server_and_provisions(
+        artifacts: Artifacts, demo_image: DemoImage, tmp_path: Path) -> None:
+    root = tmp_path / "srv"
+    (root / "machines").mkdir(parents=True)
+    (root / "images").mkdir()
+    (root / "images" / "demo.img.gz").symlink_to(demo_image.gz)
+    (root / "machines" / "52-54-00-9e-00-01.yaml").write_text(
+        "# a machine file in YAML, as operators write them\n"
+        "action: writeImage\n"
+        "sourceImage: images/demo.img.gz\n"
+        f"checksum: sha256:{demo_image.gz_sha256}\n"
+        "destinationDevice: /dev/vda\n"
+        "finish: poweroff\n")
+    disk = create_disk(tmp_path / "disk.raw", 2 * demo_image.size)
+    tftp = tmp_path / "tftp"
+    tftp.mkdir()
+    args = "console=ttyS0,115200 panic=-1 pyinit.on_failure=poweroff"
+    with ProvisioningServer(root, boot_dir=artifacts.kernel.parent, kernel_args=args) as srv:
+        (tftp / "pyinit.ipxe").write_text(f"#!ipxe\nchain {guest_url(srv.url)}/boot.ipxe\n")
+        cfg = VMConfig(kernel=None, mac=MAC, disks=[Disk(disk)], pxe_tftp=tftp,
+                       pxe_bootfile="pyinit.ipxe", timeout=400, workdir=tmp_path / "vm")
+        with VM(cfg) as vm:
+            # iPXE itself prints only on the (absent) display; the kernel shows the command
+            # line the server's per-MAC script gave it.
+            vm.expect(r"Command line: .*BOOTYURL=http://10\.0\.2\.2:\d+ "
+                      r"BOOTIF=01-52-54-00-9e-00-01", timeout=180)
+            result = vm.expect_event(step="result", timeout=300)
+            vm.wait_exit(timeout=60)
+            vm.assert_never(*NEVER)
+        paths = [r["path"] for r in srv.access_log if r["method"] == "GET"]
+    assert result["status"] == "ok", result
+    # iPXE went through the server: the chain script, this machine's script, kernel, initramfs
+    for wanted in ("/boot.ipxe", "/52-54-00-9e-00-01.ipxe", "/boot/vmlinuz",
+                   "/boot/initramfs.cpio.zst", "/52-54-00-9e-00-01.bty"):
+        assert wanted in paths, (wanted, paths)
+    assert result["checksum_verified"] == "sha256"
+    assert sha256_file(disk, demo_image.size) == demo_image.sha256
+    assert result["mac"] == MAC
