@@ -271,8 +271,8 @@ def _build(spec: ImageSpec, out: Path, work: Path,
     esp_uuid = f"{esp_volid >> 16:04X}-{esp_volid & 0xFFFF:04X}"
 
     # fstab, grub.cfg: need the UUIDs, must be in the tree before the filesystem is made.
+    vg, _, lv = (spec.lvm or "").partition("/")
     if spec.lvm:
-        vg, lv = spec.lvm.split("/")
         root_arg = f"/dev/mapper/{vg.replace('-', '--')}-{lv.replace('-', '--')}"
     else:
         root_arg = f"UUID={fs_uuid}"
@@ -292,7 +292,6 @@ def _build(spec: ImageSpec, out: Path, work: Path,
     lvm_plan: lvm.LvmLayout | None = None
     root_part_size = fs_size
     if spec.lvm:
-        vg, lv = spec.lvm.split("/")
         probe = lvm.plan(fs_size + 64 * MIB, vg=vg, lv=lv, seed=seed.encode())
         extents = -(-fs_size // probe.extent_size)
         root_part_size = probe.lv_offset + extents * probe.extent_size
@@ -300,7 +299,6 @@ def _build(spec: ImageSpec, out: Path, work: Path,
                             seed=seed, lvm=bool(spec.lvm), disk_size=spec.size)
     root_part = plan.root
     if spec.lvm:
-        vg, lv = spec.lvm.split("/")
         lvm_plan = lvm.plan(root_part.size, vg=vg, lv=lv, seed=seed.encode())
         fs_size = lvm_plan.lv_size
     else:
@@ -315,24 +313,21 @@ def _build(spec: ImageSpec, out: Path, work: Path,
     make(t, root_img, size=fs_size, uuid=fs_uuid, label=spec.label, epoch=epoch,
          workdir=work / "fs")
 
+    early = work / "early.cfg"  # GRUB's embedded config, the same for BIOS and UEFI
+    early.write_text(grub.early_config(fs_uuid))
     esp_img = work / "esp.fs"
-    if uefi:
+    esp = plan.part("esp")
+    if esp is not None:
         progress("image: EFI system partition with BOOTX64.EFI")
-        early = work / "early.cfg"
-        early.write_text(grub.early_config(fs_uuid))
         efi = work / "BOOTX64.EFI"
         grub.mkimage("x86_64-efi", efi, early)
-        esp = plan.part("esp")
-        assert esp is not None
         fs.make_vfat({"/EFI/BOOT/BOOTX64.EFI": efi}, esp_img, size=esp.size,
                      volume_id=esp_volid, label="ESP", epoch=epoch)
 
     progress(f"image: assembling {plan.table.upper()} disk of {plan.size // MIB} MiB")
     raw = work / out.name
     layout.create_disk(raw, plan)
-    if uefi:
-        esp = plan.part("esp")
-        assert esp is not None
+    if esp is not None:
         layout.copy_sparse(esp_img, raw, esp.start, limit=esp.size)
     if lvm_plan is not None:
         with raw.open("r+b") as f:
@@ -343,8 +338,6 @@ def _build(spec: ImageSpec, out: Path, work: Path,
     else:
         layout.copy_sparse(root_img, raw, root_part.start, limit=root_part.size)
     if bios:
-        early = work / "early.cfg"
-        early.write_text(grub.early_config(fs_uuid))
         core = work / "core.img"
         grub.mkimage("i386-pc", core, early)
         lba, room = plan.core_area
