@@ -48,6 +48,7 @@ class Context:
     summary: dict[str, object] = field(default_factory=dict)
     entrypoint_rc: int | None = None
     grown: grow.GrowResult | None = None
+    target_root: str | None = None  # the written system's root device, once found
     # The prepared hand-off (kexec loaded, switch_root checked): run by finish(), the point of
     # no return. Everything that can fail happened in the steps, before it.
     handoff: Callable[[], object] | None = None
@@ -192,11 +193,15 @@ def step_grow(ctx: Context) -> None:
 
 
 def _target_root(ctx: Context, act: Action) -> str:
+    """The written system's root device, found once (``rootPartition: auto`` may mount each
+    candidate to look) for both configure and handoff."""
+    if ctx.target_root is not None:
+        return ctx.target_root
     assert act.destination_device
     grown = ctx.grown.partition if ctx.grown is not None else None
     choice = grow.find_root(act.destination_device, act, grown=grown, mountpoint=TARGET)
     log.get_logger().info(f"target root: {choice.device} ({choice.how})")
-    ctx.summary["target_root"] = choice.device
+    ctx.target_root = ctx.summary["target_root"] = choice.device
     return choice.device
 
 
