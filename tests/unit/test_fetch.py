@@ -11,22 +11,10 @@ import requests
 from pyinit.cmdline import parse_cmdline
 from pyinit.errors import ConfigError, FetchError
 from pyinit.fetch import action_url, backoff, fetch_action
+from tests.unit.fakes import FakeClock
 
 MAC = "52:54:00:AB:CD:EF"
 GOOD = {"action": "writeImage", "sourceImage": "images/a.img.gz", "destinationDevice": "/dev/vda"}
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, secs: float) -> None:
-        self.sleeps.append(secs)
-        self.now += secs
 
 
 @dataclass

@@ -14,6 +14,7 @@ import pytest
 
 from pyinit import ginit, lvm, proc
 from pyinit.errors import CommandError, ConfigError, MountError
+from tests.unit.fakes import FakeClock
 
 from ..conftest import Recorder
 
@@ -27,19 +28,6 @@ DISK = """/dev/vda1: PARTUUID="aa-01"
 """
 ACTIVE = DISK + f'/dev/mapper/vg0-root: UUID="{ROOT_UUID}" BLOCK_SIZE="512" TYPE="xfs"\n'
 VGCHANGE = '  1 logical volume(s) in volume group "vg0" now active\n'
-
-
-class Clock:
-    """A fake monotonic clock that sleep() advances."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest.fixture
@@ -80,7 +68,7 @@ def resolve(spec: str, roots: tuple[Path, Path], *, lvm_binary: str | None = LVM
             loaded: list[list[str]] | None = None, timeout: float = 20.0
             ) -> tuple[str, str | None]:
     dev, sysfs = roots
-    clock = Clock()
+    clock = FakeClock()
     return ginit.resolve_root(spec, timeout, clock=clock, sleep=clock.sleep,
                               lvm_binary=lvm_binary, sysfs=sysfs, dev=dev,
                               load=lambda names: (loaded if loaded is not None else []).append(

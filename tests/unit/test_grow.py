@@ -20,6 +20,7 @@ from pyinit.action import parse_action
 from pyinit.errors import CommandError, ConfigError, DiskError
 from pyinit.grow import GrowPlan, plan_grow
 from pyinit.parttable import Partition, PartitionTable
+from tests.unit.fakes import FakeClock
 
 from ..conftest import Recorder
 from .test_parttable import GptPart, extended_disk, gpt_disk, mbr_sector
@@ -27,17 +28,6 @@ from .test_parttable import GptPart, extended_disk, gpt_disk, mbr_sector
 MIB = 1 << 20
 LVM = "/usr/sbin/lvm"
 LVM_CONFIG = grow.lvm.LVM_CONFIG
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def action(**fields: Any) -> Any:
@@ -74,7 +64,7 @@ def test_wait_for_partitions_until_sysfs_and_node_exist(tmp_path: Path) -> None:
     dev, sysfs = tmp_path / "dev", tmp_path / "sys"
     dev.mkdir()
     (dev / "nvme0n1").write_text("")
-    clock = Clock()
+    clock = FakeClock()
     sleeps: list[float] = []
 
     def sleep(s: float) -> None:
@@ -97,7 +87,7 @@ def test_wait_for_partitions_times_out_naming_what_exists(tmp_path: Path) -> Non
     _kernel_shows(dev, sysfs, "sda", "sda1")
     (sysfs / "class" / "block" / "sda" / "sda2").mkdir()  # in sysfs, but no node yet
     (sysfs / "class" / "block" / "sda" / "queue").mkdir()
-    clock = Clock()
+    clock = FakeClock()
     with pytest.raises(DiskError) as info:
         grow.wait_for_partitions("/dev/sda", [2], dev=dev, sysfs=sysfs, timeout=2, clock=clock,
                                  sleep=clock.sleep)
