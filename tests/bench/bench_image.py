@@ -468,13 +468,7 @@ def table(figs: list[Figure]) -> str:
             value = f"{f.value:.3f}"
         target = f"<= {f.target:g}" + (" MB" if f.unit == "MB" else "")
         rows.append((f.name, base, mine, value, target, f.status))
-    widths = [max(len(r[i]) for r in rows) for i in range(6)]
-    lines = []
-    for n, r in enumerate(rows):
-        lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                               for i, (c, w) in enumerate(zip(r, widths, strict=True))).rstrip())
-        if n == 0:
-            lines.append("-" * len(lines[0]))
+    lines = harness.format_table(rows)
     notes = []
     for f in figs:
         if f.wrong or f.error:

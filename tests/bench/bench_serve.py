@@ -377,13 +377,7 @@ def table(res: Result) -> str:
         rows.append((side.name, f"{side.median:.0f}" if side.median else "-",
                      " ".join(f"{x:.0f}" for x in side.mbps) or "-",
                      " ".join(f"{x:.2f}" for x in side.cpu_s) or "-"))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    lines = []
-    for n, r in enumerate(rows):
-        lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                               for i, (c, w) in enumerate(zip(r, widths, strict=True))).rstrip())
-        if n == 0:
-            lines.append("-" * len(lines[0]))
+    lines = harness.format_table(rows)
     ratio = res.ratio
     status = "WRONG" if res.wrong else "n/a" if ratio is None else \
         "ok" if ratio >= TARGET else "MISS"

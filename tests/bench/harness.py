@@ -429,3 +429,16 @@ def run_measured(argv: Sequence[str], run_dir: Path, *, timeout: float) -> Run:
     return Run(tuple(argv), seconds, proc.returncode, usage.ru_utime + usage.ru_stime,
                rss, out_path.read_text(errors="replace"),
                err_path.read_text(errors="replace"))
+
+
+def format_table(rows: Sequence[Sequence[str]]) -> list[str]:
+    """Aligned lines: the first column left-aligned, the others right; a rule under the
+    header row."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines: list[str] = []
+    for n, r in enumerate(rows):
+        lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                               for i, (c, w) in enumerate(zip(r, widths, strict=True))).rstrip())
+        if n == 0:
+            lines.append("-" * len(lines[0]))
+    return lines
