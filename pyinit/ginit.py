@@ -54,6 +54,12 @@ def find_device(spec: str, table: dict[str, dict[str, str]]) -> str | None:
     return None
 
 
+def blkid_tags(device: str) -> dict[str, str]:
+    """blkid's tags of one device (TYPE, UUID, …), probed afresh; {} when it has none."""
+    done = proc.run(["blkid", "-c", "/dev/null", device], check=False)
+    return next(iter(parse_blkid(done.stdout).values()), {})
+
+
 def blkid() -> dict[str, dict[str, str]]:
     """Every block device with a signature, probed afresh (``-c /dev/null``: no cache, so a
     device that appeared or changed since the last look is seen as it is now)."""

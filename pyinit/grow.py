@@ -38,6 +38,7 @@ from pyinit.action import Action
 from pyinit.errors import CommandError, ConfigError, DiskError, MountError, PyinitError
 from pyinit.log import get_logger
 from pyinit.parttable import Partition, PartitionTable
+from pyinit.target import mounted_target
 
 log = get_logger("pyinit.grow")
 
@@ -574,12 +575,6 @@ def grow_fs(device: str, fstype: str, mountpoint: Path, *, chroot: Path | None =
 
 # --- the whole step ------------------------------------------------------------------------------
 
-def blkid_tags(device: str) -> dict[str, str]:
-    """blkid's tags of one device (TYPE, UUID, …), probed afresh; {} when it has none."""
-    done = proc.run(["blkid", "-c", "/dev/null", device], check=False)
-    return next(iter(ginit.parse_blkid(done.stdout).values()), {})
-
-
 def which_partition(action: Action) -> Which | None:
     """growPartition, or ``"last"`` for growDisk alone; None: nothing to grow. Pure."""
     if action.grow_partition is not None:
@@ -636,7 +631,6 @@ def grow(disk: str, action: Action, *, mountpoint: Path = Path("/newroot"),
     """The ``grow`` step after the write: table, then LVM (when the partition is a PV), then the
     filesystem (mounted at ``mountpoint`` with /dev, /proc, /sys, /run bound in, and unmounted
     again). Returns what was done."""
-    from pyinit.target import mounted_target  # target imports grow's helpers: avoid a cycle
 
     which = which_partition(action)
     if which is None:
@@ -649,7 +643,7 @@ def grow(disk: str, action: Action, *, mountpoint: Path = Path("/newroot"),
         disk=disk, partition=plan.number, partition_device=part_dev, table=plan.kind,
         old_size=plan.old_size, new_size=plan.new_size, table_changed=plan.changed,
         reread=grown.reread)
-    tags = blkid_tags(part_dev)
+    tags = ginit.blkid_tags(part_dev)
     root, fstype = part_dev, tags.get("TYPE")
     if fstype == ginit.LVM_MEMBER:
         binary = lvm_binary or lvm.find_lvm()
@@ -666,7 +660,7 @@ def grow(disk: str, action: Action, *, mountpoint: Path = Path("/newroot"),
         growth = grow_lvm(part_dev, action.lvm_root_name, lvm_binary=binary)
         result.update(lv=f"{growth.vg}/{growth.lv}", lv_extended=growth.extended)
         root = lvm.canonical_device(growth.device, sysfs=sysfs, dev=dev)
-        fstype = blkid_tags(root).get("TYPE")
+        fstype = ginit.blkid_tags(root).get("TYPE")
     elif action.lvm_root_name:
         raise ConfigError("lvmRootName", f"{action.lvm_root_name}: partition {plan.number} "
                           f"({part_dev}) is not an LVM physical volume ({fstype or 'no type'})")
@@ -704,7 +698,6 @@ def find_root(disk: str, action: Action, *, grown: int | None = None,
 
     ``numbers``: the partitions to probe (default: read the table on ``disk``).
     """
-    from pyinit.target import mounted_target
 
     name = f"/dev/{kernel_name(disk, dev=dev)}"
     rp = action.root_partition
@@ -723,7 +716,7 @@ def find_root(disk: str, action: Action, *, grown: int | None = None,
     looked: list[str] = []
     for n in sorted(numbers):
         device = partition_path(name, n)
-        fstype = blkid_tags(device).get("TYPE")
+        fstype = ginit.blkid_tags(device).get("TYPE")
         if not fstype or fstype in _NOT_ROOT:
             looked.append(f"{device} ({fstype or 'no filesystem'})")
             continue

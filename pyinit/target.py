@@ -39,9 +39,7 @@ class Target:
 
 def detect_fstype(device: str) -> str | None:
     """The filesystem type blkid sees on ``device``, probed afresh (no cache)."""
-    from pyinit.grow import blkid_tags  # grow imports this module lazily; keep it one-way here
-
-    return blkid_tags(device).get("TYPE")
+    return ginit.blkid_tags(device).get("TYPE")
 
 
 def load_fs_module(fstype: str, *, load: ginit.Loader = ginit.load_modules,
