@@ -12,9 +12,12 @@ The kernel hands unknown ``KEY=value`` arguments to init's environment, so
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import re
 import shlex
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
@@ -61,9 +64,14 @@ class BootParams:
     carrier_timeout: float = 15.0
     dhcp_timeout: float = 45.0
     fetch_timeout: float = 120.0
+    disk_timeout: float = 10.0
     init_args: tuple[str, ...] = ()
     # the bearer token for the server's write endpoints; kept out of repr, never logged
     token: str | None = field(default=None, repr=False)
+    # pyinit.ca=: the CA to verify an https:// server against: a PEM file inside the
+    # initramfs (ca_path), or the certificate(s) given inline, as PEM text (ca_pem)
+    ca_path: str | None = None
+    ca_pem: str | None = field(default=None, repr=False)
 
     @property
     def mode(self) -> Literal["provision", "ginit", "none"]:
@@ -249,12 +257,51 @@ def parse_cmdline(text: str, env: Mapping[str, str] | None = None) -> BootParams
             raise ConfigError("pyinit.token", "must be 1 to 256 printable ASCII characters "
                                               "without spaces or quotes")
         out["token"] = token
+    if "pyinit.ca" in kv:
+        path, pem = parse_ca(kv["pyinit.ca"] or "")
+        out["ca_path" if path else "ca_pem"] = path or pem
     for key, attr in (("pyinit.carrier_timeout", "carrier_timeout"),
                       ("pyinit.dhcp_timeout", "dhcp_timeout"),
-                      ("pyinit.fetch_timeout", "fetch_timeout")):
+                      ("pyinit.fetch_timeout", "fetch_timeout"),
+                      ("pyinit.disk_timeout", "disk_timeout")):
         if kv.get(key):
             out[attr] = _seconds(kv[key] or "", key)
     return BootParams(**out)  # type: ignore[arg-type]
+
+
+CA_INLINE_PREFIX = "base64:"
+
+
+def parse_ca(value: str) -> tuple[str | None, str | None]:
+    """``pyinit.ca=``: ``(path, None)`` for an absolute path to a PEM file in the initramfs, or
+    ``(None, pem)`` for ``base64:<base64 of a DER certificate, or of a PEM file>``. Pure.
+
+    An inline value must decode to at least one X.509 certificate (checked in memory with
+    :mod:`ssl`, whose OpenSSL will later use it): a value cut short by the 2048-byte x86 command
+    line, or mangled by a boot loader, fails here with one line rather than as a TLS error.
+    """
+    v = value.strip()
+    if v.startswith("/"):
+        return v, None
+    if not v.startswith(CA_INLINE_PREFIX):
+        raise ConfigError("pyinit.ca", f"expected a path (/etc/pyinit/ca.pem) or "
+                                       f"{CA_INLINE_PREFIX}<base64 DER certificate>, got "
+                                       f"{v[:40]!r}")
+    data = v[len(CA_INLINE_PREFIX):]
+    try:
+        raw = base64.b64decode(data + "=" * (-len(data) % 4), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ConfigError("pyinit.ca", f"not valid base64 ({len(data)} characters): "
+                                       f"{exc}") from exc
+    is_pem = raw.lstrip().startswith(b"-----BEGIN")
+    try:  # cadata: str is PEM, bytes is DER
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(
+            cadata=raw.decode("ascii") if is_pem else raw)
+    except (ssl.SSLError, ValueError) as exc:
+        why = getattr(exc, "reason", None) or str(exc).split(" (_ssl")[0]
+        raise ConfigError("pyinit.ca", f"the {len(raw)} decoded bytes are not an X.509 "
+                                       f"certificate ({why})") from exc
+    return None, raw.decode("ascii") if is_pem else ssl.DER_cert_to_PEM_cert(raw)
 
 
 def mask_secrets(text: str) -> str:

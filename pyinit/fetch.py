@@ -9,7 +9,9 @@ that does may ask; requests drops the header on a redirect to another host).
 
 The MAC is lower-case with dashes. Connection failures, timeouts, 408, 429 and 5xx are retried with
 jittered exponential backoff for a bounded total time; any other 4xx (e.g. 404, no action for this
-machine) and a malformed answer are fatal at once.
+machine) and a malformed answer are fatal at once. So is a TLS failure (a certificate that does
+not verify against ``pyinit.ca=``, see :mod:`pyinit.tls`): one line naming the URL, the reason and
+what was trusted.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from urllib.parse import urlsplit
 
 import requests
 
+from pyinit import tls
 from pyinit.action import Action, parse_action_json
 from pyinit.cmdline import BootParams
 from pyinit.errors import ConfigError, FetchError
@@ -109,8 +112,8 @@ def get(session: requests.Session, url: str, *, timeout: float = 10.0,
     try:
         resp = session.get(url, timeout=timeout,
                            headers={"User-Agent": USER_AGENT, **auth_headers(token)})
-    except requests.exceptions.SSLError as exc:
-        raise FetchError(url, f"TLS error: {exc}", retryable=False) from exc
+    except requests.exceptions.SSLError as exc:  # before ConnectionError: a subclass of it
+        raise tls_failure(url, exc, session.verify) from exc
     except requests.exceptions.InvalidURL as exc:
         raise FetchError(url, f"invalid URL: {exc}", retryable=False) from exc
     except (requests.ConnectionError, requests.Timeout) as exc:
@@ -125,6 +128,14 @@ def get(session: requests.Session, url: str, *, timeout: float = 10.0,
     if resp.status_code >= 400:
         raise FetchError(url, f"HTTP {resp.status_code}{why}", status=resp.status_code)
     return resp
+
+
+def tls_failure(url: str, exc: BaseException, verify: object) -> FetchError:
+    """The one-line error for a TLS failure, naming the reason and what was trusted. Not
+    retryable (a certificate that does not verify will not on the 30th try either) unless the
+    server merely closed the connection during the handshake."""
+    return FetchError(url, f"TLS error: {tls.tls_reason(exc)} (trusting the "
+                           f"{tls.describe(verify)})", retryable=tls.is_transient(exc))
 
 
 def server_reason(resp: requests.Response) -> str:

@@ -65,7 +65,7 @@ import zstandard
 
 from pyinit import grow, syscalls
 from pyinit.errors import ChecksumMismatch, DiskError, FetchError, ImageError, PyinitError
-from pyinit.fetch import RETRYABLE_STATUS, USER_AGENT, backoff, retry
+from pyinit.fetch import RETRYABLE_STATUS, USER_AGENT, backoff, retry, tls_failure
 from pyinit.log import event, get_logger
 
 log = get_logger("pyinit.image")
@@ -1435,8 +1435,10 @@ class _Pipeline:
             try:
                 resp = self.session.get(self.url, headers=t.request_headers(), stream=True,
                                         timeout=self.timeout)
+            except requests.exceptions.SSLError as exc:
+                raise tls_failure(self.url, exc, self.session.verify) from exc
             except (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
-                    requests.exceptions.InvalidSchema, requests.exceptions.SSLError) as exc:
+                    requests.exceptions.InvalidSchema) as exc:
                 raise FetchError(self.url, f"{type(exc).__name__}: {exc}") from exc
             except (requests.ConnectionError, requests.Timeout) as exc:
                 failed(f"unreachable: {type(exc).__name__}")

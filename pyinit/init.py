@@ -18,7 +18,18 @@ from pathlib import Path
 
 import requests
 
-from pyinit import __version__, coldplug, grow, handoff, identity, kmod, log, policy, rootfs
+from pyinit import (
+    __version__,
+    coldplug,
+    grow,
+    handoff,
+    identity,
+    kmod,
+    log,
+    policy,
+    rootfs,
+    tls,
+)
 from pyinit.action import Action
 from pyinit.capture import capture_image
 from pyinit.cmdline import BootParams, IpConfig, failure_policy, mask_secrets, parse_cmdline
@@ -64,6 +75,8 @@ def step_rootfs(ctx: Context) -> None:
     ctx.cmdline = Path("/proc/cmdline").read_text().strip()
     ctx.params = parse_cmdline(ctx.cmdline, os.environ)
     log.configure(debug=ctx.params.debug)
+    if ctx.params.mode == "provision":  # every runtime request goes through this one session
+        tls.configure(ctx.session, ctx.params)
     if ctx.params.mode == "none" and not ctx.params.break_before:
         raise ConfigError("cmdline", "nothing to do: give MYURL= or BOOTYURL= (provision), or "
                           "root= and entrypoint= (ginit)")
@@ -122,7 +135,7 @@ def step_action(ctx: Context) -> None:
     assert ctx.network is not None
     mac = ctx.network.mac
     ctx.sink = ServerSink(f"{server_base(ctx.params)}/events/{mac_dashes(mac)}",
-                          token=ctx.params.token)
+                          token=ctx.params.token, session=ctx.session)
     log.add_sink(ctx.sink)
     fetched = fetch_action(ctx.params, mac, session=ctx.session)
     ctx.action = fetched.action

@@ -24,7 +24,9 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
+import ssl
 import stat
 import tempfile
 import time
@@ -46,6 +48,7 @@ DATA = Path(__file__).resolve().parent / "data"
 REPO = Path(__file__).resolve().parents[2]
 BUNDLE_DIR = "usr/lib/pyinit"          # inside the initramfs
 MODULES_LIST_PATH = "etc/pyinit/modules"  # read by pyinit.init's modules step
+CA_PATH = "etc/pyinit/ca.pem"             # pyinit.tls.BAKED_CA: trusted when no pyinit.ca=
 ZSTD_LEVEL = 19
 # Used when neither SOURCE_DATE_EPOCH nor a git commit time is available (2024-01-01).
 FALLBACK_EPOCH = 1704067200
@@ -110,6 +113,7 @@ class BuildConfig:
     source_date_epoch: int | None = None
     zstd_level: int = ZSTD_LEVEL
     init_shim: bool = False                     # /init as a busybox sh shim instead of a link
+    ca: Path | None = None                      # PEM CA certificate(s) baked in as CA_PATH
 
     @property
     def out(self) -> Path:
@@ -332,6 +336,33 @@ def _write_atomic(path: Path, data: bytes) -> None:
     tmp.replace(path)
 
 
+_PEM_CERT_RE = re.compile(
+    rb"-----BEGIN CERTIFICATE-----\r?\n[A-Za-z0-9+/=\r\n]+-----END CERTIFICATE-----")
+
+
+def read_ca(path: Path) -> bytes:
+    """The PEM certificates of ``path`` (only those blocks, normalised), each checked by
+    OpenSSL, for ``/etc/pyinit/ca.pem``. BuildError when the file is missing or holds none,
+    so a wrong file fails the build rather than every machine's first TLS handshake."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise BuildError("ca", f"--ca {path}: {exc.strerror or exc}") from exc
+    blocks = [m.group(0).replace(b"\r\n", b"\n") for m in _PEM_CERT_RE.finditer(data)]
+    if not blocks:
+        raise BuildError("ca", f"--ca {path}: no PEM '-----BEGIN CERTIFICATE-----' block "
+                               "(a private key or a DER file? convert with "
+                               "`openssl x509 -in ca.der -inform DER -out ca.pem`)")
+    for i, block in enumerate(blocks, 1):
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(
+                cadata=block.decode("ascii"))
+        except (ssl.SSLError, ValueError) as exc:
+            raise BuildError("ca", f"--ca {path}: certificate {i} of {len(blocks)} does not "
+                                   f"parse: {getattr(exc, 'reason', None) or exc}") from exc
+    return b"\n".join(blocks) + b"\n"
+
+
 def stage(staging: Path, cfg: BuildConfig, kern: kernel.Kernel, bundle_dir: Path
           ) -> tuple[list[str], int]:
     """Fill ``staging`` with the image tree. Returns (modules staged, busybox applet count)."""
@@ -339,6 +370,8 @@ def stage(staging: Path, cfg: BuildConfig, kern: kernel.Kernel, bundle_dir: Path
     apply_layout(staging, LAYOUT)
     copy_skeleton(staging, cfg.repo / "rootfs")
     shutil.copytree(bundle_dir, _dest(staging, BUNDLE_DIR), symlinks=True)
+    if cfg.ca is not None:
+        _dest(staging, CA_PATH).write_bytes(read_ca(cfg.ca))
     if cfg.init_shim:
         (staging / "init").write_text(INIT_SHIM)
         (staging / "init").chmod(0o755)
@@ -379,6 +412,8 @@ def build(cfg: BuildConfig) -> BuildResult:
     if not cfg.modules:
         tools.remove("depmod")
     preflight.check(tools)
+    if cfg.ca is not None:
+        read_ca(cfg.ca)  # before any work: a wrong --ca fails at once
     epoch = source_date_epoch(cfg.repo, cfg.source_date_epoch)
     cfg.cache.mkdir(parents=True, exist_ok=True)
 
@@ -423,6 +458,8 @@ def build(cfg: BuildConfig) -> BuildResult:
         "source_date_epoch": epoch,
         "freeze_key": freeze_key,
     }
+    if cfg.ca is not None:
+        manifest["ca_sha256"] = _sha256(read_ca(cfg.ca))
     manifest_path = cfg.out / "manifest.json"
     _write_atomic(manifest_path, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
     log.info("initramfs: %s: %d bytes (%d uncompressed), sha256 %s; %.1f s, freeze %s",
@@ -458,6 +495,10 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                    help="mtime clamp (default: $SOURCE_DATE_EPOCH, else the last commit time)")
     p.add_argument("--zstd-level", type=int, default=ZSTD_LEVEL,
                    help="zstd level (default: %(default)s)")
+    p.add_argument("--ca", type=Path, default=None, metavar="FILE",
+                   help=f"bake PEM CA certificate(s) in as /{CA_PATH}: pyinit then verifies an "
+                        "https:// BOOTYURL=/MYURL= against them unless pyinit.ca= overrides "
+                        "(docs/tls.md; default: none, certifi's public roots)")
     p.set_defaults(func=_main)
     return p
 
@@ -467,7 +508,7 @@ def _main(args: argparse.Namespace) -> int:
                       modules=not args.no_modules, modules_list=args.modules_list,
                       extra_binaries=tuple(args.extra_binary), bundle=args.bundle,
                       entry=args.entry, source_date_epoch=args.source_date_epoch,
-                      zstd_level=args.zstd_level)
+                      zstd_level=args.zstd_level, ca=args.ca)
     try:
         result = build(cfg)
     except PyinitError as exc:

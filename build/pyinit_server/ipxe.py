@@ -28,9 +28,12 @@ def kernel_cmdline(base: str, mac: str, default_args: str, extra: list[str]) -> 
     return " ".join([*default_args.split(), f"BOOTYURL={base}", f"BOOTIF=01-{mac}", *extra])
 
 
-def machine_script(base: str, mac: str, machine: Machine, default_args: str) -> str:
+def machine_script(base: str, mac: str, machine: Machine, default_args: str, *,
+                   bootyurl: str | None = None) -> str:
+    """``bootyurl``: when it differs from ``base`` (HTTPS for pyinit, while iPXE loads the
+    kernel and initrd over plain HTTP)."""
     source = f"{machine.path.parent.name}/{machine.path.name}"
-    cmdline = kernel_cmdline(base, mac, default_args, machine.kernel_args())
+    cmdline = kernel_cmdline(bootyurl or base, mac, default_args, machine.kernel_args())
     return ("#!ipxe\n"
             f"# pyinit: {mac} ({source})\n"
             f"kernel {base}/boot/{KERNEL_NAME} {cmdline}\n"

@@ -28,6 +28,8 @@ Routes:
     a script that chains to ``<base>/${netX/mac:hexhyp}.ipxe``.
 ``GET|HEAD /boot/<path>``
     files of ``boot_dir``, served exactly as images are.
+``GET|HEAD /`` and ``/dashboard``
+    the live web dashboard (:mod:`pyinit_server.dashboard`, docs/dashboard.md).
 ``GET /api/machines`` and ``/api/machines/{mac}``
     the status of every machine (with a file or with events) and of one with its event log
     (see :mod:`pyinit_server.status`; ``pyinit status`` prints them).
@@ -87,6 +89,7 @@ import logging
 import os
 import re
 import socket
+import ssl
 import tempfile
 import threading
 import time
@@ -98,6 +101,7 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from pyinit_server import dashboard
 from pyinit_server.ipxe import chain_script, machine_script
 from pyinit_server.machines import Machine, MachineError, MachineStore
 from pyinit_server.machines import normalize_mac as normalize_mac  # re-exported
@@ -107,6 +111,10 @@ log = logging.getLogger("pyinit_server")
 
 MAX_EVENT_BYTES = 64 * 1024
 ACCESS_RECORDS = 10_000  # requests remembered for access_log
+# A client that neither sends nor reads for this long is dropped: an idle keep-alive connection,
+# a request cut off in its headers, or a reader that stopped reading mid-image (sendfile would
+# otherwise pin the handler thread forever). Progress of any size resets it.
+CLIENT_TIMEOUT = 60.0
 DEFAULT_MAX_UPLOAD = 1 << 40  # 1 TiB
 DEFAULT_UPLOAD_TIMEOUT = 300.0  # seconds without data before an upload counts as cut off
 UPLOAD_FIELD = "BootyImage"
@@ -401,9 +409,93 @@ class _Server(ThreadingHTTPServer):
     allow_reuse_address = True
     app: ProvisioningServer
 
+    def server_activate(self) -> None:
+        super().server_activate()
+        # connections being served (keep-alive ones included), closed by close_connections()
+        self.connections: set[socket.socket] = set()
+        self.connections_lock = threading.Lock()
+
+    def close_connections(self) -> None:
+        """Shut down every connection still open: a stopped server answers nobody, also not a
+        browser that kept its keep-alive connection (the handler threads then end)."""
+        with self.connections_lock:
+            conns = list(self.connections)
+        for conn in conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+
 
 class _Server6(_Server):
     address_family = socket.AF_INET6
+
+
+class _TLSMixin:
+    """HTTPS: the TLS handshake runs in the connection's own thread (``finish_request`` is
+    called there by ThreadingMixIn), under ``handshake_timeout``, so a client that connects and
+    never speaks TLS holds one thread for a while, never the accept loop."""
+
+    tls = True
+    app: ProvisioningServer
+    RequestHandlerClass: Callable[..., Any]
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        ctx = self.app.tls_context
+        assert ctx is not None
+        conn = ctx.wrap_socket(request, server_side=True, do_handshake_on_connect=False)
+        try:
+            conn.settimeout(self.app.handshake_timeout)
+            try:
+                conn.do_handshake()
+            except (OSError, ValueError) as exc:  # ssl.SSLError, TimeoutError, reset
+                log.info("%s: TLS handshake failed: %s", client_address[0],
+                         "timed out" if isinstance(exc, TimeoutError) else exc)
+                return
+            self.RequestHandlerClass(conn, client_address, self)
+        finally:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_WR)
+            conn.close()
+
+
+class _TLSServer(_TLSMixin, _Server):
+    pass
+
+
+class _TLSServer6(_TLSMixin, _Server6):
+    pass
+
+
+def tls_context(cert: Path | str, key: Path | str) -> ssl.SSLContext:
+    """A server-side context (TLS 1.2 or later) for ``cert`` and ``key``. Raises ValueError
+    with one line naming the file and the reason: missing, not PEM, encrypted, or a key that
+    does not belong to the certificate."""
+    for what, path, marker in (("--tls-cert", cert, "CERTIFICATE-----"),
+                               ("--tls-key", key, "PRIVATE KEY-----")):
+        try:
+            text = Path(path).read_text(errors="replace")
+        except OSError as exc:
+            raise ValueError(f"{what} {path}: {exc.strerror or exc}") from exc
+        if f"-----BEGIN {marker}" not in text and not re.search(
+                rf"-----BEGIN [A-Z ]*{marker}", text):
+            raise ValueError(f"{what} {path}: no PEM '-----BEGIN ...{marker}' block in it")
+
+    def no_password() -> str:
+        raise ValueError(f"--tls-key {key}: the key is encrypted; give an unencrypted one")
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(str(cert), str(key), password=no_password)
+    except ssl.SSLError as exc:
+        reason = exc.reason or str(exc)
+        if reason == "KEY_VALUES_MISMATCH":
+            raise ValueError(f"--tls-key {key} does not belong to --tls-cert {cert}") from exc
+        if reason == str(exc):  # no reason code: "[SSL] PEM lib (_ssl.c:3874)"
+            reason = re.sub(r"^\[\w+\] | \(_ssl\.c:\d+\)$", "", reason)
+        if reason == "PEM lib":
+            reason += " (a PEM block that does not decode)"
+        raise ValueError(f"--tls-cert {cert} / --tls-key {key}: cannot load: {reason}") from exc
+    return ctx
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -419,6 +511,18 @@ class _Handler(BaseHTTPRequestHandler):
 
     _status = 0
     _sent = 0
+
+    def setup(self) -> None:
+        super().setup()
+        # StreamRequestHandler applies its class-level ``timeout``; ours is per server
+        self.connection.settimeout(self.server.app.client_timeout)
+        with self.server.connections_lock:
+            self.server.connections.add(self.connection)
+
+    def finish(self) -> None:
+        with self.server.connections_lock:
+            self.server.connections.discard(self.connection)
+        super().finish()
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         """Called by send_response: recorded before the client can see the answer, so a test
@@ -481,7 +585,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _auth_failure(self) -> tuple[int, str] | None:
         """Why this write request is not allowed (status, message), or None when it is."""
-        token = self.server.app.token
+        app = self.server.app
+        if app.tls_context is not None and not getattr(self.server, "tls", False):
+            # the token (and what it protects) must not cross the network in clear
+            return 403, f"this server takes writes over HTTPS only: use {app.url}"
+        token = app.token
         if token is None:
             return None
         header = self.headers.get("Authorization")
@@ -572,6 +680,9 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/boot.ipxe":
             self._send_text(200, chain_script(self._base_url()))
             return
+        if path in ("/", "/dashboard"):
+            self._sent = dashboard.send(self)
+            return
         if path in ("/api/machines", "/api/machines/"):
             self._send_json(200, app.status())
             return
@@ -602,7 +713,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if kind == "ipxe":
             self._send_text(200, machine_script(self._base_url(), mac, machine,
-                                                 app.kernel_args))
+                                                 app.kernel_args, bootyurl=self._booty_url()))
             return
         data = machine.action_json()
         self.send_response(200)
@@ -618,14 +729,35 @@ class _Handler(BaseHTTPRequestHandler):
             self._sent = len(data)
 
     def _base_url(self) -> str:
-        """The server as the client sees it: --public-url, else the Host header."""
+        """The listener this request came in on, as the client sees it: --public-url (plain
+        HTTP) or --public-tls-url (HTTPS), else the scheme and the Host header. iPXE fetches the
+        kernel and initrd from here: most iPXE builds cannot do HTTPS."""
         app = self.server.app
-        if app.public_url:
-            return app.public_url
+        tls = getattr(self.server, "tls", False)
+        public = app.public_tls_url if tls else app.public_url
+        if public:
+            return public
         host = (self.headers.get("Host") or "").strip()
         if not _HOST_RE.match(host):
+            return app.url if tls else app.http_url or app.url
+        return f"{'https' if tls else 'http'}://{host}"
+
+    def _booty_url(self) -> str:
+        """``BOOTYURL=`` for an iPXE script: with TLS on, the HTTPS listener even when the script
+        went over plain HTTP: --public-tls-url, else the host the machine reached (Host header or
+        --public-url) with the HTTPS port."""
+        app = self.server.app
+        if app.tls_context is None or getattr(self.server, "tls", False):
+            return self._base_url()
+        if app.public_tls_url:
+            return app.public_tls_url
+        try:
+            hostname = urlsplit(self._base_url()).hostname
+        except ValueError:
+            hostname = None
+        if not hostname:
             return app.url
-        return f"http://{host}"
+        return f"https://{f'[{hostname}]' if ':' in hostname else hostname}:{app.port}"
 
     def _send_text(self, status: int, text: str) -> None:
         data = text.encode()
@@ -721,6 +853,11 @@ class _Handler(BaseHTTPRequestHandler):
                 log.info("%s: client went away: %s", rel, exc)
                 self.close_connection = True
                 return
+            except TimeoutError:
+                log.warning("%s: client stalled: nothing read for %g s, connection dropped",
+                            rel, self.server.app.client_timeout)
+                self.close_connection = True
+                return
             if sent != count:  # the file shrank under us: the response is broken
                 log.warning("%s: sent %d of %d bytes", rel, sent, count)
                 self.close_connection = True
@@ -753,7 +890,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._refuse(status, f"cannot store the upload: {exc.strerror or exc}")
             return
         finally:
-            self.connection.settimeout(self.timeout)
+            self.connection.settimeout(app.client_timeout)
         try:
             record = app._commit(name, incoming)
         except OSError as exc:
@@ -852,14 +989,30 @@ class ProvisioningServer:
     ``kernel_args``: the kernel command line of every iPXE script, before ``BOOTYURL=`` and the
     machine's ``pxe.cmdline``. ``token``: required as ``Authorization: Bearer`` by the write
     endpoints (None: no authentication).
+
+    ``tls_cert``/``tls_key`` (PEM files): HTTPS on ``tls_port`` as well, the URL machines use
+    (``url``, ``BOOTYURL=``); the plain listener on ``port`` stays for iPXE (which mostly cannot
+    do HTTPS) and refuses every write with 403, so the token never crosses the wire in clear;
+    ``port=None`` drops it. ``public_tls_url``: the HTTPS base written into iPXE scripts
+    (default: the host the machine reached, with ``tls_port``). A bad certificate or key raises
+    ValueError at construction, with one line naming the file.
     """
 
-    def __init__(self, root: Path | str, host: str = "127.0.0.1", port: int = 0, *,
+    # seconds a TLS client has to complete its handshake (in its own thread); tests lower it
+    handshake_timeout: float = 10.0
+
+    # seconds a connection may make no progress before it is dropped (CLIENT_TIMEOUT); tests
+    # lower it on the instance
+    client_timeout: float = CLIENT_TIMEOUT
+
+    def __init__(self, root: Path | str, host: str = "127.0.0.1", port: int | None = 0, *,
                  max_upload: int = DEFAULT_MAX_UPLOAD,
                  upload_timeout: float = DEFAULT_UPLOAD_TIMEOUT,
                  boot_dir: Path | str | None = None, public_url: str | None = None,
                  kernel_args: str = DEFAULT_KERNEL_ARGS, token: str | None = None,
-                 max_events: int = MAX_EVENTS) -> None:
+                 max_events: int = MAX_EVENTS, tls_cert: Path | str | None = None,
+                 tls_key: Path | str | None = None, tls_port: int = 0,
+                 public_tls_url: str | None = None) -> None:
         self.root = Path(root)
         self.host = host
         self.max_upload = max_upload
@@ -874,9 +1027,20 @@ class ProvisioningServer:
         self.history = History(max_events)
         self._uploads: dict[str, dict[str, Any]] = {}
         self._commit_lock = threading.Lock()
+        if (tls_cert is None) != (tls_key is None):
+            raise ValueError("--tls-cert and --tls-key go together")
+        self.tls_context = tls_context(tls_cert, tls_key) \
+            if tls_cert is not None and tls_key is not None else None
+        if port is None and self.tls_context is None:
+            raise ValueError("without TLS the plain HTTP listener cannot be turned off")
+        self.public_tls_url = public_tls_url.rstrip("/") if public_tls_url else None
         self._requested_port = port
-        self._httpd: _Server | None = None
+        self._requested_tls_port = tls_port
+        self._httpd: _Server | None = None  # plain HTTP (None: off)
+        self._httpsd: _Server | None = None
         self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
+        self._started = False
         # The last ACCESS_RECORDS requests (tests read them): bounded for a long-running server.
         self._access: collections.deque[dict[str, Any]] = collections.deque(
             maxlen=ACCESS_RECORDS)
@@ -885,31 +1049,60 @@ class ProvisioningServer:
     # -- lifecycle --------------------------------------------------------------------------
 
     def start(self) -> ProvisioningServer:
-        if self._httpd is not None:
+        if self._started:
             raise RuntimeError("server already started")
-        httpd = (_Server6 if ":" in self.host else _Server)((self.host, self._requested_port),
-                                                           _Handler)
-        httpd.app = self
-        self._httpd = httpd
-        self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name=f"pyinit-server-{self.port}", daemon=True)
-        self._thread.start()
-        log.info("serving %s on %s", self.root, self.url)
+        v6 = ":" in self.host
+        servers: list[_Server] = []
+        try:
+            if self._requested_port is not None:
+                servers.append((_Server6 if v6 else _Server)((self.host, self._requested_port),
+                                                             _Handler))
+            if self.tls_context is not None:
+                servers.append((_TLSServer6 if v6 else _TLSServer)(
+                    (self.host, self._requested_tls_port), _Handler))
+        except BaseException:
+            for httpd in servers:
+                httpd.server_close()
+            raise
+        self._started = True
+        for httpd in servers:
+            httpd.app = self
+            if getattr(httpd, "tls", False):
+                self._httpsd = httpd
+            else:
+                self._httpd = httpd
+            thread = threading.Thread(target=httpd.serve_forever,
+                                      kwargs={"poll_interval": 0.05}, daemon=True,
+                                      name=f"pyinit-server-{httpd.server_address[1]}")
+            thread.start()
+            self._threads.append(thread)
+        self._thread = self._threads[0]
+        if self.tls_context is not None and self.http_url is not None:
+            log.info("serving %s on %s (plain HTTP for iPXE, read-only: %s)", self.root,
+                     self.url, self.http_url)
+        else:
+            log.info("serving %s on %s", self.root, self.url)
         return self
 
     def stop(self) -> None:
-        httpd, self._httpd = self._httpd, None
-        if httpd is None:
+        servers = [h for h in (self._httpd, self._httpsd) if h is not None]
+        self._httpd = self._httpsd = None
+        if not self._started:
             return
-        httpd.shutdown()
-        httpd.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        log.info("server on port %d stopped", httpd.server_address[1])
+        self._started = False
+        for httpd in servers:
+            httpd.shutdown()
+            httpd.server_close()
+            httpd.close_connections()
+        for thread in self._threads:
+            thread.join(timeout=5)
+        self._threads = []
+        log.info("server on %s stopped",
+                 ", ".join(str(h.server_address[1]) for h in servers))
 
     def serve_forever(self) -> None:
         """Run in the foreground until KeyboardInterrupt (the CLI)."""
-        if self._httpd is None:
+        if not self._started:
             self.start()
         try:
             while True:
@@ -918,7 +1111,7 @@ class ProvisioningServer:
             self.stop()
 
     def __enter__(self) -> ProvisioningServer:
-        if self._httpd is None:
+        if not self._started:
             self.start()
         return self
 
@@ -928,14 +1121,32 @@ class ProvisioningServer:
 
     @property
     def port(self) -> int:
-        if self._httpd is None:
+        """The port of ``url``: the HTTPS one when TLS is on."""
+        httpd = self._httpsd or self._httpd
+        if httpd is None:
             raise RuntimeError("server not started")
-        return int(self._httpd.server_address[1])
+        return int(httpd.server_address[1])
 
     @property
     def url(self) -> str:
+        """The URL machines use (``BOOTYURL=``): ``https://`` when TLS is on."""
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return f"{'https' if self._httpsd else 'http'}://{host}:{self.port}"
+
+    @property
+    def http_port(self) -> int | None:
+        """The plain HTTP listener's port (None: turned off)."""
+        if not self._started:
+            raise RuntimeError("server not started")
+        return int(self._httpd.server_address[1]) if self._httpd is not None else None
+
+    @property
+    def http_url(self) -> str | None:
+        """The plain HTTP listener (iPXE scripts, /boot/, reads), None when turned off; the
+        same as ``url`` without TLS."""
+        port = self.http_port
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return None if port is None else f"http://{host}:{port}"
 
     # -- events and access records ----------------------------------------------------------
 

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import base64
+import ssl
+
 import pytest
 
 from pyinit.cmdline import (
@@ -155,3 +158,63 @@ def test_failure_policy_survives_a_broken_command_line() -> None:
         parse_cmdline(line, {})
     assert failure_policy(line) == "poweroff"
     assert failure_policy("pyinit.on_failure=nonsense") == "shell"
+
+
+# -- pyinit.ca= (issue #6) -------------------------------------------------------------------
+
+# A self-signed EC P-256 certificate made once with `openssl req -x509` (only parsed here).
+UNIT_CA_PEM = """-----BEGIN CERTIFICATE-----
+MIIBiDCCAS+gAwIBAgIUROIZl7KXC8RjCgrEbDS2NweBLy8wCgYIKoZIzj0EAwIw
+GTEXMBUGA1UEAwwOcHlpbml0IHVuaXQgQ0EwIBcNMjYxMTIzMTg1NzQ0WhgPMjEy
+NjEwMzAxODU3NDRaMBkxFzAVBgNVBAMMDnB5aW5pdCB1bml0IENBMFkwEwYHKoZI
+zj0CAQYIKoZIzj0DAQcDQgAEbBrYjRJoLZ3LqgQvhuNcWBaiCEdht0XWZnDyRx/B
+WGWgLEU4kmAmvjZXWxMuCPA3WJUG6MIU2OxXp8KJuXQc6aNTMFEwHQYDVR0OBBYE
+FJ2IbMMrBQkGeUFOSsh+3TUMj1DtMB8GA1UdIwQYMBaAFJ2IbMMrBQkGeUFOSsh+
+3TUMj1DtMA8GA1UdEwEB/wQFMAMBAf8wCgYIKoZIzj0EAwIDRwAwRAIgXP3u7SFx
+qsdJy4E62WOfaBEx1eveBJwWIIbXNaePb/oCIDrZsvZllFYur54R8Y5G5qmCm/aR
+FIwYCEI2hWF5zA8/
+-----END CERTIFICATE-----
+"""
+UNIT_CA_DER = ssl.PEM_cert_to_DER_cert(UNIT_CA_PEM)
+B64_DER = base64.b64encode(UNIT_CA_DER).decode()
+
+
+@pytest.mark.parametrize(("value", "path", "der"), [
+    ("/etc/pyinit/ca.pem", "/etc/pyinit/ca.pem", None),
+    ("/run/extra/site-ca.pem", "/run/extra/site-ca.pem", None),
+    (f"base64:{B64_DER}", None, UNIT_CA_DER),
+    (f"base64:{B64_DER.rstrip('=')}", None, UNIT_CA_DER),  # padding is optional
+    (f"base64:{base64.b64encode(UNIT_CA_PEM.encode()).decode()}", None, UNIT_CA_DER),  # a PEM
+])
+def test_pyinit_ca_forms(value: str, path: str | None, der: bytes | None) -> None:
+    params = parse_cmdline(f"MYURL=https://10.0.2.2:8443 pyinit.ca={value}", {})
+    assert params.ca_path == path
+    if der is None:
+        assert params.ca_pem is None
+    else:
+        assert params.ca_pem is not None
+        assert ssl.PEM_cert_to_DER_cert(params.ca_pem) == der
+    assert "MII" not in repr(params)  # the (long) inline CA is kept out of repr
+
+
+@pytest.mark.parametrize(("value", "needle"), [
+    ("ca.pem", "expected a path (/etc/pyinit/ca.pem) or base64:"),
+    ("", "expected a path"),
+    ("base64:", "the 0 decoded bytes are not an X.509 certificate"),
+    ("base64:!!not-base64!!", "not valid base64"),
+    ("base64:" + base64.b64encode(b"garbage" * 20).decode(), "140 decoded bytes are not an X.509"),
+    ("base64:" + B64_DER[:200], "150 decoded bytes are not an X.509"),  # cut short
+    ("base64:" + base64.b64encode(b"-----BEGIN CERTIFICATE-----\nAAAA\n").decode(),
+     "are not an X.509 certificate"),
+])
+def test_bad_pyinit_ca_is_one_line_naming_the_key(value: str, needle: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_cmdline(f"MYURL=https://h pyinit.ca={value}", {})
+    assert info.value.field == "pyinit.ca"
+    assert needle in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_no_pyinit_ca_by_default() -> None:
+    params = parse_cmdline("MYURL=https://h", {})
+    assert params.ca_path is None and params.ca_pem is None

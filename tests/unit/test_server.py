@@ -110,7 +110,7 @@ def test_default_json_for_unknown_macs(root: Path, server: ProvisioningServer) -
 
 
 @pytest.mark.parametrize("path", [
-    "/", "/favicon.ico", "/52-54-00-12-34", "/52-54:00-12-34-56", "/52-54-00-12-34-5g",
+    "/favicon.ico", "/52-54-00-12-34", "/52-54:00-12-34-56", "/52-54-00-12-34-5g",
     "/machines/52-54-00-12-34-56.json", "/52-54-00-12-34-56.json", "/x/52-54-00-12-34-56",
 ])
 def test_not_a_mac_is_400(server: ProvisioningServer, path: str) -> None:
@@ -752,3 +752,55 @@ def test_access_log_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
             assert s.get(f"{srv.url}/images/missing-{i}").status_code == 404
         assert [r["path"] for r in srv.access_log] == [f"/images/missing-{i}"
                                                        for i in (2, 3, 4)]
+
+
+def test_stalled_reader_is_dropped_and_others_are_served(root: Path,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """A client that asks for a large image and stops reading must not pin a handler thread
+    forever: after client_timeout without progress the connection is dropped (and logged),
+    while another client is served meanwhile."""
+    big = root / "images" / "big.img"
+    with open(big, "wb") as f:
+        f.truncate(64 << 20)  # far more than the socket buffers on both sides hold
+    srv = ProvisioningServer(root)
+    srv.client_timeout = 0.5
+    with srv, caplog.at_level(logging.INFO, logger="pyinit_server"):
+        stalled = socket.create_connection(("127.0.0.1", srv.port))
+        stalled.sendall(b"GET /images/big.img HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert requests.get(f"{srv.url}/images/disk.img", timeout=5).content == IMAGE
+        deadline = time.monotonic() + 10
+        while "client stalled" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "big.img: client stalled: nothing read for 0.5 s" in caplog.text
+        # the server closed its side: after the buffered bytes the stream ends short of 64 MiB
+        stalled.settimeout(5)
+        got = 0
+        while chunk := stalled.recv(1 << 20):
+            got += len(chunk)
+        stalled.close()
+        assert 0 < got < (64 << 20)
+
+
+def test_idle_keep_alive_connection_is_closed(root: Path) -> None:
+    srv = ProvisioningServer(root)
+    srv.client_timeout = 0.3
+    with srv:
+        conn = socket.create_connection(("127.0.0.1", srv.port))
+        conn.settimeout(5)
+        started = time.monotonic()
+        assert conn.recv(1024) == b""  # closed by the server, not by our timeout
+        assert time.monotonic() - started < 4
+        conn.close()
+
+
+def test_stop_closes_keep_alive_connections(root: Path) -> None:
+    """After stop() nobody is answered, also not a client holding a keep-alive connection."""
+    srv = ProvisioningServer(root).start()
+    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=5)
+    conn.request("GET", f"/{MAC}")
+    assert conn.getresponse().read() == ACTION
+    srv.stop()
+    with pytest.raises((ConnectionError, http.client.HTTPException, OSError)):
+        conn.request("GET", f"/{MAC}")
+        conn.getresponse().read()
+    conn.close()

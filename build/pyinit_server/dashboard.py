@@ -1,0 +1,448 @@
+"""The live web dashboard of ``pyinit serve``: one self-contained HTML page at ``/``.
+
+The page polls ``GET /api/machines`` once a second and shows every machine: its phase, a
+progress bar with rate and ETA, its result, its last error, what is wrong with its machine file
+and when it was last heard from; clicking a machine opens its event log (``GET
+/api/machines/{mac}``), refreshed on the same tick. See docs/dashboard.md.
+
+Why one inline page and no framework: the server must stay installable with nothing but
+Python, the page must work on a provisioning network with no way out (no CDN, no fonts), and
+the whole UI is a table that a hundred lines of vanilla JS keep up to date.
+
+Machine-supplied strings (errors, step names, any event field) are untrusted: the script only
+ever sets ``textContent`` and never parses HTML. As a second line of defence the page is sent
+with a Content-Security-Policy that allows only this page's own script and style (by hash) and
+requests to this server, so an injected ``<img onerror=...>`` could neither run nor load.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from http.server import BaseHTTPRequestHandler
+
+POLL_MS = 1000  # how often the page asks for /api/machines (and the open log)
+
+_CSS = """
+:root { --fg: #1d2430; --muted: #6b7585; --line: #dde2ea; --bg: #f6f7f9; --ok: #1a7f37;
+        --bad: #c62828; --run: #1f6feb; --warn: #b26a00; --wait: #8a94a6; }
+* { box-sizing: border-box; }
+body { margin: 0; font: 14px/1.4 system-ui, sans-serif; color: var(--fg); background: var(--bg);
+       display: flex; flex-direction: column; height: 100vh; }
+header { display: flex; align-items: center; gap: 12px; padding: 8px 16px; background: #fff;
+         border-bottom: 1px solid var(--line); flex-wrap: wrap; }
+h1 { font-size: 16px; margin: 0 8px 0 0; }
+.counts { display: flex; gap: 6px; }
+.counts button { font: inherit; border: 1px solid var(--line); background: #fff;
+                 border-radius: 12px; padding: 2px 10px; cursor: pointer; }
+.counts button[aria-pressed="true"] { border-color: var(--fg);
+                                      box-shadow: inset 0 0 0 1px var(--fg); }
+.counts b { margin-left: 4px; }
+#filter { font: inherit; padding: 3px 8px; border: 1px solid var(--line); border-radius: 4px;
+          width: 220px; }
+#updated { margin-left: auto; color: var(--muted); font-size: 12px; }
+#banner { display: none; padding: 8px 16px; background: #fdecea; color: var(--bad);
+          border-bottom: 1px solid #f5c2c0; font-weight: 600; }
+body.stale #banner { display: block; }
+body.stale #table { opacity: .55; }
+main { flex: 1; overflow: auto; min-height: 0; }
+table { border-collapse: collapse; width: 100%; background: #fff; }
+th, td { text-align: left; padding: 5px 10px; border-bottom: 1px solid var(--line);
+         vertical-align: top; }
+th { white-space: nowrap; position: sticky; top: 0; background: #eef1f5; font-size: 12px;
+     color: var(--muted); text-transform: uppercase; letter-spacing: .03em; z-index: 1; }
+tbody tr { cursor: pointer; }
+tbody tr:hover { background: #f3f6fb; }
+tbody tr.selected { background: #e7effd; }
+.mac, .file, #log .ev { font-family: ui-monospace, monospace; font-size: 12.5px; }
+td.mac, td.phase, td.progress, td.seen { white-space: nowrap; }
+td.file { max-width: 340px; overflow-wrap: anywhere; }
+.num { text-align: right; white-space: nowrap; font-variant-numeric: tabular-nums; }
+.bar { display: inline-block; width: 140px; height: 10px; border-radius: 5px; background: #e4e8ee;
+       overflow: hidden; vertical-align: middle; margin-right: 6px; }
+.fill { display: block; height: 100%; background: var(--run); width: 0; transition: width .4s; }
+tr.ok .fill { background: var(--ok); }
+tr.failed .fill { background: var(--bad); }
+.pct { font-variant-numeric: tabular-nums; }
+.badge { display: inline-block; padding: 1px 8px; border-radius: 10px; font-size: 12px;
+         font-weight: 600; color: #fff; background: var(--wait); }
+.badge.ok { background: var(--ok); }
+.badge.failed { background: var(--bad); }
+.badge.running { background: var(--run); }
+.error { color: var(--bad); max-width: 380px; overflow-wrap: anywhere; }
+.problem { display: block; color: var(--bad); font-family: system-ui, sans-serif; }
+.problem.warning { color: var(--warn); }
+.quiet { color: var(--warn); font-weight: 600; }
+.muted { color: var(--muted); }
+#empty td { color: var(--muted); text-align: center; padding: 24px; cursor: default; }
+#log { display: none; flex: 0 0 38vh; flex-direction: column; border-top: 2px solid var(--line);
+       background: #fff; min-height: 0; }
+body.logging #log { display: flex; }
+#log .head { display: flex; align-items: center; gap: 10px; padding: 6px 16px;
+             border-bottom: 1px solid var(--line); }
+#log .head button { margin-left: auto; font: inherit; }
+#loglines { overflow: auto; padding: 4px 16px; flex: 1; }
+#log .ev { white-space: pre-wrap; overflow-wrap: anywhere; padding: 1px 0; }
+#log .ev .t { color: var(--muted); }
+#log .ev .s { font-weight: 600; }
+#log .ev.bad { color: var(--bad); }
+"""
+
+_JS = r"""
+"use strict";
+(() => {
+  const POLL_MS = __POLL_MS__, TIMEOUT_MS = 5000, QUIET_S = 120;
+  const $ = (id) => document.getElementById(id);
+  const el = (tag, cls, text) => {
+    const e = document.createElement(tag);
+    if (cls) e.className = cls;
+    if (text !== undefined && text !== null) e.textContent = String(text);
+    return e;
+  };
+  const pad = (n) => String(n).padStart(2, "0");
+  const isNum = (x) => typeof x === "number" && isFinite(x);
+
+  // -- formatting (pure; exposed as window.pyinitDashboard for tests) ------------------------
+  function fmtRate(bps) {
+    if (!isNum(bps) || bps < 0) return "";
+    const units = ["B/s", "kB/s", "MB/s", "GB/s", "TB/s"];
+    let i = 0;
+    while (bps >= 1000 && i < units.length - 1) { bps /= 1000; i++; }
+    return (i === 0 ? bps.toFixed(0) : bps.toFixed(1)) + " " + units[i];
+  }
+  function fmtEta(s) {
+    if (!isNum(s) || s < 0) return "";
+    s = Math.round(s);
+    const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60), sec = s % 60;
+    return h ? `${h}:${pad(m)}:${pad(sec)}` : `${m}:${pad(sec)}`;
+  }
+  function fmtAge(seconds) {
+    if (!isNum(seconds)) return "never";
+    const s = Math.max(0, Math.floor(seconds));
+    if (s < 60) return `${s} s ago`;
+    if (s < 3600) return `${Math.floor(s / 60)} min ago`;
+    if (s < 86400) return `${Math.floor(s / 3600)} h ago`;
+    return `${Math.floor(s / 86400)} d ago`;
+  }
+  function fmtPct(p) { return isNum(p) ? `${p.toFixed(1)} %` : ""; }
+  function fmtClock(ts) {
+    if (!isNum(ts)) return "--:--:--";
+    const d = new Date(ts * 1000);
+    return `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
+  }
+  // ok | failed | running | waiting (a machine file, nothing heard yet) | default (the
+  // fallback file machines/default.*: shown for its file errors, not counted as a machine)
+  function classify(m) {
+    if (m.mac === "default") return "default";
+    if (m.result === "ok") return "ok";
+    if (m.result === "failed" || (m.result == null && m.state === "failed")) return "failed";
+    if (m.result != null) return String(m.result);
+    return m.events > 0 ? "running" : "waiting";
+  }
+  window.pyinitDashboard = { fmtRate, fmtEta, fmtAge, fmtPct, classify };
+
+  // -- state -------------------------------------------------------------------------------
+  const rows = new Map();  // mac -> {tr, cells, kind, text}
+  let machines = [], selected = null, show = "all", lastOk = null, failingSince = null;
+  let logKey = null, logCount = 0;
+
+  async function getJSON(url) {
+    const ctl = new AbortController();
+    const timer = setTimeout(() => ctl.abort(), TIMEOUT_MS);
+    try {
+      const r = await fetch(url, { cache: "no-store", signal: ctl.signal });
+      if (!r.ok) {
+        let msg = `HTTP ${r.status}`;
+        try { const body = await r.json(); if (body && body.error) msg += `: ${body.error}`; }
+        catch (e) { /* not JSON */ }
+        const err = new Error(msg);
+        err.status = r.status;
+        throw err;
+      }
+      return await r.json();
+    } catch (e) {
+      if (e.name === "AbortError") throw new Error(`no answer within ${TIMEOUT_MS / 1000} s`);
+      throw e;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  // -- the table ---------------------------------------------------------------------------
+  function setText(node, text) {
+    text = text === undefined || text === null ? "" : String(text);
+    if (node.textContent !== text) node.textContent = text;
+  }
+
+  function makeRow(mac) {
+    const tr = el("tr");
+    tr.tabIndex = 0;
+    tr.dataset.mac = mac;
+    const c = {};
+    for (const name of ["mac", "file", "phase", "progress", "rate", "eta", "result", "error",
+                        "seen"]) {
+      c[name] = el("td", name);
+      tr.append(c[name]);
+    }
+    c.rate.classList.add("num");
+    c.eta.classList.add("num");
+    c.mac.textContent = mac;
+    c.fileName = el("span");
+    c.fileProblem = el("span", "problem");
+    c.file.append(c.fileName, c.fileProblem);
+    c.bar = el("span", "bar");
+    c.fill = el("span", "fill");
+    c.bar.append(c.fill);
+    c.bar.style.display = "none";
+    c.pct = el("span", "pct");
+    c.progress.append(c.bar, c.pct);
+    c.badge = el("span", "badge");
+    c.result.append(c.badge);
+    tr.addEventListener("click", () => select(mac));
+    tr.addEventListener("keydown", (ev) => { if (ev.key === "Enter") select(mac); });
+    return { tr, c };
+  }
+
+  function updateRow(row, m, now) {
+    const c = row.c, kind = classify(m);
+    row.kind = kind;
+    row.text = [m.mac, m.file, m.phase, m.state, m.result, m.error, m.file_error,
+                m.file_warning].filter((x) => x != null).join(" ").toLowerCase();
+    const cls = `${kind}${m.mac === selected ? " selected" : ""}`;
+    if (row.tr.className !== cls) row.tr.className = cls;
+    setText(c.fileName, m.file || "—");
+    c.fileName.className = m.file ? "" : "muted";
+    const problem = m.file_error || m.file_warning || "";
+    setText(c.fileProblem, problem);
+    c.fileProblem.className = m.file_error ? "problem" : "problem warning";
+    setText(c.phase, m.phase ? (m.state ? `${m.phase} · ${m.state}` : m.phase) : "");
+    if (isNum(m.percent)) {
+      c.bar.style.display = "";
+      const w = `${Math.min(100, Math.max(0, m.percent))}%`;
+      if (c.fill.style.width !== w) c.fill.style.width = w;
+    } else {
+      c.bar.style.display = "none";
+    }
+    setText(c.pct, fmtPct(m.percent));
+    const running = kind === "running";
+    setText(c.rate, running ? fmtRate(m.rate) : "");
+    setText(c.eta, running ? fmtEta(m.eta) : "");
+    setText(c.badge, kind);
+    c.badge.className = `badge ${kind}`;
+    setText(c.error, m.error || "");
+    const age = isNum(m.last_seen) ? now - m.last_seen : null;
+    setText(c.seen, fmtAge(age));
+    c.seen.className = running && age !== null && age > QUIET_S ? "seen quiet" : "seen";
+    c.seen.title = isNum(m.last_seen) ? new Date(m.last_seen * 1000).toString() : "";
+  }
+
+  function visible(row) {
+    if (show !== "all" && row.kind !== show) return false;
+    const q = $("filter").value.trim().toLowerCase();
+    return !q || row.text.includes(q);
+  }
+
+  function render(data) {
+    machines = Array.isArray(data.machines) ? data.machines : [];
+    const now = isNum(data.now) ? data.now : Date.now() / 1000;
+    const tbody = $("rows"), seen = new Set();
+    const counts = { all: 0, running: 0, ok: 0, failed: 0, waiting: 0 };
+    let i = 0;
+    for (const m of machines) {
+      if (typeof m.mac !== "string") continue;
+      seen.add(m.mac);
+      let row = rows.get(m.mac);
+      if (!row) { row = makeRow(m.mac); rows.set(m.mac, row); }
+      updateRow(row, m, now);
+      if (row.kind !== "default") counts.all++;
+      if (row.kind in counts) counts[row.kind]++;
+      row.tr.hidden = !visible(row);
+      if (tbody.children[i] !== row.tr) tbody.insertBefore(row.tr, tbody.children[i] || null);
+      i++;
+    }
+    for (const [mac, row] of rows) {
+      if (!seen.has(mac)) { row.tr.remove(); rows.delete(mac); }
+    }
+    $("empty").hidden = counts.all > 0;
+    for (const k of Object.keys(counts)) setText($(`n-${k}`), counts[k]);
+    const parts = [];
+    if (counts.failed) parts.push(`${counts.failed} failed`);
+    if (counts.running) parts.push(`${counts.running} running`);
+    document.title = `pyinit${parts.length ? ": " + parts.join(", ") : ""}`;
+    setText($("updated"), `updated ${fmtClock(now)}`);
+  }
+
+  function applyFilter() {
+    for (const row of rows.values()) row.tr.hidden = !visible(row);
+    for (const b of document.querySelectorAll(".counts button")) {
+      b.setAttribute("aria-pressed", String(b.dataset.show === show));
+    }
+  }
+
+  // -- the log of one machine --------------------------------------------------------------
+  function select(mac) {
+    if (selected === mac) return;
+    selected = mac;
+    logKey = null;
+    logCount = 0;
+    $("loglines").replaceChildren();
+    setText($("logtitle"), mac ? `Log of ${mac}` : "");
+    setText($("logstatus"), mac ? "loading…" : "");
+    document.body.classList.toggle("logging", !!mac);
+    for (const [m, row] of rows) row.tr.classList.toggle("selected", m === mac);
+    if (mac && location.hash !== `#${mac}`) history.replaceState(null, "", `#${mac}`);
+    if (!mac && location.hash) history.replaceState(null, "", location.pathname);
+    if (mac) refreshLog();
+  }
+
+  function logLine(ev) {
+    const line = el("div", "ev");
+    if (ev.status === "failed" || ev.error) line.classList.add("bad");
+    // plain-text separators (not margins), so that a copied log reads as one
+    line.append(el("span", "t", fmtClock(ev.received)), " ", el("span", "s", ev.step ?? "-"),
+                " ", el("span", "st", ev.status ?? "-"));
+    const rest = Object.keys(ev).filter((k) => !["step", "status", "received"].includes(k))
+      .map((k) => `${k}=${typeof ev[k] === "string" ? ev[k] : JSON.stringify(ev[k])}`);
+    if (rest.length) line.append("  ", el("span", "r", rest.join("  ")));
+    return line;
+  }
+
+  async function refreshLog() {
+    const mac = selected;
+    if (!mac) return;
+    let data;
+    try {
+      data = await getJSON(`/api/machines/${encodeURIComponent(mac)}`);
+    } catch (e) {
+      if (mac === selected) setText($("logstatus"), `cannot load the log: ${e.message}`);
+      return;
+    }
+    if (mac !== selected) return;
+    const events = Array.isArray(data.log) ? data.log : [];
+    const box = $("loglines");
+    const atEnd = box.scrollHeight - box.scrollTop - box.clientHeight < 30;
+    const key = events.length ? `${events[0].received}` : "";
+    if (key !== logKey || events.length < logCount) {  // the bounded log moved on: redraw
+      box.replaceChildren();
+      logKey = key;
+      logCount = 0;
+    }
+    const frag = document.createDocumentFragment();
+    for (const ev of events.slice(logCount)) frag.append(logLine(ev));
+    box.append(frag);
+    logCount = events.length;
+    setText($("logstatus"), `${events.length} event${events.length === 1 ? "" : "s"}` +
+            (events.length ? "" : " yet"));
+    if (atEnd) box.scrollTop = box.scrollHeight;
+  }
+
+  // -- the poll loop -----------------------------------------------------------------------
+  function setStale(err) {
+    if (!err) {
+      lastOk = Date.now();
+      failingSince = null;
+      document.body.classList.remove("stale");
+      return;
+    }
+    failingSince = failingSince || Date.now();
+    const since = lastOk ? `; last update ${fmtClock(lastOk / 1000)}` : "";
+    setText($("banner"), `Server unreachable (${err.message || err})${since}. ` +
+            `Showing the last data; retrying every ${POLL_MS / 1000} s.`);
+    document.body.classList.add("stale");
+  }
+
+  async function poll() {
+    try {
+      render(await getJSON("/api/machines"));
+      setStale(null);
+      if (selected) await refreshLog();
+    } catch (e) {
+      setStale(e);
+    } finally {
+      setTimeout(poll, POLL_MS);
+    }
+  }
+
+  function fromHash() {
+    const mac = decodeURIComponent(location.hash.slice(1));
+    select(mac || null);
+  }
+
+  document.addEventListener("DOMContentLoaded", () => {
+    $("filter").addEventListener("input", applyFilter);
+    for (const b of document.querySelectorAll(".counts button")) {
+      b.addEventListener("click", () => { show = show === b.dataset.show ? "all" : b.dataset.show;
+                                          applyFilter(); });
+    }
+    $("logclose").addEventListener("click", () => select(null));
+    document.addEventListener("keydown", (ev) => { if (ev.key === "Escape") select(null); });
+    window.addEventListener("hashchange", fromHash);
+    fromHash();
+    poll();
+  });
+})();
+""".replace("__POLL_MS__", str(POLL_MS))
+
+_BODY = """
+<header>
+  <h1>pyinit provisioning</h1>
+  <div class="counts">
+    <button type="button" data-show="all" aria-pressed="true">total<b id="n-all">0</b></button>
+    <button type="button" data-show="running">running<b id="n-running">0</b></button>
+    <button type="button" data-show="ok">ok<b id="n-ok">0</b></button>
+    <button type="button" data-show="failed">failed<b id="n-failed">0</b></button>
+    <button type="button" data-show="waiting">waiting<b id="n-waiting">0</b></button>
+  </div>
+  <input id="filter" type="search" placeholder="filter: MAC, phase, error…" autocomplete="off">
+  <span id="updated">connecting…</span>
+</header>
+<div id="banner" role="alert"></div>
+<main>
+  <table id="table">
+    <thead><tr><th>Machine</th><th>File</th><th>Phase</th><th>Progress</th><th>Rate</th>
+      <th>ETA</th><th>Result</th><th>Last error</th><th>Last seen</th></tr></thead>
+    <tbody id="rows"></tbody>
+    <tbody><tr id="empty" hidden><td colspan="9">No machines yet: add files to machines/
+      or boot one.</td></tr></tbody>
+  </table>
+</main>
+<section id="log" aria-live="polite">
+  <div class="head"><strong id="logtitle"></strong><span id="logstatus" class="muted"></span>
+    <button type="button" id="logclose">close (Esc)</button></div>
+  <div id="loglines"></div>
+</section>
+"""
+
+
+def _hash(text: str) -> str:
+    return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode()).digest()).decode() + "'"
+
+
+PAGE: bytes = (
+    "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+    "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
+    "<title>pyinit</title>\n<link rel=\"icon\" href=\"data:,\">\n"
+    f"<style>{_CSS}</style>\n</head>\n<body>{_BODY}<script>{_JS}</script>\n</body>\n</html>\n"
+).encode()
+
+# Only this page's own script and style, requests to this server, nothing else: no external
+# resource can load and no injected handler can run (hashes do not cover inline handlers).
+CSP = (f"default-src 'none'; script-src {_hash(_JS)}; style-src {_hash(_CSS)}; "
+       "connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; "
+       "frame-ancestors 'none'")
+
+
+def send(handler: BaseHTTPRequestHandler) -> int:
+    """Answer ``handler``'s GET or HEAD with the page; the number of body bytes written."""
+    handler.send_response(200)
+    handler.send_header("Content-Type", "text/html; charset=utf-8")
+    handler.send_header("Content-Length", str(len(PAGE)))
+    handler.send_header("Cache-Control", "no-store")
+    handler.send_header("Content-Security-Policy", CSP)
+    handler.send_header("X-Content-Type-Options", "nosniff")
+    handler.send_header("Referrer-Policy", "no-referrer")
+    handler.end_headers()
+    if handler.command == "HEAD":
+        return 0
+    handler.wfile.write(PAGE)
+    return len(PAGE)
