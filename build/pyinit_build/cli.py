@@ -20,6 +20,8 @@ def build_parser() -> argparse.ArgumentParser:
     from pyinit_build.golden import cli as image_cli
     from pyinit_qemu import cli as vm_cli
     from pyinit_server import cli as serve_cli
+    from pyinit_server import dnsmasq as dnsmasq_cli
+    from pyinit_server import export as export_cli
     from pyinit_server import status_cli
 
     parser = argparse.ArgumentParser(
@@ -32,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     initramfs.register(sub)
     image_cli.register(sub)
     serve_cli.register(sub)
+    dnsmasq_cli.register(sub)
+    export_cli.register(sub)
     status_cli.register(sub)
     vm_cli.register(sub)
     demo.register(sub)
