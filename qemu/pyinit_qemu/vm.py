@@ -9,6 +9,10 @@ Without a kernel (``VMConfig.kernel=None``) the firmware boots the first disk, a
 machine: SeaBIOS (``firmware="bios"``) or OVMF (``firmware="uefi"``: the code image read-only
 and a private, writable copy of its variable store in pflash). Both print to the serial console.
 
+The NIC uses slirp (user networking) unless ``VMConfig.tap`` names a TAP device; with
+``VMConfig.netns`` QEMU runs inside that network namespace (``ip netns exec``), so a test can put
+the VM on a bridge next to a real dnsmasq without touching the host's network.
+
 The serial console goes to QEMU's stdout with ``-display none -serial stdio -monitor none``.
 ``-nographic`` is deliberately not used: it makes SeaBIOS write escape sequences and
 ``Booting from ROM..`` (without a newline) onto the serial line, glued to the guest's first line.
@@ -56,8 +60,8 @@ DEFAULT_EXPECT_TIMEOUT = 120.0
 DEFAULT_VM_TIMEOUT = 600.0
 TAIL_LINES = 30
 
-Interface = Literal["virtio", "ide", "ahci", "scsi"]
-INTERFACES: tuple[str, ...] = ("virtio", "ide", "ahci", "scsi")
+Interface = Literal["virtio", "ide", "ahci", "scsi", "nvme", "usb"]
+INTERFACES: tuple[str, ...] = ("virtio", "ide", "ahci", "scsi", "nvme", "usb")
 AHCI_PORTS = 6
 Accel = Literal["tcg", "kvm", "auto"]
 Firmware = Literal["bios", "uefi"]
@@ -80,12 +84,15 @@ _T = TypeVar("_T")
 
 @dataclass(frozen=True)
 class Disk:
-    """One disk: a host file attached through ``interface``, optionally with a disk serial."""
+    """One disk: a host file attached through ``interface``, optionally with a disk serial.
+    ``nvme`` is one NVMe controller per disk; ``usb`` a usb-storage stick on a qemu-xhci
+    controller, ``removable`` setting its SCSI removable bit (as real sticks do)."""
 
     path: Path | str
     interface: Interface = "virtio"
     format: str = "raw"
     serial: str | None = None
+    removable: bool = False
 
     def __post_init__(self) -> None:
         if self.interface not in INTERFACES:
@@ -154,6 +161,15 @@ class VMConfig:
     #: ``pxe_bootfile`` (e.g. an iPXE script); the NIC keeps QEMU's iPXE ROM and boots first.
     pxe_tftp: Path | str | None = None
     pxe_bootfile: str | None = None
+    #: Instead of slirp: this existing TAP device (``-netdev tap,ifname=...,script=no``), e.g.
+    #: one enslaved to a bridge where a real DHCP/TFTP server (dnsmasq) answers.
+    tap: str | None = None
+    #: Run QEMU inside this network namespace (``ip netns exec NS qemu ...``): where ``tap``
+    #: lives, so a test's network never touches the host's.
+    netns: str | None = None
+    #: Network boot from whatever DHCP server is on ``tap``: the NIC keeps QEMU's iPXE ROM and
+    #: boots first (``pxe_tftp`` implies this for slirp).
+    net_boot: bool = False
     qemu: str = QEMU
 
 
@@ -179,7 +195,8 @@ def build_command(cfg: VMConfig) -> list[str]:
     if cfg.kernel is None and (cfg.initrd is not None or cfg.append.strip()):
         raise ValueError("initrd and append need a kernel (without one the firmware boots the "
                          "first disk)")
-    argv = [cfg.qemu, "-accel", cfg.accel]
+    argv = [] if cfg.netns is None else ["ip", "netns", "exec", cfg.netns]
+    argv += [cfg.qemu, "-accel", cfg.accel]
     if cfg.accel == "kvm":
         argv += ["-cpu", "host"]
     else:
@@ -202,13 +219,22 @@ def build_command(cfg: VMConfig) -> list[str]:
     if not cfg.reboot:
         argv += ["-no-reboot"]
     argv += ["-display", "none", "-serial", "stdio", "-monitor", "none"]
-    pxe = cfg.pxe_tftp is not None
-    if pxe and (cfg.kernel is not None or not cfg.nic_model or not cfg.pxe_bootfile):
+    pxe = cfg.pxe_tftp is not None or cfg.net_boot
+    if pxe and (cfg.kernel is not None or not cfg.nic_model
+                or (cfg.pxe_tftp is not None and not cfg.pxe_bootfile)):
         raise ValueError("network boot needs kernel=None, a NIC and pxe_bootfile")
+    if cfg.tap is not None and (cfg.pxe_tftp is not None or cfg.hostfwd):
+        raise ValueError(f"tap {cfg.tap}: pxe_tftp and hostfwd are slirp options")
+    if cfg.net_boot and cfg.tap is None:
+        raise ValueError("net_boot needs a tap device (slirp network boot: pxe_tftp)")
     if cfg.nic_model:
-        netdev = "user,id=n0" + "".join(f",hostfwd={_opt(f)}" for f in cfg.hostfwd)
-        if pxe:
+        if cfg.tap is not None:
+            netdev = f"tap,id=n0,ifname={_opt(cfg.tap)},script=no,downscript=no"
+        else:
+            netdev = "user,id=n0" + "".join(f",hostfwd={_opt(f)}" for f in cfg.hostfwd)
+        if cfg.pxe_tftp is not None:
             netdev += f",tftp={_opt(str(cfg.pxe_tftp))},bootfile={_opt(str(cfg.pxe_bootfile))}"
+        if pxe:
             nic = f"{cfg.nic_model},netdev=n0,mac={cfg.mac},bootindex=0"  # QEMU's iPXE ROM
         else:
             # romfile= : no iPXE option ROM: nothing network-boots, whether QEMU loads the
@@ -226,15 +252,27 @@ def _disk_args(disks: Sequence[Disk], *, boot_first: bool = False) -> list[str]:
     """``-drive``/``-device`` pairs; ``boot_first``: the first disk gets ``bootindex=0``."""
     argv: list[str] = []
     ahci_ports = 0
-    have_scsi = False
+    have_scsi = have_xhci = False
     for i, disk in enumerate(disks):
         drive = f"d{i}"
         argv += ["-drive", f"file={_opt(str(disk.path))},format={disk.format},if=none,id={drive}"]
         props = f",serial={_opt(disk.serial)}" if disk.serial else ""
         if boot_first and i == 0:
             props += ",bootindex=0"
+        if disk.removable and disk.interface not in ("usb", "scsi"):
+            raise ValueError(f"disk {disk.path}: removable needs interface usb or scsi")
+        if disk.removable:
+            props += ",removable=on"
         if disk.interface == "virtio":
             device = f"virtio-blk-pci,drive={drive}{props}"
+        elif disk.interface == "nvme":
+            serial = "" if disk.serial else f",serial=nvme{i}"  # QEMU's NVMe requires one
+            device = f"nvme,drive={drive}{serial}{props}"
+        elif disk.interface == "usb":
+            if not have_xhci:
+                argv += ["-device", "qemu-xhci,id=xhci0"]
+                have_xhci = True
+            device = f"usb-storage,drive={drive},bus=xhci0.0{props}"
         elif disk.interface == "ide":
             device = f"ide-hd,drive={drive}{props}"  # QEMU picks the next free IDE slot
         elif disk.interface == "ahci":

@@ -148,7 +148,23 @@ def test_commas_in_option_values_are_doubled() -> None:
 
 def test_bad_interface() -> None:
     with pytest.raises(ValueError, match="interface"):
-        Disk("/d/a", interface="nvme")  # type: ignore[arg-type]
+        Disk("/d/a", interface="floppy")  # type: ignore[arg-type]
+
+
+def test_nvme_and_removable_usb_disks() -> None:
+    cfg = VMConfig(kernel=KERNEL, initrd=INITRD, append="quiet", disks=[
+        Disk("/d/0", "nvme", serial="big"), Disk("/d/1", "nvme"),
+        Disk("/d/2", "usb", serial="stick", removable=True), Disk("/d/3", "usb")])
+    assert build_command(cfg)[len(BASE) + len(NET):] == [
+        "-drive", "file=/d/0,format=raw,if=none,id=d0", "-device", "nvme,drive=d0,serial=big",
+        "-drive", "file=/d/1,format=raw,if=none,id=d1", "-device", "nvme,drive=d1,serial=nvme1",
+        "-drive", "file=/d/2,format=raw,if=none,id=d2", "-device", "qemu-xhci,id=xhci0",
+        "-device", "usb-storage,drive=d2,bus=xhci0.0,serial=stick,removable=on",
+        "-drive", "file=/d/3,format=raw,if=none,id=d3",
+        "-device", "usb-storage,drive=d3,bus=xhci0.0",
+    ]
+    with pytest.raises(ValueError, match="removable"):
+        build_command(VMConfig(kernel=KERNEL, disks=[Disk("/d/a", removable=True)]))
 
 
 # --------------------------------------------------------------------------------------------
@@ -695,3 +711,29 @@ def test_network_boot_keeps_the_ipxe_rom_and_boots_the_nic_first() -> None:
     assert "bootindex=0" not in " ".join(a for a in argv if a.startswith("virtio-blk"))
     with pytest.raises(ValueError, match="network boot needs kernel=None"):
         build_command(VMConfig(kernel="/k", pxe_tftp="/srv/tftp", pxe_bootfile="x"))
+
+
+def test_tap_in_a_netns_network_boots_from_the_real_network() -> None:
+    argv = build_command(VMConfig(kernel=None, disks=[Disk("/d.raw")], tap="tap0",
+                                  netns="lab-cli", net_boot=True))
+    assert argv[:5] == ["ip", "netns", "exec", "lab-cli", "qemu-system-x86_64"]
+    assert argv[argv.index("-netdev") + 1] == "tap,id=n0,ifname=tap0,script=no,downscript=no"
+    assert argv[argv.index("-device") + 1] == \
+        "virtio-net-pci,netdev=n0,mac=52:54:00:12:34:56,bootindex=0"
+    assert "bootindex=0" not in " ".join(a for a in argv if a.startswith("virtio-blk"))
+    # a tap without net_boot: no ROM, as with slirp
+    argv = build_command(VMConfig(kernel="/k", tap="tap0"))
+    assert argv[0] == "qemu-system-x86_64"
+    assert argv[argv.index("-device") + 1].endswith(",romfile=")
+
+
+@pytest.mark.parametrize(("cfg", "error"), [
+    (VMConfig(kernel=None, net_boot=True), "net_boot needs a tap device"),
+    (VMConfig(kernel="/k", tap="t", net_boot=True), "network boot needs kernel=None"),
+    (VMConfig(kernel=None, tap="t", net_boot=True, nic_model=None), "network boot needs"),
+    (VMConfig(kernel="/k", tap="t", hostfwd=["tcp::1-:22"]), "tap t: pxe_tftp and hostfwd"),
+    (VMConfig(kernel=None, tap="t", pxe_tftp="/x", pxe_bootfile="b"), "slirp options"),
+])
+def test_tap_config_errors(cfg: VMConfig, error: str) -> None:
+    with pytest.raises(ValueError, match=error):
+        build_command(cfg)
