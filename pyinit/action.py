@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import urljoin, urlsplit
 
+from pyinit.disks import Hints, parse_hints
 from pyinit.errors import ConfigError
 
 ActionKind = Literal["writeImage", "readImage"]
@@ -59,9 +60,12 @@ _FIELDS: dict[str, tuple[str, tuple[type, ...]]] = {
     "sshKeys": ("ssh_keys", (list,)),
     "network": ("network", (str,)),
     "cloudInit": ("cloud_init", (bool,)),
+    "rootDeviceHints": ("root_device_hints", (dict,)),
+    "allowRemovable": ("allow_removable", (bool,)),
 }
 
-_TYPE_NAMES = {bool: "a boolean", str: "a string", int: "an integer", list: "a list"}
+_TYPE_NAMES = {bool: "a boolean", str: "a string", int: "an integer", list: "a list",
+               dict: "an object"}
 _HOSTNAME_RE = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
                           r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
 _DEVICE_RE = re.compile(r"^/dev/[A-Za-z0-9._/:+-]+$")
@@ -101,6 +105,12 @@ class Action:
     network: NetworkMode = "none"
     nameservers: tuple[str, ...] = ()
     cloud_init: bool = False
+    # Which disk (issue #7, docs/disks.md): ironic-style hints instead of a device path, for
+    # writeImage (the destination) or readImage (the source). Neither hints nor a device on a
+    # writeImage: the default rule (smallest usable disk that fits). Removable disks (USB
+    # sticks) are never chosen by hints or the default unless allowRemovable.
+    root_device_hints: Hints | None = None
+    allow_removable: bool = False
 
     @property
     def grows(self) -> bool:
@@ -117,10 +127,20 @@ class Action:
             return self.compression
         return "gzip" if self.compressed else "none"
 
+    @property
+    def disk_wanted(self) -> str:
+        """How the action names its disk, for messages: a path, the hints, or the default."""
+        device = self.destination_device if self.action == "writeImage" else self.source_device
+        if device:
+            return device
+        if self.root_device_hints is not None:
+            return f"rootDeviceHints {self.root_device_hints.describe()}"
+        return "the default disk"
+
     def summary(self) -> str:
         if self.action == "writeImage":
-            return f"writeImage {self.source_image} -> {self.destination_device}"
-        return f"readImage {self.source_device} -> {self.destination_address}"
+            return f"writeImage {self.source_image} -> {self.disk_wanted}"
+        return f"readImage {self.disk_wanted} -> {self.destination_address}"
 
 
 def _check_type(name: str, value: Any, types: tuple[type, ...]) -> None:
@@ -243,23 +263,43 @@ def parse_action(data: Mapping[str, Any], *, base_url: str | None = None) -> Act
     if values.get("checksum_url"):
         values["checksum_url"] = _url("checksumURL", values["checksum_url"], base_url)
 
+    _which_disk(values, kind)
     if kind == "writeImage":
-        for wire, attr in (("sourceImage", "source_image"),
-                           ("destinationDevice", "destination_device")):
-            if not values.get(attr):
-                raise ConfigError(wire, "required for writeImage")
+        if not values.get("source_image"):
+            raise ConfigError("sourceImage", "required for writeImage")
         values["source_image"] = _url("sourceImage", values["source_image"], base_url)
-        values["destination_device"] = _device("destinationDevice",
-                                               values["destination_device"])
     else:
-        for wire, attr in (("sourceDevice", "source_device"),
-                           ("desintationAddress", "destination_address")):
-            if not values.get(attr):
-                raise ConfigError(wire, "required for readImage")
-        values["source_device"] = _device("sourceDevice", values["source_device"])
+        if not values.get("destination_address"):
+            raise ConfigError("desintationAddress", "required for readImage")
         values["destination_address"] = _url("desintationAddress",
                                              values["destination_address"], base_url)
     return Action(**values)
+
+
+def _which_disk(values: dict[str, Any], kind: str) -> None:
+    """destinationDevice/sourceDevice, rootDeviceHints, allowRemovable. Pure.
+
+    A device path or hints, never both (which would win is a guess). The hints are parsed
+    here so a bad one fails before any disk is touched, naming ``rootDeviceHints.<hint>``.
+    An empty string is BOOTy's Go zero value: unset. readImage needs one of the two (there is
+    no sensible default disk to capture); writeImage without either uses the default rule.
+    """
+    wire, attr = (("destinationDevice", "destination_device") if kind == "writeImage"
+                  else ("sourceDevice", "source_device"))
+    device = values.pop(attr, "") or None
+    hints = values.pop("root_device_hints", None)
+    if device is not None and hints is not None:
+        raise ConfigError("rootDeviceHints", f"give {wire} or rootDeviceHints, not both")
+    if device is not None:
+        values[attr] = _device(wire, device)
+    elif hints is not None:
+        parsed = parse_hints(hints)
+        if parsed.empty:
+            raise ConfigError("rootDeviceHints", "is empty: give at least one hint, or leave "
+                                                 "it out for the default disk")
+        values["root_device_hints"] = parsed
+    elif kind == "readImage":
+        raise ConfigError(wire, "required for readImage (or rootDeviceHints)")
 
 
 def parse_action_json(body: bytes | str, *, base_url: str | None = None) -> Action:

@@ -47,6 +47,33 @@ class IpConfig:
 
 
 @dataclass(frozen=True)
+class VlanConfig:
+    """``vlan=<name>:<parent>`` (dracut): an 802.1Q link ``name`` with VLAN id ``vid`` on
+    ``parent``."""
+
+    name: str
+    vid: int
+    parent: str
+
+
+BOND_MODES = {"active-backup": "active-backup", "1": "active-backup"}
+BOND_OPTIONS = ("mode", "miimon", "updelay", "downdelay")
+
+
+@dataclass(frozen=True)
+class BondConfig:
+    """``bond=<name>[:<slaves>[:<options>[:<mtu>]]]`` (dracut); only active-backup."""
+
+    name: str = "bond0"
+    slaves: tuple[str, ...] = ("eth0", "eth1")
+    mode: str = "active-backup"
+    miimon: int = 100
+    updelay: int = 0
+    downdelay: int = 0
+    mtu: int | None = None
+
+
+@dataclass(frozen=True)
 class BootParams:
     myurl: str | None = None
     bootyurl: str | None = None
@@ -72,6 +99,8 @@ class BootParams:
     # initramfs (ca_path), or the certificate(s) given inline, as PEM text (ca_pem)
     ca_path: str | None = None
     ca_pem: str | None = field(default=None, repr=False)
+    vlans: tuple[VlanConfig, ...] = ()  # vlan= (may repeat)
+    bonds: tuple[BondConfig, ...] = ()  # bond= (may repeat)
 
     @property
     def mode(self) -> Literal["provision", "ginit", "none"]:
@@ -156,6 +185,11 @@ def parse_ip(value: str) -> IpConfig:
     parts = v.split(":")
     if len(parts) < 2:
         raise ConfigError("ip", f"unrecognised value {value!r}")
+    if len(parts) == 2 and parts[1].lower() in ("dhcp", "on", "any", "off", "none"):
+        # dracut's ip=<interface>:<autoconf> (ip=eth0.100:dhcp for a vlan= link)
+        _ifname(parts[0], "ip", "interface")
+        return IpConfig(mode="off" if parts[1].lower() in ("off", "none") else "dhcp",
+                        device=parts[0])
     parts += [""] * (9 - len(parts))
     client, _server, gw, mask, host, dev, autoconf, dns0, dns1 = parts[:9]
     device = dev or None
@@ -205,16 +239,24 @@ def parse_cmdline(text: str, env: Mapping[str, str] | None = None) -> BootParams
     kv: dict[str, str | None] = {}
     consoles: list[str] = []
     breaks: set[str] = set()
+    vlans: list[VlanConfig] = []
+    bonds: list[BondConfig] = []
     for key, value in pairs:
         if key == "console" and value:
             consoles.append(value)
         elif key == "pyinit.break" and value:
             breaks.update(s.strip() for s in value.split(",") if s.strip())
+        elif key == "vlan":
+            vlans.append(parse_vlan(value or ""))
+        elif key == "bond":
+            bonds.append(parse_bond(value or ""))
         else:
             kv[key] = value  # last one wins, as in the kernel
     environ = env or {}
     out: dict[str, object] = {"consoles": tuple(consoles), "break_before": frozenset(breaks),
-                              "init_args": tuple(init_args)}
+                              "init_args": tuple(init_args), "vlans": tuple(vlans),
+                              "bonds": tuple(bonds)}
+    _check_links(vlans, bonds)
 
     for key in ("MYURL", "BOOTYURL"):
         raw = kv.get(key) or environ.get(key)
@@ -267,6 +309,92 @@ def parse_cmdline(text: str, env: Mapping[str, str] | None = None) -> BootParams
         if kv.get(key):
             out[attr] = _seconds(kv[key] or "", key)
     return BootParams(**out)  # type: ignore[arg-type]
+
+
+_IFNAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@-]{0,14}$")  # IFNAMSIZ 16, NUL included
+
+
+def _ifname(value: str, key: str, what: str) -> str:
+    if not _IFNAME_RE.match(value) or value in (".", ".."):
+        raise ConfigError(key, f"bad {what} {value!r} (an interface name of 1 to 15 "
+                               "characters)")
+    return value
+
+
+def parse_vlan(value: str) -> VlanConfig:
+    """dracut's ``vlan=<vlanname>:<phys>``. The VLAN id comes from the name, in any of the four
+    forms dracut accepts: ``vlan0100``, ``vlan100``, ``eth0.0100``, ``eth0.100``. Pure."""
+    name, sep, parent = value.strip().partition(":")
+    if not sep or not name or not parent or ":" in parent:
+        raise ConfigError("vlan", f"expected <vlanname>:<phys> (vlan=eth0.100:eth0), "
+                                  f"got {value!r}")
+    _ifname(name, "vlan", "VLAN name")
+    _ifname(parent, "vlan", "parent interface")
+    m = re.fullmatch(r"vlan(\d+)", name) or re.fullmatch(r".+\.(\d+)", name)
+    if not m:
+        raise ConfigError("vlan", f"no VLAN id in the name {name!r} (use vlan<id> or "
+                                  f"<phys>.<id>)")
+    vid = int(m.group(1))
+    if not 1 <= vid <= 4094:
+        raise ConfigError("vlan", f"VLAN id {vid} in {name!r} is outside 1..4094")
+    if name == parent:
+        raise ConfigError("vlan", f"{name!r} cannot be its own parent")
+    return VlanConfig(name=name, vid=vid, parent=parent)
+
+
+def parse_bond(value: str) -> BondConfig:
+    """dracut's ``bond=<bondname>[:<bondslaves>[:<options>[:<mtu>]]]``; a bare ``bond`` is
+    ``bond0`` over ``eth0,eth1``. Options are ``mode``, ``miimon``, ``updelay``, ``downdelay``;
+    only ``mode=active-backup`` (or ``1``) is supported, and it is the default (dracut's default
+    is balance-rr, which a switch must be configured for: failing over is what pyinit needs).
+    Pure."""
+    parts = value.strip().split(":") if value.strip() else []
+    if len(parts) > 4:
+        raise ConfigError("bond", f"expected <name>[:<slaves>[:<options>[:<mtu>]]], "
+                                  f"got {value!r}")
+    parts += [""] * (4 - len(parts))
+    name, slaves_text, options, mtu_text = parts
+    name = _ifname(name or "bond0", "bond", "bond name")
+    slaves = tuple(_ifname(s.strip(), "bond", "slave") for s in slaves_text.split(",")
+                   if s.strip()) or ("eth0", "eth1")
+    if name in slaves or len(set(slaves)) != len(slaves):
+        raise ConfigError("bond", f"slaves {','.join(slaves)} repeat a name or the bond's own")
+    fields: dict[str, object] = {}
+    for opt in (o.strip() for o in options.split(",") if o.strip()):
+        key, sep, val = opt.partition("=")
+        if not sep or key not in BOND_OPTIONS:
+            raise ConfigError("bond", f"unknown option {opt!r} (known: "
+                                      f"{', '.join(BOND_OPTIONS)})")
+        if key == "mode":
+            if val not in BOND_MODES:
+                raise ConfigError("bond", f"mode {val!r} is not supported (only "
+                                          "active-backup)")
+            continue
+        if not val.isdigit() or int(val) > 60000:
+            raise ConfigError("bond", f"{key}={val!r} is not a number of milliseconds")
+        fields[key] = int(val)
+    mtu = None
+    if mtu_text:
+        if not mtu_text.isdigit() or not 68 <= int(mtu_text) <= 65535:
+            raise ConfigError("bond", f"bad MTU {mtu_text!r}")
+        mtu = int(mtu_text)
+    return BondConfig(name=name, slaves=slaves, mtu=mtu, **fields)  # type: ignore[arg-type]
+
+
+def _check_links(vlans: list[VlanConfig], bonds: list[BondConfig]) -> None:
+    """Names must not clash across ``vlan=`` and ``bond=``, and a slave cannot be in two bonds."""
+    seen: set[str] = set()
+    for name in [v.name for v in vlans] + [b.name for b in bonds]:
+        if name in seen:
+            raise ConfigError("vlan" if name in {v.name for v in vlans} else "bond",
+                              f"{name!r} is defined twice")
+        seen.add(name)
+    enslaved: set[str] = set()
+    for bond in bonds:
+        if enslaved & set(bond.slaves):
+            raise ConfigError("bond", f"{', '.join(sorted(enslaved & set(bond.slaves)))} "
+                                      "is a slave of two bonds")
+        enslaved.update(bond.slaves)
 
 
 CA_INLINE_PREFIX = "base64:"

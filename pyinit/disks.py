@@ -48,6 +48,7 @@ Everything except :func:`inventory`, :func:`settle` and :func:`make_links` is pu
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import time
@@ -586,7 +587,8 @@ class Hints:
 
     def describe(self) -> str:
         """``{serial: S3Z, size: >= 100GiB}``: how messages show the hints."""
-        items = [f"{k}: {v if isinstance(v, bool) else v.text}" for k, v in self.given().items()]
+        items = [f"{k}: {str(v).lower() if isinstance(v, bool) else v.text}"
+                 for k, v in self.given().items()]
         return "{" + ", ".join(items) + "}"
 
     def mismatch(self, disk: Disk) -> str | None:
@@ -942,22 +944,32 @@ def _usb_storage_pending(sysfs: Path) -> list[str]:
     return pending
 
 
+def block_names(sysfs: Path = Path("/sys")) -> tuple[str, ...]:
+    """The entries of ``/sys/block``, sorted (empty if it cannot be read)."""
+    try:
+        return tuple(sorted(p.name for p in (sysfs / "block").iterdir()))
+    except OSError:
+        return ()
+
+
 def settle(sysfs: Path = Path("/sys"), *, timeout: float = 10.0, quiet: float = 1.0,
+           baseline: tuple[tuple[str, ...], float] | None = None,
            clock: Callable[[], float] = time.monotonic,
            sleep: Callable[[float], None] = time.sleep) -> Settled:
     """Wait until ``/sys/block`` has not changed for ``quiet`` seconds and no USB
     mass-storage interface is still scanning, at most ``timeout`` seconds. A timeout is not an
     error (a machine may have a dead card reader): the caller takes the inventory it gets and
-    says so."""
-    def names() -> tuple[str, ...]:
-        try:
-            return tuple(sorted(p.name for p in (sysfs / "block").iterdir()))
-        except OSError:
-            return ()
+    says so.
 
+    ``baseline``: ``(block_names(), clock())`` taken earlier (the boot takes it once the
+    drivers are loaded). When the names are still the same, the quiet period counts from then,
+    so a boot whose disks appeared before DHCP finished does not wait again."""
+    names = functools.partial(block_names, sysfs)
     start = clock()
     seen = names()
     changed = start
+    if baseline is not None and baseline[0] == seen:
+        changed = min(start, baseline[1])
     while True:
         now = clock()
         pending = _usb_storage_pending(sysfs)

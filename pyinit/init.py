@@ -21,6 +21,7 @@ import requests
 from pyinit import (
     __version__,
     coldplug,
+    disks,
     grow,
     handoff,
     identity,
@@ -38,7 +39,13 @@ from pyinit.events import ServerSink
 from pyinit.fetch import fetch_action, mac_dashes, same_origin, server_base
 from pyinit.ginit import mount_root, run_entrypoint
 from pyinit.image import WriteRequest, wait_for_device, write_image
-from pyinit.network import NetworkResult, StaticIP, configure
+from pyinit.network import (
+    NetworkResult,
+    StaticIP,
+    configure,
+    nic_inventory_event,
+    nic_inventory_lines,
+)
 from pyinit.target import mounted_target
 
 MODULES_LIST = Path("/etc/pyinit/modules")
@@ -46,17 +53,21 @@ MODULES_ROOT = Path("/lib/modules")
 DEVICE_TIMEOUT = 30.0  # seconds for the action's disk to appear (drivers probe asynchronously)
 NEWROOT = Path("/newroot")
 TARGET = Path("/run/pyinit/target")  # the written disk's root while configuring / inspecting it
+SYSFS, DEV = Path("/sys"), Path("/dev")  # where step_disks reads and links (tests: a fake tree)
+DISK_QUIET = 1.0  # seconds /sys/block must stay unchanged before the inventory is taken
 
 
 @dataclass
 class Context:
     cmdline: str = ""
     params: BootParams = field(default_factory=BootParams)
+    params_parsed: bool = False  # False: params are the defaults (the command line did not parse)
     network: NetworkResult | None = None
     action: Action | None = None
     session: requests.Session = field(default_factory=requests.Session)
     sink: ServerSink | None = None
     summary: dict[str, object] = field(default_factory=dict)
+    early_events: list[log.Event] = field(default_factory=list)  # replayed to the server sink
     entrypoint_rc: int | None = None
     grown: grow.GrowResult | None = None
     target_root: str | None = None  # the written system's root device, once found
@@ -64,6 +75,13 @@ class Context:
     # no return. Everything that can fail happened in the steps, before it.
     handoff: Callable[[], object] | None = None
     handoff_kind: str | None = None
+    inventory: list[disks.Disk] = field(default_factory=list)  # the disks, once taken
+    # The action's disk resolved to /dev/<kernel name> (hints, by-id link, default rule): what
+    # provision, grow, configure and handoff use, never the action's own field.
+    device: str | None = None
+    # /sys/block and the time once the drivers are loaded: the disks step's settle wait counts
+    # its quiet period from here when nothing changed since
+    block_baseline: tuple[tuple[str, ...], float] | None = None
 
 
 # ---- steps -------------------------------------------------------------------------------
@@ -74,6 +92,7 @@ def step_rootfs(ctx: Context) -> None:
     rootfs.apply(rootfs.EARLY)
     ctx.cmdline = Path("/proc/cmdline").read_text().strip()
     ctx.params = parse_cmdline(ctx.cmdline, os.environ)
+    ctx.params_parsed = True
     log.configure(debug=ctx.params.debug)
     if ctx.params.mode == "provision":  # every runtime request goes through this one session
         tls.configure(ctx.session, ctx.params)
@@ -109,6 +128,7 @@ def step_modules(ctx: Context) -> None:
     coldplug.start_hotplug(plugger)
     ctx.summary["modules"] = len(loaded)
     log.get_logger().info(f"modules: loaded {len(loaded)}: {' '.join(loaded)}")
+    ctx.block_baseline = (disks.block_names(SYSFS), time.monotonic())
 
 
 def step_network(ctx: Context) -> None:
@@ -123,8 +143,16 @@ def step_network(ctx: Context) -> None:
         static = StaticIP(address=ip.address, prefixlen=ip.prefixlen, gateway=ip.gateway,
                           dns=ip.dns, hostname=ip.hostname, device=ip.device)
     ctx.network = configure(bootif=p.bootif or None, static=static, device=ip.device,
+                            vlans=p.vlans, bonds=p.bonds,
                             carrier_timeout=p.carrier_timeout, lease_timeout=p.dhcp_timeout)
+    logger = log.get_logger()
+    for line in nic_inventory_lines(ctx.network.nics):
+        logger.info(f"network: {line}")
+    # Console now; the server gets it too once step_action has its sink (it needs the MAC).
+    ctx.early_events.append(log.event("network", "inventory",
+                                      **nic_inventory_event(ctx.network.nics)))
     ctx.summary["mac"] = ctx.network.mac
+    ctx.summary["interface"] = ctx.network.interface
     ctx.summary["address"] = f"{ctx.network.address}/{ctx.network.prefixlen}"
 
 
@@ -137,10 +165,50 @@ def step_action(ctx: Context) -> None:
     ctx.sink = ServerSink(f"{server_base(ctx.params)}/events/{mac_dashes(mac)}",
                           token=ctx.params.token, session=ctx.session)
     log.add_sink(ctx.sink)
+    for ev in ctx.early_events:  # emitted before the sink existed (the NIC inventory)
+        ctx.sink(ev)
     fetched = fetch_action(ctx.params, mac, session=ctx.session)
     ctx.action = fetched.action
     ctx.summary["action_url"] = fetched.url
     log.get_logger().info(f"action: {fetched.action.summary()} (from {fetched.url})")
+
+
+def step_disks(ctx: Context) -> None:
+    """Wait (bounded) for the disks to settle, show the inventory on the console and send it
+    to the server, create /dev/disk/by-id and by-path, then choose the action's disk.
+
+    After ``action`` on purpose: the server's event sink exists only then (an earlier
+    inventory would reach the console only), DHCP has given slow drivers (USB) time to settle,
+    and the choice needs the action. The choice is made here, not in provision, so a hint that
+    matches nothing fails this step with one line, before anything opens a disk, and a dry run
+    still shows which disk it would have written."""
+    act = ctx.action
+    if ctx.params.mode != "provision" or act is None:
+        return
+    logger = log.get_logger()
+    waited = disks.settle(SYSFS, timeout=ctx.params.disk_timeout, quiet=DISK_QUIET,
+                          baseline=ctx.block_baseline)
+    if not waited.settled:
+        logger.warning(f"disks: still changing after {ctx.params.disk_timeout:.0f} s "
+                       f"(pyinit.disk_timeout); USB storage pending: "
+                       f"{', '.join(waited.pending) or 'none'}; taking the inventory as it is")
+    ctx.inventory = disks.inventory(SYSFS, DEV)
+    min_size = act.size if act.action == "writeImage" else None
+    for line in disks.inventory_lines(ctx.inventory, min_size=min_size):
+        logger.info(f"disks: {line}")
+    log.event("disks", "inventory", waited=waited.seconds,
+              **disks.inventory_event(ctx.inventory, min_size=min_size))
+    disks.make_links(disks.stable_links(ctx.inventory), DEV)
+    capture = act.action == "readImage"
+    choice = disks.choose(ctx.inventory, device=act.source_device if capture
+                          else act.destination_device, hints=act.root_device_hints,
+                          min_size=min_size, allow_removable=act.allow_removable,
+                          capture=capture)
+    ctx.device = choice.device
+    ctx.summary.update(disk=choice.device, disk_choice=choice.how)
+    logger.info(f"disks: {'source' if capture else 'destination'} {choice.device} "
+                f"({choice.disk.summary() if choice.disk else 'not in the inventory'}) "
+                f"by {choice.how}")
 
 
 def step_provision(ctx: Context) -> None:
@@ -152,13 +220,14 @@ def step_provision(ctx: Context) -> None:
     if act.dry_run:
         logger.info(f"provision: dryRun set, not running {act.summary()}")
         return
+    assert ctx.device is not None  # chosen by step_disks
     if act.action == "readImage":
-        assert act.source_device and act.destination_address and ctx.network is not None
-        wait_for_device(act.source_device, timeout=DEVICE_TIMEOUT)
+        assert act.destination_address and ctx.network is not None
+        wait_for_device(ctx.device, timeout=DEVICE_TIMEOUT)
         # the token is the provisioning server's: never sent to an upload URL elsewhere
         token = ctx.params.token if same_origin(act.destination_address,
                                                 server_base(ctx.params)) else None
-        cap = capture_image(act.source_device, act.destination_address, mac=ctx.network.mac,
+        cap = capture_image(ctx.device, act.destination_address, mac=ctx.network.mac,
                             method=act.upload_method, compression=act.capture_compression,
                             session=ctx.session, token=token)
         ctx.summary.update(device=cap.device, upload=cap.url, method=cap.method,
@@ -169,9 +238,9 @@ def step_provision(ctx: Context) -> None:
                     f"({cap.compression}, {cap.bytes_sent} sent) to {cap.url} in "
                     f"{cap.seconds:.1f} s")
         return
-    assert act.source_image and act.destination_device
-    wait_for_device(act.destination_device, timeout=DEVICE_TIMEOUT)
-    req = WriteRequest(url=act.source_image, device=act.destination_device,
+    assert act.source_image
+    wait_for_device(ctx.device, timeout=DEVICE_TIMEOUT)
+    req = WriteRequest(url=act.source_image, device=ctx.device,
                        checksum=act.checksum, checksum_url=act.checksum_url, size=act.size,
                        verify=act.verify == "full", preserve_on_error=act.preserve_on_error)
     res = write_image(req, session=ctx.session)
@@ -199,8 +268,8 @@ def step_grow(ctx: Context) -> None:
     act = _written(ctx)
     if act is None or not act.grows:
         return
-    assert act.destination_device
-    ctx.grown = grow.grow(act.destination_device, act)
+    assert ctx.device is not None
+    ctx.grown = grow.grow(ctx.device, act)
     ctx.summary["grow"] = ctx.grown.summary()
     log.get_logger().info(f"grow: {ctx.grown.summary()}")
 
@@ -210,9 +279,9 @@ def _target_root(ctx: Context, act: Action) -> str:
     candidate to look) for both configure and handoff."""
     if ctx.target_root is not None:
         return ctx.target_root
-    assert act.destination_device
+    assert ctx.device is not None
     grown = ctx.grown.partition if ctx.grown is not None else None
-    choice = grow.find_root(act.destination_device, act, grown=grown, mountpoint=TARGET)
+    choice = grow.find_root(ctx.device, act, grown=grown, mountpoint=TARGET)
     log.get_logger().info(f"target root: {choice.device} ({choice.how})")
     ctx.target_root = ctx.summary["target_root"] = choice.device
     return choice.device
@@ -289,6 +358,7 @@ STEPS: tuple[tuple[str, Callable[[Context], None]], ...] = (
     ("modules", step_modules),
     ("network", step_network),
     ("action", step_action),
+    ("disks", step_disks),
     ("provision", step_provision),
     ("grow", step_grow),
     ("configure", step_configure),
@@ -366,7 +436,10 @@ def fail(ctx: Context, exc: BaseException) -> None:
         # A bug, not an expected failure: the traceback goes to the console and /dev/kmsg.
         for line in traceback.format_exception(err):
             log.console(line.rstrip("\n"))
-    pol = ctx.params.on_failure if ctx.cmdline else failure_policy(_read_cmdline())
+    # The parsed params hold the policy once parse_cmdline succeeded; before that (no command
+    # line read yet, or a command line that does not parse) pick pyinit.on_failure= out alone.
+    pol = (ctx.params.on_failure if ctx.params_parsed
+           else failure_policy(ctx.cmdline or _read_cmdline()))
     log.event("result", "failed", failed_step=step, error=one_line(err), policy=pol,
               **ctx.summary)
     log.console(f"pyinit: RESULT failed step={step} error={one_line(err)} policy={pol}")

@@ -1,8 +1,11 @@
 """The network step: pick the NIC, wait for carrier, get an address (DHCP or static).
 
-The NIC is the one ``BOOTIF`` names (a MAC), else the first physical NIC, in ifindex order, that
-has carrier. Links are brought up and addresses and routes applied with pyroute2 (netlink); DNS
-servers go to a resolv.conf path.
+The NIC is the one ``ip=…:dev`` names, else the one ``BOOTIF`` names (a MAC). Without either,
+every physical NIC is brought up and DHCP runs on each one that has carrier, in parallel
+(:func:`race_dhcp`): the first lease wins, its NIC's MAC identifies the machine, and the other
+clients are stopped before they configure anything. ``vlan=`` and ``bond=`` links
+(:func:`create_links`) are made first, and the top one is the NIC. Links are brought up and
+addresses and routes applied with pyroute2 (netlink); DNS servers go to a resolv.conf path.
 
 DHCP is pyroute2's :class:`~pyroute2.dhcp.client.AsyncDHCPClient`, run by :class:`DhcpThread` in a
 background thread with its own asyncio event loop. The loop keeps running after the first lease so
@@ -34,7 +37,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from pyinit.cmdline import parse_mac
+from pyinit.cmdline import BondConfig, VlanConfig, parse_mac
 from pyinit.errors import NetworkError
 from pyinit.log import get_logger
 
@@ -72,6 +75,8 @@ class Nic:
     up: bool = False  # IFF_UP, administratively up
     driver: str | None = None
     physical: bool = True
+    speed: int | None = None  # Mbit/s; None when the link is down or the driver does not say
+    operstate: str | None = None  # up, down, dormant, unknown …
 
     def describe(self) -> str:
         carrier = {True: "carrier", False: "no carrier", None: "down"}[self.carrier]
@@ -96,6 +101,9 @@ class LeaseInfo:
 
 @dataclass(frozen=True)
 class NetworkResult:
+    """The configured interface. ``raced``: the NICs DHCP ran on in parallel (empty when one NIC
+    was named); ``nics``: the sysfs scan when the NIC was chosen, for the inventory."""
+
     interface: str
     mac: str
     address: str
@@ -108,13 +116,17 @@ class NetworkResult:
     hostname: str | None = None
     lease_time: int | None = None
     elapsed: float = 0.0
+    raced: tuple[str, ...] = ()
+    nics: tuple[Nic, ...] = field(default=(), compare=False, repr=False)
     # The running DHCP client (source "dhcp"): keep it, stop() it before handing over the machine.
     dhcp: DhcpThread | None = field(default=None, compare=False, repr=False)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready fields (for events and logs), without the DHCP thread."""
-        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "dhcp"}
+        out = {f.name: getattr(self, f.name) for f in fields(self)
+               if f.name not in ("dhcp", "nics")}
         out["dns"] = list(self.dns)
+        out["raced"] = list(self.raced)
         out["search"] = list(self.search)
         return out
 
@@ -153,8 +165,11 @@ def read_nic(path: Path) -> Nic | None:
     device = path / "device"
     driver_link = device / "driver"
     driver = os.path.basename(os.readlink(driver_link)) if driver_link.is_symlink() else None
+    speed = _read_int(path / "speed")  # EINVAL while down; -1 (SPEED_UNKNOWN) for virtio
     return Nic(name=path.name, mac=mac, carrier=carrier, ifindex=_read_int(path / "ifindex") or 0,
-               up=bool(flags & IFF_UP), driver=driver, physical=device.exists())
+               up=bool(flags & IFF_UP), driver=driver, physical=device.exists(),
+               speed=speed if speed is not None and speed > 0 else None,
+               operstate=_read(path / "operstate"))
 
 
 def list_nics(sysfs: Path = Path("/sys"), *, include_virtual: bool = False) -> list[Nic]:
@@ -226,6 +241,30 @@ def wait_for_carrier(
             which = "no wanted NIC" if not candidates else "no carrier"
             raise NetworkError(f"{which} within {timeout:g} s (seen: {describe_nics(nics)})")
         sleep(max(0.0, min(interval, deadline - now)))
+
+
+_NIC_COLUMNS = ("NAME", "MAC", "DRIVER", "CARRIER", "SPEED", "STATE")
+
+
+def nic_inventory_lines(nics: Sequence[Nic]) -> list[str]:
+    """A one-screen table of the NICs, one per line, for the console. Pure."""
+    rows = [_NIC_COLUMNS]
+    for n in nics:
+        carrier = {True: "yes", False: "no", None: "-"}[n.carrier]
+        speed = f"{n.speed}Mb/s" if n.speed else "-"
+        rows.append((n.name, n.mac, n.driver or "-", carrier, speed, n.operstate or "-"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(_NIC_COLUMNS))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+             for r in rows]
+    if not nics:
+        lines.append("(no NICs)")
+    return lines
+
+
+def nic_inventory_event(nics: Sequence[Nic]) -> dict[str, Any]:
+    """The fields of the ``nics`` inventory event for the server. Pure."""
+    keys = ("name", "mac", "driver", "carrier", "speed", "operstate", "physical")
+    return {"count": len(nics), "nics": [{k: getattr(n, k) for k in keys} for n in nics]}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -456,6 +495,12 @@ class DhcpThread:
         return self._thread.is_alive()
 
     @property
+    def failed(self) -> bool:
+        """The client died or could not apply its first lease (``wait_bound`` would raise)."""
+        with self._lock:
+            return self._error is not None
+
+    @property
     def lease(self) -> LeaseInfo | None:
         with self._lock:
             return self._lease
@@ -558,6 +603,199 @@ def _one_line(exc: BaseException) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+# Several NICs: DHCP on all of them, the first lease wins
+
+
+class FirstLease:
+    """Gives each racing DHCP client a :data:`LeaseCallback` that lets only the first ``bound``
+    through: that client's lease is applied (and its renewals later), every other client's
+    leases are ignored, so a losing NIC never gets an address, a route or resolv.conf."""
+
+    def __init__(self, apply: Callable[[str], LeaseCallback]) -> None:
+        self._apply = apply
+        self._lock = threading.Lock()
+        self.winner: str | None = None
+        self.won = threading.Event()  # set once the winner's lease is applied
+
+    def callback(self, ifname: str) -> LeaseCallback:
+        apply = self._apply(ifname)
+
+        async def on_change(event: str, lease: LeaseInfo) -> None:
+            with self._lock:
+                claimed = self.winner is None and event == "bound"
+                if claimed:
+                    self.winner = ifname
+                elif self.winner != ifname:
+                    log.debug(f"network: {ifname}: {event} {lease.address} ignored "
+                              f"({self.winner or 'no NIC'} won)")
+                    return
+            try:
+                await apply(event, lease)
+            except BaseException:
+                if claimed:  # let another NIC win
+                    with self._lock:
+                        self.winner = None
+                raise
+            if claimed:
+                self.won.set()
+
+        return on_change
+
+
+def race_dhcp(
+    first: Sequence[str],
+    *,
+    timeout: float,
+    start: Callable[[str, LeaseCallback], DhcpThread],
+    apply: Callable[[str], LeaseCallback],
+    more: Callable[[], Iterable[str]] = tuple,
+    poll: float = 0.1,
+) -> tuple[DhcpThread, LeaseInfo, list[str]]:
+    """DHCP on every NIC in ``first`` at once, and on each NIC ``more()`` names later (a NIC
+    whose carrier came after the race began), until one lease is applied or ``timeout`` s pass.
+
+    ``start(ifname, on_change)`` returns a started :class:`DhcpThread`: one thread, one event
+    loop per NIC, so the winner's client keeps renewing exactly as a lone client does while the
+    losers' loops are simply stopped. Returns (the winner's client, its lease, the names of
+    every NIC a client ran on, in start order; all but the winner's are stopped).
+    :class:`NetworkError` naming every NIC and its client state otherwise; with a single NIC
+    the error is the same as a lone client's.
+    """
+    gate = FirstLease(apply)
+    clients: dict[str, DhcpThread] = {}
+
+    def begin(names: Iterable[str]) -> None:
+        for name in names:
+            if name not in clients:
+                log.info(f"network: DHCP on {name}")
+                clients[name] = start(name, gate.callback(name))
+
+    deadline = time.monotonic() + timeout
+    try:
+        begin(first)
+        while not gate.won.wait(max(0.0, min(poll, deadline - time.monotonic()))):
+            begin(more())
+            failed = [c for c in clients.values() if c.failed]
+            if time.monotonic() >= deadline or (failed and len(failed) == len(clients)):
+                break
+        if gate.winner is None or not gate.won.is_set():
+            if len(clients) == 1:  # the lone client's own error
+                (only,) = clients.values()
+                if only.failed:
+                    only.wait_bound(0)  # raises, with the cause
+                raise NetworkError(f"no DHCP lease within {timeout:g} s (client {only.state})",
+                                   interface=only.interface)
+            states = ", ".join(f"{n} {c.state}" for n, c in clients.items())
+            raise NetworkError(f"no DHCP lease within {timeout:g} s on any NIC ({states})")
+        winner = clients[gate.winner]
+        lease = winner.wait_bound(max(1.0, deadline - time.monotonic()))
+    except BaseException:
+        for client in clients.values():
+            client.stop()
+        raise
+    for name, client in clients.items():
+        if name != gate.winner:
+            client.stop()
+    return winner, lease, list(clients)
+
+
+# ---------------------------------------------------------------------------------------------
+# vlan= and bond= links
+
+
+BOND_MODE_ACTIVE_BACKUP = 1
+
+
+def load_link_modules(names: Sequence[str]) -> list[str]:
+    """Load the ``8021q``/``bonding`` modules (staged ``@`` in the module list: on demand only)
+    when they are modules here. There is no modprobe for the kernel's own request_module().
+    A failure is only logged: creating the link then fails with its own line."""
+    from pyinit import kmod
+    from pyinit.errors import PyinitError
+
+    try:
+        return kmod.load(names, optional=frozenset(names))
+    except PyinitError as exc:  # no modules.dep (a --no-modules build, or a test host)
+        log.debug(f"network: modules {' '.join(names)} not loaded: {exc}")
+        return []
+
+
+def create_links(ipr: Any, vlans: Sequence[VlanConfig], bonds: Sequence[BondConfig], *,
+                 timeout: float, sysfs: Path = Path("/sys"),
+                 sleep: Callable[[float], None] = time.sleep) -> list[str]:
+    """Create the ``bond=`` links (slaves enslaved, bond up), then the ``vlan=`` links (parent
+    up), with pyroute2; their names, in creation order (the last is the top of the stack).
+
+    Waits up to ``timeout`` s for each lower link to appear (drivers probe late); an
+    existing link of the same name is reused (idempotent). Bonds first, so ``vlan=`` can sit
+    on a bond. Needs the ``bonding`` and ``8021q`` modules (or built-ins).
+    """
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    deadline = time.monotonic() + timeout
+
+    def index(name: str, why: str) -> int:
+        while True:
+            found = ipr.link_lookup(ifname=name)
+            if found:
+                return int(found[0])
+            if time.monotonic() >= deadline:
+                seen = describe_nics(list_nics(sysfs, include_virtual=True))
+                raise NetworkError(f"{why} {name} does not exist after {timeout:g} s "
+                                   f"(seen: {seen})")
+            sleep(0.1)
+
+    def add(name: str, **kwargs: Any) -> int:
+        if not ipr.link_lookup(ifname=name):
+            try:
+                ipr.link("add", ifname=name, **kwargs)
+            except NetlinkError as exc:  # EOPNOTSUPP: no bonding/8021q module
+                raise NetworkError(f"cannot create {kwargs['kind']} link {name}: "
+                                   f"{_one_line(exc)}") from exc
+        return index(name, "created link")
+
+    made: list[str] = []
+    for bond in bonds:
+        slaves = [index(s, f"{bond.name} slave") for s in bond.slaves]
+        extra = {"mtu": bond.mtu} if bond.mtu else {}
+        options = {"bond_mode": BOND_MODE_ACTIVE_BACKUP, "bond_miimon": bond.miimon,
+                   "bond_updelay": bond.updelay, "bond_downdelay": bond.downdelay}
+        master = add(bond.name, kind="bond")
+        # Set, not only at creation: loading bonding.ko makes a bond0 of its own (max_bonds=1,
+        # balance-rr), and the mode can only change while the bond is down.
+        ipr.link("set", index=master, state="down")
+        try:
+            ipr.link("set", index=master, kind="bond", **options)
+        except NetlinkError as exc:
+            raise NetworkError(f"cannot make {bond.name} active-backup: {_one_line(exc)}"
+                               ) from exc
+        for slave in slaves:  # a slave must be down to be enslaved
+            ipr.link("set", index=slave, state="down")
+            ipr.link("set", index=slave, master=master)
+        for slave in slaves:
+            ipr.link("set", index=slave, state="up")
+        ipr.link("set", index=master, state="up", **extra)
+        # What the kernel made of it (bonding's sysfs), not what was asked for.
+        bonding = sysfs / "class" / "net" / bond.name / "bonding"
+        mode = (_read(bonding / "mode") or "?").split()[0]
+        if mode not in ("active-backup", "?"):
+            raise NetworkError(f"bond {bond.name} is in mode {mode}, not active-backup (an "
+                               "existing bond of that name?)")
+        log.info(f"network: bond {bond.name} ({mode}, miimon {_read(bonding / 'miimon') or '?'}"
+                 f" ms) over {','.join(bond.slaves)}; active "
+                 f"{_read(bonding / 'active_slave') or '-'}")
+        made.append(bond.name)
+    for vlan in vlans:
+        parent = index(vlan.parent, f"{vlan.name} parent")
+        ipr.link("set", index=parent, state="up")
+        link = add(vlan.name, kind="vlan", link=parent, vlan_id=vlan.vid)
+        ipr.link("set", index=link, state="up")
+        log.info(f"network: vlan {vlan.name} (id {vlan.vid}) on {vlan.parent}")
+        made.append(vlan.name)
+    return made
+
+
+# ---------------------------------------------------------------------------------------------
 # The step
 
 
@@ -566,48 +804,66 @@ def configure(
     bootif: str | None,
     static: StaticIP | None,
     device: str | None = None,
+    vlans: Sequence[VlanConfig] = (),
+    bonds: Sequence[BondConfig] = (),
     carrier_timeout: float = 15,
     lease_timeout: float = 30,
     resolv_conf: Path | None = Path("/etc/resolv.conf"),
     sysfs: Path = Path("/sys"),
     include_virtual: bool = False,
     dhcp_factory: Callable[..., DhcpThread] = DhcpThread,
+    load_modules: Callable[[Sequence[str]], object] | None = None,
 ) -> NetworkResult:
     """Bring the chosen NIC up and configure it; :class:`NetworkError` when that cannot be done
     within ``carrier_timeout`` + ``lease_timeout`` seconds.
 
-    NIC choice: ``device`` (or ``static.device``) by name, else the NIC whose MAC is ``bootif``,
-    else the first NIC with carrier. With ``static`` no DHCP runs. ``resolv_conf=None`` leaves
-    DNS alone. ``include_virtual`` lets veth pairs count as NICs (tests).
+    ``vlans``/``bonds`` are created first. NIC choice: ``device`` (or ``static.device``) by
+    name, else the last created link, else the NIC whose MAC is ``bootif``. Otherwise, with
+    ``static``, the first NIC with carrier; without it, DHCP races on every NIC with carrier
+    (:func:`race_dhcp`) and the winner is the NIC. NICs brought up only to look for carrier
+    and not chosen are put back down. ``resolv_conf=None`` leaves DNS alone.
+    ``include_virtual`` lets veth pairs count as NICs (tests). ``load_modules`` loads
+    ``8021q``/``bonding`` first (default :func:`load_link_modules`).
     """
     t0 = time.monotonic()
-    device = device or (static.device if static else None)
+    needed = (["8021q"] if vlans else []) + (["bonding"] if bonds else [])
+    if needed:
+        (load_modules or load_link_modules)(needed)
+    _quiet_pyroute2()
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        created = create_links(ipr, vlans, bonds, timeout=carrier_timeout, sysfs=sysfs)
+    device = device or (static.device if static else None) or (created[-1] if created else None)
     want_mac = parse_mac(bootif) if bootif and not device else None
+    race = static is None and not device and want_mac is None
+    scan_virtual = include_virtual or bool(created)
 
     def wanted(nic: Nic) -> bool:
         if device:
             return nic.name == device
-        return want_mac is None or nic.mac == want_mac
-
-    _quiet_pyroute2()
-    from pyroute2 import IPRoute
+        if want_mac is not None:
+            return nic.mac == want_mac
+        return nic.physical or include_virtual
 
     with IPRoute() as ipr:
         try:
             nic, raised = wait_for_carrier(
                 wanted, timeout=carrier_timeout, link_up=lambda n: _set_link_up(ipr, n),
-                sysfs=sysfs, include_virtual=include_virtual)
+                sysfs=sysfs, include_virtual=scan_virtual)
         except NetworkError:
-            nics = list_nics(sysfs, include_virtual=include_virtual)
+            nics = list_nics(sysfs, include_virtual=scan_virtual)
             if want_mac and not any(n.mac == want_mac for n in nics):
                 choose_nic(nics, want_mac)  # raises, naming the MAC
             if device and not any(n.name == device for n in nics):
                 raise NetworkError(f"no NIC named {device} (seen: {describe_nics(nics)})"
                                    ) from None
             raise
-        for other in raised:  # leave alone the NICs we did not choose
-            if other.name != nic.name:
-                _set_link_up(ipr, other, up=False)
+        seen = tuple(list_nics(sysfs, include_virtual=scan_virtual))
+        if not race:
+            for other in raised:  # leave alone the NICs we did not choose
+                if other.name != nic.name:
+                    _set_link_up(ipr, other, up=False)
     log.info(f"network: {nic.name} {nic.mac} carrier up ({time.monotonic() - t0:.1f} s)")
 
     if static is not None:
@@ -624,20 +880,41 @@ def configure(
         return NetworkResult(
             interface=nic.name, mac=nic.mac, address=static.address,
             prefixlen=static.prefixlen, gateway=static.gateway, dns=static.dns, source="static",
-            server=None, hostname=static.hostname, elapsed=round(time.monotonic() - t0, 3))
+            server=None, hostname=static.hostname, elapsed=round(time.monotonic() - t0, 3),
+            nics=seen)
 
-    dhcp = dhcp_factory(nic.name, on_change=LeaseApplier(nic.name, resolv_conf))
-    dhcp.start()
-    try:
-        lease = dhcp.wait_bound(lease_timeout)
-    except BaseException:
-        dhcp.stop()
-        raise
+    def start(name: str, on_change: LeaseCallback) -> DhcpThread:
+        thread: DhcpThread = dhcp_factory(name, on_change=on_change)
+        return thread.start()
+
+    def late_carriers() -> list[str]:  # NICs whose carrier came after the race began
+        return [n.name for n in list_nics(sysfs, include_virtual=scan_virtual)
+                if wanted(n) and n.carrier]
+
+    first = [n.name for n in seen if wanted(n) and n.carrier] if race else [nic.name]
+    dhcp, lease, started = race_dhcp(
+        first, timeout=lease_timeout, start=start,
+        apply=lambda name: LeaseApplier(name, resolv_conf),
+        more=late_carriers if race else tuple)
+    winner = next((n for n in seen if n.name == dhcp.interface), nic)
+    losers = [name for name in started if name != winner.name]
+    if race:
+        # The losers never got an address (FirstLease); the links we raised only to look for
+        # carrier go back down, so the handed-over system finds them as firmware left them.
+        put_down = [n for n in raised if n.name != winner.name]
+        with IPRoute() as ipr:
+            for other in put_down:
+                _set_link_up(ipr, other, up=False)
+        log.info(f"network: first lease on {winner.name} (raced on {', '.join(first)}"
+                 f"{'; stopped ' + ', '.join(losers) if losers else ''}"
+                 f"{'; down again: ' + ', '.join(n.name for n in put_down) if put_down else ''})")
     log.info(f"network: lease {lease.address}/{lease.prefixlen} via {lease.gateway or '-'} "
              f"dns {' '.join(lease.dns) or '-'} from {lease.server or '?'} "
              f"({dhcp.bound_after or 0.0:.1f} s)")
     return NetworkResult(
-        interface=nic.name, mac=nic.mac, address=lease.address, prefixlen=lease.prefixlen,
+        interface=winner.name, mac=winner.mac, address=lease.address, prefixlen=lease.prefixlen,
         gateway=lease.gateway, dns=lease.dns, source="dhcp", server=lease.server,
         search=(lease.domain,) if lease.domain else (), hostname=lease.hostname,
-        lease_time=lease.lease_time, elapsed=round(time.monotonic() - t0, 3), dhcp=dhcp)
+        lease_time=lease.lease_time, elapsed=round(time.monotonic() - t0, 3),
+        raced=tuple(started) if race else (),
+        nics=seen, dhcp=dhcp)

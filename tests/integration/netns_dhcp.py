@@ -135,6 +135,7 @@ class Lab:
 def client_main(args: dict[str, Any]) -> dict[str, Any]:
     """Inside the client namespace: configure, then report (and optionally wait for renewals)."""
     from pyinit import log, network
+    from pyinit.cmdline import BondConfig, VlanConfig
     from pyinit.errors import NetworkError
 
     log.configure(debug=bool(args.get("debug")), console=sys.stderr)
@@ -146,7 +147,10 @@ def client_main(args: dict[str, Any]) -> dict[str, Any]:
             bootif=args.get("bootif"), static=static, device=args.get("device"),
             carrier_timeout=args.get("carrier_timeout", 10),
             lease_timeout=args.get("lease_timeout", 30),
-            resolv_conf=Path(args["resolv_conf"]), include_virtual=True)
+            resolv_conf=Path(args["resolv_conf"]), include_virtual=True,
+            vlans=[VlanConfig(**v) for v in args.get("vlans", ())],
+            bonds=[BondConfig(**{**b, "slaves": tuple(b["slaves"])})
+                   for b in args.get("bonds", ())])
     except NetworkError as exc:
         return {"ok": False, "error": str(exc), "type": type(exc).__name__,
                 "elapsed": time.monotonic() - t0}

@@ -171,3 +171,54 @@ def test_static_configuration(lab: Lab, tmp_path: Path) -> None:
     routes = lab.client_ip("route", "show", "default")
     assert [(r["gateway"], r["dev"]) for r in routes] == [("10.78.0.1", "cli1")]
     assert resolv.read_text() == "# written by pyinit\nnameserver 10.78.0.53\n"
+
+
+def test_without_bootif_dhcp_races_and_the_served_nic_wins(lab: Lab, tmp_path: Path) -> None:
+    # Both NICs have carrier; only cli1's side has a DHCP server, and cli0 comes first.
+    lab.veth("cli0", "srv0", MAC0, server_addr="10.77.0.1/24")
+    lab.veth("cli1", "srv1", MAC1, server_addr="10.77.1.1/24")
+    server = lab.dnsmasq(["srv1"], [RANGE1], router="10.77.1.254", dns=DNS[0],
+                         extra=["--no-ping"])
+
+    out = lab.run_client(resolv_conf=str(tmp_path / "resolv.conf"), carrier_timeout=5,
+                         lease_timeout=20)
+
+    assert out["ok"], out
+    res = out["result"]
+    print(f"race won after {out['bound_after']:.2f} s (configure: {out['elapsed']:.2f} s)")
+    assert (res["interface"], res["mac"]) == ("cli1", MAC1)
+    assert res["raced"] == ["cli0", "cli1"]
+    assert in_range(res["address"], "10.77.1.100", "10.77.1.150")
+    assert f"DHCPACK(srv1) {res['address']} {MAC1}" in server.text()
+    # the loser was stopped, has no address, and is down again (it was down before)
+    assert addresses(lab, "cli0") == []
+    assert "UP" not in lab.client_ip("link", "show", "dev", "cli0")[0]["flags"]
+    routes = lab.client_ip("route", "show", "default")
+    assert [(r["gateway"], r["dev"]) for r in routes] == [("10.77.1.254", "cli1")]
+
+
+def test_race_with_two_servers_configures_exactly_one_nic(lab: Lab, tmp_path: Path) -> None:
+    lab.veth("cli0", "srv0", MAC0, server_addr="10.77.0.1/24")
+    lab.veth("cli1", "srv1", MAC1, server_addr="10.77.1.1/24")
+    lab.dnsmasq(["srv0", "srv1"], [RANGE0, RANGE1], router=ROUTER, dns=DNS[0],
+                extra=["--no-ping"])
+
+    out = lab.run_client(resolv_conf=str(tmp_path / "resolv.conf"), carrier_timeout=5)
+
+    assert out["ok"], out
+    won = out["result"]["interface"]
+    lost = {"cli0": "cli1", "cli1": "cli0"}[won]
+    assert out["result"]["mac"] == {"cli0": MAC0, "cli1": MAC1}[won]
+    assert len(addresses(lab, won)) == 1 and addresses(lab, lost) == []
+
+
+def test_race_without_any_server_names_every_nic(lab: Lab, tmp_path: Path) -> None:
+    lab.veth("cli0", "srv0", MAC0, server_addr="10.77.0.1/24")
+    lab.veth("cli1", "srv1", MAC1, server_addr="10.77.1.1/24")
+
+    out = lab.run_client(resolv_conf=str(tmp_path / "resolv.conf"), lease_timeout=3)
+
+    assert not out["ok"] and out["type"] == "NetworkError", out
+    assert out["error"] == ("network: no DHCP lease within 3 s on any NIC "
+                            "(cli0 SELECTING, cli1 SELECTING)")
+    assert 3 <= out["elapsed"] < 5.5

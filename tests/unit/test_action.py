@@ -77,7 +77,17 @@ def test_null_fields_mean_unset() -> None:
     ({"sourceImage": "ftp://h/x"}, "sourceImage", "http"),
     ({"destinationDevice": "sda"}, "destinationDevice", "/dev"),
     ({"destinationDevice": "/dev/../etc/passwd"}, "destinationDevice", "/dev"),
-    ({"destinationDevice": None}, "destinationDevice", "required"),
+    ({"rootDeviceHints": {"serial": "S1"}}, "rootDeviceHints", "not both"),
+    ({"rootDeviceHints": {"serail": "S1"}, "destinationDevice": None},
+     "rootDeviceHints.serail", "unknown hint"),
+    ({"rootDeviceHints": {"size": ">= lots"}, "destinationDevice": None},
+     "rootDeviceHints.size", "GiB"),
+    ({"rootDeviceHints": {"serial": 1234}, "destinationDevice": None},
+     "rootDeviceHints.serial", "must be a string"),
+    ({"rootDeviceHints": {}, "destinationDevice": None}, "rootDeviceHints", "empty"),
+    ({"rootDeviceHints": "serial=S1", "destinationDevice": None}, "rootDeviceHints",
+     "an object"),
+    ({"allowRemovable": "yes"}, "allowRemovable", "boolean"),
     ({"finish": "explode"}, "finish", "reboot"),
     ({"sourceImg": "http://h/x"}, "sourceImg", "unknown field"),
     ({"checksum": "md5:abc"}, "checksum", "sha256:<hex>"),
@@ -113,6 +123,43 @@ def test_bad_actions_name_the_field(patch: dict[str, Any], field: str, needle: s
 def test_read_action_requires_its_fields() -> None:
     with pytest.raises(ConfigError, match="desintationAddress"):
         parse_action({"action": "readImage", "sourceDevice": "/dev/sda"})
+    with pytest.raises(ConfigError, match="required for readImage") as info:
+        parse_action({"action": "readImage", "desintationAddress": "http://h/up"})
+    assert info.value.field == "sourceDevice"  # no default disk to capture
+
+
+# Which disk (issue #7): a path, hints, or (writeImage only) the default rule.
+@pytest.mark.parametrize(("patch", "device", "hints", "wanted"), [
+    ({}, "/dev/sda", None, "/dev/sda"),
+    ({"destinationDevice": "/dev/disk/by-id/virtio-big-data"},
+     "/dev/disk/by-id/virtio-big-data", None, "/dev/disk/by-id/virtio-big-data"),
+    ({"destinationDevice": None, "rootDeviceHints": {"serial": "big-data"}}, None,
+     "{serial: big-data}", "rootDeviceHints {serial: big-data}"),
+    ({"destinationDevice": "", "rootDeviceHints": {"size": ">= 100GiB", "rotational": False}},
+     None, "{size: >= 100GiB, rotational: false}",
+     "rootDeviceHints {size: >= 100GiB, rotational: false}"),
+    ({"destinationDevice": None}, None, None, "the default disk"),
+    ({"destinationDevice": ""}, None, None, "the default disk"),   # BOOTy's Go zero value
+    ({"destinationDevice": None, "rootDeviceHints": None}, None, None, "the default disk"),
+])
+def test_write_disk_by_path_hints_or_default(patch: dict[str, Any], device: str | None,
+                                            hints: str | None, wanted: str) -> None:
+    act = parse_action(dict(PLUNDER_WRITE, **patch))
+    assert act.destination_device == device
+    assert (act.root_device_hints.describe() if act.root_device_hints else None) == hints
+    assert act.disk_wanted == wanted
+    assert act.summary().endswith(f"-> {wanted}")
+    assert act.allow_removable is False
+
+
+def test_read_disk_by_hints_and_allow_removable() -> None:
+    data = dict(PLUNDER_READ, sourceDevice=None, rootDeviceHints={"tran": "usb"},
+                allowRemovable=True)
+    act = parse_action(data)
+    assert act.source_device is None and act.allow_removable is True
+    assert act.summary() == "readImage rootDeviceHints {tran: usb} -> http://10.0.2.2:3000/image"
+    with pytest.raises(ConfigError, match="not both"):
+        parse_action(dict(PLUNDER_READ, rootDeviceHints={"tran": "usb"}))
 
 
 @pytest.mark.parametrize("body", [b"<html>502 Bad Gateway</html>", b"", b"{\"action\": ",

@@ -6,12 +6,16 @@ import ssl
 import pytest
 
 from pyinit.cmdline import (
+    BondConfig,
     BootParams,
     IpConfig,
+    VlanConfig,
     failure_policy,
+    parse_bond,
     parse_cmdline,
     parse_ip,
     parse_mac,
+    parse_vlan,
     tokenize,
 )
 from pyinit.errors import ConfigError
@@ -218,3 +222,95 @@ def test_bad_pyinit_ca_is_one_line_naming_the_key(value: str, needle: str) -> No
 def test_no_pyinit_ca_by_default() -> None:
     params = parse_cmdline("MYURL=https://h", {})
     assert params.ca_path is None and params.ca_pem is None
+
+
+# --- vlan= and bond= (dracut syntax) -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("eth0.100:eth0", VlanConfig("eth0.100", 100, "eth0")),
+    ("eth0.0100:eth0", VlanConfig("eth0.0100", 100, "eth0")),
+    ("vlan100:eth0", VlanConfig("vlan100", 100, "eth0")),
+    ("vlan0005:enp3s0f1", VlanConfig("vlan0005", 5, "enp3s0f1")),
+    ("bond0.4094:bond0", VlanConfig("bond0.4094", 4094, "bond0")),
+])
+def test_parse_vlan(value: str, expected: VlanConfig) -> None:
+    assert parse_vlan(value) == expected
+
+
+@pytest.mark.parametrize(("value", "needle"), [
+    ("eth0.100", "expected <vlanname>:<phys>"),
+    ("eth0.100:", "expected <vlanname>:<phys>"),
+    (":eth0", "expected <vlanname>:<phys>"),
+    ("eth0.100:eth0:x", "expected <vlanname>:<phys>"),
+    ("myvlan:eth0", "no VLAN id in the name 'myvlan'"),
+    ("eth0.0:eth0", "VLAN id 0 in 'eth0.0' is outside 1..4094"),
+    ("vlan4095:eth0", "VLAN id 4095"),
+    ("eth0.100:eth/0", "bad parent interface"),
+    ("averyveryverylongname.100:eth0", "bad VLAN name"),
+])
+def test_bad_vlan_is_a_config_error_naming_vlan(value: str, needle: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_cmdline(f"vlan={value}")
+    assert str(err.value).startswith("vlan: ") and needle in str(err.value), str(err.value)
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("", BondConfig()),
+    ("bond1", BondConfig(name="bond1")),
+    ("bond0:eth0,eth1:mode=active-backup,miimon=100",
+     BondConfig(name="bond0", slaves=("eth0", "eth1"), miimon=100)),
+    ("bond0:enp1s0,enp2s0:mode=1,miimon=50,updelay=200,downdelay=0:9000",
+     BondConfig(slaves=("enp1s0", "enp2s0"), miimon=50, updelay=200, mtu=9000)),
+    ("bond0:ens3", BondConfig(slaves=("ens3",))),
+])
+def test_parse_bond(value: str, expected: BondConfig) -> None:
+    assert parse_bond(value) == expected
+
+
+@pytest.mark.parametrize(("value", "needle"), [
+    ("bond0:eth0,eth1:mode=balance-rr", "mode 'balance-rr' is not supported (only "
+                                        "active-backup)"),
+    ("bond0:eth0,eth1:mode=802.3ad", "not supported"),
+    ("bond0:eth0,eth1:lacp_rate=fast", "unknown option 'lacp_rate=fast'"),
+    ("bond0:eth0,eth1:miimon=fast", "miimon='fast' is not a number"),
+    ("bond0:eth0,eth0", "repeat a name"),
+    ("bond0:bond0,eth1", "repeat a name"),
+    ("bond0:eth0:miimon=100:12", "bad MTU '12'"),
+    ("bond0:eth0:::", "expected <name>"),
+])
+def test_bad_bond_is_a_config_error_naming_bond(value: str, needle: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_cmdline(f"bond={value}")
+    assert str(err.value).startswith("bond: ") and needle in str(err.value), str(err.value)
+
+
+def test_vlan_and_bond_repeat_and_stack() -> None:
+    p = parse_cmdline("bond=bond0:eth0,eth1 vlan=bond0.7:bond0 vlan=vlan8:eth2 ip=bond0.7:dhcp")
+    assert p.bonds == (BondConfig(),)
+    assert p.vlans == (VlanConfig("bond0.7", 7, "bond0"), VlanConfig("vlan8", 8, "eth2"))
+    assert p.ip == IpConfig(mode="dhcp", device="bond0.7")
+    assert parse_cmdline("ip=dhcp").vlans == () and parse_cmdline("").bonds == ()
+
+
+@pytest.mark.parametrize(("line", "needle"), [
+    ("vlan=eth0.5:eth0 vlan=eth0.5:eth1", "vlan: 'eth0.5' is defined twice"),
+    ("bond=bond0:eth0 bond=bond1:eth0,eth1", "bond: eth0 is a slave of two bonds"),
+])
+def test_link_definitions_must_not_clash(line: str, needle: str) -> None:
+    with pytest.raises(ConfigError, match=needle):
+        parse_cmdline(line)
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("eth0.100:dhcp", IpConfig(mode="dhcp", device="eth0.100")),
+    ("bond0:on", IpConfig(mode="dhcp", device="bond0")),
+    ("eth1:off", IpConfig(mode="off", device="eth1")),
+])
+def test_dracut_ip_interface_form(value: str, expected: IpConfig) -> None:
+    assert parse_ip(value) == expected
+
+
+def test_dracut_ip_interface_form_bad_name() -> None:
+    with pytest.raises(ConfigError, match=r"^ip: bad interface 'eth/0'"):
+        parse_ip("eth/0:dhcp")

@@ -631,3 +631,111 @@ def test_make_links_refuses_to_replace_a_file(tmp_path: Path) -> None:
 def test_hints_object_is_frozen() -> None:
     with pytest.raises(AttributeError):
         Hints().serial = None  # type: ignore[misc]
+
+
+# --- waiting for the disks, choosing the action's disk -----------------------------------------
+
+class Clock:
+    """A fake clock; ``sleep`` advances it and runs the scheduled sysfs changes."""
+
+    def __init__(self, changes: dict[float, object] | None = None) -> None:
+        self.now = 0.0
+        self.changes = dict(changes or {})
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now = round(self.now + seconds, 3)
+        for at in sorted(self.changes):
+            if at <= self.now:
+                self.changes.pop(at)()  # type: ignore[operator]
+
+
+def test_settle_waits_until_block_is_quiet(machine: FakeSys) -> None:
+    late = lambda: machine.disk("pci0000:00/0000:00:06.0/virtio3", "vdc",  # noqa: E731
+                                size=GIB, devnum="254:32")
+    clock = Clock({0.5: late})
+    got = disks.settle(machine.sysfs, timeout=10, quiet=1.0, clock=clock, sleep=clock.sleep)
+    assert got.settled and "vdc" in got.names
+    assert got.seconds == pytest.approx(1.5, abs=0.05)     # quiet for 1 s after the change
+
+
+def test_settle_is_bounded_and_names_pending_usb_storage(machine: FakeSys) -> None:
+    iface = machine.sysfs / "bus" / "usb" / "devices" / "2-1:1.0"
+    _write(iface / "bInterfaceClass", "08")
+    (iface / "driver").mkdir()                     # usb-storage bound, SCSI scan not done
+    clock = Clock()
+    got = disks.settle(machine.sysfs, timeout=3, quiet=1.0, clock=clock, sleep=clock.sleep)
+    assert not got.settled and got.pending == ("2-1:1.0",)
+    assert got.seconds == pytest.approx(3, abs=0.05)
+    _write(iface / "host9" / "target9:0:0" / "9:0:0:0" / "block" / "sdd" / "size", "8")
+    clock = Clock()
+    assert disks.settle(machine.sysfs, timeout=3, quiet=1.0, clock=clock,
+                        sleep=clock.sleep).settled
+
+
+def test_settle_ignores_usb_storage_without_a_driver(machine: FakeSys) -> None:
+    _write(machine.sysfs / "bus" / "usb" / "devices" / "2-1:1.0" / "bInterfaceClass", "08")
+    clock = Clock()
+    assert disks.settle(machine.sysfs, timeout=3, clock=clock, sleep=clock.sleep).settled
+
+
+@pytest.mark.parametrize(("device", "hints", "kw", "path", "how"), [
+    ("/dev/sdb", None, {}, "/dev/sdb", "named"),           # named: taken as given, even USB
+    ("/dev/vdz", None, {}, "/dev/vdz", "named"),           # not listed: the writer checks it
+    ("/dev/disk/by-id/virtio-vd-serial-1", None, {}, "/dev/vda",
+     "by-id link /dev/disk/by-id/virtio-vd-serial-1"),
+    ("/dev/disk/by-path/pci-0000:00:03.0-nvme-1", None, {}, "/dev/nvme0n1",
+     "by-path link /dev/disk/by-path/pci-0000:00:03.0-nvme-1"),
+    (None, {"serial": "4c530001234567"}, {"allow_removable": True}, "/dev/sdb",
+     "rootDeviceHints {serial: 4c530001234567}"),
+    (None, {"tran": "nvme"}, {}, "/dev/nvme0n1", "rootDeviceHints {tran: nvme}"),
+    (None, None, {}, "/dev/vda", "default rule: smallest usable disk"),
+    (None, None, {"min_size": 100 * GIB}, "/dev/nvme0n1",
+     "default rule: smallest usable disk of at least 100 GiB"),
+    (None, {"serial": "data disk"}, {"capture": True}, "/dev/vdb",   # mounted: fine to read
+     "rootDeviceHints {serial: data disk}"),
+])
+def test_choose(machine: FakeSys, device: str | None, hints: dict[str, object] | None,
+                kw: dict[str, object], path: str, how: str) -> None:
+    got = disks.choose(inv(machine), device=device,
+                       hints=parse_hints(hints) if hints else None, **kw)  # type: ignore[arg-type]
+    assert (got.device, got.how) == (path, how)
+
+
+@pytest.mark.parametrize(("device", "hints", "message"), [
+    (None, {"serial": "4c530001234567"},
+     "disk selection: no usable disk matches rootDeviceHints {serial: 4c530001234567}: "
+     "sdb (16 GiB) removable (usb)"),
+    (None, {"serial": "data disk"},
+     "disk selection: no usable disk matches rootDeviceHints {serial: data disk}: "
+     "vdb (8 GiB) mounted: /dev/vdb1 on /mnt"),
+    (None, {"serial": "nope"}, "disk selection: no disk matches rootDeviceHints {serial: nope}"),
+    ("/dev/disk/by-id/virtio-nope", None, "disk /dev/disk/by-id/virtio-nope: no such disk"),
+])
+def test_choose_errors(machine: FakeSys, device: str | None, hints: dict[str, object] | None,
+                       message: str) -> None:
+    with pytest.raises(DiskError) as err:
+        disks.choose(inv(machine), device=device, hints=parse_hints(hints) if hints else None)
+    assert str(err.value).startswith(message), str(err.value)
+
+
+def test_settle_counts_quiet_from_an_unchanged_baseline(machine: FakeSys) -> None:
+    """The boot takes /sys/block once the drivers are loaded; seconds later (DHCP, the action)
+    the same names mean the disks have been quiet all along: no second wait."""
+    clock = Clock()
+    clock.now = 5.0
+    before = (disks.block_names(machine.sysfs), 2.0)
+    got = disks.settle(machine.sysfs, timeout=10, quiet=1.0, baseline=before, clock=clock,
+                       sleep=clock.sleep)
+    assert got.settled and got.seconds == 0
+
+
+def test_settle_waits_when_the_baseline_differs(machine: FakeSys) -> None:
+    clock = Clock()
+    clock.now = 5.0
+    stale = (("vda",), 2.0)  # a disk appeared (or went) since: the quiet period starts now
+    got = disks.settle(machine.sysfs, timeout=10, quiet=1.0, baseline=stale, clock=clock,
+                       sleep=clock.sleep)
+    assert got.settled and got.seconds == pytest.approx(1.0, abs=0.15)

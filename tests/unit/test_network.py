@@ -390,3 +390,192 @@ def test_dhcp_thread_apply_failure_fails_the_wait() -> None:
 
 def test_dhcp_thread_stop_before_start_is_harmless() -> None:
     DhcpThread("eth0").stop()
+
+
+# --- NIC inventory -----------------------------------------------------------------------------
+
+
+def test_read_nic_speed_and_operstate(tmp_path: Path) -> None:
+    d = add_nic(tmp_path, "eno1", "3c:ec:ef:00:00:01", ifindex=2, driver="ixgbe")
+    (d / "speed").write_text("10000\n")
+    (d / "operstate").write_text("up\n")
+    d2 = add_nic(tmp_path, "ens3", "52:54:00:00:00:03", ifindex=3)
+    (d2 / "speed").write_text("-1\n")  # virtio: SPEED_UNKNOWN
+    eno1, ens3 = network.list_nics(tmp_path)
+    assert (eno1.speed, eno1.operstate, eno1.driver) == (10000, "up", "ixgbe")
+    assert (ens3.speed, ens3.operstate) == (None, None)
+
+
+def test_nic_inventory_lines_and_event() -> None:
+    nics = [Nic("eno1", "3c:ec:ef:00:00:01", True, 2, driver="ixgbe", speed=10000,
+                operstate="up"),
+            Nic("eno2", "3c:ec:ef:00:00:02", None, 3, driver=None, operstate="down")]
+    assert network.nic_inventory_lines(nics) == [
+        "NAME  MAC                DRIVER  CARRIER  SPEED      STATE",
+        "eno1  3c:ec:ef:00:00:01  ixgbe   yes      10000Mb/s  up",
+        "eno2  3c:ec:ef:00:00:02  -       -        -          down",
+    ]
+    assert network.nic_inventory_lines([])[-1] == "(no NICs)"
+    event = network.nic_inventory_event(nics)
+    assert event["count"] == 2
+    assert event["nics"][0] == {"name": "eno1", "mac": "3c:ec:ef:00:00:01", "driver": "ixgbe",
+                                "carrier": True, "speed": 10000, "operstate": "up",
+                                "physical": True}
+    json.dumps(event)
+
+
+# --- the DHCP race -----------------------------------------------------------------------------
+
+
+def racer(bind_after: dict[str, float | None], applied: list[tuple[str, str]],
+          fail: dict[str, BaseException] | None = None) -> dict[str, Any]:
+    """race_dhcp's peers: DhcpThreads over FakeClients binding after ``bind_after[name]`` s,
+    and an apply callback recording (ifname, event)."""
+    def start(name: str, on_change: network.LeaseCallback) -> DhcpThread:
+        return DhcpThread(name, on_change=on_change, client_factory=lambda config: FakeClient(
+            config, bind_after=bind_after[name], fail=(fail or {}).get(name))).start()
+
+    def apply(name: str) -> network.LeaseCallback:
+        async def on_change(event: str, lease: LeaseInfo) -> None:
+            applied.append((name, event))
+        return on_change
+
+    return {"start": start, "apply": apply}
+
+
+def test_race_first_lease_wins_and_the_others_stop() -> None:
+    applied: list[tuple[str, str]] = []
+    # eth0 is slow, eth1 fast, eth2 never answers
+    winner, lease, started = network.race_dhcp(
+        ["eth0", "eth1", "eth2"], timeout=5,
+        **racer({"eth0": 0.6, "eth1": 0.05, "eth2": None}, applied))
+    try:
+        assert winner.interface == "eth1" and lease.address == "10.0.2.15"
+        assert started == ["eth0", "eth1", "eth2"]
+        time.sleep(0.8)  # eth0's late lease must not be applied (its client is stopped anyway)
+        assert applied == [("eth1", "bound")]
+        assert winner.is_alive()
+        others = [c for c in FakeClient.instances[-3:] if c.config.interface != "eth1"]
+        assert all(c.exited for c in others)
+    finally:
+        winner.stop()
+
+
+def test_race_late_lease_of_a_loser_is_ignored() -> None:
+    applied: list[tuple[str, str]] = []
+    gate = network.FirstLease(racer({}, applied)["apply"])
+    info = network.lease_info(make_lease())
+
+    async def deliver(name: str, event: str) -> None:
+        await gate.callback(name)(event, info)
+
+    for name, event in (("eth1", "bound"), ("eth0", "bound"), ("eth1", "renewed")):
+        asyncio.run(deliver(name, event))
+    assert gate.winner == "eth1" and gate.won.is_set()
+    assert applied == [("eth1", "bound"), ("eth1", "renewed")]
+
+
+def test_race_a_nic_with_late_carrier_joins() -> None:
+    applied: list[tuple[str, str]] = []
+    calls = iter([[], ["eth0"], ["eth0", "eth1"]])
+    winner, _lease, started = network.race_dhcp(
+        ["eth0"], timeout=5, poll=0.05, more=lambda: next(calls, ["eth0", "eth1"]),
+        **racer({"eth0": None, "eth1": 0.05}, applied))
+    winner.stop()
+    assert winner.interface == "eth1" and started == ["eth0", "eth1"]
+
+
+def test_race_timeout_names_every_nic_and_state() -> None:
+    t0 = time.monotonic()
+    with pytest.raises(NetworkError) as err:
+        network.race_dhcp(["eth0", "eth1"], timeout=0.4,
+                          **racer({"eth0": None, "eth1": None}, []))
+    assert str(err.value) == ("network: no DHCP lease within 0.4 s on any NIC "
+                              "(eth0 SELECTING, eth1 SELECTING)")
+    assert 0.4 <= time.monotonic() - t0 < 3
+    assert all(c.exited for c in FakeClient.instances[-2:])
+
+
+def test_race_single_nic_error_is_the_lone_clients() -> None:
+    with pytest.raises(NetworkError) as err:
+        network.race_dhcp(["eth0"], timeout=0.3, **racer({"eth0": None}, []))
+    assert str(err.value) == "network: eth0: no DHCP lease within 0.3 s (client SELECTING)"
+
+
+def test_race_all_clients_failing_ends_at_once() -> None:
+    t0 = time.monotonic()
+    with pytest.raises(NetworkError, match=r"eth0: DHCP client failed: OSError"):
+        network.race_dhcp(["eth0"], timeout=10, **racer(
+            {"eth0": None}, [], fail={"eth0": OSError(19, "No such device")}))
+    assert time.monotonic() - t0 < 2
+
+
+def test_race_apply_failure_lets_another_nic_win() -> None:
+    applied: list[tuple[str, str]] = []
+    apply_ok = racer({}, applied)["apply"]
+
+    def apply(name: str) -> network.LeaseCallback:
+        if name == "eth0":
+            async def broken(event: str, lease: LeaseInfo) -> None:
+                raise PermissionError("Operation not permitted")
+            return broken
+        return apply_ok(name)  # type: ignore[no-any-return]
+
+    winner, _lease, _started = network.race_dhcp(
+        ["eth0", "eth1"], timeout=5, start=racer({"eth0": 0.01, "eth1": 0.3}, applied)["start"],
+        apply=apply)
+    winner.stop()
+    assert winner.interface == "eth1" and applied == [("eth1", "bound")]
+
+
+# --- vlan= and bond= links ---------------------------------------------------------------------
+
+
+class FakeIPRoute:
+    """Records pyroute2 ``link`` calls; ``links`` maps names to indexes."""
+
+    def __init__(self, links: dict[str, int]) -> None:
+        self.links = dict(links)
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+
+    def link_lookup(self, *, ifname: str) -> list[int]:
+        return [self.links[ifname]] if ifname in self.links else []
+
+    def link(self, command: str, **kwargs: Any) -> None:
+        self.calls.append((command, kwargs))
+        if command == "add":
+            self.links[kwargs["ifname"]] = 100 + len(self.links)
+
+
+def test_create_links_bond_then_vlan_on_it(tmp_path: Path) -> None:
+    from pyinit.cmdline import BondConfig, VlanConfig
+
+    ipr = FakeIPRoute({"eth0": 2, "eth1": 3})
+    made = network.create_links(ipr, [VlanConfig("bond0.7", 7, "bond0")],
+                                [BondConfig(miimon=50)], timeout=1, sysfs=tmp_path)
+    assert made == ["bond0", "bond0.7"]
+    bond, vlan = ipr.links["bond0"], ipr.links["bond0.7"]
+    assert ipr.calls == [
+        ("add", {"ifname": "bond0", "kind": "bond"}),
+        ("set", {"index": bond, "state": "down"}),
+        ("set", {"index": bond, "kind": "bond", "bond_mode": 1, "bond_miimon": 50,
+                 "bond_updelay": 0, "bond_downdelay": 0}),
+        ("set", {"index": 2, "state": "down"}), ("set", {"index": 2, "master": bond}),
+        ("set", {"index": 3, "state": "down"}), ("set", {"index": 3, "master": bond}),
+        ("set", {"index": 2, "state": "up"}), ("set", {"index": 3, "state": "up"}),
+        ("set", {"index": bond, "state": "up"}),
+        ("set", {"index": bond, "state": "up"}),  # the VLAN's parent
+        ("add", {"ifname": "bond0.7", "kind": "vlan", "link": bond, "vlan_id": 7}),
+        ("set", {"index": vlan, "state": "up"}),
+    ]
+
+
+def test_create_links_missing_parent_names_it(tmp_path: Path) -> None:
+    from pyinit.cmdline import VlanConfig
+
+    add_nic(tmp_path, "eth0", "52:54:00:00:00:01", ifindex=2)
+    with pytest.raises(NetworkError) as err:
+        network.create_links(FakeIPRoute({"eth0": 2}), [VlanConfig("eth9.5", 5, "eth9")], [],
+                             timeout=0.2, sysfs=tmp_path, sleep=lambda s: time.sleep(0.05))
+    assert str(err.value) == ("network: eth9.5 parent eth9 does not exist after 0.2 s "
+                              "(seen: eth0 52:54:00:00:00:01 (virtio_net) carrier)")

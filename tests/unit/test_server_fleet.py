@@ -105,7 +105,7 @@ def test_parse_machine_yaml_strips_pxe_and_validates() -> None:
     listed = parse_machine(b"action: readImage\npxe: {cmdline: [a=1, b]}\n", rel="m.yaml",
                            key=MAC, path=Path("m.yaml"))
     assert listed.kernel_args() == ["a=1", "b"]
-    assert listed.warning == "m.yaml: sourceDevice: required for readImage"
+    assert listed.warning == "m.yaml: sourceDevice: required for readImage (or rootDeviceHints)"
 
 
 def test_json_file_is_served_byte_for_byte() -> None:
