@@ -61,7 +61,7 @@ import zstandard
 
 from pyinit import parttable, syscalls
 from pyinit.errors import ConfigError, DiskError, FetchError, ImageError, PyinitError
-from pyinit.fetch import USER_AGENT, auth_headers, backoff
+from pyinit.fetch import USER_AGENT, auth_headers, backoff, tls_failure
 from pyinit.log import event, get_logger
 
 log = get_logger("pyinit.capture")
@@ -606,6 +606,13 @@ def _capture_once(device: str, url: str, *, fd: int, segments: Iterable[Segment]
         try:
             resp = session.request("POST" if method == "multipart" else "PUT", url, data=body,
                                    headers=headers, timeout=timeout)
+        except requests.exceptions.SSLError as exc:  # before ConnectionError: a subclass
+            # A certificate that does not verify will not on the next try: fatal, one line
+            # naming the reason and what was trusted (a server closing the handshake is
+            # transient: fetch.tls_failure keeps it retryable).
+            if pipe.error is not None:
+                raise pipe.error from exc
+            raise tls_failure(url, exc, session.verify) from exc
         except (requests.ConnectionError, requests.Timeout,
                 requests.exceptions.ChunkedEncodingError) as exc:
             if pipe.error is not None:

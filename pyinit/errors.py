@@ -6,7 +6,46 @@ Expected failures end in one clear line (``str(err)``); tracebacks are for bugs.
 
 from __future__ import annotations
 
+import errno
+import socket
 from collections.abc import Sequence
+from typing import TypeVar
+
+E = TypeVar("E", bound=BaseException)
+
+
+def find_cause(exc: BaseException, kind: type[E]) -> E | None:
+    """The first exception of ``kind`` inside ``exc``: requests and urllib3 wrap the socket's
+    own error in ``args``, ``reason``, ``__cause__`` and ``__context__``. Pure."""
+    todo: list[object] = [exc]
+    seen: set[int] = set()
+    while todo:
+        cur = todo.pop(0)
+        if id(cur) in seen or not isinstance(cur, BaseException):
+            continue
+        seen.add(id(cur))
+        if isinstance(cur, kind):
+            return cur
+        todo += [*cur.args, getattr(cur, "reason", None), cur.__cause__, cur.__context__]
+    return None
+
+
+def unreachable_reason(exc: BaseException, host: str | None = None) -> str:
+    """Why a connection failed, in words an operator can act on: ``cannot resolve
+    'pxe.example': Name or service not known``, ``connection refused``, ``timed out``,
+    ``No route to host``. Pure."""
+    gai = find_cause(exc, socket.gaierror)
+    if gai is not None:
+        what = f" {host!r}" if host else ""
+        return f"cannot resolve{what}: {gai.strerror or gai}"
+    if find_cause(exc, ConnectionRefusedError) is not None:
+        return "connection refused"
+    if find_cause(exc, TimeoutError) is not None or "Timeout" in type(exc).__name__:
+        return "timed out"
+    err = find_cause(exc, OSError)
+    if err is not None and err.errno and err.errno != errno.EIO:
+        return err.strerror or errno.errorcode.get(err.errno, str(err.errno))
+    return type(exc).__name__
 
 
 class PyinitError(Exception):

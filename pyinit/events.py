@@ -21,6 +21,21 @@ log = get_logger("pyinit.events")
 _STOP = object()
 
 
+def refusal_reason(status: int, has_token: bool) -> str:
+    """Why the server refused an event, for the one warning. Pure.
+
+    401 is about the token; 403 from a server given no token is as likely a server that takes
+    no events at all (a static nginx serving the actions answers every POST so), so the
+    warning must not send the operator hunting for a token that was never needed."""
+    if status == 401:
+        return ("the server wants a token for events (pyinit.token= wrong)" if has_token
+                else "the server wants a token for events (pyinit.token= missing)")
+    if has_token:
+        return "the server refuses events (pyinit.token= not accepted, or it takes no events)"
+    return ("the server does not accept events here (no pyinit.token= given; a static web "
+            "server answers so)")
+
+
 class ServerSink:
     def __init__(self, url: str, *, session: requests.Session | None = None,
                  timeout: float = 2.0, maxsize: int = 256, token: str | None = None) -> None:
@@ -53,9 +68,9 @@ class ServerSink:
                         self.failures = 0
                         if resp.status_code in (401, 403) and not self._warned:
                             self._warned = True  # once: the console has every event anyway
-                            log.warning(f"events: {self.url}: HTTP {resp.status_code}: the "
-                                        "server refuses events (pyinit.token= missing or "
-                                        "wrong); they stay on the console only")
+                            log.warning(f"events: {self.url}: HTTP {resp.status_code}: "
+                                        f"{refusal_reason(resp.status_code, bool(self._headers))}"
+                                        "; they stay on the console only")
                     except requests.RequestException:
                         self.failures += 1
             finally:

@@ -28,7 +28,7 @@ import requests
 from pyinit import tls
 from pyinit.action import Action, parse_action_json
 from pyinit.cmdline import BootParams
-from pyinit.errors import ConfigError, FetchError
+from pyinit.errors import ConfigError, FetchError, unreachable_reason
 from pyinit.log import get_logger
 
 log = get_logger("pyinit.fetch")
@@ -117,7 +117,8 @@ def get(session: requests.Session, url: str, *, timeout: float = 10.0,
     except requests.exceptions.InvalidURL as exc:
         raise FetchError(url, f"invalid URL: {exc}", retryable=False) from exc
     except (requests.ConnectionError, requests.Timeout) as exc:
-        raise FetchError(url, f"unreachable: {type(exc).__name__}", retryable=True) from exc
+        why = unreachable_reason(exc, urlsplit(url).hostname)
+        raise FetchError(url, f"unreachable: {why}", retryable=True) from exc
     why = server_reason(resp) if resp.status_code >= 400 else ""
     if resp.status_code in RETRYABLE_STATUS:
         raise FetchError(url, f"HTTP {resp.status_code}{why}", retryable=True,

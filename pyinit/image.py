@@ -64,7 +64,14 @@ import urllib3.exceptions
 import zstandard
 
 from pyinit import grow, syscalls
-from pyinit.errors import ChecksumMismatch, DiskError, FetchError, ImageError, PyinitError
+from pyinit.errors import (
+    ChecksumMismatch,
+    DiskError,
+    FetchError,
+    ImageError,
+    PyinitError,
+    unreachable_reason,
+)
 from pyinit.fetch import RETRYABLE_STATUS, USER_AGENT, backoff, retry, tls_failure
 from pyinit.log import event, get_logger
 
@@ -1441,7 +1448,8 @@ class _Pipeline:
                     requests.exceptions.InvalidSchema) as exc:
                 raise FetchError(self.url, f"{type(exc).__name__}: {exc}") from exc
             except (requests.ConnectionError, requests.Timeout) as exc:
-                failed(f"unreachable: {type(exc).__name__}")
+                host = urlsplit(self.url).hostname
+                failed(f"unreachable: {unreachable_reason(exc, host)}")
                 continue
             with contextlib.closing(resp):
                 decision = t.on_response(resp.status_code, resp.headers)
@@ -1706,7 +1714,8 @@ def fetch_text(session: requests.Session, url: str, *, total: float = 60.0,
         try:
             resp = session.get(url, timeout=(10, 30), headers={"User-Agent": USER_AGENT})
         except (requests.ConnectionError, requests.Timeout) as exc:
-            raise FetchError(url, f"unreachable: {type(exc).__name__}", retryable=True) from exc
+            why = unreachable_reason(exc, urlsplit(url).hostname)
+            raise FetchError(url, f"unreachable: {why}", retryable=True) from exc
         if resp.status_code in RETRYABLE_STATUS:
             raise FetchError(url, f"HTTP {resp.status_code}", retryable=True,
                              status=resp.status_code)

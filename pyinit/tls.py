@@ -21,7 +21,7 @@ from pathlib import Path
 import requests
 
 from pyinit.cmdline import BootParams
-from pyinit.errors import ConfigError
+from pyinit.errors import ConfigError, find_cause
 
 BAKED_CA = "etc/pyinit/ca.pem"     # relative to root: the initramfs builder's --ca
 INLINE_CA = "run/pyinit/ca.pem"    # where an inline pyinit.ca= is written
@@ -73,19 +73,7 @@ def describe(verify: object) -> str:
 
 
 def _ssl_error(exc: BaseException) -> ssl.SSLError | None:
-    """The :class:`ssl.SSLError` inside a requests/urllib3 exception (they wrap it in args,
-    ``reason``, ``__cause__`` and ``__context__``), or None."""
-    todo: list[object] = [exc]
-    seen: set[int] = set()
-    while todo:
-        cur = todo.pop(0)
-        if id(cur) in seen or not isinstance(cur, BaseException):
-            continue
-        seen.add(id(cur))
-        if isinstance(cur, ssl.SSLError):
-            return cur
-        todo += [*cur.args, getattr(cur, "reason", None), cur.__cause__, cur.__context__]
-    return None
+    return find_cause(exc, ssl.SSLError)
 
 
 def tls_reason(exc: BaseException) -> str:

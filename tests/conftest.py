@@ -41,6 +41,23 @@ def _no_real_commands(request: pytest.FixtureRequest) -> Iterator[None]:
         proc.set_runner(previous)
 
 
+@pytest.fixture(autouse=True)
+def _no_host_devices(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unit tests that run the boot's step table must not read the host's /sys/block or make
+    links under the host's /dev (the disks step does both): the step module's roots point at
+    empty directories unless a test sets its own."""
+    if request.node.get_closest_marker("integration") or request.node.get_closest_marker("vm"):
+        return
+    from pyinit import init
+
+    guard = tmp_path_factory.mktemp("host-guard")
+    (guard / "sys").mkdir()
+    (guard / "dev").mkdir()
+    monkeypatch.setattr(init, "SYSFS", guard / "sys")
+    monkeypatch.setattr(init, "DEV", guard / "dev")
+
+
 @dataclass
 class Recorder:
     """Records argv lists; answers from ``responses`` (argv[0] -> Completed or callable)."""

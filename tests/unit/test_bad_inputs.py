@@ -1,0 +1,724 @@
+"""The catalogue of bad inputs (issue #7), one row per entry of docs/bad-inputs.md.
+
+Every row drives the real code path at the lowest level that still shows what the operator
+reads: the boot's own step table (:data:`pyinit.init.STEPS`, run by :func:`init.run_steps` and
+reported by :func:`init.fail`) with only the seams replaced that a unit test may not use — no
+mounts (``rootfs.apply``), no modules, ``/proc/cmdline`` from a file, the NICs from a fake sysfs
+(or a ready :class:`NetworkResult`), ``/dev/vdb`` mapped to a 4 MiB file, a fake clock for the
+action fetch's retries, and a recorder instead of reboot(2). Servers are real and in-process
+(:class:`ProvisioningServer`, :class:`tests.faultserver.FaultServer`) on 127.0.0.1; the DNS row
+resolves a name under the reserved ``.invalid`` TLD through a patched ``getaddrinfo``, so nothing
+leaves the machine. Disk-hint rows run :func:`pyinit.disks.select_disk` inside the runner: hints
+are not wired into the boot yet.
+
+For each row the test asserts (a) the ``FAILED:`` line names the cause, equals the line recorded
+in the doc (ports and temp paths normalised) and no traceback was printed, (b) a ``failed`` event
+carries the step and the reason, (c) the configured failure policy ran, (d) the disk file is
+byte-identical — or, when the failure happened during the write, its first and last MiB (MBR,
+GPT, backup GPT) are zero. Rows whose behaviour is not yet right are ``xfail(strict=True)`` with
+the reason, so fixing them turns the suite red until the mark is removed.
+
+``PYINIT_BAD_INPUTS_DUMP=file.jsonl`` appends each row's observed line (to regenerate the doc).
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import functools
+import io
+import json
+import os
+import re
+import socket
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from pyinit import capture, disks, fetch, image, init, log, network, policy
+from pyinit.disks import Disk
+from pyinit.network import DhcpThread, NetworkResult
+from pyinit_server.server import ProvisioningServer
+from tests.faultserver import Faults, FaultServer
+from tests.tlsfixtures import TLSFiles, tls_files  # noqa: F401 - the fixture
+
+from .fakes import FakeClock
+from .test_disks import FakeSys
+from .test_network import add_nic, factory
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "bad-inputs.md"
+MAC = "52:54:00:12:34:56"
+DASHES = MAC.replace(":", "-")
+MIB = 1 << 20
+DISK_SIZE = 4 * MIB
+GIB = 1 << 30
+POWEROFF = "pyinit.on_failure=poweroff"
+
+
+# ---- the rig: the boot's step table with its seams replaced -------------------------------
+
+
+@dataclass
+class Outcome:
+    console: str
+    events: list[dict[str, Any]]
+    policies: list[str]
+    failed_line: str  # the text after "FAILED: "
+    fetch_retries: int
+    image_retries: int
+
+
+@dataclass
+class Rig:
+    tmp: Path
+    mp: pytest.MonkeyPatch
+    disk: Path
+    original: bytes
+    sysfs: Path
+    files: Path  # served by ``fault``
+    fault: FaultServer
+    policies: list[str] = field(default_factory=list)
+    image_retries: int = 0
+    network: Callable[..., NetworkResult] | None = None  # None: a ready NetworkResult
+    tls: TLSFiles | None = None
+    replacements: dict[str, str] = field(default_factory=dict)
+
+    # -- inputs
+
+    def action(self, body: bytes | str | dict[str, Any]) -> str:
+        """Serve ``body`` as this machine's action; returns ``MYURL=…``."""
+        data = json.dumps(body).encode() if isinstance(body, dict) else \
+            body.encode() if isinstance(body, str) else body
+        (self.files / "actions").mkdir(exist_ok=True)
+        (self.files / "actions" / DASHES).write_bytes(data)
+        return f"MYURL={self.fault.base_url}/actions"
+
+    def image(self, name: str, data: bytes) -> str:
+        (self.files / name).write_bytes(data)
+        return self.fault.url(name)
+
+    def write_action(self, url: str, **extra: Any) -> dict[str, Any]:
+        return {"action": "writeImage", "sourceImage": url, "destinationDevice": "/dev/vdb",
+                **extra}
+
+    def devmap(self, device: str) -> str:
+        return str(self.disk) if device == "/dev/vdb" else device
+
+    # -- the boot
+
+    def boot(self, cmdline: str, steps: tuple[tuple[str, Callable[[init.Context], None]], ...]
+             | None = None) -> Outcome:
+        buf = io.StringIO()
+        events: list[dict[str, Any]] = []
+        clock = FakeClock()
+        cmdline_file = self.tmp / "cmdline"
+        cmdline_file.write_text(cmdline + "\n")
+        self.mp.setattr(log, "_console", buf)
+        log.configure()
+        log.clear_sinks()
+        log.add_sink(events.append)
+        self.mp.setattr(init.rootfs, "apply", lambda *a, **k: [])
+        self.mp.setattr(init, "Path", lambda p: cmdline_file if p == "/proc/cmdline" else Path(p))
+        self.mp.setattr(init, "MODULES_ROOT", self.tmp / "no-modules")
+        self.mp.setattr(init, "DEVICE_TIMEOUT", 0.3)
+        self.mp.setattr(init, "SYSFS", self.sysfs)  # the disks step: never the host's
+        self.mp.setattr(init, "DEV", self.tmp / "dev")
+        self.mp.setattr(disks, "settle", functools.partial(disks.settle, quiet=0.0))
+        self.mp.setattr(init, "configure", self.network or self._ready_network)
+        self.mp.setattr(init, "fetch_action", functools.partial(
+            fetch.fetch_action, clock=clock, sleep=clock.sleep))
+        real_write, real_wait = image.write_image, image.wait_for_device
+
+        def delays() -> Iterator[float]:
+            while True:
+                self.image_retries += 1
+                yield 0.0
+
+        def write(req: image.WriteRequest, *, session: requests.Session) -> image.WriteResult:
+            return real_write(dataclasses.replace(req, device=self.devmap(req.device)),
+                              session=session, allow_regular_file=True, delays=delays,
+                              max_attempts=3, read_timeout=2.0, progress_interval=60.0)
+
+        real_capture = capture.capture_image
+
+        def capture_image(device: str, url: str, **kw: Any) -> capture.CaptureResult:
+            return real_capture(self.devmap(device), url, allow_regular_file=True, attempts=2,
+                                sleep=lambda s: None, **kw)
+
+        self.mp.setattr(init, "write_image", write)
+        self.mp.setattr(init, "capture_image", capture_image)
+        self.mp.setattr(init, "wait_for_device",
+                        lambda dev, timeout: real_wait(self.devmap(dev), timeout))
+        self.mp.setattr(policy, "apply", lambda pol, reason: self.policies.append(pol))
+        ctx = init.Context()
+        try:
+            init.run_steps(ctx, steps or init.STEPS)
+        except BaseException as exc:  # what main() does
+            init.fail(ctx, exc)
+        else:
+            pytest.fail("the boot did not fail")
+        finally:
+            log.clear_sinks()
+            ctx.session.close()
+        text = buf.getvalue()
+        m = re.search(r"\] \S+: FAILED: (.*)", text)
+        assert m, text
+        return Outcome(text, events, self.policies, m.group(1), len(clock.sleeps),
+                       self.image_retries)
+
+    def _ready_network(self, **_: Any) -> NetworkResult:
+        return NetworkResult(interface="eth0", mac=MAC, address="10.0.2.15", prefixlen=24,
+                             gateway="10.0.2.2", dns=(), source="static", server=None)
+
+    def real_network(self, *, dhcp_binds: bool = True) -> None:
+        """network.configure itself, against the fake sysfs, with netlink faked."""
+
+        class FakeIPRoute:
+            def __enter__(self) -> FakeIPRoute:
+                return self
+
+            def __exit__(self, *_: object) -> None:
+                pass
+
+            def link(self, *a: Any, **k: Any) -> list[Any]:
+                raise AssertionError(f"unit test touched a link: {a} {k}")
+
+        import pyroute2
+        self.mp.setattr(pyroute2, "IPRoute", FakeIPRoute)
+
+        def dhcp(name: str, **kw: Any) -> DhcpThread:
+            return DhcpThread(name, client_factory=factory(bind_after=None), **kw)
+
+        self.network = functools.partial(network.configure, sysfs=self.sysfs,
+                                         resolv_conf=None, dhcp_factory=dhcp)
+
+    def normalise(self, line: str) -> str:
+        line = line.replace(str(self.disk), "/dev/vdb")
+        for real, shown in self.replacements.items():
+            line = line.replace(real, shown)
+        line = line.replace(str(self.tmp), "TMP")
+        # the action fetch's backoff is jittered: how many attempts fit is not fixed
+        line = re.sub(r"gave up after \d+ attempts, (\d+) s", r"gave up after N attempts, \1 s",
+                      line)
+        return re.sub(r"(127\.0\.0\.1|localhost):\d+", r"\1:PORT", line)
+
+
+@pytest.fixture
+def rig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Rig]:
+    disk = tmp_path / "vdb.img"
+    original = bytes(range(256)) * (DISK_SIZE // 256)
+    disk.write_bytes(original)
+    sysfs = tmp_path / "sys"
+    add_nic(sysfs, "eth0", "52:54:00:12:34:56", ifindex=2, carrier="1")
+    FakeSys(tmp_path).disk("pci0000:00/0000:00:05.0/virtio3", "vdb", size=DISK_SIZE,
+                           devnum="253:16", attrs={"serial": "DISK0"})
+    (tmp_path / "dev").mkdir()
+    files = tmp_path / "files"
+    files.mkdir()
+    with FaultServer(files) as fault:
+        yield Rig(tmp_path, monkeypatch, disk, original, sysfs, files, fault)
+
+
+# ---- the rows ------------------------------------------------------------------------------
+
+
+Drive = Callable[[Rig], Outcome]
+
+
+@dataclass(frozen=True)
+class Row:
+    id: str
+    input: str
+    step: str
+    expect: str  # a regex the FAILED line must match: it names the cause
+    drive: Drive
+    policy: str = "poweroff"
+    # True: the failure happened during the write, the headers were wiped; None: either
+    # (the decoder and the writer race to the truncation), but a changed disk has them wiped
+    touched: bool | None = False
+    fetch_retries: bool = False
+    image_retries: bool = False
+    xfail: str | None = None
+
+
+def cmd(line: str) -> Drive:
+    return lambda rig: rig.boot(line)
+
+
+def act(body: bytes | str | dict[str, Any], extra: str = "") -> Drive:
+    return lambda rig: rig.boot(f"{rig.action(body)} {POWEROFF} {extra}".strip())
+
+
+def write(name: str, data: bytes, **fields: Any) -> Drive:
+    def drive(rig: Rig) -> Outcome:
+        url = rig.image(name, data)
+        extra = {k: (v(rig) if callable(v) else v) for k, v in fields.items()}
+        return rig.boot(f"{rig.action(rig.write_action(url, **extra))} {POWEROFF}")
+    return drive
+
+
+def raw_image(size: int = 3 * MIB) -> bytes:
+    return bytes((i * 7) & 0xFF for i in range(4096)) * (size // 4096)
+
+
+def gz(data: bytes) -> bytes:
+    import gzip
+    return gzip.compress(data, compresslevel=1)
+
+
+def zst(data: bytes) -> bytes:
+    import zstandard
+    return zstandard.ZstdCompressor(level=1).compress(data)
+
+
+def pure(step: str, func: Callable[[], object]) -> Drive:
+    """A pure function not yet wired into the boot, run inside the real step runner."""
+    def drive(rig: Rig) -> Outcome:
+        return rig.boot(POWEROFF, ((step, lambda ctx: func()),))
+    return drive
+
+
+def net(line: str, *, carrier: str | None = "1", nics: bool = True) -> Drive:
+    def drive(rig: Rig) -> Outcome:
+        if carrier != "1":
+            (rig.sysfs / "class" / "net" / "eth0" / "carrier").write_text(f"{carrier}\n")
+        if not nics:
+            import shutil
+            shutil.rmtree(rig.sysfs / "class" / "net")
+            (rig.sysfs / "class" / "net").mkdir(parents=True)
+        rig.real_network()
+        return rig.boot(f"MYURL={rig.fault.base_url}/actions {POWEROFF} "
+                        f"pyinit.carrier_timeout=0.3 pyinit.dhcp_timeout=0.3 {line}".strip())
+    return drive
+
+
+def status(code: int) -> Drive:
+    def drive(rig: Rig) -> Outcome:
+        url = rig.action(rig.write_action("/images/x.img"))
+        rig.fault.set_faults(f"actions/{DASHES}", Faults(status=code, status_times=-1))
+        return rig.boot(f"{url} {POWEROFF} pyinit.fetch_timeout=5")
+    return drive
+
+
+def provisioning_server(machine: bytes | None) -> Drive:
+    def drive(rig: Rig) -> Outcome:
+        root = rig.tmp / "srv"
+        (root / "machines").mkdir(parents=True)
+        (root / "images").mkdir()
+        if machine is not None:
+            (root / "machines" / f"{DASHES}.json").write_bytes(machine)
+        with ProvisioningServer(root) as srv:
+            return rig.boot(f"MYURL={srv.url} {POWEROFF} pyinit.fetch_timeout=5")
+    return drive
+
+
+def unreachable(rig: Rig) -> Outcome:
+    with socket.socket() as s:  # a port nobody listens on: bound, never listening
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        return rig.boot(f"MYURL=http://127.0.0.1:{port} {POWEROFF} pyinit.fetch_timeout=5")
+
+
+def dns_failure(rig: Rig) -> Outcome:
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host: Any, *args: Any, **kw: Any) -> Any:
+        if isinstance(host, str) and host.endswith(".invalid"):
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return real(host, *args, **kw)
+
+    rig.mp.setattr(socket, "getaddrinfo", getaddrinfo)
+    return rig.boot(f"MYURL=http://pyinit-server.invalid {POWEROFF} pyinit.fetch_timeout=5")
+
+
+def tls_server(ca: str, *, plain: bool = False, upload: bool = False) -> Drive:
+    """The provisioning server over HTTPS (its CA: tls.ca), the machine trusting ``ca``."""
+    def drive(rig: Rig) -> Outcome:
+        assert rig.tls is not None
+        root = rig.tmp / "srv"
+        (root / "machines").mkdir(parents=True)
+        (root / "images").mkdir()
+        trust = {"other": f"pyinit.ca={rig.tls.other_ca}", "default": ""}[ca]
+        rig.replacements[str(rig.tls.other_ca.parent)] = "/etc/pyinit"
+        with ProvisioningServer(root, tls_cert=rig.tls.cert, tls_key=rig.tls.key) as srv:
+            if upload:  # the action from plain HTTP, the upload to the HTTPS listener
+                myurl = rig.action({"action": "readImage", "sourceDevice": "/dev/vdb",
+                                    "desintationAddress": f"{srv.url}/upload"})
+            elif plain:  # https:// to a port that speaks plain HTTP
+                assert srv.http_url is not None
+                myurl = f"MYURL={srv.http_url.replace('http://', 'https://')}"
+            else:
+                myurl = f"MYURL={srv.url}"
+            return rig.boot(f"{myurl} {POWEROFF} {trust}".strip())
+    return drive
+
+
+def pem_b64(rig: Rig) -> str:
+    return base64.b64encode(b"hello, not a certificate").decode()
+
+
+SDA = Disk("sda", 480 * GIB, model="SAMSUNG MZ7LH480", serial="S45NNA0M", transport="sata")
+SDB = Disk("sdb", 480 * GIB, model="SAMSUNG MZ7LH480", serial="S45NNA0M", transport="sata")
+USB = Disk("sdc", 32 * GIB, model="Cruzer", serial="4C53", removable=True, transport="usb")
+MOUNTED = Disk("nvme0n1", 960 * GIB, serial="N1", transport="nvme",
+               mounted=("/dev/nvme0n1p1 on /mnt",))
+
+HTML = "<!DOCTYPE html>\n<html><head><title>Welcome to nginx!</title></head></html>\n"
+IMG = "http://127.0.0.1:9/x.img"  # never fetched: the action is refused first
+
+ROWS: tuple[Row, ...] = (
+    # -- command line
+    Row("C01", "`BOOTIF=01-52-54-00-zz-34-56` (not a MAC)", "rootfs", r"^BOOTIF: not a MAC",
+        cmd("BOOTIF=01-52-54-00-zz-34-56 MYURL=http://127.0.0.1:9"), policy="shell"),
+    Row("C02", "`ip=` with a bad mask `255.0.255.0`", "rootfs", r"^ip: bad netmask",
+        cmd("ip=10.0.0.5::10.0.0.1:255.0.255.0::eth0:off MYURL=http://127.0.0.1:9"),
+        policy="shell"),
+    Row("C03", "`ip=` gateway outside the subnet", "rootfs", r"^ip: gateway .* is outside",
+        cmd("ip=10.0.0.5::192.168.1.1:255.255.255.0::eth0:off MYURL=http://127.0.0.1:9"),
+        policy="shell"),
+    Row("C04", "`ip=` client address `10.0.0.300`", "rootfs", r"^ip: bad client address",
+        cmd("ip=10.0.0.300::10.0.0.1:24::eth0:off MYURL=http://127.0.0.1:9"), policy="shell"),
+    Row("C05", "`ip=foo`", "rootfs", r"^ip: unrecognised value",
+        cmd("ip=foo MYURL=http://127.0.0.1:9"), policy="shell"),
+    Row("C06", "`MYURL=ftp://…` (not http(s))", "rootfs", r"^MYURL: not an http\(s\) URL",
+        cmd("MYURL=ftp://10.0.2.2/actions"), policy="shell"),
+    Row("C07", "`pyinit.on_failure=explode`", "rootfs", r"^pyinit.on_failure: 'explode' is not",
+        cmd("pyinit.on_failure=explode MYURL=http://127.0.0.1:9"), policy="shell"),
+    Row("C08", "`pyinit.dhcp_timeout=abc`", "rootfs",
+        r"^pyinit.dhcp_timeout: not a number of seconds",
+        cmd("pyinit.dhcp_timeout=abc MYURL=http://127.0.0.1:9"), policy="shell"),
+    Row("C09", "`pyinit.fetch_timeout=0`", "rootfs", r"^pyinit.fetch_timeout: out of range",
+        cmd("pyinit.fetch_timeout=0 MYURL=http://127.0.0.1:9"), policy="shell"),
+    Row("C10", "`pyinit.token=\"a b\"` (space; the value is never echoed)", "rootfs",
+        r"^pyinit.token: must be 1 to 256 printable", cmd('pyinit.token="a b" MYURL=http://x'),
+        policy="shell"),
+    Row("C11", "`pyinit.ca=ca.pem` (neither a path nor base64:)", "rootfs",
+        r"^pyinit.ca: expected a path", cmd("pyinit.ca=ca.pem MYURL=http://x"), policy="shell"),
+    Row("C12", "`pyinit.ca=base64:@@@` (not base64)", "rootfs", r"^pyinit.ca: not valid base64",
+        cmd("pyinit.ca=base64:@@@ MYURL=http://x"), policy="shell"),
+    Row("C13", "`pyinit.ca=base64:` of bytes that are no certificate", "rootfs",
+        r"^pyinit.ca: the 24 decoded bytes are not an X.509 certificate",
+        lambda rig: rig.boot(f"pyinit.ca=base64:{pem_b64(rig)} MYURL=http://x"),
+        policy="shell"),
+    Row("C14", "`pyinit.ca=/etc/pyinit/missing.pem`", "rootfs",
+        r"^pyinit.ca: /etc/pyinit/missing.pem: no such file in the initramfs",
+        cmd(f"pyinit.ca=/etc/pyinit/missing.pem MYURL=http://x {POWEROFF}")),
+    Row("C15", "neither `MYURL=`/`BOOTYURL=` nor `root=`+`entrypoint=`", "rootfs",
+        r"^cmdline: nothing to do", cmd(f"console=ttyS0 {POWEROFF}")),
+    Row("C16", "`entrypoint=/bin/sh'` (unbalanced quote)", "rootfs",
+        r"^entrypoint: cannot split", cmd("root=/dev/vda entrypoint=/bin/sh'"), policy="shell"),
+    Row("C17", "`pyinit.modules=some`", "rootfs", r"^pyinit.modules: 'some' is not one of",
+        cmd("pyinit.modules=some MYURL=http://x"), policy="shell"),
+    Row("C18", "a bad `ip=` with `pyinit.on_failure=poweroff`: the asked policy", "rootfs",
+        r"^ip: bad netmask",
+        cmd(f"{POWEROFF} ip=10.0.0.5::10.0.0.1:255.0.255.0::eth0:off MYURL=http://x")),
+    # -- action JSON
+    Row("A01", "server answers HTML (a web server's index page)", "action",
+        r"^action: server answer is not JSON .*'<!DOCTYPE html>'", act(HTML)),
+    Row("A02", "server answers an empty 200", "action",
+        r"^action: server answer is not JSON .*'<empty>'", act(b"")),
+    Row("A03", "JSON that is not an object (`[]`)", "action",
+        r"^action: expected a JSON object, got list", act("[]")),
+    Row("A04", "wrong type: `\"dryRun\": \"yes\"`", "action",
+        r"^dryRun: must be a boolean, got str 'yes'",
+        act({"action": "writeImage", "sourceImage": IMG, "destinationDevice": "/dev/vdb",
+             "dryRun": "yes"})),
+    Row("A05", "wrong type: `\"size\": \"3G\"`", "action", r"^size: must be an integer",
+        act({"action": "writeImage", "sourceImage": IMG, "destinationDevice": "/dev/vdb",
+             "size": "3G"})),
+    Row("A06", "unknown field (typo `sourceImg`)", "action", r"^sourceImg: unknown field",
+        act({"action": "writeImage", "sourceImg": IMG, "destinationDevice": "/dev/vdb"})),
+    Row("A07", "no `action`", "action", r"^action: missing",
+        act({"sourceImage": IMG, "destinationDevice": "/dev/vdb"})),
+    Row("A08", "unknown action `eraseDisk`", "action", r"^action: unknown action 'eraseDisk'",
+        act({"action": "eraseDisk"})),
+    Row("A09", "`destinationDevice` and `rootDeviceHints` both", "action",
+        r"^rootDeviceHints: give destinationDevice or rootDeviceHints, not both",
+        act({"action": "writeImage", "sourceImage": IMG, "destinationDevice": "/dev/vdb",
+             "rootDeviceHints": {"serial": "DISK0"}})),
+    Row("A10", "image URL with an unknown scheme (`ftp://`)", "action",
+        r"^sourceImage: not an http\(s\) URL: 'ftp://",
+        act({"action": "writeImage", "sourceImage": "ftp://10.0.2.2/debian.img",
+             "destinationDevice": "/dev/vdb"})),
+    Row("A11", "`destinationDevice` outside /dev (`/dev/../etc/passwd`)", "action",
+        r"^destinationDevice: not a device path under /dev",
+        act({"action": "writeImage", "sourceImage": IMG,
+             "destinationDevice": "/dev/../etc/passwd"})),
+    Row("A12", "`checksum: md5:…`", "action", r"^checksum: must be sha256:<hex> or sha512",
+        act({"action": "writeImage", "sourceImage": IMG, "destinationDevice": "/dev/vdb",
+             "checksum": "md5:d41d8cd98f00b204e9800998ecf8427e"})),
+    Row("A13", "`checksum` and `checksumURL` both", "action",
+        r"^checksumURL: give checksum or checksumURL, not both",
+        act({"action": "writeImage", "sourceImage": IMG, "destinationDevice": "/dev/vdb",
+             "checksum": "sha256:" + "0" * 64, "checksumURL": "SHA256SUMS"})),
+    Row("A14", "`finish: halt`", "action", r"^finish: 'halt' is not one of",
+        act({"action": "writeImage", "sourceImage": IMG, "destinationDevice": "/dev/vdb",
+             "finish": "halt"})),
+    Row("A15", "`hostname: web_01!`", "action", r"^hostname: not a valid host name",
+        act({"action": "writeImage", "sourceImage": IMG, "destinationDevice": "/dev/vdb",
+             "hostname": "web_01!"})),
+    Row("A16", "`sshKeys` entry that is not a key line", "action",
+        r"^sshKeys\[0\]: not an authorized_keys line",
+        act({"action": "writeImage", "sourceImage": IMG, "destinationDevice": "/dev/vdb",
+             "sshKeys": ["AAAAC3NzaC1lZDI1NTE5"]})),
+    Row("A17", "`network: static` with an address without prefix", "action",
+        r"^address: network static needs address/prefix",
+        act({"action": "writeImage", "sourceImage": IMG, "destinationDevice": "/dev/vdb",
+             "network": "static", "address": "10.0.0.5"})),
+    Row("A18", "`growPartition: \"first\"`", "action",
+        r"^growPartition: must be a partition number or \"last\"",
+        act({"action": "writeImage", "sourceImage": IMG, "destinationDevice": "/dev/vdb",
+             "growPartition": "first"})),
+    # -- server
+    Row("S01", "no machine file for this MAC (HTTP 404)", "action",
+        r"HTTP 404: the server has no action for this machine$", provisioning_server(None)),
+    Row("S02", "broken machine file: HTTP 500 with the server's reason", "action",
+        r"HTTP 500: machines/52-54-00-12-34-56.json:1: Expecting .* \(gave up after",
+        provisioning_server(b"{not json"), fetch_retries=True),
+    Row("S03", "HTTP 503 on every try", "action", r"HTTP 503 \(gave up after N attempts, 5 s\)",
+        status(503), fetch_retries=True),
+    Row("S04", "HTTP 403 on the action", "action", r": HTTP 403$", status(403)),
+    Row("S05", "server unreachable (connection refused)", "action",
+        r"unreachable: connection refused \(gave up after", unreachable, fetch_retries=True),
+    Row("S06", "DNS failure (`MYURL=http://pyinit-server.invalid`)", "action",
+        r"unreachable: cannot resolve 'pyinit-server.invalid': ", dns_failure,
+        fetch_retries=True),
+    # -- network
+    Row("N01", "`BOOTIF` for a NIC that does not exist", "network",
+        r"^network: BOOTIF 52:54:00:99:99:99 matches no NIC \(seen: eth0 ",
+        net("BOOTIF=01-52-54-00-99-99-99")),
+    Row("N02", "no NIC with carrier", "network",
+        r"^network: no carrier within 0.3 s \(seen: eth0 52:54:00:12:34:56 \(virtio_net\) "
+        r"no carrier\)", net("", carrier="0")),
+    Row("N03", "no NIC at all (driver missing)", "network",
+        r"^network: no wanted NIC within 0.3 s \(seen: none\)", net("", nics=False)),
+    Row("N04", "`ip=…:eth7:off` names a NIC that does not exist", "network",
+        r"^network: no NIC named eth7 \(seen: eth0 ",
+        net("ip=10.0.0.5::10.0.0.1:255.255.255.0::eth7:off")),
+    Row("N05", "no DHCP server answers", "network",
+        r"^network: eth0: no DHCP lease within 0.3 s \(client SELECTING\)$", net("")),
+    # -- image and checksum
+    Row("I01", "image URL answers 404", "provision", r"x\.img: HTTP 404",
+        lambda rig: rig.boot(f"{rig.action(rig.write_action(rig.fault.url('x.img')))} "
+                             f"{POWEROFF}")),
+    Row("I02", "image server answers 503 on every try", "provision",
+        r"HTTP 503.*gave up after 3 attempts",
+        lambda rig: (rig.image("x.img", raw_image()),
+                     rig.fault.set_faults("x.img", Faults(status=503, status_times=-1)),
+                     rig.boot(f"{rig.action(rig.write_action(rig.fault.url('x.img')))} "
+                              f"{POWEROFF}"))[-1], image_retries=True),
+    Row("I03", "a qcow2 image (not a raw disk image)", "provision", r"qcow2 is not a raw disk",
+        write("x.qcow2", b"QFI\xfb\x00\x00\x00\x03" + bytes(4088))),
+    Row("I04", "truncated gzip image", "provision", r"truncated gzip stream",
+        write("x.img.gz", (lambda z: z[:len(z) // 2])(gz(os.urandom(3 * MIB)))),
+        touched=None),
+    Row("I05", "checksum mismatch", "provision", r"checksum mismatch: expected sha256:0000",
+        write("x.img", raw_image(), checksum="sha256:" + "0" * 64), touched=True),
+    Row("I06", "image larger than the disk (`size`)", "provision",
+        r"^disk /dev/vdb: image is larger than the disk: 8388608 bytes > 4194304",
+        write("x.img", raw_image(), size=8 * MIB)),
+    Row("I07", "raw image larger than the disk (Content-Length)", "provision",
+        r"^disk /dev/vdb: image is larger than the disk", write("x.img", raw_image(6 * MIB))),
+    Row("I08", "corrupt zstd image", "provision", r"zstd",
+        write("x.img.zst", (lambda z: z[:200] + bytes(b ^ 0x5A for b in z[200:400]) + z[400:])(
+            zst(raw_image())))),
+    Row("I09", "empty image file", "provision", r"empty image", write("x.img", b"")),
+    Row("I10", "`checksumURL` file without a line for the image", "provision",
+        r"SHA256SUMS: no sha256 checksum line for x.img",
+        lambda rig: (rig.image("SHA256SUMS", b"0" * 64 + b"  other.img\n"),
+                     write("x.img", raw_image(),
+                           checksumURL=lambda r: r.fault.url("SHA256SUMS"))(rig))[-1]),
+    Row("I11", "`checksumURL` answers 404", "provision", r"SHA256SUMS: HTTP 404",
+        write("x.img", raw_image(), checksumURL=lambda r: r.fault.url("SHA256SUMS"))),
+    Row("I12", "`destinationDevice` that never appears", "provision",
+        r"^disk /dev/sdq: did not appear within 0 s",
+        lambda rig: rig.boot(f"{rig.action({**rig.write_action(rig.image('x.img', b'x')), 'destinationDevice': '/dev/sdq'})} {POWEROFF}")),  # noqa: E501
+    Row("I13", "`destinationDevice` that is no block device (`/dev/null`)", "provision",
+        r"^disk /dev/null: is not a block device",
+        lambda rig: rig.boot(f"{rig.action({**rig.write_action(rig.image('x.img', b'x')), 'destinationDevice': '/dev/null'})} {POWEROFF}")),  # noqa: E501
+    Row("I14", "server ignores Range and cuts every response at 1 MiB", "provision",
+        r"ignored the Range request; gave up after 3 restarts",
+        lambda rig: (rig.image("x.img", raw_image()),
+                     rig.fault.set_faults("x.img", Faults(truncate_at=MIB, ignore_range=True)),
+                     rig.boot(f"{rig.action(rig.write_action(rig.fault.url('x.img')))} "
+                              f"{POWEROFF}"))[-1], image_retries=True),
+    # -- disks (pure: hints are not wired into the boot yet)
+    Row("D01", "`rootDeviceHints` matching no disk (`serial: NOPE`)", "disks",
+        r"^disk selection: no disk matches rootDeviceHints \{serial: NOPE\}: have vdb",
+        act({"action": "writeImage", "sourceImage": IMG,
+             "rootDeviceHints": {"serial": "NOPE"}})),
+    Row("D02", "disk hint matching two disks (same serial)", "disks",
+        r"^disk selection: rootDeviceHints .* name one disk but match 2",
+        pure("disks", lambda: disks.select_disk(
+            [SDA, SDB], disks.parse_hints({"serial": "S45NNA0M"})))),
+    Row("D03", "only a removable USB stick", "disks", r"removable \(usb\)",
+        pure("disks", lambda: disks.select_disk([USB]))),
+    Row("D04", "the only disk is too small for the image (`size`, no device named)", "disks",
+        r"^disk selection: no usable disk: vdb \(4 MiB\) too small for the image",
+        act({"action": "writeImage", "sourceImage": IMG, "size": 8 * MIB})),
+    Row("D05", "the only disk has a mounted partition", "disks", r"mounted: /dev/nvme0n1p1",
+        pure("disks", lambda: disks.select_disk([MOUNTED]))),
+    Row("D06", "no disk at all (storage driver missing)", "disks", r"no disks found",
+        pure("disks", lambda: disks.select_disk([]))),
+    Row("D07", "unknown hint key (`serail`)", "action", r"^rootDeviceHints.serail: unknown hint",
+        act({"action": "writeImage", "sourceImage": IMG, "rootDeviceHints": {"serail": "x"}})),
+    Row("D08", "size hint with the ambiguous `=` operator", "action",
+        r"^rootDeviceHints.size: operator '=' is ambiguous",
+        act({"action": "writeImage", "sourceImage": IMG, "rootDeviceHints": {"size": "= 100"}})),
+    Row("D09", "`destinationDevice: /dev/disk/by-id/…` naming no disk", "disks",
+        r"^disk /dev/disk/by-id/wwn-0x5000: no such disk",
+        act({"action": "writeImage", "sourceImage": IMG,
+             "destinationDevice": "/dev/disk/by-id/wwn-0x5000"})),
+    # -- TLS and token
+    Row("T01", "https server whose certificate is not from `pyinit.ca=`", "action",
+        r"TLS error: certificate verify failed: .* \(trusting the CA .* from pyinit.ca=\)$",
+        tls_server("other")),
+    Row("T02", "https server with a private CA and no `pyinit.ca=`", "action",
+        r"TLS error: certificate verify failed: .*default CA bundle \(certifi\)",
+        tls_server("default")),
+    Row("T03", "`https://` URL to a port speaking plain HTTP", "action",
+        r"TLS error: .*(wrong version number|record layer failure)",
+        tls_server("other", plain=True)),
+    Row("T04", "readImage upload to an https URL that does not verify", "provision",
+        r"upload.*TLS error: certificate verify failed", tls_server("other", upload=True)),
+)
+
+
+# ---- the doc table -----------------------------------------------------------------------
+
+
+def doc_rows() -> dict[str, list[str]]:
+    """Row id → the cells of its line in docs/bad-inputs.md (``\\|`` unescaped)."""
+    rows: dict[str, list[str]] = {}
+    for line in DOC.read_text().splitlines():
+        m = re.match(r"^\|\s*([A-Z]\d\d)\s*\|", line)
+        if m:
+            cells = [c.strip().replace("\\|", "|")
+                     for c in re.split(r"(?<!\\)\|", line.strip().strip("|"))]
+            rows[m.group(1)] = cells
+    return rows
+
+
+def test_doc_and_test_tables_agree() -> None:
+    ids = [r.id for r in ROWS]
+    assert len(ids) == len(set(ids))
+    documented = doc_rows()
+    assert set(documented) == set(ids), (
+        f"only in the doc: {sorted(set(documented) - set(ids))}; "
+        f"only in the tests: {sorted(set(ids) - set(documented))}")
+    assert len(ids) >= 30
+    for row in ROWS:
+        cells = documented[row.id]
+        assert cells[-1] == f"`tests/unit/test_bad_inputs.py::test_bad_input[{row.id}]`", row.id
+        assert ("not yet" in " ".join(cells)) == (row.xfail is not None), row.id
+
+
+@pytest.fixture
+def row_rig(request: pytest.FixtureRequest, rig: Rig) -> Rig:
+    row: Row = request.node.callspec.params["row"]
+    if row.id.startswith("T"):
+        rig.tls = request.getfixturevalue("tls_files")
+    return rig
+
+
+def _params() -> list[Any]:
+    return [pytest.param(r, id=r.id, marks=[pytest.mark.xfail(strict=True, reason=r.xfail)]
+                         if r.xfail else []) for r in ROWS]
+
+
+@pytest.mark.parametrize("row", _params())
+def test_bad_input(row: Row, row_rig: Rig) -> None:
+    rig = row_rig
+    out = row.drive(rig)
+    line = rig.normalise(out.failed_line)
+    dump = os.environ.get("PYINIT_BAD_INPUTS_DUMP")
+    if dump:
+        with open(dump, "a") as f:
+            f.write(json.dumps({"id": row.id, "line": line, "policies": out.policies,
+                                "fetch_retries": out.fetch_retries,
+                                "image_retries": out.image_retries}) + "\n")
+    # (a) one clear line naming the cause, as documented, and no traceback
+    assert "Traceback" not in out.console, out.console
+    if not dump:  # regenerating the doc: its old lines are not the reference
+        documented = doc_rows().get(row.id)
+        assert documented is not None, f"{row.id} is not in {DOC}"
+        assert documented[2] == f"`{line}`", f"doc line differs from the real one: {line}"
+    # (b) the failure event names the step and the reason; the result event the policy
+    failed = [e for e in out.events if e.get("status") == "failed" and e["step"] != "result"]
+    assert [e["step"] for e in failed] == [row.step]
+    assert failed[0]["error"] == out.failed_line
+    result = [e for e in out.events if e["step"] == "result"]
+    assert result and result[-1]["failed_step"] == row.step
+    # (c) the configured failure policy ran, once
+    assert out.policies == [row.policy]
+    assert result[-1]["policy"] == row.policy
+    assert (out.fetch_retries > 0) == row.fetch_retries, out.fetch_retries
+    assert (out.image_retries > 0) == row.image_retries, out.image_retries
+    # (d) the disk: untouched, or (failure during the write) both table areas wiped
+    data = rig.disk.read_bytes()
+    if row.touched or (row.touched is None and data != rig.original):
+        assert data != rig.original
+        assert data[:MIB] == bytes(MIB) and data[-MIB:] == bytes(MIB)
+    else:
+        assert data == rig.original
+    assert re.search(row.expect, line), line
+
+
+# ---- the two message fixes that came out of the catalogue ----------------------------------
+
+
+@pytest.mark.parametrize(("status", "has_token", "needle"), [
+    (401, False, "pyinit.token= missing"),
+    (401, True, "pyinit.token= wrong"),
+    (403, False, "does not accept events here (no pyinit.token= given"),
+    (403, True, "pyinit.token= not accepted, or it takes no events"),
+])
+def test_event_refusal_names_the_likely_cause(status: int, has_token: bool, needle: str) -> None:
+    from pyinit.events import refusal_reason
+    reason = refusal_reason(status, has_token)
+    assert needle in reason
+    assert ("missing or wrong" not in reason)
+
+
+def test_event_sink_on_a_static_server_does_not_blame_the_token(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server refusing events (here: one that wants a token none was given for) gets one
+    warning naming the likely cause, never "missing or wrong" for every refusal."""
+    from pyinit.events import ServerSink
+    buf = io.StringIO()
+    monkeypatch.setattr(log, "_console", buf)
+    log.configure()
+    (tmp_path / "srv").mkdir()
+    with ProvisioningServer(tmp_path / "srv", token="s3cret") as prov:
+        sink = ServerSink(f"{prov.url}/events/{DASHES}")
+        sink({"step": "action", "status": "ok"})
+        sink.flush()
+    text = buf.getvalue()
+    assert re.search(r"events: .*HTTP 40[13]: the server (wants a token|does not accept)", text)
+    assert "missing or wrong" not in text
+
+
+def test_capture_tls_failure_is_one_line_and_not_retried(
+        tmp_path: Path, tls_files: TLSFiles) -> None:  # noqa: F811 - the fixture
+    disk = tmp_path / "disk"
+    disk.write_bytes(os.urandom(8192))
+    sleeps: list[float] = []
+    root = tmp_path / "srv"
+    (root / "images").mkdir(parents=True)
+    with ProvisioningServer(root, tls_cert=tls_files.cert, tls_key=tls_files.key) as srv, \
+            requests.Session() as session:
+        session.verify = str(tls_files.other_ca)
+        url = f"{srv.url}/upload"
+        with pytest.raises(capture.FetchError) as info:
+            capture.capture_image(str(disk), url, mac=MAC, session=session,
+                                  allow_regular_file=True, attempts=3, sleep=sleeps.append)
+    assert sleeps == []  # fatal at once: a certificate does not verify on the next try
+    assert not info.value.retryable
+    line = str(info.value)
+    assert line.startswith(f"{url}: TLS error: certificate verify failed: ")
+    assert f"(trusting the CA {tls_files.other_ca} from pyinit.ca=)" in line
+    assert "_ssl.c" not in line and "SSLError" not in line
