@@ -8,8 +8,13 @@ mounts (``rootfs.apply``), no modules, ``/proc/cmdline`` from a file, the NICs f
 action fetch's retries, and a recorder instead of reboot(2). Servers are real and in-process
 (:class:`ProvisioningServer`, :class:`tests.faultserver.FaultServer`) on 127.0.0.1; the DNS row
 resolves a name under the reserved ``.invalid`` TLD through a patched ``getaddrinfo``, so nothing
-leaves the machine. Disk-hint rows run :func:`pyinit.disks.select_disk` inside the runner: hints
-are not wired into the boot yet.
+leaves the machine. D02, D03, D05 and D06 run :func:`pyinit.disks.select_disk` on a list of
+disks inside the runner (identical serials, USB sticks and mounts are easier to state as data);
+the other disk rows go through the ``disks`` step. ``vlan=``/``bond=`` rows run
+:func:`network.configure` with link lookups answered from the fake sysfs; creating a link would
+fail the test, and ``8021q``/``bonding`` are recorded, never loaded on the host.
+
+tests/vm/test_bad_inputs.py boots some rows for real and compares with :func:`doc_rows`.
 
 For each row the test asserts (a) the ``FAILED:`` line names the cause, equals the line recorded
 in the doc (ports and temp paths normalised) and no traceback was printed, (b) a ``failed`` event
@@ -86,6 +91,7 @@ class Rig:
     network: Callable[..., NetworkResult] | None = None  # None: a ready NetworkResult
     tls: TLSFiles | None = None
     replacements: dict[str, str] = field(default_factory=dict)
+    modules_wanted: list[str] = field(default_factory=list)  # vlan=/bond=: 8021q, bonding
 
     # -- inputs
 
@@ -177,12 +183,21 @@ class Rig:
     def real_network(self, *, dhcp_binds: bool = True) -> None:
         """network.configure itself, against the fake sysfs, with netlink faked."""
 
+        sysfs = self.sysfs
+
         class FakeIPRoute:
+            """Looks links up in the fake sysfs (vlan=/bond= wait for their lower links);
+            creating or changing one is out of bounds for a unit test."""
+
             def __enter__(self) -> FakeIPRoute:
                 return self
 
             def __exit__(self, *_: object) -> None:
                 pass
+
+            def link_lookup(self, *, ifname: str) -> list[int]:
+                index = sysfs / "class" / "net" / ifname / "ifindex"
+                return [int(index.read_text())] if index.exists() else []
 
             def link(self, *a: Any, **k: Any) -> list[Any]:
                 raise AssertionError(f"unit test touched a link: {a} {k}")
@@ -193,8 +208,9 @@ class Rig:
         def dhcp(name: str, **kw: Any) -> DhcpThread:
             return DhcpThread(name, client_factory=factory(bind_after=None), **kw)
 
-        self.network = functools.partial(network.configure, sysfs=self.sysfs,
-                                         resolv_conf=None, dhcp_factory=dhcp)
+        self.network = functools.partial(
+            network.configure, sysfs=self.sysfs, resolv_conf=None, dhcp_factory=dhcp,
+            load_modules=self.modules_wanted.extend)  # never the host's 8021q/bonding
 
     def normalise(self, line: str) -> str:
         line = line.replace(str(self.disk), "/dev/vdb")
@@ -243,6 +259,7 @@ class Row:
     fetch_retries: bool = False
     image_retries: bool = False
     xfail: str | None = None
+    modules: tuple[str, ...] = ()  # what the network step asked to load (vlan=/bond=)
 
 
 def cmd(line: str) -> Drive:
@@ -416,6 +433,27 @@ ROWS: tuple[Row, ...] = (
     Row("C18", "a bad `ip=` with `pyinit.on_failure=poweroff`: the asked policy", "rootfs",
         r"^ip: bad netmask",
         cmd(f"{POWEROFF} ip=10.0.0.5::10.0.0.1:255.0.255.0::eth0:off MYURL=http://x")),
+    Row("C19", "`vlan=vlan0:eth0` (VLAN id 0: priority tagging, not a VLAN)", "rootfs",
+        r"^vlan: VLAN id 0 in 'vlan0' is outside 1\.\.4094$",
+        cmd(f"vlan=vlan0:eth0 MYURL=http://x {POWEROFF}")),
+    Row("C20", "`vlan=eth0.4095:eth0` (VLAN id 4095, reserved)", "rootfs",
+        r"^vlan: VLAN id 4095 in 'eth0.4095' is outside 1\.\.4094$",
+        cmd(f"vlan=eth0.4095:eth0 MYURL=http://x {POWEROFF}")),
+    Row("C21", "`vlan=eth0.abc:eth0` (no numeric VLAN id in the name)", "rootfs",
+        r"^vlan: no VLAN id in the name 'eth0.abc'",
+        cmd(f"vlan=eth0.abc:eth0 MYURL=http://x {POWEROFF}")),
+    Row("C22", "`vlan=eth0.100` (no parent interface)", "rootfs",
+        r"^vlan: expected <vlanname>:<phys> .*got 'eth0.100'$",
+        cmd(f"vlan=eth0.100 MYURL=http://x {POWEROFF}")),
+    Row("C23", "`bond=bond0:eth0,eth1:mode=balance-rr` (only active-backup)", "rootfs",
+        r"^bond: mode 'balance-rr' is not supported \(only active-backup\)$",
+        cmd(f"bond=bond0:eth0,eth1:mode=balance-rr MYURL=http://x {POWEROFF}")),
+    Row("C24", "`pyinit.disk_timeout=10s` (a unit where seconds are asked)", "rootfs",
+        r"^pyinit.disk_timeout: not a number of seconds: '10s'$",
+        cmd(f"pyinit.disk_timeout=10s MYURL=http://x {POWEROFF}")),
+    Row("C25", "`pyinit.disk_timeout=-1`", "rootfs",
+        r"^pyinit.disk_timeout: out of range \(0, 86400\]: '-1'$",
+        cmd(f"pyinit.disk_timeout=-1 MYURL=http://x {POWEROFF}")),
     # -- action JSON
     Row("A01", "server answers HTML (a web server's index page)", "action",
         r"^action: server answer is not JSON .*'<!DOCTYPE html>'", act(HTML)),
@@ -473,6 +511,9 @@ ROWS: tuple[Row, ...] = (
         r"^growPartition: must be a partition number or \"last\"",
         act({"action": "writeImage", "sourceImage": IMG, "destinationDevice": "/dev/vdb",
              "growPartition": "first"})),
+    Row("A19", "wrong type: `\"allowRemovable\": \"yes\"`", "action",
+        r"^allowRemovable: must be a boolean, got str 'yes'$",
+        act({"action": "writeImage", "sourceImage": IMG, "allowRemovable": "yes"})),
     # -- server
     Row("S01", "no machine file for this MAC (HTTP 404)", "action",
         r"HTTP 404: the server has no action for this machine$", provisioning_server(None)),
@@ -501,6 +542,17 @@ ROWS: tuple[Row, ...] = (
         net("ip=10.0.0.5::10.0.0.1:255.255.255.0::eth7:off")),
     Row("N05", "no DHCP server answers", "network",
         r"^network: eth0: no DHCP lease within 0.3 s \(client SELECTING\)$", net("")),
+    Row("N06", "`ip=eth7:dhcp` names a NIC that does not exist", "network",
+        r"^network: no NIC named eth7 \(seen: eth0 ", net("ip=eth7:dhcp")),
+    Row("N07", "`vlan=eth9.100:eth9`: the parent NIC does not exist", "network",
+        r"^network: eth9.100 parent eth9 does not exist after 0.3 s \(seen: eth0 ",
+        net("vlan=eth9.100:eth9"), modules=("8021q",)),
+    Row("N08", "bare `bond` (no slaves given: dracut's eth0,eth1) on a machine with eth0 only",
+        "network", r"^network: bond0 slave eth1 does not exist after 0.3 s \(seen: eth0 ",
+        net("bond"), modules=("bonding",)),
+    Row("N09", "`bond=bond0:eth0,eth5`: a slave that does not exist", "network",
+        r"^network: bond0 slave eth5 does not exist after 0.3 s \(seen: eth0 ",
+        net("bond=bond0:eth0,eth5"), modules=("bonding",)),
     # -- image and checksum
     Row("I01", "image URL answers 404", "provision", r"x\.img: HTTP 404",
         lambda rig: rig.boot(f"{rig.action(rig.write_action(rig.fault.url('x.img')))} "
@@ -546,7 +598,7 @@ ROWS: tuple[Row, ...] = (
                      rig.fault.set_faults("x.img", Faults(truncate_at=MIB, ignore_range=True)),
                      rig.boot(f"{rig.action(rig.write_action(rig.fault.url('x.img')))} "
                               f"{POWEROFF}"))[-1], image_retries=True),
-    # -- disks (pure: hints are not wired into the boot yet)
+    # -- disks (D02, D03, D05, D06: select_disk on data inside the runner)
     Row("D01", "`rootDeviceHints` matching no disk (`serial: NOPE`)", "disks",
         r"^disk selection: no disk matches rootDeviceHints \{serial: NOPE\}: have vdb",
         act({"action": "writeImage", "sourceImage": IMG,
@@ -573,6 +625,21 @@ ROWS: tuple[Row, ...] = (
         r"^disk /dev/disk/by-id/wwn-0x5000: no such disk",
         act({"action": "writeImage", "sourceImage": IMG,
              "destinationDevice": "/dev/disk/by-id/wwn-0x5000"})),
+    Row("D10", "size hint with a string operator (`s== 100`)", "action",
+        r"^rootDeviceHints.size: operator s== does not apply to a size",
+        act({"action": "writeImage", "sourceImage": IMG, "rootDeviceHints": {"size": "s== 100"}})),
+    Row("D11", "size hint with an unknown unit (`>= 100 XB`)", "action",
+        r"^rootDeviceHints.size: not a size: '100 XB'",
+        act({"action": "writeImage", "sourceImage": IMG,
+             "rootDeviceHints": {"size": ">= 100 XB"}})),
+    Row("D12", "string hint with a size operator (`serial: \">= S45\"`)", "action",
+        r"^rootDeviceHints.serial: operator >= does not apply to a string",
+        act({"action": "writeImage", "sourceImage": IMG,
+             "rootDeviceHints": {"serial": ">= S45"}})),
+    Row("D13", "hint of the wrong type (`rotational: \"maybe\"`)", "action",
+        r"^rootDeviceHints.rotational: must be a boolean, got str 'maybe'$",
+        act({"action": "writeImage", "sourceImage": IMG,
+             "rootDeviceHints": {"rotational": "maybe"}})),
     # -- TLS and token
     Row("T01", "https server whose certificate is not from `pyinit.ca=`", "action",
         r"TLS error: certificate verify failed: .* \(trusting the CA .* from pyinit.ca=\)$",
@@ -611,6 +678,12 @@ def test_doc_and_test_tables_agree() -> None:
         f"only in the doc: {sorted(set(documented) - set(ids))}; "
         f"only in the tests: {sorted(set(ids) - set(documented))}")
     assert len(ids) >= 30
+    # the intro's count ("90 rows (command line 25, …)") follows the table
+    m = re.search(r": (\d+) rows \(command line (\d+), action JSON (\d+),\s+server (\d+), "
+                  r"network (\d+), image (\d+), disks (\d+), TLS (\d+)\)", DOC.read_text())
+    assert m, "the intro's row count is missing"
+    per_group = [sum(1 for i in ids if i[0] == g) for g in "CASNIDT"]
+    assert [int(n) for n in m.groups()] == [len(ids), *per_group]
     for row in ROWS:
         cells = documented[row.id]
         assert cells[-1] == f"`tests/unit/test_bad_inputs.py::test_bad_input[{row.id}]`", row.id
@@ -658,6 +731,7 @@ def test_bad_input(row: Row, row_rig: Rig) -> None:
     assert result[-1]["policy"] == row.policy
     assert (out.fetch_retries > 0) == row.fetch_retries, out.fetch_retries
     assert (out.image_retries > 0) == row.image_retries, out.image_retries
+    assert rig.modules_wanted == list(row.modules)
     # (d) the disk: untouched, or (failure during the write) both table areas wiped
     data = rig.disk.read_bytes()
     if row.touched or (row.touched is None and data != rig.original):
