@@ -8,8 +8,9 @@ Steps, in order (each one logged):
 4. stage: the declarative ``LAYOUT`` (merged-/usr like Debian, so host library paths work as-is),
    the repo's ``rootfs/`` skeleton, the bundle under ``/usr/lib/pyinit``, ``/init``, busybox with a
    symlink per applet, the ELF closure of the bundle and of ``data/binaries.txt``, the modules of
-   ``data/modules.txt`` with their modules.dep closure, then ``depmod`` and ``ldconfig`` on the
-   staged tree;
+   ``data/modules.txt`` with their modules.dep closure (``--drivers broad`` adds the storage and
+   NIC trees, ``--drivers host`` keeps the drivers of the build host's devices: ``drivers.py``),
+   the firmware files those modules declare, then ``depmod`` and ``ldconfig`` on the staged tree;
 5. pack: the reproducible cpio (``cpio.py``), zstd-compressed (the Debian kernel has
    CONFIG_RD_ZSTD), ``vmlinuz`` beside it and ``manifest.json`` describing both.
 
@@ -37,9 +38,9 @@ from typing import Any
 
 import zstandard
 
-from pyinit import kmod, proc
+from pyinit import coldplug, kmod, proc
 from pyinit.errors import PyinitError
-from pyinit_build import cpio, elf, freeze, kernel, preflight
+from pyinit_build import cpio, drivers, elf, freeze, kernel, preflight
 from pyinit_build.errors import BuildError
 
 log = logging.getLogger("pyinit_build.initramfs")
@@ -114,6 +115,9 @@ class BuildConfig:
     zstd_level: int = ZSTD_LEVEL
     init_shim: bool = False                     # /init as a busybox sh shim instead of a link
     ca: Path | None = None                      # PEM CA certificate(s) baked in as CA_PATH
+    drivers: str = "listed"                     # listed | broad | host (drivers.MODES)
+    host_sysfs: Path = Path("/sys")             # --drivers host: whose devices to match
+    firmware_dirs: tuple[Path, ...] = (Path("/lib/firmware"),)  # + the kernel package's own
 
     @property
     def out(self) -> Path:
@@ -122,6 +126,18 @@ class BuildConfig:
     @property
     def cache(self) -> Path:
         return self.cache_dir or self.repo / ".cache"
+
+
+@dataclass(frozen=True)
+class DriverSet:
+    """What the modules and firmware stages chose, for the manifest."""
+
+    mode: str = "listed"
+    modules: tuple[str, ...] = ()           # every staged module, load order
+    coldplug_only: int = 0                  # staged for modalias matches only (broad)
+    host_matched: tuple[str, ...] = ()      # drivers matched under --host-sysfs (host)
+    firmware: tuple[str, ...] = ()          # staged under lib/firmware (names as staged)
+    firmware_missing: tuple[str, ...] = ()  # declared by a staged module, found nowhere
 
 
 @dataclass(frozen=True)
@@ -254,13 +270,23 @@ def stage_busybox(staging: Path, busybox: Path) -> int:
     return len(applets)
 
 
-def stage_modules(staging: Path, kern: kernel.Kernel, names: kmod.ModuleList) -> list[str]:
-    """The modules.dep closure of ``names`` plus modules.builtin*/order, then ``depmod``."""
+def module_order(kern: kernel.Kernel, names: kmod.ModuleList, extra: Sequence[str] = ()
+                 ) -> list[str]:
+    """The modules.dep closure (relative paths, load order) of ``names`` and ``extra``."""
     deps = kmod.parse_modules_dep((kern.modules_dir / "modules.dep").read_text())
     builtin_file = kern.modules_dir / "modules.builtin"
     builtin = kmod.parse_modules_builtin(builtin_file.read_text()) \
         if builtin_file.exists() else frozenset()
-    order = kmod.resolve(names.names, deps, optional=names.optional, builtin=builtin)
+    return kmod.resolve([*names.names, *extra], deps, optional=names.optional, builtin=builtin)
+
+
+def stage_modules(staging: Path, kern: kernel.Kernel, names: kmod.ModuleList,
+                  extra: Sequence[str] = ()) -> list[str]:
+    """The modules.dep closure of ``names`` plus modules.builtin*/order, then ``depmod``.
+
+    ``extra`` (module paths or names, with their closure) are staged but not written to the list
+    /init reads: the boot loads them only when a device's modalias matches (coldplug only)."""
+    order = module_order(kern, names, extra)
     base = f"lib/modules/{kern.release}"
     for rel in order:
         _put_file(staging, f"{base}/{rel}", kern.modules_dir / rel)
@@ -275,6 +301,59 @@ def stage_modules(staging: Path, kern: kernel.Kernel, names: kmod.ModuleList) ->
     _dest(staging, MODULES_LIST_PATH).write_text(listing + "".join(
         f"{'@' if n in names.on_demand else ''}{n}\n" for n in present))
     return [kmod.module_name(p) for p in order]
+
+
+def select_modules(cfg: BuildConfig, kern: kernel.Kernel, names: kmod.ModuleList
+                   ) -> tuple[kmod.ModuleList, list[str], list[str]]:
+    """(the list /init reads, extra coldplug-only module paths, host matches) for ``cfg.drivers``.
+    ``listed`` returns ``names`` untouched, so the default build is what it always was."""
+    if cfg.drivers == "listed":
+        return names, [], []
+    deps = kmod.parse_modules_dep((kern.modules_dir / "modules.dep").read_text())
+    broad = drivers.tree_modules(deps)
+    if cfg.drivers == "broad":
+        return names, broad, []
+    alias_file = kern.modules_dir / "modules.alias"
+    table = kmod.parse_modules_alias(alias_file.read_text() if alias_file.exists() else "")
+    modaliases = coldplug.scan_modaliases(cfg.host_sysfs)
+    if not modaliases:
+        raise BuildError("drivers", f"--host-sysfs {cfg.host_sysfs}: no modalias under "
+                                    f"{cfg.host_sysfs / 'devices'} (not a sysfs tree?)")
+    matched = drivers.host_modules(modaliases, table,
+                                   [*names.names, *(kmod.module_name(p) for p in broad)])
+    log.info("initramfs: host-only: %d modaliases under %s match %d drivers: %s",
+             len(modaliases), cfg.host_sysfs, len(matched), " ".join(matched) or "none")
+    return drivers.host_list(names, table.device_drivers(), matched), [], matched
+
+
+def stage_firmware(staging: Path, kern: kernel.Kernel, modules: Iterable[str],
+                   dirs: Sequence[Path]) -> tuple[list[str], list[str]]:
+    """Copy the firmware files the staged ``modules`` declare (``.modinfo`` ``firmware=``) from
+    ``dirs`` into ``lib/firmware``, where the kernel's direct loader reads them (no user-space
+    helper). Returns (staged file names, declared names found in no directory)."""
+    by_name = {kmod.module_name(rel): rel for rel in
+               kmod.parse_modules_dep((kern.modules_dir / "modules.dep").read_text())}
+    suffixes = drivers.firmware_suffixes(drivers.parse_kconfig(kern.config.read_text()))
+    wanted: list[str] = []
+    for name in modules:
+        path = kern.modules_dir / by_name[name]
+        try:
+            declared = drivers.firmware_names(drivers.read_module(path))
+        except drivers.ModinfoError as exc:
+            raise BuildError("firmware", f"{path}: {exc}") from exc
+        wanted += [f for f in declared if f not in wanted]
+    staged: list[str] = []
+    missing: list[str] = []
+    for fw_name in sorted(wanted):
+        found = drivers.find_firmware(fw_name, dirs, suffixes)
+        if found is None:
+            missing.append(fw_name)
+            continue
+        dest = _dest(staging, f"{drivers.FIRMWARE_ROOT}/{found.dest}")
+        dest.write_bytes(drivers.firmware_bytes(found))
+        dest.chmod(0o644)
+        staged.append(found.dest)
+    return staged, missing
 
 
 def bundle_elf_files(bundle: Path) -> list[Path]:
@@ -364,8 +443,9 @@ def read_ca(path: Path) -> bytes:
 
 
 def stage(staging: Path, cfg: BuildConfig, kern: kernel.Kernel, bundle_dir: Path
-          ) -> tuple[list[str], int]:
-    """Fill ``staging`` with the image tree. Returns (modules staged, busybox applet count)."""
+          ) -> tuple[DriverSet, int]:
+    """Fill ``staging`` with the image tree. Returns (modules and firmware staged, busybox
+    applet count)."""
     staging.chmod(0o755)
     apply_layout(staging, LAYOUT)
     copy_skeleton(staging, cfg.repo / "rootfs")
@@ -388,17 +468,32 @@ def stage(staging: Path, cfg: BuildConfig, kern: kernel.Kernel, bundle_dir: Path
     stage_host_paths(staging, library_closure(bundle_dir, binaries))
     applets = stage_busybox(staging, cfg.busybox)
 
-    modules: list[str] = []
+    chosen = DriverSet(mode=cfg.drivers)
     if cfg.modules:
         names = kmod.parse_module_list(cfg.modules_list.read_text())
         try:
-            modules = stage_modules(staging, kern, names)
+            names, extra, matched = select_modules(cfg, kern, names)
+            modules = stage_modules(staging, kern, names, extra)
+            listed_closure = {kmod.module_name(p) for p in module_order(kern, names)}
         except PyinitError as exc:
             raise BuildError("modules", str(exc)) from exc
+        dirs = [d for d in (*cfg.firmware_dirs, kern.root / drivers.FIRMWARE_ROOT)
+                if d.is_dir()]
+        firmware, missing = stage_firmware(staging, kern, modules, dirs)
+        if missing:
+            log.warning("initramfs: firmware: %d file(s) declared by staged modules not found in "
+                        "%s (manifest.json firmware_missing): %s%s", len(missing),
+                        " ".join(str(d) for d in dirs) or "no firmware directory",
+                        " ".join(missing[:5]),
+                        " ..." if len(missing) > 5 else "")
+        chosen = DriverSet(mode=cfg.drivers, modules=tuple(modules),
+                           coldplug_only=sum(1 for m in modules if m not in listed_closure),
+                           host_matched=tuple(matched), firmware=tuple(firmware),
+                           firmware_missing=tuple(missing))
     if (staging / "usr/sbin/ldconfig").exists():
         # /etc/ld.so.cache for the staged libraries; -X: do not touch the staged symlinks.
         proc.run(["ldconfig", "-X", "-r", str(staging)])
-    return modules, applets
+    return chosen, applets
 
 
 def build(cfg: BuildConfig) -> BuildResult:
@@ -414,6 +509,9 @@ def build(cfg: BuildConfig) -> BuildResult:
     preflight.check(tools)
     if cfg.ca is not None:
         read_ca(cfg.ca)  # before any work: a wrong --ca fails at once
+    if cfg.drivers not in drivers.MODES:
+        raise BuildError("drivers", f"--drivers {cfg.drivers!r}: expected one of "
+                                    f"{', '.join(drivers.MODES)}")
     epoch = source_date_epoch(cfg.repo, cfg.source_date_epoch)
     cfg.cache.mkdir(parents=True, exist_ok=True)
 
@@ -432,7 +530,7 @@ def build(cfg: BuildConfig) -> BuildResult:
 
     log.info("initramfs: stage")
     with tempfile.TemporaryDirectory(prefix="staging-", dir=cfg.cache) as tmp:
-        modules, applets = stage(Path(tmp), cfg, kern, bundle_dir)
+        chosen, applets = stage(Path(tmp), cfg, kern, bundle_dir)
         log.info("initramfs: pack")
         entries = archive_entries(Path(tmp))
     raw = cpio.pack(entries, epoch=epoch)
@@ -453,7 +551,12 @@ def build(cfg: BuildConfig) -> BuildResult:
                       "bytes_uncompressed": len(raw), "cpio_sha256": _sha256(raw),
                       "files": sum(1 for e in entries if e.kind == "file"),
                       "entries": len(entries), "compression": f"zstd-{cfg.zstd_level}"},
-        "modules": modules,
+        "modules": list(chosen.modules),
+        "drivers": {"mode": chosen.mode, "modules": len(chosen.modules),
+                    "coldplug_only": chosen.coldplug_only,
+                    "host_matched": list(chosen.host_matched)},
+        "firmware": list(chosen.firmware),
+        "firmware_missing": list(chosen.firmware_missing),
         "busybox_applets": applets,
         "source_date_epoch": epoch,
         "freeze_key": freeze_key,
@@ -499,6 +602,18 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                    help=f"bake PEM CA certificate(s) in as /{CA_PATH}: pyinit then verifies an "
                         "https:// BOOTYURL=/MYURL= against them unless pyinit.ca= overrides "
                         "(docs/tls.md; default: none, certifi's public roots)")
+    p.add_argument("--drivers", choices=drivers.MODES, default="listed",
+                   help="driver set: 'listed' = the module list only; 'broad' = plus every "
+                        "storage and NIC driver of the kernel, loaded only when a device matches; "
+                        "'host' = the list's non-drivers plus the drivers of this host's devices "
+                        "(docs/initramfs.md; default: %(default)s)")
+    p.add_argument("--host-sysfs", type=Path, default=Path("/sys"), metavar="DIR",
+                   help="--drivers host: the sysfs tree whose devices/**/modalias are matched "
+                        "(default: %(default)s)")
+    p.add_argument("--firmware-dir", type=Path, action="append", default=None, metavar="DIR",
+                   help="where to find the firmware files staged modules declare (repeatable; "
+                        "default /lib/firmware; the kernel package's lib/firmware is searched "
+                        "too); missing files are listed in manifest.json, not an error")
     p.set_defaults(func=_main)
     return p
 
@@ -508,7 +623,9 @@ def _main(args: argparse.Namespace) -> int:
                       modules=not args.no_modules, modules_list=args.modules_list,
                       extra_binaries=tuple(args.extra_binary), bundle=args.bundle,
                       entry=args.entry, source_date_epoch=args.source_date_epoch,
-                      zstd_level=args.zstd_level, ca=args.ca)
+                      zstd_level=args.zstd_level, ca=args.ca, drivers=args.drivers,
+                      host_sysfs=args.host_sysfs,
+                      firmware_dirs=tuple(args.firmware_dir or (Path("/lib/firmware"),)))
     try:
         result = build(cfg)
     except PyinitError as exc:
