@@ -59,7 +59,7 @@ from typing import Literal, Protocol
 import requests
 import zstandard
 
-from pyinit import parttable, syscalls
+from pyinit import macaddr, parttable, syscalls
 from pyinit.errors import ConfigError, DiskError, FetchError, ImageError, PyinitError
 from pyinit.fetch import USER_AGENT, auth_headers, backoff, tls_failure
 from pyinit.log import event, get_logger
@@ -83,7 +83,6 @@ FIELD = "BootyImage"
 SUFFIX = {"none": ".img", "gzip": ".zmg", "zstd": ".img.zst"}
 CONTENT_TYPE = {"none": "application/octet-stream", "gzip": "application/gzip",
                 "zstd": "application/zstd"}
-_MAC_RE = re.compile(r"^[0-9a-f]{2}(?:-[0-9a-f]{2}){5,19}$")
 
 
 @dataclass(frozen=True)
@@ -103,16 +102,8 @@ class CaptureResult:
 # -- pure helpers -----------------------------------------------------------------------------
 
 
-def normalize_mac(mac: str) -> str:
-    """``52:54:00:AB:CD:EF`` -> ``52-54-00-ab-cd-ef``; ConfigError for anything else."""
-    text = mac.strip().lower().replace(":", "-")
-    if not _MAC_RE.match(text):
-        raise ConfigError("mac", f"not a MAC address: {mac!r}")
-    return text
-
-
 def upload_filename(mac: str, compression: Compression) -> str:
-    return normalize_mac(mac) + SUFFIX[compression]
+    return macaddr.dashes(mac) + SUFFIX[compression]
 
 
 def multipart_head(boundary: str, filename: str, field: str = FIELD,
@@ -671,7 +662,7 @@ def capture_image(device: str, url: str, *, mac: str, method: Method = "multipar
         raise ConfigError("uploadMethod", f"{method!r} is not one of multipart, put")
     if compression not in SUFFIX:
         raise ConfigError("compression", f"{compression!r} is not one of zstd, gzip, none")
-    mac = normalize_mac(mac)
+    mac = macaddr.dashes(mac)
     is_block = check_source(device, allow_regular_file=allow_regular_file,
                             mounts_file=mounts_file, swaps_file=swaps_file, sysfs=sysfs)
     try:

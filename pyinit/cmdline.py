@@ -22,13 +22,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
+from pyinit import macaddr
 from pyinit.errors import ConfigError
 
 FailurePolicy = Literal["shell", "reboot", "poweroff"]
 FAILURE_POLICIES: tuple[FailurePolicy, ...] = ("shell", "reboot", "poweroff")
 DEFAULT_POLICY: FailurePolicy = "shell"
 
-_MAC_RE = re.compile(r"^[0-9a-f]{2}([:-])[0-9a-f]{2}(\1[0-9a-f]{2}){4}$")
 _TOKEN_RE = re.compile(r"^[\x21\x23-\x7e]{1,256}$")
 _TOKEN_ARG_RE = re.compile(r'(pyinit\.token=)(?:"[^"]*"|[^\s"])*')
 
@@ -44,6 +44,7 @@ class IpConfig:
     gateway: str | None = None
     hostname: str | None = None
     dns: tuple[str, ...] = ()
+    ipv6: Literal["auto6", "dhcp6"] | None = None  # dracut's ip=auto6 / ip=dhcp6 (mode dhcp)
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,18 @@ class BootParams:
     bonds: tuple[BondConfig, ...] = ()  # bond= (may repeat)
 
     @property
+    def ipv6(self) -> Literal["auto6", "dhcp6"] | None:
+        """How to get IPv6 instead of DHCPv4: ``ip=auto6|dhcp6``, else ``auto6`` (SLAAC, then
+        DHCPv6 if the RA says managed) when the server URL's host is an IPv6 literal and no
+        static ``ip=`` is given; None for IPv4."""
+        if self.ip is not None and self.ip.mode != "dhcp":
+            return None
+        if self.ip is not None and self.ip.ipv6:
+            return self.ip.ipv6
+        url = self.myurl or self.bootyurl
+        return "auto6" if url and url_ipv6_host(url) else None
+
+    @property
     def mode(self) -> Literal["provision", "ginit", "none"]:
         if self.myurl or self.bootyurl:
             return "provision"
@@ -148,16 +161,6 @@ def split_args(text: str) -> tuple[list[tuple[str, str | None]], list[str]]:
     return pairs, init_args
 
 
-def parse_mac(value: str, *, field_name: str = "BOOTIF") -> str:
-    """``01-aa-bb-…`` (pxelinux/iPXE, hardware type 1 = Ethernet), ``aa:bb:…`` or ``aa-bb-…``."""
-    v = value.strip().lower()
-    if re.fullmatch(r"01-[0-9a-f]{2}(-[0-9a-f]{2}){5}", v):
-        v = v[3:]
-    if not _MAC_RE.match(v):
-        raise ConfigError(field_name, f"not a MAC address: {value!r}")
-    return v.replace("-", ":")
-
-
 def _netmask_to_prefix(mask: str) -> int:
     if mask.isdigit() and int(mask) <= 32:
         return int(mask)
@@ -178,23 +181,27 @@ def parse_ip(value: str) -> IpConfig:
     """``ip=dhcp|on|any|off|none`` or the kernel's
     ``client:server:gw:netmask:hostname:device:autoconf:dns0:dns1`` form."""
     v = value.strip()
-    if v.lower() in ("dhcp", "on", "any", "both", "bootp", "rarp", "dhcp6", "auto6"):
+    if v.lower() in IPV6_AUTOCONF:
+        return IpConfig(mode="dhcp", ipv6=IPV6_AUTOCONF[v.lower()])
+    if v.lower() in ("dhcp", "on", "any", "both", "bootp", "rarp"):
         return IpConfig(mode="dhcp")
     if v.lower() in ("off", "none"):
         return IpConfig(mode="off")
     parts = v.split(":")
     if len(parts) < 2:
         raise ConfigError("ip", f"unrecognised value {value!r}")
-    if len(parts) == 2 and parts[1].lower() in ("dhcp", "on", "any", "off", "none"):
+    if len(parts) == 2 and parts[1].lower() in ("dhcp", "on", "any", "off", "none",
+                                                *IPV6_AUTOCONF):
         # dracut's ip=<interface>:<autoconf> (ip=eth0.100:dhcp for a vlan= link)
         _ifname(parts[0], "ip", "interface")
         return IpConfig(mode="off" if parts[1].lower() in ("off", "none") else "dhcp",
-                        device=parts[0])
+                        device=parts[0], ipv6=IPV6_AUTOCONF.get(parts[1].lower()))
     parts += [""] * (9 - len(parts))
     client, _server, gw, mask, host, dev, autoconf, dns0, dns1 = parts[:9]
     device = dev or None
-    if autoconf.lower() in ("dhcp", "on", "any", "both") and not client:
-        return IpConfig(mode="dhcp", device=device, hostname=host or None)
+    if autoconf.lower() in ("dhcp", "on", "any", "both", *IPV6_AUTOCONF) and not client:
+        return IpConfig(mode="dhcp", device=device, hostname=host or None,
+                        ipv6=IPV6_AUTOCONF.get(autoconf.lower()))
     if autoconf.lower() in ("off", "none") and not client:
         return IpConfig(mode="off", device=device)
     if not client:
@@ -210,6 +217,22 @@ def parse_ip(value: str) -> IpConfig:
     return IpConfig(mode="static", device=device, address=address, prefixlen=prefixlen,
                     gateway=gateway if gateway != "0.0.0.0" else None, hostname=host or None,
                     dns=dns)
+
+
+IPV6_AUTOCONF: dict[str, Literal["auto6", "dhcp6"]] = {"auto6": "auto6", "dhcp6": "dhcp6"}
+
+
+def url_ipv6_host(url: str, key: str = "MYURL") -> str | None:
+    """The IPv6 literal in ``url``'s host (``http://[fd00::1]:8080`` → ``fd00::1``), else None.
+    A bracketed host that is not an IPv6 address is a :class:`ConfigError`. Pure."""
+    m = re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://(?:[^/@\s]*@)?\[([^\]/\s]*)\]", url.strip())
+    if not m:
+        return None
+    literal = m.group(1)
+    try:
+        return str(ipaddress.IPv6Address(literal.split("%")[0]))
+    except ValueError as exc:
+        raise ConfigError(key, f"[{literal}] in {url!r} is not an IPv6 address") from exc
 
 
 def _url(value: str, key: str) -> str:
@@ -262,6 +285,7 @@ def parse_cmdline(text: str, env: Mapping[str, str] | None = None) -> BootParams
         raw = kv.get(key) or environ.get(key)
         if raw:
             out[key.lower()] = _url(raw, key)
+            url_ipv6_host(raw, key)  # a bad [literal] is named here, not by the first fetch
     if kv.get("root"):
         out["root"] = kv["root"]
     if kv.get("rootfstype"):
@@ -275,7 +299,7 @@ def parse_cmdline(text: str, env: Mapping[str, str] | None = None) -> BootParams
         if argv:
             out["entrypoint"] = tuple(argv)
     if kv.get("BOOTIF"):
-        out["bootif"] = parse_mac(kv["BOOTIF"] or "")
+        out["bootif"] = macaddr.parse(kv["BOOTIF"] or "", field="BOOTIF", hwtype=True)
     if kv.get("ip"):
         out["ip"] = parse_ip(kv["ip"] or "")
     pol = kv.get("pyinit.on_failure")

@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 import requests
 
-from pyinit import tls
+from pyinit import macaddr, tls
 from pyinit.action import Action, parse_action_json
 from pyinit.cmdline import BootParams
 from pyinit.errors import ConfigError, FetchError, unreachable_reason
@@ -37,16 +37,12 @@ RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 USER_AGENT = "pyinit (BOOTy-compatible)"
 
 
-def mac_dashes(mac: str) -> str:
-    return mac.lower().replace(":", "-")
-
-
 def action_url(params: BootParams, mac: str) -> str:
     """The URL of this machine's action. ``MYURL`` wins when both are given."""
     if params.myurl:
-        return f"{params.myurl}/{mac_dashes(mac)}"
+        return f"{params.myurl}/{macaddr.dashes(mac)}"
     if params.bootyurl:
-        return f"{params.bootyurl}/{mac_dashes(mac)}.bty"
+        return f"{params.bootyurl}/{macaddr.dashes(mac)}.bty"
     raise ConfigError("MYURL", "neither MYURL= nor BOOTYURL= is set")
 
 

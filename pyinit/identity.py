@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
+from pyinit import macaddr
 from pyinit.action import Action
-from pyinit.cmdline import parse_mac
 from pyinit.errors import ConfigError, PyinitError
 
 NetworkSystem = Literal["netplan", "networkd", "networkmanager", "ifupdown", "ifcfg"]
@@ -161,7 +161,7 @@ class NetConfig:
     hostname: str | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "mac", parse_mac(self.mac, field_name="mac"))
+        object.__setattr__(self, "mac", macaddr.parse(self.mac))
         if self.mode == "static":
             if not self.address or "/" not in self.address:
                 raise ConfigError("address", f"static needs address/prefix: {self.address!r}")
@@ -252,7 +252,7 @@ def render_networkd(net: NetConfig) -> Files:
 
 def connection_uuid(mac: str) -> str:
     """NetworkManager's connection UUID: the same for the same MAC, every time."""
-    return str(uuid.uuid5(_UUID_NAMESPACE, parse_mac(mac, field_name="mac")))
+    return str(uuid.uuid5(_UUID_NAMESPACE, macaddr.parse(mac)))
 
 
 def render_networkmanager(net: NetConfig) -> Files:
@@ -425,7 +425,7 @@ def merge_authorized_keys(existing: str | None, keys: Iterable[str]) -> str:
 
 
 def instance_id(mac: str) -> str:
-    return "pyinit-" + parse_mac(mac, field_name="mac").replace(":", "")
+    return "pyinit-" + macaddr.parse(mac).replace(":", "")
 
 
 def render_nocloud(mac: str, *, hostname: str | None, ssh_keys: tuple[str, ...],
@@ -584,7 +584,7 @@ def apply_identity(root: Path, action: Action, *, mac: str, interface: str) -> I
     ``mac`` is the provisioning NIC's MAC, ``interface`` the kernel name the installer saw (only
     used for ifupdown targets without systemd-udevd). See docs/action.md, "After the write".
     """
-    mac = parse_mac(mac, field_name="mac")
+    mac = macaddr.parse(mac)
     files: Files = {}
     notes: list[str] = []
     linked: list[str] = []

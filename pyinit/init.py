@@ -27,6 +27,7 @@ from pyinit import (
     identity,
     kmod,
     log,
+    macaddr,
     policy,
     rootfs,
     tls,
@@ -36,7 +37,7 @@ from pyinit.capture import capture_image
 from pyinit.cmdline import BootParams, IpConfig, failure_policy, mask_secrets, parse_cmdline
 from pyinit.errors import ConfigError, PyinitError
 from pyinit.events import ServerSink
-from pyinit.fetch import fetch_action, mac_dashes, same_origin, server_base
+from pyinit.fetch import fetch_action, same_origin, server_base
 from pyinit.ginit import mount_root, run_entrypoint
 from pyinit.image import WriteRequest, wait_for_device, write_image
 from pyinit.network import (
@@ -132,7 +133,8 @@ def step_modules(ctx: Context) -> None:
 
 
 def step_network(ctx: Context) -> None:
-    """DHCP (background thread, renewals keep running) or the static ip= configuration."""
+    """DHCP (background thread, renewals keep running), the static ip= configuration, or IPv6
+    (SLAAC, else DHCPv6) for ``ip=auto6|dhcp6`` or a server URL whose host is an IPv6 literal."""
     p = ctx.params
     ip = p.ip or IpConfig(mode="dhcp")
     if ip.mode == "off" or (p.ip is None and p.mode != "provision"):
@@ -143,7 +145,7 @@ def step_network(ctx: Context) -> None:
         static = StaticIP(address=ip.address, prefixlen=ip.prefixlen, gateway=ip.gateway,
                           dns=ip.dns, hostname=ip.hostname, device=ip.device)
     ctx.network = configure(bootif=p.bootif or None, static=static, device=ip.device,
-                            vlans=p.vlans, bonds=p.bonds,
+                            vlans=p.vlans, bonds=p.bonds, ipv6=p.ipv6,
                             carrier_timeout=p.carrier_timeout, lease_timeout=p.dhcp_timeout)
     logger = log.get_logger()
     for line in nic_inventory_lines(ctx.network.nics):
@@ -162,7 +164,7 @@ def step_action(ctx: Context) -> None:
         return
     assert ctx.network is not None
     mac = ctx.network.mac
-    ctx.sink = ServerSink(f"{server_base(ctx.params)}/events/{mac_dashes(mac)}",
+    ctx.sink = ServerSink(f"{server_base(ctx.params)}/events/{macaddr.dashes(mac)}",
                           token=ctx.params.token, session=ctx.session)
     log.add_sink(ctx.sink)
     for ev in ctx.early_events:  # emitted before the sink existed (the NIC inventory)

@@ -30,7 +30,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +37,7 @@ from typing import Any
 
 import yaml
 
+from pyinit import macaddr
 from pyinit.action import parse_action
 from pyinit.errors import ConfigError
 
@@ -48,15 +48,9 @@ DEFAULT = "default"
 SERVER_KEYS = ("pxe",)  # keys of a machine file that are the server's, never sent to machines
 
 
-_MAC_RE = re.compile(r"^[0-9a-f]{2}([:-])[0-9a-f]{2}(?:\1[0-9a-f]{2}){4}$", re.IGNORECASE)
-
-
 def normalize_mac(text: str) -> str | None:
     """``52:54:00:AB:cd:EF`` or ``52-54-...`` -> ``52-54-00-ab-cd-ef``; None if not a MAC."""
-    text = text.strip()
-    if not _MAC_RE.match(text):
-        return None
-    return text.lower().replace(":", "-")
+    return macaddr.normalize(text)
 
 
 class MachineError(Exception):

@@ -2,9 +2,11 @@ from __future__ import annotations
 
 import base64
 import ssl
+from typing import Any
 
 import pytest
 
+from pyinit import macaddr
 from pyinit.cmdline import (
     BondConfig,
     BootParams,
@@ -14,9 +16,9 @@ from pyinit.cmdline import (
     parse_bond,
     parse_cmdline,
     parse_ip,
-    parse_mac,
     parse_vlan,
     tokenize,
+    url_ipv6_host,
 )
 from pyinit.errors import ConfigError
 
@@ -104,14 +106,39 @@ def test_tokenize_like_the_kernel() -> None:
     ("52:54:00:AB:cd:EF", "52:54:00:ab:cd:ef"),
     ("52-54-00-12-34-56", "52:54:00:12:34:56"),
 ])
-def test_parse_mac(value: str, mac: str) -> None:
-    assert parse_mac(value) == mac
+def test_bootif_spellings(value: str, mac: str) -> None:
+    assert parse_cmdline(f"BOOTIF={value} MYURL=http://s").bootif == mac
 
 
-@pytest.mark.parametrize("bad", ["01-52-54", "zz:54:00:12:34:56", "52:54-00:12:34:56", ""])
+@pytest.mark.parametrize("bad", ["01-52-54", "zz:54:00:12:34:56", "52:54-00:12:34:56",
+                                 "01:52:54:00:12:34:56:78"])
 def test_bad_bootif_is_an_error_naming_the_field(bad: str) -> None:
-    with pytest.raises(ConfigError, match="BOOTIF"):
-        parse_mac(bad)
+    with pytest.raises(ConfigError, match=r"^BOOTIF: not a MAC address"):
+        parse_cmdline(f"BOOTIF={bad} MYURL=http://s")
+
+
+@pytest.mark.parametrize(("text", "kwargs", "out"), [
+    ("52:54:00:AB:cd:EF", {}, "52-54-00-ab-cd-ef"),
+    ("52-54-00-ab-cd-ef", {"sep": ":"}, "52:54:00:ab:cd:ef"),
+    ("01-52-54-00-ab-cd-ef", {}, None),                      # hardware type only for BOOTIF
+    ("01-52-54-00-ab-cd-ef", {"hwtype": True}, "52-54-00-ab-cd-ef"),
+    ("52:54:00:ab:cd", {}, None),                            # 5 octets
+    ("52:54:00:ab:cd:ef:00:11", {}, None),                   # 8 octets: not Ethernet
+    ("52:54:00:ab:cd:ef:00:11", {"max_octets": 20}, "52-54-00-ab-cd-ef-00-11"),
+    (":".join(["a0"] * 20), {"max_octets": 20}, "-".join(["a0"] * 20)),  # InfiniBand
+    (":".join(["a0"] * 21), {"max_octets": 20}, None),
+    ("52:54-00:ab:cd:ef", {}, None),                         # mixed separators
+    ("5254.00ab.cdef", {}, None),
+])
+def test_macaddr_normalize(text: str, kwargs: dict[str, Any], out: str | None) -> None:
+    assert macaddr.normalize(text, **kwargs) == out
+
+
+def test_macaddr_parse_and_dashes() -> None:
+    assert macaddr.parse("52-54-00-AB-CD-EF") == "52:54:00:ab:cd:ef"
+    assert macaddr.dashes(":".join(["0f"] * 20)) == "-".join(["0f"] * 20)
+    with pytest.raises(ConfigError, match=r"^mac: not a MAC address: 'nope'$"):
+        macaddr.parse("nope")
 
 
 @pytest.mark.parametrize(("value", "expected"), [
@@ -314,3 +341,61 @@ def test_dracut_ip_interface_form(value: str, expected: IpConfig) -> None:
 def test_dracut_ip_interface_form_bad_name() -> None:
     with pytest.raises(ConfigError, match=r"^ip: bad interface 'eth/0'"):
         parse_ip("eth/0:dhcp")
+
+
+# IPv6: ip=auto6|dhcp6 (dracut) and a server URL whose host is an IPv6 literal
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("dhcp6", IpConfig(mode="dhcp", ipv6="dhcp6")),
+    ("auto6", IpConfig(mode="dhcp", ipv6="auto6")),
+    ("AUTO6", IpConfig(mode="dhcp", ipv6="auto6")),
+    ("eth0:dhcp6", IpConfig(mode="dhcp", device="eth0", ipv6="dhcp6")),
+    ("::::node:eth1:auto6", IpConfig(mode="dhcp", device="eth1", hostname="node",
+                                     ipv6="auto6")),
+    ("dhcp", IpConfig(mode="dhcp")),
+])
+def test_parse_ip_v6_autoconf(value: str, expected: IpConfig) -> None:
+    assert parse_ip(value) == expected
+
+
+@pytest.mark.parametrize(("line", "myurl", "ipv6"), [
+    ("MYURL=http://[fd00::1]:8080", "http://[fd00::1]:8080", "auto6"),
+    ("MYURL=https://[FD00:0::1]/", "https://[FD00:0::1]", "auto6"),
+    ("BOOTYURL=http://[fec0::2]:9000/cfg", None, "auto6"),
+    ("MYURL=http://[fe80::1%25eth0]:80", "http://[fe80::1%25eth0]:80", "auto6"),
+    ("MYURL=http://[fd00::1]:8080 ip=dhcp6", "http://[fd00::1]:8080", "dhcp6"),
+    ("MYURL=http://[fd00::1]:8080 ip=dhcp", "http://[fd00::1]:8080", "auto6"),
+    # a static ip= or ip=off wins: the operator configured the network themselves
+    ("MYURL=http://[fd00::1] ip=10.0.0.5::10.0.0.1:24", "http://[fd00::1]", None),
+    ("MYURL=http://[fd00::1] ip=off", "http://[fd00::1]", None),
+    ("MYURL=http://10.0.2.2:8080", "http://10.0.2.2:8080", None),
+    ("MYURL=http://server.example:8080", "http://server.example:8080", None),
+    ("MYURL=http://10.0.2.2:8080 ip=auto6", "http://10.0.2.2:8080", "auto6"),
+    ("root=/dev/sda1 entrypoint=/sbin/init", None, None),
+])
+def test_ipv6_mode_from_url_and_ip(line: str, myurl: str | None, ipv6: str | None) -> None:
+    params = parse_cmdline(line)
+    assert params.myurl == myurl
+    assert params.ipv6 == ipv6
+
+
+@pytest.mark.parametrize(("url", "host"), [
+    ("http://[fd00::1]:8080", "fd00::1"),
+    ("http://[FD00:0:0::1]/x", "fd00::1"),
+    ("https://user@[::1]:443", "::1"),
+    ("http://[fe80::1%25eth0]", "fe80::1"),
+    ("http://10.0.0.1:80", None),
+    ("http://fd00::1/", None),  # not bracketed: not a literal a URL can carry
+    ("http://host/[fd00::1]", None),
+])
+def test_url_ipv6_host(url: str, host: str | None) -> None:
+    assert url_ipv6_host(url) == host
+
+
+@pytest.mark.parametrize("line", ["MYURL=http://[fd00::zz]:80", "BOOTYURL=http://[10.0.0.1]/",
+                                  "MYURL=http://[]:80"])
+def test_bad_ipv6_literal_names_the_key(line: str) -> None:
+    with pytest.raises(ConfigError, match=r"is not an IPv6 address") as info:
+        parse_cmdline(line)
+    assert info.value.field in ("MYURL", "BOOTYURL")
