@@ -58,6 +58,16 @@ def _no_host_devices(request: pytest.FixtureRequest, tmp_path_factory: pytest.Te
     monkeypatch.setattr(init, "DEV", guard / "dev")
 
 
+@pytest.fixture
+def lab(tmp_path: Path) -> Iterator[Any]:
+    """Network namespaces with veth pairs and real dnsmasq (tests.integration.netns_dhcp.Lab),
+    torn down whatever happens."""
+    from tests.integration.netns_dhcp import lab_in
+
+    with lab_in(tmp_path) as lab:
+        yield lab
+
+
 @dataclass
 class Recorder:
     """Records argv lists; answers from ``responses`` (argv[0] -> Completed or callable)."""

@@ -12,13 +12,14 @@ No traffic leaves the namespaces.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,18 +83,17 @@ class Lab:
         if peer_up:
             ip("-n", self.server_ns, "link", "set", server_if, "up")
 
-    def dnsmasq(self, ifaces: Sequence[str], ranges: Sequence[str], *, router: str, dns: str,
-                extra: Sequence[str] = ()) -> Dnsmasq:
-        """dnsmasq (DHCP only: ``--port=0``) on ``ifaces`` of the server namespace, handing out
-        ``router`` as the Router option: an address that is deliberately not its own."""
-        name = f"dnsmasq-{len(self.servers)}"
+    def start_dnsmasq(self, args: Sequence[str], *, ns: str | None = None,
+                      ready: Sequence[str] = ("DHCP, IP range",),
+                      name: str | None = None) -> Dnsmasq:
+        """``dnsmasq --no-daemon ARGS`` in ``ns`` (default: the server namespace), its log,
+        lease and pid files in ``tmp``; returns once every text of ``ready`` is in its log.
+        :meth:`close` stops it."""
+        name = name or f"dnsmasq-{len(self.servers)}"
         log, leases = self.tmp / f"{name}.log", self.tmp / f"{name}.leases"
-        argv = ["ip", "netns", "exec", self.server_ns, "dnsmasq", "--no-daemon",
-                "--conf-file=/dev/null", "--port=0", "--bind-interfaces",
-                *(f"--interface={i}" for i in ifaces), *(f"--dhcp-range={r}" for r in ranges),
-                f"--dhcp-option=option:router,{router}", f"--dhcp-option=option:dns-server,{dns}",
-                f"--dhcp-leasefile={leases}", f"--pid-file={self.tmp / name}.pid", "--log-dhcp",
-                "--log-facility=-", "--user=root", *extra]
+        argv = ["ip", "netns", "exec", ns or self.server_ns, "dnsmasq", "--no-daemon", *args,
+                f"--dhcp-leasefile={leases}", f"--pid-file={self.tmp / name}.pid",
+                "--log-facility=-", "--user=root"]
         print("+", " ".join(argv))
         with log.open("wb") as out:
             popen = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
@@ -101,11 +101,21 @@ class Lab:
         server = Dnsmasq(popen, log, leases)
         self.servers.append(server)
         deadline = time.monotonic() + 10
-        while "DHCP, IP range" not in server.text():
+        while not all(text in server.text() for text in ready):
             if popen.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"dnsmasq did not start:\n{server.text()}")
             time.sleep(0.05)
         return server
+
+    def dnsmasq(self, ifaces: Sequence[str], ranges: Sequence[str], *, router: str, dns: str,
+                extra: Sequence[str] = ()) -> Dnsmasq:
+        """dnsmasq (DHCP only: ``--port=0``) on ``ifaces`` of the server namespace, handing out
+        ``router`` as the Router option: an address that is deliberately not its own."""
+        return self.start_dnsmasq([
+            "--conf-file=/dev/null", "--port=0", "--bind-interfaces",
+            *(f"--interface={i}" for i in ifaces), *(f"--dhcp-range={r}" for r in ranges),
+            f"--dhcp-option=option:router,{router}", f"--dhcp-option=option:dns-server,{dns}",
+            "--log-dhcp", *extra])
 
     def run_client(self, timeout: float = 120, **args: Any) -> dict[str, Any]:
         """Run :func:`client_main` in the client namespace; its JSON answer."""
@@ -130,6 +140,19 @@ class Lab:
             server.stop()
         for ns in (self.client_ns, self.server_ns):
             subprocess.run(["ip", "netns", "del", ns], check=False, capture_output=True)
+
+
+@contextlib.contextmanager
+def lab_in(tmp: Path) -> Iterator[Lab]:
+    """A :class:`Lab` that is always closed, with every dnsmasq log printed afterwards (pytest
+    shows it for a failing test): the ``lab`` fixture of the netns and PXE tests."""
+    lab = Lab(tmp)
+    try:
+        yield lab
+    finally:
+        lab.close()
+        for server in lab.servers:
+            print(f"--- {server.log.name}\n{server.text()}")
 
 
 def client_main(args: dict[str, Any]) -> dict[str, Any]:

@@ -11,7 +11,6 @@ import ipaddress
 import os
 import re
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,16 +30,6 @@ DNS = ("10.77.0.53", "10.77.0.54")
 RANGE0 = "10.77.0.100,10.77.0.150,255.255.255.0,2m"
 RANGE1 = "10.77.1.100,10.77.1.150,255.255.255.0,2m"
 
-
-@pytest.fixture
-def lab(tmp_path: Path) -> Iterator[Lab]:
-    lab = Lab(tmp_path)
-    try:
-        yield lab
-    finally:
-        lab.close()
-        for server in lab.servers:
-            print(f"--- {server.log.name}\n{server.text()}")
 
 
 def in_range(address: str, first: str, last: str) -> bool:

@@ -18,8 +18,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,16 +41,6 @@ URL = "http://10.79.0.1:8080"
 BOOT_URL = f"{URL}/boot.ipxe"
 
 
-@pytest.fixture
-def lab(tmp_path: Path) -> Iterator[Lab]:
-    lab = Lab(tmp_path)
-    try:
-        yield lab
-    finally:
-        lab.close()
-        for server in lab.servers:
-            print(f"--- {server.log.name}\n{server.text()}")
-
 
 def run_generated(lab: Lab, ns: str, conf_text: str, name: str) -> Dnsmasq:
     """dnsmasq in ``ns`` with the generated file; waits until its DHCP side is up."""
@@ -62,22 +50,8 @@ def run_generated(lab: Lab, ns: str, conf_text: str, name: str) -> Dnsmasq:
     check = subprocess.run(["dnsmasq", "--test", f"--conf-file={conf}"], capture_output=True,
                            text=True, check=False)
     assert check.returncode == 0, check.stderr
-    log, leases = lab.tmp / f"{name}.log", lab.tmp / f"{name}.leases"
-    argv = ["ip", "netns", "exec", ns, "dnsmasq", "--no-daemon", f"--conf-file={conf}",
-            f"--dhcp-leasefile={leases}", f"--pid-file={lab.tmp / name}.pid",
-            "--log-facility=-", "--user=root"]
-    print("+", " ".join(argv))
-    with log.open("wb") as out:
-        popen = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
-                                 env=proc.clean_env())
-    server = Dnsmasq(popen, log, leases)
-    lab.servers.append(server)
-    deadline = time.monotonic() + 10
-    while "DHCP, " not in server.text() or "TFTP root" not in server.text():
-        if popen.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"dnsmasq did not start:\n{server.text()}")
-        time.sleep(0.05)
-    return server
+    return lab.start_dnsmasq([f"--conf-file={conf}"], ns=ns, ready=("DHCP, ", "TFTP root"),
+                             name=name)
 
 
 def ask(lab: Lab, **args: Any) -> list[dict[str, Any]]:

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from pyinit import proc
-from tests.integration.netns_dhcp import REPO, Dnsmasq, Lab, ip
+from tests.integration.netns_dhcp import REPO, Dnsmasq, Lab, ip, lab_in
 
 pytestmark = [
     pytest.mark.integration,
@@ -41,50 +41,32 @@ PORT = 18086
 
 @pytest.fixture
 def lab(tmp_path: Path) -> Iterator[Lab]:
-    lab = Lab(tmp_path)
     http: list[subprocess.Popen[bytes]] = []
-    try:
-        lab.veth("cli0", "srv0", MAC)
-        ip("-n", lab.server_ns, "-6", "addr", "add", f"{SERVER}/64", "dev", "srv0", "nodad")
-        (tmp_path / "www").mkdir()
-        (tmp_path / "www" / "hello").write_text("over ipv6\n")
-        http.append(subprocess.Popen(
-            ["ip", "netns", "exec", lab.server_ns, sys.executable, "-m", "http.server",
-             "--bind", SERVER, "--directory", str(tmp_path / "www"), str(PORT)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=proc.clean_env()))
-        yield lab
-    finally:
-        for popen in http:
-            popen.terminate()
-            popen.wait(5)
-        lab.close()
-        for server in lab.servers:
-            print(f"--- {server.log.name}\n{server.text()}")
+    with lab_in(tmp_path) as lab:
+        try:
+            lab.veth("cli0", "srv0", MAC)
+            ip("-n", lab.server_ns, "-6", "addr", "add", f"{SERVER}/64", "dev", "srv0", "nodad")
+            (tmp_path / "www").mkdir()
+            (tmp_path / "www" / "hello").write_text("over ipv6\n")
+            http.append(subprocess.Popen(
+                ["ip", "netns", "exec", lab.server_ns, sys.executable, "-m", "http.server",
+                 "--bind", SERVER, "--directory", str(tmp_path / "www"), str(PORT)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=proc.clean_env()))
+            yield lab
+        finally:
+            for popen in http:
+                popen.terminate()
+                popen.wait(5)
 
 
 def dnsmasq6(lab: Lab, *ranges: str) -> Dnsmasq:
     """dnsmasq with router advertisements (and DHCPv6 for a range with addresses); no DNS."""
-    name = f"dnsmasq-{len(lab.servers)}"
-    log = lab.tmp / f"{name}.log"
-    argv = ["ip", "netns", "exec", lab.server_ns, "dnsmasq", "--no-daemon",
-            "--conf-file=/dev/null", "--port=0", "--bind-interfaces", "--interface=srv0",
-            "--enable-ra", *(f"--dhcp-range={r}" for r in ranges),
-            f"--dhcp-option=option6:dns-server,[{SERVER}]",
-            "--dhcp-option=option6:domain-search,lab.example",
-            f"--dhcp-leasefile={lab.tmp / name}.leases", f"--pid-file={lab.tmp / name}.pid",
-            "--log-dhcp", "--log-facility=-", "--user=root"]
-    print("+", " ".join(argv))
-    with log.open("wb") as out:
-        popen = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
-                                 env=proc.clean_env())
-    server = Dnsmasq(popen, log, lab.tmp / f"{name}.leases")
-    lab.servers.append(server)
-    deadline = time.monotonic() + 10
-    while "router advertisement on" not in server.text():
-        if popen.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"dnsmasq did not start:\n{server.text()}")
-        time.sleep(0.05)
-    return server
+    return lab.start_dnsmasq([
+        "--conf-file=/dev/null", "--port=0", "--bind-interfaces", "--interface=srv0",
+        "--enable-ra", *(f"--dhcp-range={r}" for r in ranges),
+        f"--dhcp-option=option6:dns-server,[{SERVER}]",
+        "--dhcp-option=option6:domain-search,lab.example", "--log-dhcp"],
+        ready=("router advertisement on",))
 
 
 def run_client(lab: Lab, **args: Any) -> dict[str, Any]:

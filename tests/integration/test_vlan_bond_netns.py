@@ -13,7 +13,6 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -41,16 +40,6 @@ def kernel_has(kind: str, *args: str) -> bool:
     finally:
         subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
 
-
-@pytest.fixture
-def lab(tmp_path: Path) -> Iterator[Lab]:
-    lab = Lab(tmp_path)
-    try:
-        yield lab
-    finally:
-        lab.close()
-        for server in lab.servers:
-            print(f"--- {server.log.name}\n{server.text()}")
 
 
 def test_vlan_lease_comes_from_the_tagged_network(lab: Lab, tmp_path: Path) -> None:

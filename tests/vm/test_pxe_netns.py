@@ -22,7 +22,6 @@ import re
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -124,16 +123,6 @@ def start_serve(ns: str, root: Path, boot: Path, log: Path) -> Serve:
             raise RuntimeError(f"pyinit serve did not come up on {URL}:\n{serve.text()}")
         time.sleep(0.2)
 
-
-@pytest.fixture
-def lab(tmp_path: Path) -> Iterator[Lab]:
-    lab = Lab(tmp_path)  # namespaces named after the pid; close() kills dnsmasq, deletes them
-    try:
-        yield lab
-    finally:
-        lab.close()
-        for server in lab.servers:
-            print(f"--- {server.log.name}\n{server.text()}")
 
 
 def wire(lab: Lab) -> str:
