@@ -117,10 +117,12 @@ class Lab:
             f"--dhcp-option=option:router,{router}", f"--dhcp-option=option:dns-server,{dns}",
             "--log-dhcp", *extra])
 
-    def run_client(self, timeout: float = 120, **args: Any) -> dict[str, Any]:
-        """Run :func:`client_main` in the client namespace; its JSON answer."""
-        argv = ["ip", "netns", "exec", self.client_ns, sys.executable, "-m",
-                "tests.integration.netns_dhcp", json.dumps(args)]
+    def run_client(self, timeout: float = 120, module: str = "tests.integration.netns_dhcp",
+                   **args: Any) -> dict[str, Any]:
+        """Run ``module`` (default: :func:`client_main` here) in the client namespace with
+        ``args`` as JSON; the JSON of its last stdout line."""
+        argv = ["ip", "netns", "exec", self.client_ns, sys.executable, "-m", module,
+                json.dumps(args)]
         print("+", " ".join(argv))
         done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=timeout,
                               env=proc.clean_env(), check=False)

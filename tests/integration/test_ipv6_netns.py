@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from pyinit import proc
-from tests.integration.netns_dhcp import REPO, Dnsmasq, Lab, ip, lab_in
+from tests.integration.netns_dhcp import Dnsmasq, Lab, ip, lab_in
 
 pytestmark = [
     pytest.mark.integration,
@@ -70,18 +70,7 @@ def dnsmasq6(lab: Lab, *ranges: str) -> Dnsmasq:
 
 
 def run_client(lab: Lab, **args: Any) -> dict[str, Any]:
-    argv = ["ip", "netns", "exec", lab.client_ns, sys.executable, "-m",
-            "tests.integration.test_ipv6_netns", json.dumps(args)]
-    print("+", " ".join(argv))
-    done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=120,
-                          env=proc.clean_env(), check=False)
-    for line in done.stderr.splitlines():
-        print(f"client: {line}")
-    lines = done.stdout.strip().splitlines()
-    if done.returncode != 0 or not lines:
-        raise RuntimeError(f"client exited {done.returncode}: {done.stdout}{done.stderr}")
-    answer: dict[str, Any] = json.loads(lines[-1])
-    return answer
+    return lab.run_client(module="tests.integration.test_ipv6_netns", **args)
 
 
 def global_v6(lab: Lab) -> list[dict[str, Any]]:

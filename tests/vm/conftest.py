@@ -24,6 +24,15 @@ REPO = Path(__file__).resolve().parents[2]
 NEVER = (r"Traceback \(most recent call last\)", r"Kernel panic", r"Attempted to kill init")
 
 
+def is_all_zero(path: Path) -> bool:
+    """Whether every byte of ``path`` is zero (a disk no one wrote)."""
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            if chunk.count(0) != len(chunk):
+                return False
+    return True
+
+
 @dataclass(frozen=True)
 class Artifacts:
     kernel: Path

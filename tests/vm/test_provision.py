@@ -11,17 +11,9 @@ import pytest
 from pyinit_build.demoimage import DemoImage, sha256_file
 from pyinit_qemu.vm import Interface
 
-from .conftest import NEVER, Artifacts, Server, blank_disk, boot
+from .conftest import NEVER, Artifacts, Server, blank_disk, boot, is_all_zero
 
 pytestmark = pytest.mark.vm
-
-
-def is_all_zero(path: Path) -> bool:
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            if chunk.count(0) != len(chunk):
-                return False
-    return True
 
 
 # MYURL on virtio (net and disk); BOOTYURL on e1000 and an AHCI disk, so both driver sets load.

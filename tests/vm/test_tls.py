@@ -17,7 +17,7 @@ from pyinit_qemu.vm import kernel_append
 from pyinit_server.server import ProvisioningServer
 from tests.tlsfixtures import TLSFiles, tls_files  # noqa: F401 - the fixture
 
-from .conftest import NEVER, Artifacts, Server, blank_disk, boot
+from .conftest import NEVER, Artifacts, Server, blank_disk, boot, is_all_zero
 
 pytestmark = pytest.mark.vm
 
@@ -31,14 +31,6 @@ def tls_server(tmp_path: Path, tls_files: TLSFiles) -> Iterator[Server]:  # noqa
     (root / "images").mkdir()
     with ProvisioningServer(root, tls_cert=tls_files.cert, tls_key=tls_files.key) as srv:
         yield Server(srv, root)
-
-
-def is_all_zero(path: Path) -> bool:
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            if chunk.count(0) != len(chunk):
-                return False
-    return True
 
 
 def append_for(server: Server, ca: str) -> str:
