@@ -59,7 +59,7 @@ from typing import Literal, Protocol
 import requests
 import zstandard
 
-from pyinit import macaddr, parttable, syscalls
+from pyinit import disks, macaddr, parttable, syscalls
 from pyinit.errors import ConfigError, DiskError, FetchError, ImageError, PyinitError
 from pyinit.fetch import USER_AGENT, auth_headers, backoff, tls_failure
 from pyinit.log import event, get_logger
@@ -215,72 +215,21 @@ def _read_text(path: Path) -> str | None:
         return None
 
 
-def related_block_devices(name: str, sysfs: Path = Path("/sys")) -> set[str]:
-    """``name``, its partitions and, recursively, the devices stacked on them (dm, md)."""
-    block = sysfs / "class" / "block"
-    seen: set[str] = set()
-    todo = [name]
-    while todo:
-        cur = todo.pop()
-        if cur in seen:
-            continue
-        seen.add(cur)
-        base = block / cur
-        try:
-            children = list(base.iterdir())
-        except OSError:
-            continue
-        todo.extend(c.name for c in children if (c / "partition").exists())
-        with contextlib.suppress(OSError):
-            todo.extend(h.name for h in (base / "holders").iterdir())
-    return seen
-
-
-def _mounted_rw(names: set[str], name: str, mounts_file: Path) -> str | None:
-    try:
-        lines = mounts_file.read_text().splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        fields = line.split()
-        if len(fields) < 4 or not fields[0].startswith("/dev/"):
-            continue
-        source, target, options = fields[0], fields[1], fields[3].split(",")
-        if "rw" not in options:
-            continue
-        base = os.path.basename(os.path.realpath(source))
-        # Without sysfs (tests, odd setups) fall back to the kernel's partition naming.
-        suffix = base[len(name):].lstrip("p")
-        if base in names or (base.startswith(name) and suffix.isdigit()):
-            return f"{source} is mounted read-write on {target}"
+def source_conflict(usage: disks.Usage) -> str | None:
+    """Why a disk with ``usage`` may not be captured (a read-write mount or swap on it, a
+    partition of it or a device stacked on those; read-only mounts are fine), or None. Pure."""
+    for use in usage.conflicts("read")[:1]:
+        what = (f"{use.device} is mounted read-write on {use.where}" if use.kind == "mount"
+                else use.sentence)
+        return f"{what}; unmount it (or mount it read-only) before capturing"
     return None
 
 
-def _swap(names: set[str], swaps_file: Path) -> str | None:
-    try:
-        lines = swaps_file.read_text().splitlines()[1:]
-    except OSError:
-        return None
-    for line in lines:
-        fields = line.split()
-        if fields and os.path.basename(os.path.realpath(fields[0])) in names:
-            return f"{fields[0]} is in use as swap"
-    return None
-
-
-def in_use(name: str, *, mounts_file: Path = Path("/proc/self/mounts"),
-           swaps_file: Path = Path("/proc/swaps"), sysfs: Path = Path("/sys")) -> str | None:
-    """Why block device ``name`` is being written to (a read-write mount or swap on it, a
-    partition of it, or a device stacked on those), or None."""
-    names = related_block_devices(name, sysfs)
-    return _mounted_rw(names, name, mounts_file) or _swap(names, swaps_file)
-
-
-def check_source(device: str, *, allow_regular_file: bool = False,
-                 mounts_file: Path = Path("/proc/self/mounts"),
-                 swaps_file: Path = Path("/proc/swaps"), sysfs: Path = Path("/sys")) -> bool:
-    """Refuse a missing device, a non-block device and one that is written to while we read.
-    Returns True for a block device, False for an (allowed) regular file."""
+def check_source(device: str, *, allow_regular_file: bool = False, proc: Path = Path("/proc"),
+                 sysfs: Path = Path("/sys")) -> bool:
+    """Refuse a missing device, a non-block device and one that is written to while we read
+    (:func:`pyinit.disks.device_usage`). Returns True for a block device, False for an
+    (allowed) regular file."""
     try:
         st = os.stat(device)
     except FileNotFoundError as exc:
@@ -289,10 +238,10 @@ def check_source(device: str, *, allow_regular_file: bool = False,
         return False
     if not stat.S_ISBLK(st.st_mode):
         raise DiskError(device, "is not a block device")
-    busy = in_use(os.path.basename(os.path.realpath(device)), mounts_file=mounts_file,
-                  swaps_file=swaps_file, sysfs=sysfs)
-    if busy:
-        raise DiskError(device, f"{busy}; unmount it (or mount it read-only) before capturing")
+    name = disks.kernel_name(device, st.st_rdev, sysfs)
+    problem = source_conflict(disks.device_usage(name, sysfs=sysfs, proc=proc))
+    if problem:
+        raise DiskError(device, problem)
     return True
 
 
@@ -652,8 +601,7 @@ def capture_image(device: str, url: str, *, mac: str, method: Method = "multipar
                   compression: Compression = "zstd", session: requests.Session,
                   allow_regular_file: bool = False, attempts: int = UPLOAD_ATTEMPTS,
                   timeout: tuple[float, float] = TIMEOUT,
-                  mounts_file: Path = Path("/proc/self/mounts"),
-                  swaps_file: Path = Path("/proc/swaps"), sysfs: Path = Path("/sys"),
+                  proc: Path = Path("/proc"), sysfs: Path = Path("/sys"),
                   clock: Callable[[], float] = time.monotonic,
                   sleep: Callable[[float], None] = time.sleep,
                   token: str | None = None) -> CaptureResult:
@@ -664,7 +612,7 @@ def capture_image(device: str, url: str, *, mac: str, method: Method = "multipar
         raise ConfigError("compression", f"{compression!r} is not one of zstd, gzip, none")
     mac = macaddr.dashes(mac)
     is_block = check_source(device, allow_regular_file=allow_regular_file,
-                            mounts_file=mounts_file, swaps_file=swaps_file, sysfs=sysfs)
+                            proc=proc, sysfs=sysfs)
     try:
         fd = os.open(device, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:

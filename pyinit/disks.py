@@ -11,6 +11,11 @@ Inventory (:func:`inventory`)
     ``path_id`` does it for PCI, virtio, NVMe, ATA, USB and SCSI), the SCSI address, partitions,
     and what uses it (mounts of it or its partitions, swap, device-mapper/MD holders).
 
+What uses a disk (:func:`disk_usage`, :func:`device_usage`)
+    One :class:`Usage` record, shared by the disk selection (any use skips a disk unless
+    ``allow_mounted``), the writer (any use refuses) and a capture (only read-write mounts and
+    swap refuse): see :meth:`Usage.conflicts`.
+
     Left out: ``loop``, ``ram``, ``zram``, ``nbd``, optical drives (``sr``, SCSI type 5),
     floppies, hidden devices (NVMe multipath paths) and zero-size devices (an empty card
     reader). Device-mapper (``dm-*``) and MD RAID (``md*``) devices are left out too: they only
@@ -42,7 +47,8 @@ Waiting and choosing (:func:`settle`, :func:`choose`)
     boot first waits, bounded, until ``/sys/block`` stops changing; then :func:`choose` turns
     what the action says (a path, a ``/dev/disk/by-…`` name, hints, or nothing) into one disk.
 
-Everything except :func:`inventory`, :func:`settle` and :func:`make_links` is pure.
+Everything except :func:`inventory`, :func:`read_family`, :func:`kernel_name`,
+:func:`device_usage`, :func:`settle` and :func:`make_links` is pure.
 """
 
 from __future__ import annotations
@@ -293,83 +299,229 @@ def ata_identity(page89: bytes) -> tuple[str | None, str | None]:
     return (_ata_string(identify, 27, 46) or None, _ata_string(identify, 10, 19) or None)
 
 
-def parse_mounts(text: str) -> list[tuple[str, str, str]]:
-    """``/proc/self/mounts`` -> (source, target, fstype), octal escapes undone. Pure."""
-    def unescape(f: str) -> str:
-        return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), f)
-    out = []
-    for line in text.splitlines():
-        fields = line.split()
-        if len(fields) >= 3:
-            out.append((unescape(fields[0]), unescape(fields[1]), fields[2]))
-    return out
-
-
-def _proc_text(path: str) -> str:
+def _proc_text(path: Path) -> str:
     try:
-        return Path(path).read_text()
+        return path.read_text()
     except OSError:
         return ""
 
 
-def _family(block: Path, name: str) -> tuple[list[Partition], dict[str, str], list[str]]:
-    """Partitions, ``{name: maj:min}`` of the disk, its partitions and everything stacked on
-    them (holders, transitively), and the holder labels (``dm-0 (vg0-root)``)."""
-    parts: list[Partition] = []
-    numbers: dict[str, str] = {name: _read(block / name / "dev") or ""}
-    held: list[str] = []
+# --- what uses a disk -----------------------------------------------------------------------
+#
+# One answer to "what mounts, swaps on or holds this disk or its partitions", used three ways:
+# the writer refuses every use (Usage.conflicts("write")), a capture refuses read-write mounts
+# and swap (conflicts("read")), and the disk selection skips any use unless ``allow_mounted``
+# (Disk.mounted/Disk.holders, rendered from the same record).
+
+UseKind = Literal["mount", "swap", "holder"]
+Purpose = Literal["write", "read"]
+
+
+@dataclass(frozen=True)
+class Holder:
+    """A device stacked on a disk or partition (device-mapper/LVM, MD RAID, bcache): sysfs
+    ``holders/``."""
+
+    name: str                       # dm-0, md127
+    holds: str                      # what it sits on: a partition, the disk or another holder
+    devnum: str = ""                # major:minor
+    dm_name: str | None = None      # vg0-root
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} ({self.dm_name})" if self.dm_name else self.name
+
+
+@dataclass(frozen=True)
+class Family:
+    """A block device, its partitions and, transitively, what is stacked on them: a use of any
+    of them is a use of the device."""
+
+    name: str
+    devnum: str = ""                # major:minor
+    partitions: tuple[Partition, ...] = ()
+    holders: tuple[Holder, ...] = ()
+
+    def numbers(self) -> dict[str, str]:
+        """``{kernel name: major:minor}`` of every member (numbers may be empty)."""
+        out = {self.name: self.devnum}
+        out.update((p.name, p.devnum) for p in self.partitions)
+        out.update((h.name, h.devnum) for h in self.holders)
+        return out
+
+
+@dataclass(frozen=True)
+class Use:
+    """One thing using a disk's family."""
+
+    kind: UseKind
+    device: str        # mount, swap: the source as /proc names it, escapes undone; holder: dm-0
+    where: str = ""    # mount: the mount point; holder: what it holds (vda2); swap: ""
+    read_only: bool = False         # a mount nothing can write through (mount or superblock ro)
+    fstype: str = ""                # mount only
+    label: str = ""                 # holder only: "dm-0 (vg0-root)"
+
+    @property
+    def sentence(self) -> str:
+        """``/dev/vda1 is mounted on /mnt``, ``/dev/vda2 is in use as swap``, ``vda2 is held by
+        dm-0 (vg0-root)``: how a refusal names it."""
+        if self.kind == "mount":
+            return f"{self.device} is mounted on {self.where}"
+        if self.kind == "swap":
+            return f"{self.device} is in use as swap"
+        return f"{self.where} is held by {self.label}"
+
+    @property
+    def brief(self) -> str:
+        """``/dev/vda1 on /mnt``, ``/dev/vda2 is swap``, ``dm-0 (vg0-root)``: how the inventory
+        table lists it."""
+        if self.kind == "mount":
+            return f"{self.device} on {self.where}"
+        if self.kind == "swap":
+            return f"{self.device} is swap"
+        return self.label
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Everything using a disk's family, in order: mounts, swaps, holders."""
+
+    uses: tuple[Use, ...] = ()
+
+    def conflicts(self, purpose: Purpose) -> tuple[Use, ...]:
+        """The uses that forbid ``purpose``. Writing: all of them (a file system, swap or stacked
+        device would be corrupted, and would corrupt the image). Reading (a capture): read-write
+        mounts and swap, which would tear the image; a read-only mount or a holder with nothing
+        mounted read-write on it reads the same data the capture does."""
+        if purpose == "write":
+            return self.uses
+        return tuple(u for u in self.uses
+                     if u.kind == "swap" or (u.kind == "mount" and not u.read_only))
+
+    @property
+    def mounted(self) -> tuple[str, ...]:
+        """Mounts and swaps in the inventory's words (:attr:`Disk.mounted`)."""
+        return tuple(u.brief for u in self.uses if u.kind != "holder")
+
+    @property
+    def held(self) -> tuple[str, ...]:
+        """Holder labels (:attr:`Disk.holders`)."""
+        return tuple(u.label for u in self.uses if u.kind == "holder")
+
+    @property
+    def iso9660(self) -> bool:
+        return any(u.fstype == "iso9660" for u in self.uses)
+
+
+def _unescape(field: str) -> str:
+    """/proc mount and swap fields escape space, tab, newline and backslash as octal."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def _is_partition_name(name: str, disk: str) -> bool:
+    """The kernel's partition names (``sda1``, ``nvme0n1p2``, ``loop1p1``; ``loop10`` is not
+    ``loop1``'s): a safety net for partitions sysfs does not list."""
+    rest = name.removeprefix(disk) if name.startswith(disk) else ""
+    if disk[-1:].isdigit():
+        return rest.startswith("p") and rest[1:].isdigit()
+    return rest.isdigit()
+
+
+def _read_only(options: str) -> bool:
+    return "ro" in options.split(",")
+
+
+def disk_usage(family: Family, *, mounts: str, mountinfo: str = "", swaps: str = "",
+               resolve: Callable[[str], str] = os.path.realpath) -> Usage:
+    """What uses ``family``, from the text of ``/proc/self/mounts``, ``/proc/self/mountinfo``
+    and ``/proc/swaps`` and the family's holders. Pure given ``resolve`` (``/dev/…`` link ->
+    a path whose basename is the kernel name).
+
+    Mount sources are matched by kernel name after ``resolve``; mountinfo adds what only its
+    major:minor names (``/dev/root``, bind mounts listed under another source), once per mount
+    point. A mount is read-only when its options say ``ro`` (the kernel shows ``ro`` when the
+    mount or its superblock is read-only). Devices stacked on the family count as the family.
+    """
+    numbers = family.numbers()
+    by_number = {v: k for k, v in numbers.items() if v}
+
+    def ours(source: str) -> bool:
+        if not source.startswith("/dev/"):
+            return False
+        name = os.path.basename(resolve(source))
+        return name in numbers or _is_partition_name(name, family.name)
+
+    uses: list[Use] = []
+    for line in mounts.splitlines():
+        fields = line.split()
+        if len(fields) >= 3 and ours(source := _unescape(fields[0])):
+            uses.append(Use("mount", source, _unescape(fields[1]), fstype=fields[2],
+                            read_only=len(fields) > 3 and _read_only(fields[3])))
+    seen = {u.where for u in uses}
+    for line in mountinfo.splitlines():
+        # id parent maj:min root mount-point options [optional…] - fstype source super-options
+        fields = line.split()
+        if len(fields) < 6 or fields[2] not in by_number:
+            continue
+        where = _unescape(fields[4])
+        if where in seen:
+            continue
+        seen.add(where)
+        sep = fields.index("-", 6) if "-" in fields[6:] else len(fields)
+        tail = fields[sep + 1:]
+        uses.append(Use("mount", f"/dev/{by_number[fields[2]]}", where,
+                        fstype=tail[0] if tail else "",
+                        read_only=_read_only(fields[5]) or (len(tail) > 2
+                                                             and _read_only(tail[2]))))
+    for line in swaps.splitlines()[1:]:
+        fields = line.split()
+        if fields and ours(source := _unescape(fields[0])):
+            uses.append(Use("swap", source))
+    uses.extend(Use("holder", h.name, h.holds, label=h.label) for h in family.holders)
+    return Usage(tuple(uses))
+
+
+def read_family(block: Path, name: str) -> Family:
+    """``name``'s :class:`Family` from ``block`` (``/sys/block`` for disks, ``/sys/class/block``
+    for any block device, partitions included); empty when sysfs does not know it."""
     base = block / name
-    todo: list[Path] = [base]
+    parts: list[Partition] = []
     with contextlib.suppress(OSError):
         for child in sorted(base.iterdir()):
             number = _read(child / "partition")
             if number is not None and number.isdigit():
                 size = int(_read(child / "size") or "0") * SECTOR
-                numbers[child.name] = _read(child / "dev") or ""
-                parts.append(Partition(child.name, int(number), size, numbers[child.name]))
-                todo.append(child)
-    seen: set[str] = set()
-    while todo:
-        node = todo.pop()
+                parts.append(Partition(child.name, int(number), size, _read(child / "dev") or ""))
+    parts.sort(key=lambda p: p.number)
+    holders: list[Holder] = []
+    todo = [(name, base), *((p.name, base / p.name) for p in parts)]
+    seen = {name}
+    for held, node in todo:                 # breadth first: grows while it runs
         with contextlib.suppress(OSError):
             for holder in sorted((node / "holders").iterdir()):
                 if holder.name in seen:
                     continue
                 seen.add(holder.name)
-                dm_name = _read(holder / "dm" / "name")
-                held.append(f"{holder.name} ({dm_name})" if dm_name else holder.name)
-                numbers[holder.name] = _read(holder / "dev") or ""
-                todo.append(holder)
-    parts.sort(key=lambda p: p.number)
-    return parts, numbers, held
+                holders.append(Holder(holder.name, held, _read(holder / "dev") or "",
+                                      _read(holder / "dm" / "name")))
+                todo.append((holder.name, holder))
+    return Family(name, _read(base / "dev") or "", tuple(parts), tuple(holders))
 
 
-def _usage(numbers: Mapping[str, str], *, mounts: list[tuple[str, str, str]], mountinfo: str,
-           swaps: str, resolve: Callable[[str], str]) -> tuple[list[str], bool]:
-    """What mounts or swaps on any of ``numbers`` (names -> maj:min), and whether one of those
-    mounts is iso9660. ``/dev/root`` and other aliases are caught by device number via
-    mountinfo."""
-    used: list[str] = []
-    iso = False
-    for source, target, fstype in mounts:
-        if source.startswith("/dev/") and os.path.basename(resolve(source)) in numbers:
-            used.append(f"{source} on {target}")
-            iso = iso or fstype == "iso9660"
-    by_number = {v: k for k, v in numbers.items() if v}
-    for line in mountinfo.splitlines():
-        fields = line.split()
-        if len(fields) >= 9 and fields[2] in by_number:
-            sep = fields.index("-") if "-" in fields else -1
-            fstype = fields[sep + 1] if sep >= 0 and sep + 1 < len(fields) else ""
-            text = f"/dev/{by_number[fields[2]]} on {fields[4]}"
-            if not any(u.endswith(f" on {fields[4]}") for u in used):
-                used.append(text)
-            iso = iso or fstype == "iso9660"
-    for line in swaps.splitlines()[1:]:
-        fields = line.split()
-        if fields and os.path.basename(resolve(fields[0])) in numbers:
-            used.append(f"{fields[0]} is swap")
-    return used, iso
+def kernel_name(device: str, rdev: int, sysfs: Path = Path("/sys")) -> str:
+    """The kernel name of block device ``device`` (any path or ``/dev/disk/…`` link) with
+    device number ``rdev``: by major:minor through sysfs, else the link's target."""
+    node = sysfs / "dev" / "block" / f"{os.major(rdev)}:{os.minor(rdev)}"
+    return os.path.basename(os.path.realpath(node if node.exists() else device))
+
+
+def device_usage(name: str, *, sysfs: Path = Path("/sys"), proc: Path = Path("/proc")) -> Usage:
+    """:func:`disk_usage` of block device ``name`` on this system (``sysfs/class/block``,
+    ``proc/self/mounts``, ``proc/self/mountinfo``, ``proc/swaps``)."""
+    return disk_usage(read_family(sysfs / "class" / "block", name),
+                      mounts=_proc_text(proc / "self" / "mounts"),
+                      mountinfo=_proc_text(proc / "self" / "mountinfo"),
+                      swaps=_proc_text(proc / "swaps"))
 
 
 def _has_iso9660(node: Path) -> bool:
@@ -405,8 +557,8 @@ def _scsi_host_base(devdir: Path, hctl: str | None) -> int:
     return host
 
 
-def _read_disk(sysfs: Path, block: Path, name: str, *, mounts: list[tuple[str, str, str]],
-               mountinfo: str, swaps: str, dev: Path, probe: bool) -> Disk | None:
+def _read_disk(sysfs: Path, block: Path, name: str, *, mounts: str, mountinfo: str, swaps: str,
+               dev: Path, probe: bool) -> Disk | None:
     base = block / name
     if _skipped(name, base):
         return None
@@ -454,13 +606,12 @@ def _read_disk(sysfs: Path, block: Path, name: str, *, mounts: list[tuple[str, s
     else:
         wwn, wwn_ext, wwn_vendor = wwn_fields(wwid)
 
-    parts, numbers, held = _family(block, name)
-    resolve = _resolver(dev)
-    used, iso_mounted = _usage(numbers, mounts=mounts, mountinfo=mountinfo, swaps=swaps,
-                               resolve=resolve)
-    boot = "an iso9660 file system is mounted from it" if iso_mounted else None
+    family = read_family(block, name)
+    usage = disk_usage(family, mounts=mounts, mountinfo=mountinfo, swaps=swaps,
+                       resolve=_resolver(dev))
+    boot = "an iso9660 file system is mounted from it" if usage.iso9660 else None
     if boot is None and probe:
-        for node in [name, *(p.name for p in parts)]:
+        for node in [name, *(p.name for p in family.partitions)]:
             if _has_iso9660(dev / node):
                 boot = f"{node} carries an iso9660 file system (live or virtual media)"
                 break
@@ -470,8 +621,8 @@ def _read_disk(sysfs: Path, block: Path, name: str, *, mounts: list[tuple[str, s
         wwn_with_extension=wwn_ext, wwn_vendor_extension=wwn_vendor,
         rotational=_read(base / "queue" / "rotational") == "1", removable=removable,
         transport=info.transport, by_path=info.by_path, hctl=info.hctl,
-        read_only=_read(base / "ro") == "1", devnum=numbers[name], partitions=tuple(parts),
-        mounted=tuple(used), holders=tuple(held), boot_medium=boot,
+        read_only=_read(base / "ro") == "1", devnum=family.devnum, partitions=family.partitions,
+        mounted=usage.mounted, holders=usage.held, boot_medium=boot,
         by_path_compat=info.compat)
     ids = by_id_names(disk, ata=is_ata, usb_instance=usb_instance,
                       nvme_wwid=wwid if info.transport == "nvme" else None)
@@ -495,10 +646,11 @@ def inventory(sysfs: Path = Path("/sys"), dev: Path = Path("/dev"), *,
     """Every whole disk a machine has, sorted by name (see the module docstring for what is
     left out). ``*_text`` default to this process's /proc files; ``probe`` reads the first
     33 KiB of each disk and partition under ``dev`` looking for an iso9660 boot medium."""
-    mounts = parse_mounts(_proc_text("/proc/self/mounts") if mounts_text is None
-                          else mounts_text)
-    mountinfo = _proc_text("/proc/self/mountinfo") if mountinfo_text is None else mountinfo_text
-    swaps = _proc_text("/proc/swaps") if swaps_text is None else swaps_text
+    proc = Path("/proc")
+    mounts = _proc_text(proc / "self" / "mounts") if mounts_text is None else mounts_text
+    mountinfo = (_proc_text(proc / "self" / "mountinfo") if mountinfo_text is None
+                 else mountinfo_text)
+    swaps = _proc_text(proc / "swaps") if swaps_text is None else swaps_text
     block = sysfs / "block"
     try:
         names = sorted(p.name for p in block.iterdir())
@@ -1016,8 +1168,9 @@ def choose(disks: Sequence[Disk], *, device: str | None, hints: Hints | None,
 
 
 __all__ = [
-    "AmbiguousDiskError", "Choice", "Disk", "Expr", "Hints", "NoDiskError", "Partition",
-    "Settled", "by_id_names", "choose", "human_size", "inventory", "inventory_event",
-    "inventory_lines", "make_links", "parse_hints", "path_id", "refusals", "resolve_device",
-    "select_disk", "settle", "stable_links", "udev_safe", "vpd_serial", "wwn_fields",
+    "AmbiguousDiskError", "Choice", "Disk", "Expr", "Family", "Hints", "Holder", "NoDiskError",
+    "Partition", "Settled", "Usage", "Use", "by_id_names", "choose", "device_usage", "disk_usage",
+    "human_size", "inventory", "inventory_event", "inventory_lines", "kernel_name", "make_links",
+    "parse_hints", "path_id", "read_family", "refusals", "resolve_device", "select_disk",
+    "settle", "stable_links", "udev_safe", "vpd_serial", "wwn_fields",
 ]

@@ -63,7 +63,7 @@ import requests
 import urllib3.exceptions
 import zstandard
 
-from pyinit import grow, syscalls
+from pyinit import disks, grow, syscalls
 from pyinit.errors import (
     ChecksumMismatch,
     DiskError,
@@ -751,63 +751,20 @@ def _read(path: Path) -> str:
         return ""
 
 
-def _unescape_mount(field: str) -> str:
-    """/proc mounts fields escape space, tab, newline and backslash as octal."""
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
-
-
-def disk_family(sysfs: Path, name: str) -> dict[str, str]:
-    """``{name: "maj:min"}`` for the block device ``name`` and its partitions (sysfs)."""
-    base = sysfs / "class" / "block" / name
-    family = {name: _read(base / "dev").strip()}
-    with contextlib.suppress(OSError):
-        for child in sorted(base.iterdir()):
-            if (child / "partition").exists():
-                family[child.name] = _read(child / "dev").strip()
-    return family
-
-
-def mount_conflict(family: Mapping[str, str], *, mounts: str, mountinfo: str = "",
-                   swaps: str = "", resolve: Callable[[str], str] = os.path.realpath
-                   ) -> str | None:
-    """Why ``family`` (see :func:`disk_family`) is in use according to /proc/self/mounts,
-    /proc/self/mountinfo (by device number: catches ``/dev/root``) and /proc/swaps. Pure given
-    ``resolve``."""
-    for line in mounts.splitlines():
-        fields = line.split()
-        if len(fields) >= 2 and fields[0].startswith("/"):
-            source = _unescape_mount(fields[0])
-            if os.path.basename(resolve(source)) in family:
-                return f"{source} is mounted on {_unescape_mount(fields[1])}"
-    numbers = {v: k for k, v in family.items() if v}
-    for line in mountinfo.splitlines():
-        fields = line.split()
-        if len(fields) >= 5 and fields[2] in numbers:
-            return f"/dev/{numbers[fields[2]]} is mounted on {_unescape_mount(fields[4])}"
-    for line in swaps.splitlines()[1:]:
-        fields = line.split()
-        if fields and os.path.basename(resolve(_unescape_mount(fields[0]))) in family:
-            return f"{fields[0]} is in use as swap"
+def destination_conflict(usage: disks.Usage) -> str | None:
+    """Why a disk with ``usage`` may not be written (every use refuses), or None. Pure."""
+    for use in usage.conflicts("write")[:1]:
+        if use.kind == "holder":
+            return f"{use.sentence} (LVM/MD/device-mapper): release it first"
+        return use.sentence
     return None
-
-
-def holders(sysfs: Path, family: Mapping[str, str]) -> list[str]:
-    """What holds ``family`` (device-mapper/LVM, MD RAID, bcache...): sysfs ``holders/``, with
-    the dm name when there is one."""
-    found = []
-    for name in family:
-        with contextlib.suppress(OSError):
-            for holder in sorted((sysfs / "class" / "block" / name / "holders").iterdir()):
-                dm_name = _read(holder / "dm" / "name").strip()
-                label = f"{holder.name} ({dm_name})" if dm_name else holder.name
-                found.append(f"{name} is held by {label}")
-    return found
 
 
 def check_destination(device: str, *, proc: Path = Path("/proc"), sysfs: Path = Path("/sys"),
                       allow_regular_file: bool = False) -> None:
-    """Refuse anything but an existing block device that nothing mounts, swaps on or holds.
-    (Regular files are for tests, with ``allow_regular_file``.)"""
+    """Refuse anything but an existing block device that nothing mounts, swaps on or holds
+    (:func:`pyinit.disks.device_usage`). (Regular files are for tests, with
+    ``allow_regular_file``.)"""
     try:
         st = os.stat(device)
     except FileNotFoundError as exc:
@@ -818,18 +775,10 @@ def check_destination(device: str, *, proc: Path = Path("/proc"), sysfs: Path = 
         return
     if not stat.S_ISBLK(st.st_mode):
         raise DiskError(device, "is not a block device")
-    node = sysfs / "dev" / "block" / f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
-    name = os.path.basename(os.path.realpath(node)) if node.exists() else \
-        os.path.basename(os.path.realpath(device))
-    family = disk_family(sysfs, name)
-    problem = mount_conflict(family, mounts=_read(proc / "self" / "mounts"),
-                             mountinfo=_read(proc / "self" / "mountinfo"),
-                             swaps=_read(proc / "swaps"))
+    name = disks.kernel_name(device, st.st_rdev, sysfs)
+    problem = destination_conflict(disks.device_usage(name, sysfs=sysfs, proc=proc))
     if problem:
         raise DiskError(device, problem)
-    held = holders(sysfs, family)
-    if held:
-        raise DiskError(device, f"{held[0]} (LVM/MD/device-mapper): release it first")
 
 
 def wait_for_device(device: str, timeout: float, *, clock: Callable[[], float] = time.monotonic,

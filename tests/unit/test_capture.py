@@ -24,7 +24,7 @@ import pytest
 import requests
 import zstandard
 
-from pyinit import capture, log
+from pyinit import capture, disks, log
 from pyinit.capture import (
     CaptureResult,
     ReadRange,
@@ -153,7 +153,8 @@ def test_data_extents_of_a_sparse_file(tmp_path: Path) -> None:
 
 @pytest.fixture
 def fake_sys(tmp_path: Path) -> Path:
-    """sda with sda1 and sda2; dm-0 sits on sda2; sdb is unrelated; loop3 has a backing file."""
+    """sda (8:0) with sda1 and sda2 (8:1, 8:2); dm-0 sits on sda2; sdb is unrelated; loop3
+    has a backing file."""
     block = tmp_path / "sys" / "class" / "block"
     for d in ("sda/sda1", "sda/sda2", "sda/sda2/holders/dm-0", "dm-0/holders", "sdb/sdb1",
               "loop3/loop"):
@@ -161,39 +162,46 @@ def fake_sys(tmp_path: Path) -> Path:
     for part in ("sda/sda1", "sda/sda2", "sdb/sdb1"):
         (block / part / "partition").write_text("1\n")
         (block / part.split("/")[1]).symlink_to(part)  # as in sysfs: class/block/sda1
+    for node, devnum in (("sda", "8:0"), ("sda/sda1", "8:1"), ("sda/sda2", "8:2")):
+        (block / node / "dev").write_text(devnum + "\n")
     (block / "loop3" / "loop" / "backing_file").write_text("/srv/disk.img\n")
     (block / "loop3" / "loop" / "offset").write_text("1048576\n")
     return tmp_path / "sys"
 
 
-def test_related_block_devices(fake_sys: Path) -> None:
-    assert capture.related_block_devices("sda", fake_sys) == {"sda", "sda1", "sda2", "dm-0"}
-    assert capture.related_block_devices("sda2", fake_sys) == {"sda2", "dm-0"}
-    assert capture.related_block_devices("nvme0n1", fake_sys) == {"nvme0n1"}
+BUSY = "; unmount it (or mount it read-only) before capturing"
 
 
-@pytest.mark.parametrize(("mounts", "swaps", "busy"), [
-    ("/dev/sdb1 /mnt ext4 rw,relatime 0 0\n", "", None),
-    ("/dev/sda1 /mnt ext4 ro,relatime 0 0\n", "", None),  # read-only: fine
-    ("/dev/sda1 /mnt ext4 rw,relatime 0 0\n", "", "/dev/sda1 is mounted read-write on /mnt"),
-    ("/dev/dm-0 /srv xfs rw 0 0\n", "", "/dev/dm-0 is mounted read-write on /srv"),
-    ("/dev/sda /mnt ext4 rw 0 0\n", "", "/dev/sda is mounted read-write on /mnt"),
-    ("proc /proc proc rw 0 0\n", "/dev/sda2 partition 1024 0 -2\n", "/dev/sda2 is in use as swap"),
+@pytest.mark.parametrize(("mounts", "mountinfo", "swaps", "busy"), [
+    ("/dev/sdb1 /mnt ext4 rw,relatime 0 0\n", "", "", None),   # another disk; dm-0 idle: fine
+    ("/dev/sda1 /mnt ext4 ro,relatime 0 0\n", "", "", None),   # read-only: fine
+    ("/dev/sda1 /mnt ext4 rw,relatime 0 0\n", "", "", "/dev/sda1 is mounted read-write on /mnt"),
+    ("/dev/dm-0 /srv xfs rw 0 0\n", "", "", "/dev/dm-0 is mounted read-write on /srv"),
+    ("/dev/sda /m\\040n ext4 rw 0 0\n", "", "", "/dev/sda is mounted read-write on /m n"),
+    ("/dev/root / ext4 rw 0 0\n", "22 1 8:2 / / rw,relatime - ext4 /dev/root rw\n", "",
+     "/dev/sda2 is mounted read-write on /"),                  # found by major:minor
+    ("/dev/root / ext4 ro 0 0\n", "22 1 8:2 / / ro,relatime - ext4 /dev/root ro\n", "", None),
+    ("proc /proc proc rw 0 0\n", "", "/dev/sda2 partition 1024 0 -2\n",
+     "/dev/sda2 is in use as swap"),
 ])
-def test_in_use(tmp_path: Path, fake_sys: Path, mounts: str, swaps: str,
-                busy: str | None) -> None:
-    (tmp_path / "mounts").write_text(mounts)
-    (tmp_path / "swaps").write_text("Filename Type Size Used Priority\n" + swaps)
-    assert capture.in_use("sda", mounts_file=tmp_path / "mounts", swaps_file=tmp_path / "swaps",
-                          sysfs=fake_sys) == busy
+def test_source_conflict(tmp_path: Path, fake_sys: Path, mounts: str, mountinfo: str,
+                         swaps: str, busy: str | None) -> None:
+    proc = tmp_path / "proc"
+    (proc / "self").mkdir(parents=True)
+    (proc / "self" / "mounts").write_text(mounts)
+    (proc / "self" / "mountinfo").write_text(mountinfo)
+    (proc / "swaps").write_text("Filename Type Size Used Priority\n" + swaps)
+    usage = disks.device_usage("sda", sysfs=fake_sys, proc=proc)
+    assert capture.source_conflict(usage) == (busy and busy + BUSY)
 
 
-def test_in_use_without_sysfs_uses_partition_names(tmp_path: Path) -> None:
-    (tmp_path / "mounts").write_text("/dev/nvme0n1p2 / ext4 rw 0 0\n")
-    kwargs: dict[str, Any] = dict(mounts_file=tmp_path / "mounts", swaps_file=tmp_path / "no",
-                                  sysfs=tmp_path / "nosys")
-    assert capture.in_use("nvme0n1", **kwargs) == "/dev/nvme0n1p2 is mounted read-write on /"
-    assert capture.in_use("nvme0n", **kwargs) is None
+def test_source_conflict_without_sysfs_uses_partition_names(tmp_path: Path) -> None:
+    (tmp_path / "self").mkdir()
+    (tmp_path / "self" / "mounts").write_text("/dev/nvme0n1p2 / ext4 rw 0 0\n")
+    kwargs: dict[str, Any] = dict(proc=tmp_path, sysfs=tmp_path / "nosys")
+    assert capture.source_conflict(disks.device_usage("nvme0n1", **kwargs)) == \
+        "/dev/nvme0n1p2 is mounted read-write on /" + BUSY
+    assert capture.source_conflict(disks.device_usage("nvme0n", **kwargs)) is None
 
 
 def test_check_source(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import zstandard
 
+from pyinit.disks import Family, Holder, Partition, disk_usage
 from pyinit.errors import DiskError, FetchError, ImageError
 from pyinit.image import (
     EOF,
@@ -33,11 +34,9 @@ from pyinit.image import (
     check_destination,
     coalesce,
     decoder_for,
-    disk_family,
+    destination_conflict,
     find_checksum,
-    holders,
     image_name,
-    mount_conflict,
     parse_content_range,
     parse_sums,
     progress_fields,
@@ -585,52 +584,31 @@ def test_progress_fields_and_line() -> None:
 
 # --- the destination ---------------------------------------------------------------------------
 
-def fake_sysfs(root: Path) -> Path:
-    sysfs = root / "sys"
-    for name, dev in (("vda", "252:0"), ("vda/vda1", "252:1"), ("vda/vda2", "252:2"),
-                      ("vdb", "252:16")):
-        d = sysfs / "class" / "block" / name
-        d.mkdir(parents=True)
-        (d / "dev").write_text(dev + "\n")
-        (d / "holders").mkdir()
-        if "/" in name:
-            (d / "partition").write_text("1\n")
-    return sysfs
+FAMILY = Family("vda", "252:0", (Partition("vda1", 1, 0, "252:1"),),
+                (Holder("dm-0", "vda1", "253:0", "vg0-root"),))
+SWAPS = "Filename Type Size Used Priority\n"
 
 
-def test_disk_family(tmp_path: Path) -> None:
-    sysfs = fake_sysfs(tmp_path)
-    assert disk_family(sysfs, "vda") == {"vda": "252:0", "vda1": "252:1", "vda2": "252:2"}
-    assert disk_family(sysfs, "vdb") == {"vdb": "252:16"}
-
-
-def test_mount_conflicts() -> None:
-    fam = {"vda": "252:0", "vda1": "252:1"}
-    same = lambda p: p  # noqa: E731
-    assert mount_conflict(fam, mounts="/dev/vda1 /mnt ext4 rw 0 0\n",
-                          resolve=same) == "/dev/vda1 is mounted on /mnt"
-    assert mount_conflict(fam, mounts="/dev/vdb1 /mnt ext4 rw 0 0\nproc /proc proc rw 0 0\n",
-                          resolve=same) is None
-    by_uuid = {"/dev/disk/by-uuid/x": "/dev/vda"}
-    assert mount_conflict(fam, mounts="/dev/disk/by-uuid/x /a\\040b xfs rw 0 0",
-                          resolve=lambda p: by_uuid.get(p, p)) == \
-        "/dev/disk/by-uuid/x is mounted on /a b"
-    info = "22 1 252:1 / / rw,relatime - ext4 /dev/root rw\n"
-    assert mount_conflict(fam, mounts="/dev/root / ext4 rw 0 0", mountinfo=info,
-                          resolve=same) == "/dev/vda1 is mounted on /"
-    swaps = "Filename Type Size Used Priority\n/dev/vda1 partition 1024 0 -2\n"
-    assert mount_conflict(fam, mounts="", swaps=swaps, resolve=same) == \
-        "/dev/vda1 is in use as swap"
-
-
-def test_holders(tmp_path: Path) -> None:
-    sysfs = fake_sysfs(tmp_path)
-    assert holders(sysfs, disk_family(sysfs, "vda")) == []
-    dm = sysfs / "class" / "block" / "vda" / "vda2" / "holders" / "dm-0"
-    (dm / "dm").mkdir(parents=True)
-    (dm / "dm" / "name").write_text("vg0-root\n")
-    (sysfs / "class" / "block" / "vda2").symlink_to(sysfs / "class" / "block" / "vda" / "vda2")
-    assert holders(sysfs, disk_family(sysfs, "vda")) == ["vda2 is held by dm-0 (vg0-root)"]
+@pytest.mark.parametrize(("mounts", "mountinfo", "swaps", "family", "problem"), [
+    ("/dev/vdb1 /mnt ext4 rw 0 0\nproc /proc proc rw 0 0\n", "", "", Family("vda"), None),
+    ("/dev/vda1 /mnt ext4 rw 0 0\n", "", "", FAMILY, "/dev/vda1 is mounted on /mnt"),
+    ("/dev/vda1 /mnt ext4 ro 0 0\n", "", "", FAMILY, "/dev/vda1 is mounted on /mnt"),  # ro too
+    ("/dev/disk/by-uuid/x /a\\040b xfs rw 0 0", "", "", FAMILY,
+     "/dev/disk/by-uuid/x is mounted on /a b"),
+    ("/dev/root / ext4 rw 0 0", "22 1 252:1 / / rw,relatime - ext4 /dev/root rw\n", "", FAMILY,
+     "/dev/vda1 is mounted on /"),
+    ("", "", SWAPS + "/dev/vda1 partition 1024 0 -2\n", Family("vda", "252:0"),
+     "/dev/vda1 is in use as swap"),
+    ("", "", "", FAMILY,
+     "vda1 is held by dm-0 (vg0-root) (LVM/MD/device-mapper): release it first"),
+    ("/dev/dm-0 / xfs ro 0 0", "", "", FAMILY, "/dev/dm-0 is mounted on /"),  # the mount first
+])
+def test_destination_conflict(mounts: str, mountinfo: str, swaps: str, family: Family,
+                              problem: str | None) -> None:
+    links = {"/dev/disk/by-uuid/x": "/dev/vda"}
+    usage = disk_usage(family, mounts=mounts, mountinfo=mountinfo, swaps=swaps,
+                       resolve=lambda p: links.get(p, p))
+    assert destination_conflict(usage) == problem
 
 
 def test_check_destination(tmp_path: Path) -> None:
