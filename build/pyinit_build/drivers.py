@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import gzip
 import lzma
-import struct
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,32 +116,10 @@ def host_list(listed: kmod.ModuleList, drivers: Collection[str],
 
 def modinfo_section(data: bytes) -> bytes:
     """The raw ``.modinfo`` section of an ELF64 little-endian relocatable (``b""`` if none)."""
-    if not elf.is_elf(data) or len(data) < 64:
-        raise ModinfoError("not an ELF file")
-    if data[4] != elf.ELFCLASS64 or data[5] != elf.ELFDATA2LSB:
-        raise ModinfoError(f"unsupported ELF class/encoding {data[4]}/{data[5]}")
-    shoff, = struct.unpack_from("<Q", data, 40)
-    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 58)
-    if shoff == 0 or shnum == 0:
-        return b""
-
-    def header(i: int) -> tuple[int, int, int]:
-        off = shoff + i * shentsize
-        if off + 64 > len(data):
-            raise ModinfoError("section header table truncated")
-        name, _type, _flags, _addr, offset, size = struct.unpack_from("<IIQQQQ", data, off)
-        return name, offset, size
-
-    _, str_off, str_size = header(shstrndx)
-    names = data[str_off:str_off + str_size]
-    for i in range(shnum):
-        name, offset, size = header(i)
-        end = names.find(b"\0", name)
-        if names[name:end] == b".modinfo":
-            if offset + size > len(data):
-                raise ModinfoError(".modinfo section truncated")
-            return data[offset:offset + size]
-    return b""
+    try:
+        return elf.section(data, ".modinfo")
+    except elf.ElfError as exc:
+        raise ModinfoError(str(exc)) from exc
 
 
 def parse_modinfo(section: bytes) -> list[tuple[str, str]]:

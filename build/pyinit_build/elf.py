@@ -58,12 +58,45 @@ def is_elf(head: bytes) -> bool:
     return head[:4] == ELF_MAGIC
 
 
-def parse(data: bytes) -> ElfInfo:
-    """The dynamic-linking metadata of an ELF64 little-endian image (pure)."""
+def _check_header(data: bytes) -> None:
+    """Raise :class:`ElfError` unless ``data`` starts an ELF64 little-endian image."""
     if not is_elf(data) or len(data) < 64:
         raise ElfError("not an ELF file")
     if data[4] != ELFCLASS64 or data[5] != ELFDATA2LSB:
         raise ElfError(f"unsupported ELF class/encoding {data[4]}/{data[5]}")
+
+
+def section(data: bytes, wanted: str) -> bytes:
+    """The raw bytes of the section named ``wanted`` (``b""`` if there is none), from the
+    section headers: what a relocatable object such as a kernel module has (pure)."""
+    _check_header(data)
+    shoff, = struct.unpack_from("<Q", data, 40)
+    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 58)
+    if shoff == 0 or shnum == 0:
+        return b""
+
+    def header(i: int) -> tuple[int, int, int]:
+        off = shoff + i * shentsize
+        if off + 64 > len(data):
+            raise ElfError("section header table truncated")
+        name, _type, _flags, _addr, offset, size = struct.unpack_from("<IIQQQQ", data, off)
+        return name, offset, size
+
+    _, str_off, str_size = header(shstrndx)
+    names = data[str_off:str_off + str_size]
+    for i in range(shnum):
+        name, offset, size = header(i)
+        end = names.find(b"\0", name)
+        if names[name:end] == wanted.encode():
+            if offset + size > len(data):
+                raise ElfError(f"{wanted} section truncated")
+            return data[offset:offset + size]
+    return b""
+
+
+def parse(data: bytes) -> ElfInfo:
+    """The dynamic-linking metadata of an ELF64 little-endian image (pure)."""
+    _check_header(data)
     e_type, e_machine = struct.unpack_from("<HH", data, 16)
     e_phoff, = struct.unpack_from("<Q", data, 32)
     e_phentsize, e_phnum = struct.unpack_from("<HH", data, 54)
