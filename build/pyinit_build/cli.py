@@ -1,4 +1,4 @@
-"""The host-side `pyinit` command: initramfs, image, serve, status, vm and demo subcommands.
+"""The host-side `pyinit` command: initramfs, image, iso, serve, status, vm and demo subcommands.
 
 Each subcommand lives with its package and registers itself here; the frozen ``/init`` is the
 runtime's entry point (``pyinit.init:main``), not this CLI.
@@ -16,7 +16,7 @@ from pyinit.errors import PyinitError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from pyinit_build import demo, initramfs
+    from pyinit_build import demo, initramfs, iso
     from pyinit_build.golden import cli as image_cli
     from pyinit_qemu import cli as vm_cli
     from pyinit_server import cli as serve_cli
@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     initramfs.register(sub)
     image_cli.register(sub)
+    iso.register(sub)
     serve_cli.register(sub)
     dnsmasq_cli.register(sub)
     export_cli.register(sub)

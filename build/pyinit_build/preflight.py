@@ -40,6 +40,7 @@ PACKAGES: dict[str, str] = {
     "sfdisk": "fdisk",
     "xfs_db": "xfsprogs",
     "xfs_growfs": "xfsprogs",
+    "xorriso": "xorriso",
     "strip": "binutils",
     "zstd": "zstd",
     "python:PyInstaller": "pyinstaller",
@@ -51,6 +52,9 @@ BUILD_TOOLS: tuple[str, ...] = ("busybox", "depmod", "dpkg-deb", "strip", "objco
                                 "resize2fs", "xfs_growfs", "python:PyInstaller")
 # Needed only to fetch the kernel package (not with --kernel-deb).
 KERNEL_FETCH_TOOLS: tuple[str, ...] = ("apt-cache", "apt-get")
+# What `pyinit iso` runs: GRUB's images, the El Torito EFI image (FAT), the ISO itself. The GRUB
+# platform files (grub-pc-bin, grub-efi-amd64-bin) are checked by pyinit_build.iso.
+ISO_TOOLS: tuple[str, ...] = ("grub-mkimage", "mkfs.fat", "mmd", "mcopy", "xorriso")
 
 
 def _present(tool: str, path: str) -> bool:

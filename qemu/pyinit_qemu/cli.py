@@ -55,10 +55,15 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                     "Exits with QEMU's status: a guest poweroff, reboot or panic ends QEMU "
                     "(-no-reboot, panic=-1) unless --reboot is given.",
         epilog="examples: pyinit vm --server http://127.0.0.1:8080 --disk /tmp/disk.raw:4G ; "
-               "pyinit vm --boot disk --firmware uefi --disk out/golden.img")
-    p.add_argument("--boot", choices=("kernel", "disk"), default="kernel",
+               "pyinit vm --boot disk --firmware uefi --disk out/golden.img ; "
+               "pyinit vm --boot cdrom --cdrom pyinit.iso --disk /tmp/disk.raw:4G")
+    p.add_argument("--boot", choices=("kernel", "disk", "cdrom"), default="kernel",
                    help="kernel: QEMU loads --kernel/--initrd; disk: the firmware boots the "
-                        "first --disk, no kernel command line (default: %(default)s)")
+                        "first --disk; cdrom: the firmware boots --cdrom (no kernel command "
+                        "line for either) (default: %(default)s)")
+    p.add_argument("--cdrom", type=Path, metavar="ISO",
+                   help="an ISO in a CD-ROM drive, e.g. from `pyinit iso` (booted with --boot "
+                        "cdrom)")
     p.add_argument("--firmware", choices=FIRMWARES, default="bios",
                    help="bios (SeaBIOS) or uefi (OVMF, with a private copy of its variable "
                         "store in the workdir) (default: %(default)s)")
@@ -135,21 +140,25 @@ def config_from_args(args: argparse.Namespace) -> tuple[VMConfig, list[tuple[Pat
         extra = extra[1:]
     kernel: Path | None = args.kernel or DEFAULT_KERNEL
     initrd: Path | None = args.initrd or DEFAULT_INITRD
-    if args.boot == "disk":
+    if args.boot in ("disk", "cdrom"):
         given = [opt for opt, value in (("--kernel", args.kernel), ("--initrd", args.initrd),
                                         ("--server", args.server), ("--append", args.append))
                  if value]
         if given:
-            raise ValueError(f"--boot disk has no kernel command line: drop {', '.join(given)}")
-        if not disks:
+            raise ValueError(f"--boot {args.boot} has no kernel command line: drop "
+                             f"{', '.join(given)}")
+        if args.boot == "disk" and not disks:
             raise ValueError("--boot disk needs a --disk to boot from")
+        if args.boot == "cdrom" and args.cdrom is None:
+            raise ValueError("--boot cdrom needs a --cdrom to boot from")
         kernel = initrd = None
     cfg = VMConfig(kernel=kernel, initrd=initrd, append=" ".join(append),
                    firmware=cast(Firmware, args.firmware), reboot=args.reboot,
                    disks=disks, mac=args.mac,
                    nic_model=None if args.nic == "none" else args.nic,
                    memory_mb=args.memory, cpus=args.cpus, accel=args.accel,
-                   timeout=args.timeout or None, workdir=args.workdir, extra_args=extra)
+                   timeout=args.timeout or None, workdir=args.workdir, extra_args=extra,
+                   cdrom=args.cdrom)
     return cfg, to_create
 
 

@@ -798,12 +798,14 @@ def _fat_path(path: str) -> tuple[str, ...]:
 
 
 def make_vfat(files: Mapping[str, Path | bytes], out: Path, *, size: int, volume_id: int,
-              label: str, epoch: int) -> None:
+              label: str, epoch: int, bits: int | None = None) -> None:
     """Write a FAT filesystem of ``size`` bytes holding ``files`` (``/EFI/BOOT/BOOTX64.EFI`` →
     host file or bytes) to ``out``.
 
     FAT32 from 64 MiB up, as the UEFI spec asks of an ESP; below that FAT16, which firmware
     reads too (FAT32 needs ≥ 65525 clusters, i.e. > 32 MiB, and mkfs.fat warns under 64 MiB).
+    ``bits=12`` for a small image of a few MiB (an El Torito EFI boot image), where FAT16 does
+    not fit (mkfs.fat refuses FAT16 under 10 MiB).
     ``--invariant`` plus ``-i``/``-n`` and ``SOURCE_DATE_EPOCH`` for mtools make it
     reproducible. The label is upper-cased (a DOS volume label).
     """
@@ -830,7 +832,10 @@ def make_vfat(files: Mapping[str, Path | bytes], out: Path, *, size: int, volume
         if "/".join(d).casefold() in seen:
             raise BuildError(STEP, f"{seen['/'.join(d).casefold()]!r} is both a file and a "
                                    "directory on the EFI system partition")
-    bits = 32 if size >= FAT32_MIN else 16
+    if bits is None:
+        bits = 32 if size >= FAT32_MIN else 16
+    elif bits not in (12, 16, 32):
+        raise BuildError(STEP, f"FAT{bits}: expected 12, 16 or 32")
     env = {"SOURCE_DATE_EPOCH": str(epoch), "MTOOLS_SKIP_CHECK": "1", "MTOOLSRC": os.devnull}
     with _output(out, size), tempfile.TemporaryDirectory(prefix="pyinit-vfat-") as tmp:
         try:

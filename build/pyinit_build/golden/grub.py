@@ -17,6 +17,7 @@ and run ``normal``, which reads ``/boot/grub/grub.cfg`` from the root filesystem
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +32,8 @@ MODULES = ("part_gpt", "part_msdos", "ext2", "xfs", "lvm", "fat", "search", "sea
            "normal", "linux", "echo", "configfile", "serial", "terminal", "test", "gzio", "sleep")
 BIOS_MODULES = ("biosdisk",)
 EFI_MODULES = ("efi_gop",)
+#: The Debian package holding each platform's modules under :data:`GRUB_LIB`.
+GRUB_PACKAGES = {"i386-pc": "grub-pc-bin", "x86_64-efi": "grub-efi-amd64-bin"}
 
 # boot.img (grub-core/boot/i386/pc/boot.S) and diskboot.img offsets that grub-bios-setup patches.
 _KERNEL_SECTOR = 0x5C  # u64: LBA of core.img's first sector
@@ -51,6 +54,7 @@ class BootEntry:
     title: str = "pyinit golden image"
     serial: str | None = "ttyS0,115200"  # mirrors GRUB's menu on this serial port too
     timeout: int = 1
+    comment: str = "Written by pyinit image."
 
 
 def early_config(root_uuid: str) -> str:
@@ -61,7 +65,7 @@ def early_config(root_uuid: str) -> str:
 
 def grub_cfg(entry: BootEntry) -> str:
     """``/boot/grub/grub.cfg``: one menu entry, shown on the serial console as well. Pure."""
-    lines = ["# Written by pyinit image.", f"set timeout={entry.timeout}", "set default=0"]
+    lines = [f"# {entry.comment}", f"set timeout={entry.timeout}", "set default=0"]
     if entry.serial:
         port, _, speed = entry.serial.partition(",")
         unit = port.removeprefix("ttyS")
@@ -79,14 +83,17 @@ def grub_cfg(entry: BootEntry) -> str:
     return "\n".join(lines) + "\n"
 
 
-def mkimage(target: str, out: Path, early: Path) -> None:
-    """``grub-mkimage`` for ``i386-pc`` (core.img) or ``x86_64-efi`` (BOOTX64.EFI)."""
-    extra = BIOS_MODULES if target == "i386-pc" else EFI_MODULES
-    if not (GRUB_LIB / target).is_dir():
-        package = "grub-pc-bin" if target == "i386-pc" else "grub-efi-amd64-bin"
-        raise BuildError("grub", f"{GRUB_LIB / target} missing (apt install {package})")
-    proc.run(["grub-mkimage", "-O", target, "-d", str(GRUB_LIB / target), "-o", str(out),
-              "-c", str(early), "-p", "/boot/grub", *MODULES, *extra])
+def mkimage(target: str, out: Path, early: Path, *, modules: Sequence[str] = ()) -> None:
+    """``grub-mkimage`` for ``i386-pc`` (core.img), ``i386-pc-eltorito`` (a CD's El Torito
+    boot image: cdboot.img + core.img) or ``x86_64-efi`` (BOOTX64.EFI), with :data:`MODULES`,
+    the platform's own and ``modules``."""
+    platform = "x86_64-efi" if target == "x86_64-efi" else "i386-pc"
+    extra = BIOS_MODULES if platform == "i386-pc" else EFI_MODULES
+    if not (GRUB_LIB / platform).is_dir():
+        raise BuildError("grub", f"{GRUB_LIB / platform} missing "
+                                 f"(apt install {GRUB_PACKAGES[platform]})")
+    proc.run(["grub-mkimage", "-O", target, "-d", str(GRUB_LIB / platform), "-o", str(out),
+              "-c", str(early), "-p", "/boot/grub", *MODULES, *extra, *modules])
 
 
 def install_bios(disk: Path, core_img: bytes, core_lba: int, room_sectors: int, *,
