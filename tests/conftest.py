@@ -41,6 +41,26 @@ def _no_real_commands(request: pytest.FixtureRequest) -> Iterator[None]:
         proc.set_runner(previous)
 
 
+class RawSocketInUnitTest(AssertionError):
+    pass
+
+
+@pytest.fixture(autouse=True)
+def _no_raw_sockets(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unit tests never open an AF_PACKET socket on a host NIC or bring a host link up or
+    down (the LLDP listener the action step starts): its seams raise, which the listener
+    reports as one warning line per NIC. Tests of the listener pass their own."""
+    if request.node.get_closest_marker("integration") or request.node.get_closest_marker("vm"):
+        return
+    from pyinit import lldp
+
+    def forbidden(*args: object) -> Any:
+        raise RawSocketInUnitTest(f"unit test tried to use a host NIC: {args}")
+
+    monkeypatch.setattr(lldp, "open_socket", forbidden)
+    monkeypatch.setattr(lldp, "set_link", forbidden)
+
+
 @pytest.fixture(autouse=True)
 def _no_host_devices(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
                      monkeypatch: pytest.MonkeyPatch) -> None:

@@ -3,7 +3,9 @@
 The page polls ``GET /api/machines`` once a second and shows every machine: its phase, a
 progress bar with rate and ETA, its result, its last error, what is wrong with its machine file
 and when it was last heard from; clicking a machine opens its event log (``GET
-/api/machines/{mac}``), refreshed on the same tick. See docs/dashboard.md.
+/api/machines/{mac}``), refreshed on the same tick, under a short summary of its hardware
+(vendor, product, serial, CPUs, memory, PCI devices) and of each NIC's LLDP neighbour
+(switch, port, VLAN). See docs/dashboard.md.
 
 Why one inline page and no framework: the server must stay installable with nothing but
 Python, the page must work on a provisioning network with no way out (no CDN, no fonts), and
@@ -86,6 +88,9 @@ body.logging #log { display: flex; }
 #log .ev .t { color: var(--muted); }
 #log .ev .s { font-weight: 600; }
 #log .ev.bad { color: var(--bad); }
+#hw { padding: 4px 16px; border-bottom: 1px solid var(--line); font-size: 13px; }
+#hw:empty { display: none; }
+#hw .k { color: var(--muted); display: inline-block; min-width: 80px; }
 """
 
 _JS = r"""
@@ -125,6 +130,37 @@ _JS = r"""
     return `${Math.floor(s / 86400)} d ago`;
   }
   function fmtPct(p) { return isNum(p) ? `${p.toFixed(1)} %` : ""; }
+  function fmtBytes(n) {
+    if (!isNum(n) || n < 0) return "";
+    return n >= 2 ** 30 ? `${(n / 2 ** 30).toFixed(1)} GiB` : `${Math.round(n / 2 ** 20)} MiB`;
+  }
+  // The machine's hardware and LLDP neighbours (its summary's hardware and lldp) as
+  // [label, text] lines; every value is the machine's and only ever becomes textContent.
+  function hwLines(m) {
+    const lines = [], str = (x) => (x === undefined || x === null ? "" : String(x));
+    const hw = m && m.hardware && typeof m.hardware === "object" ? m.hardware : null;
+    if (hw) {
+      const parts = [[hw.vendor, hw.product].map(str).filter(Boolean).join(" ") || "no DMI"];
+      if (hw.serial) parts.push(`serial ${str(hw.serial)}`);
+      if (isNum(hw.cpus)) parts.push(`${hw.cpus} CPUs`);
+      if (isNum(hw.memory)) parts.push(fmtBytes(hw.memory));
+      if (isNum(hw.pci)) parts.push(`${hw.pci} PCI devices`);
+      lines.push(["hardware", parts.join(" · ")]);
+    }
+    const lldp = m && m.lldp && typeof m.lldp === "object" ? m.lldp : {};
+    for (const name of Object.keys(lldp).sort()) {
+      const n = lldp[name] || {};
+      if (!n.heard) { lines.push([name, "no LLDP neighbour heard"]); continue; }
+      const parts = [str(n.system_name) || `chassis ${str(n.chassis_id)}`,
+                     `port ${str(n.port_id)}`];
+      if (n.port_description && n.port_description !== n.port_id) {
+        parts[1] += ` (${str(n.port_description)})`;
+      }
+      if (isNum(n.vlan)) parts.push(`VLAN ${n.vlan}`);
+      lines.push([name, parts.join(" · ")]);
+    }
+    return lines;
+  }
   function fmtClock(ts) {
     if (!isNum(ts)) return "--:--:--";
     const d = new Date(ts * 1000);
@@ -139,7 +175,7 @@ _JS = r"""
     if (m.result != null) return String(m.result);
     return m.events > 0 ? "running" : "waiting";
   }
-  window.pyinitDashboard = { fmtRate, fmtEta, fmtAge, fmtPct, classify };
+  window.pyinitDashboard = { fmtRate, fmtEta, fmtAge, fmtPct, fmtBytes, hwLines, classify };
 
   // -- state -------------------------------------------------------------------------------
   const rows = new Map();  // mac -> {tr, cells, kind, text}
@@ -286,6 +322,7 @@ _JS = r"""
     logKey = null;
     logCount = 0;
     $("loglines").replaceChildren();
+    $("hw").replaceChildren();
     setText($("logtitle"), mac ? `Log of ${mac}` : "");
     setText($("logstatus"), mac ? "loading…" : "");
     document.body.classList.toggle("logging", !!mac);
@@ -318,6 +355,13 @@ _JS = r"""
       return;
     }
     if (mac !== selected) return;
+    const hw = hwLines(data).map(([k, v]) => {
+      const line = el("div", "hwline");
+      line.append(el("span", "k", k), el("span", "v", v));
+      return line;
+    });
+    const hwBox = $("hw");
+    if (hwBox.textContent !== hw.map((l) => l.textContent).join("")) hwBox.replaceChildren(...hw);
     const events = Array.isArray(data.log) ? data.log : [];
     const box = $("loglines");
     const atEnd = box.scrollHeight - box.scrollTop - box.clientHeight < 30;
@@ -409,6 +453,7 @@ _BODY = """
 <section id="log" aria-live="polite">
   <div class="head"><strong id="logtitle"></strong><span id="logstatus" class="muted"></span>
     <button type="button" id="logclose">close (Esc)</button></div>
+  <div id="hw"></div>
   <div id="loglines"></div>
 </section>
 """

@@ -16,18 +16,31 @@ the console of each machine keeps the full record) and folds every event into a 
 ``last_seen``
     the server's clock when the last event arrived (machines' clocks are often wrong).
 
+``hardware``
+    from the last ``hardware inventory`` event (docs/inventory.md): vendor, product, serial,
+    UUID, BIOS, CPU model and count, memory, PCI/disk/NIC counts. ``lldp``: per NIC, the
+    switch its last ``lldp neighbour`` event named (system name, chassis, port, VLAN), and
+    ``heard: false`` for the NICs an ``lldp done`` event lists as silent.
+
 An event that arrives after a ``result`` starts a new run: the summary is reset (the history is
-kept).
+kept). ``hardware`` and ``lldp`` events come from background threads: they neither move the
+phase nor start a new run, and the hardware they describe survives a new run.
+
+Every string taken from an event is the machine's: kept as text (cut at :data:`MAX_TEXT`),
+never interpreted; the CLI and the dashboard escape it on output.
 """
 
 from __future__ import annotations
 
 import time
 from collections import deque
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 MAX_EVENTS = 1000  # per MAC
+MAX_TEXT = 200  # characters kept of a machine-supplied string in the summary
+MAX_NICS = 32  # LLDP entries kept per machine
+BACKGROUND_STEPS = frozenset({"hardware", "lldp"})  # events of background threads
 
 
 @dataclass
@@ -43,6 +56,8 @@ class Summary:
     events: int = 0
     first_seen: float | None = None
     last_seen: float | None = None
+    hardware: dict[str, Any] | None = None
+    lldp: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -54,9 +69,72 @@ def _number(value: Any) -> float | None:
     return float(value)
 
 
+def _text(value: Any) -> str | None:
+    if value is None or isinstance(value, dict | list):
+        return None
+    return str(value)[:MAX_TEXT]
+
+
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _part(event: dict[str, Any], key: str) -> dict[str, Any]:
+    value = event.get(key)
+    return value if isinstance(value, dict) else {}
+
+
+def hardware(event: dict[str, Any]) -> dict[str, Any]:
+    """The summary of a ``hardware inventory`` event: a flat, bounded dict. Pure."""
+    system, bios, cpu = _part(event, "system"), _part(event, "bios"), _part(event, "cpu")
+    memory = _part(event, "memory")
+    return {
+        "vendor": _text(system.get("vendor")), "product": _text(system.get("product")),
+        "serial": _text(system.get("serial")), "uuid": _text(system.get("uuid")),
+        "bios_vendor": _text(bios.get("vendor")), "bios_version": _text(bios.get("version")),
+        "bios_date": _text(bios.get("date")),
+        "cpu_model": _text(cpu.get("model")), "cpus": _count(cpu.get("count")),
+        "sockets": _count(cpu.get("sockets")),
+        "memory": _count(memory.get("total")), "memory_physical": _count(memory.get("physical")),
+        "pci": _count(_part(event, "pci").get("count")),
+        "disks": _count(_part(event, "disks").get("count")),
+        "nics": _count(_part(event, "nics").get("count")),
+        "errors": sorted(str(k)[:MAX_TEXT] for k in _part(event, "errors"))[:8],
+    }
+
+
+def neighbour(event: dict[str, Any]) -> dict[str, Any]:
+    """The summary of an ``lldp neighbour`` event. Pure."""
+    vlan = _count(event.get("port_vlan"))
+    return {"heard": True, "system_name": _text(event.get("system_name")),
+            "chassis_id": _text(event.get("chassis_id")), "port_id": _text(event.get("port_id")),
+            "port_description": _text(event.get("port_description")), "vlan": vlan}
+
+
+def _fold_background(summary: Summary, event: dict[str, Any]) -> None:
+    step, status = event.get("step"), event.get("status")
+    if step == "hardware" and status == "inventory":
+        summary.hardware = hardware(event)
+    elif step == "lldp" and status == "neighbour":
+        name = _text(event.get("interface"))
+        if name and (name in summary.lldp or len(summary.lldp) < MAX_NICS):
+            summary.lldp[name] = neighbour(event)
+    elif step == "lldp" and status == "done" and isinstance(event.get("silent"), list):
+        for raw in event["silent"][:MAX_NICS]:
+            name = _text(raw)
+            if name and name not in summary.lldp and len(summary.lldp) < MAX_NICS:
+                summary.lldp[name] = {"heard": False}
+
+
 def fold(summary: Summary, event: dict[str, Any], now: float) -> None:
     """Update ``summary`` with one event received at ``now``. Pure but for the mutation."""
     step, status = event.get("step"), event.get("status")
+    if step in BACKGROUND_STEPS:
+        summary.events += 1
+        summary.first_seen = summary.first_seen or now
+        summary.last_seen = now
+        _fold_background(summary, event)
+        return
     if summary.result is not None:  # a new run after the last one's result
         summary.phase = summary.state = summary.error = summary.result = None
         summary.percent = summary.rate = summary.eta = None

@@ -73,7 +73,68 @@ def table(data: dict[str, Any]) -> str:
 
 
 def _value(v: Any) -> str:
-    return v if isinstance(v, str) and v and " " not in v else json.dumps(v, default=str)
+    """An event field for the terminal: plain when it is one printable word, else JSON (which
+    escapes control characters: a machine cannot send escape sequences to the operator's
+    terminal). A part with a ``count`` (the hardware inventory's PCI list) shows the count."""
+    if isinstance(v, dict) and isinstance(v.get("count"), int):
+        v = v["count"]
+    if isinstance(v, str) and v and " " not in v and v.isprintable():
+        return v
+    return json.dumps(v, default=str)
+
+
+def safe(text: Any) -> str:
+    """A machine-supplied string for the terminal: control characters escaped, one line."""
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in str(text))
+
+
+def size(n: Any) -> str:
+    if not isinstance(n, int) or isinstance(n, bool):
+        return "?"
+    return f"{n / (1 << 30):.1f} GiB" if n >= 1 << 30 else f"{n / (1 << 20):.0f} MiB"
+
+
+def hardware_lines(data: dict[str, Any]) -> list[str]:
+    """The machine's inventory and LLDP neighbours (``hardware``/``lldp`` of its summary),
+    for ``pyinit status MAC``; empty when it posted none. Pure."""
+    lines = []
+    hw = data.get("hardware")
+    if isinstance(hw, dict):
+        who = " ".join(safe(hw[k]) for k in ("vendor", "product") if hw.get(k)) or "no DMI"
+        bios = " ".join(safe(hw[k]) for k in ("bios_vendor", "bios_version") if hw.get(k))
+        if hw.get("bios_date"):
+            bios += f" ({safe(hw['bios_date'])})"
+        lines.append(f"hardware: {who}, serial {safe(hw.get('serial') or '-')}"
+                     + (f", BIOS {bios}" if bios else ""))
+        cpus = f"{hw.get('cpus') or '?'} CPUs"
+        if hw.get("sockets"):
+            cpus += f" ({hw['sockets']} sockets)"
+        if hw.get("cpu_model"):
+            cpus += f": {safe(hw['cpu_model'])}"
+        memory = f"memory {size(hw.get('memory'))}"
+        if hw.get("memory_physical"):
+            memory += f" ({size(hw['memory_physical'])} installed)"
+        counts = ", ".join(f"{hw.get(k) if hw.get(k) is not None else '?'} {label}"
+                           for k, label in (("pci", "PCI devices"), ("disks", "disks"),
+                                            ("nics", "NICs")))
+        lines.append(f"          {cpus}; {memory}; {counts}")
+        if hw.get("errors"):
+            lines.append(f"          not collected: {', '.join(safe(e) for e in hw['errors'])}")
+    lldp = data.get("lldp")
+    if isinstance(lldp, dict) and lldp:
+        width = max(len(safe(name)) for name in lldp)
+        for i, (name, n) in enumerate(sorted(lldp.items())):
+            head = "lldp:     " if i == 0 else "          "
+            if not isinstance(n, dict) or not n.get("heard"):
+                lines.append(f"{head}{safe(name):<{width}}  no neighbour heard")
+                continue
+            switch = safe(n.get("system_name") or f"chassis {n.get('chassis_id') or '?'}")
+            port = f"port {safe(n.get('port_id') or '?')}"
+            if n.get("port_description") and n["port_description"] != n.get("port_id"):
+                port += f" ({safe(n['port_description'])})"
+            vlan = f", vlan {n['vlan']}" if n.get("vlan") is not None else ""
+            lines.append(f"{head}{safe(name):<{width}}  {switch} {port}{vlan}")
+    return lines
 
 
 def event_log(data: dict[str, Any], now: float) -> str:
@@ -82,6 +143,7 @@ def event_log(data: dict[str, Any], now: float) -> str:
     lines = [head.rstrip("\n")]
     if data.get("file"):
         lines.append(f"file: {data['file']}")
+    lines += hardware_lines(data)
     events = data.get("log") or []
     if not events:
         lines.append("no events")
@@ -102,11 +164,13 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         description="Print a table of every machine a running `pyinit serve` knows (from its "
                     "machine files and the events the machines posted): phase, progress, "
                     "rate, ETA, result, age of the last event and the last error. With MAC, "
-                    "that machine's event log.")
+                    "that machine's hardware (DMI, CPUs, memory, PCI; each NIC's LLDP "
+                    "switch, port and VLAN) and its event log.")
     p.add_argument("--server", default=os.environ.get("PYINIT_SERVER", DEFAULT_SERVER),
                    help="the server's URL (default: $PYINIT_SERVER or %(default)s)")
     p.add_argument("--json", action="store_true", help="print the server's JSON instead")
-    p.add_argument("mac", nargs="?", help="one machine: show its event log")
+    p.add_argument("mac", nargs="?",
+                   help="one machine: its hardware, LLDP neighbours and event log")
     p.set_defaults(func=run)
     return p
 

@@ -415,6 +415,38 @@ def test_dashboard_live_in_chromium(root: Path, browser: Browser, tmp_path: Path
 
 
 
+def test_machine_hardware_and_lldp_in_chromium(root: Path, browser: Browser) -> None:
+    """The open log shows the machine's product and each NIC's switch, port and VLAN; a
+    hostile product name stays text."""
+    with ProvisioningServer(root) as srv:
+        post(srv, WRITING, {"step": "action", "status": "ok"})
+        post(srv, WRITING, {"step": "hardware", "status": "inventory",
+                            "system": {"vendor": "Dell Inc.", "product": XSS,
+                                       "serial": "7XYZ123"},
+                            "cpu": {"count": 64}, "memory": {"total": 206_158_430_208},
+                            "pci": {"count": 48, "devices": []}})
+        post(srv, WRITING, {"step": "lldp", "status": "neighbour", "interface": "eno1",
+                            "system_name": "switch01", "port_id": "Ethernet1/3",
+                            "port_description": "rack1 node01", "port_vlan": 100,
+                            "chassis_id": "0c:42:a1:5e:77:07"})
+        post(srv, WRITING, {"step": "lldp", "status": "done", "silent": ["eno2"]})
+        browser.open(f"{srv.url}/#{WRITING}")
+        browser.wait("document.querySelectorAll('#hw .hwline').length === 3",
+                     "the hardware and LLDP lines")
+        lines = json.loads(browser.eval(
+            "JSON.stringify([...document.querySelectorAll('#hw .hwline')]"
+            ".map(e => [...e.children].map(c => c.textContent)))"))
+        assert lines == [
+            ["hardware", f"Dell Inc. {XSS} · serial 7XYZ123 · 64 CPUs · 192.0 GiB · "
+                         "48 PCI devices"],
+            ["eno1", "switch01 · port Ethernet1/3 (rack1 node01) · VLAN 100"],
+            ["eno2", "no LLDP neighbour heard"]]
+        assert browser.eval("document.querySelectorAll('img').length") == 0
+        assert browser.eval("window.__pwned === undefined") is True
+        # the phase is the boot's, not the background events'
+        assert rows(browser)[WRITING]["phase"] == "action · ok"
+
+
 def _serve(root: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
     with open(log, "ab") as out:
         proc = subprocess.Popen([sys.executable, "-m", "pyinit_build.cli", "serve", "--root",
