@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -25,7 +26,9 @@ from pyinit import (
     grow,
     handoff,
     identity,
+    inventory,
     kmod,
+    lldp,
     log,
     macaddr,
     policy,
@@ -44,6 +47,7 @@ from pyinit.network import (
     NetworkResult,
     StaticIP,
     configure,
+    list_nics,
     nic_inventory_event,
     nic_inventory_lines,
 )
@@ -56,6 +60,12 @@ NEWROOT = Path("/newroot")
 TARGET = Path("/run/pyinit/target")  # the written disk's root while configuring / inspecting it
 SYSFS, DEV = Path("/sys"), Path("/dev")  # where step_disks reads and links (tests: a fake tree)
 DISK_QUIET = 1.0  # seconds /sys/block must stay unchanged before the inventory is taken
+BIND_WAIT = 2.0  # seconds a matched driver gets to bind (async probe) before "no driver"
+# pci: aliases of the kernel's modules left out of this initramfs (written by the builder):
+# read only to tell "the kernel has a driver, this initramfs does not"
+KERNEL_ALIASES = Path("/etc/pyinit/kernel-aliases")
+PROCFS = Path("/proc")  # where the hardware inventory reads cpuinfo and meminfo
+LLDP_SECONDS = 60.0  # how long the LLDP listener waits for a switch (frames every 30 s)
 
 
 @dataclass
@@ -83,6 +93,12 @@ class Context:
     # /sys/block and the time once the drivers are loaded: the disks step's settle wait counts
     # its quiet period from here when nothing changed since
     block_baseline: tuple[tuple[str, ...], float] | None = None
+    plugger: coldplug.Plugger | None = None  # the drivers this boot matched and loaded
+    # every device's drivers but the NICs' (loaded by the modules step), then hotplug
+    background_drivers: coldplug.Background | None = None
+    # Background work started by step_action, stopped (bounded) before the result
+    hardware: threading.Thread | None = None
+    lldp_listener: lldp.Listener | None = None
 
 
 # ---- steps -------------------------------------------------------------------------------
@@ -105,8 +121,12 @@ def step_rootfs(ctx: Context) -> None:
 
 
 def step_modules(ctx: Context) -> None:
-    """Load the drivers for the devices present (coldplug by modalias, then hotplug in the
-    background) and the listed non-driver modules (filesystems, crc32c), in modules.dep order."""
+    """Load the listed non-driver modules (filesystems, crc32c), then the drivers of the
+    network controllers present (coldplug by modalias, in modules.dep order): DHCP needs those.
+    Every other device's driver (storage: a real HBA's probe takes seconds) loads in the
+    background meanwhile, then hotplug; the steps that need disks wait for it. A network
+    controller left without a driver gets one line and an event here, a storage controller in
+    the disks step."""
     base = MODULES_ROOT / os.uname().release
     if not (base / "modules.dep").exists():
         return
@@ -125,11 +145,41 @@ def step_modules(ctx: Context) -> None:
     loaded = kmod.load(always, optional=frozenset(always))
     plugger = coldplug.Plugger(table, load=lambda names: kmod.load(names,
                                                                      optional=frozenset(names)))
-    loaded += coldplug.coldplug(plugger)
-    coldplug.start_hotplug(plugger)
-    ctx.summary["modules"] = len(loaded)
-    log.get_logger().info(f"modules: loaded {len(loaded)}: {' '.join(loaded)}")
-    ctx.block_baseline = (disks.block_names(SYSFS), time.monotonic())
+    loaded += coldplug.coldplug(plugger, sysfs=SYSFS, scan=coldplug.network_modaliases)
+    ctx.plugger = plugger
+    ctx.background_drivers = coldplug.Background(plugger, sysfs=SYSFS).start()
+    log.get_logger().info(f"modules: loaded {len(loaded)}: {' '.join(loaded)}; "
+                          "other devices' drivers load in the background")
+    report_unbound(ctx, "network controller")
+
+
+def report_unbound(ctx: Context, kind: str) -> None:
+    """One line and one event per PCI ``kind`` controller without a driver, after giving the
+    matched ones a moment to bind (some probe asynchronously). Replayed to the server once
+    its sink exists, like the inventories."""
+    if ctx.plugger is None:
+        return
+    unbound = [d for d in coldplug.pci_devices(SYSFS, (kind,)) if not d.driver]
+    if not unbound:
+        return
+    unbound = coldplug.wait_bound(unbound, SYSFS, timeout=BIND_WAIT)
+    if all(d.driver for d in unbound):
+        return
+    try:
+        kernel = kmod.parse_modules_alias(KERNEL_ALIASES.read_text())
+    except OSError:
+        kernel = None
+    lines = coldplug.no_driver_lines(unbound, staged=ctx.plugger.aliases, kernel=kernel,
+                                     loaded=ctx.plugger.loaded,
+                                     firmware=coldplug.firmware_failures(
+                                         coldplug.read_kernel_log()))
+    for line, fields in lines:
+        log.get_logger().warning(line)
+        ev = log.event("modules", "no-driver", **fields)
+        if ctx.sink is None:
+            ctx.early_events.append(ev)
+    ctx.summary.setdefault("no_driver", 0)
+    ctx.summary["no_driver"] = int(str(ctx.summary["no_driver"])) + len(lines)
 
 
 def step_network(ctx: Context) -> None:
@@ -159,7 +209,10 @@ def step_network(ctx: Context) -> None:
 
 
 def step_action(ctx: Context) -> None:
-    """Fetch this machine's action by MAC and validate it before any disk is touched."""
+    """Fetch this machine's action by MAC and validate it before any disk is touched. The
+    server's event sink exists from here on, so the LLDP listener starts here and the hardware
+    inventory once the fetch is over, both in the background (:func:`start_lldp`,
+    :func:`start_inventory`)."""
     if ctx.params.mode != "provision":
         return
     assert ctx.network is not None
@@ -169,10 +222,55 @@ def step_action(ctx: Context) -> None:
     log.add_sink(ctx.sink)
     for ev in ctx.early_events:  # emitted before the sink existed (the NIC inventory)
         ctx.sink(ev)
-    fetched = fetch_action(ctx.params, mac, session=ctx.session)
+    start_lldp(ctx)
+    try:
+        fetched = fetch_action(ctx.params, mac, session=ctx.session)
+    finally:  # after the fetch, never competing with it for the CPU; after a failed one too
+        start_inventory(ctx)
     ctx.action = fetched.action
     ctx.summary["action_url"] = fetched.url
     log.get_logger().info(f"action: {fetched.action.summary()} (from {fetched.url})")
+
+
+def start_lldp(ctx: Context) -> None:
+    """The LLDP listener on every physical NIC (the down ones raised for its window): a daemon
+    thread that mostly waits, posting each NIC's switch, port and VLAN (docs/inventory.md)."""
+    listen = list_nics(SYSFS)
+    if LLDP_SECONDS > 0 and listen:
+        ctx.lldp_listener = lldp.Listener([n.name for n in listen],
+                                          down=[n.name for n in listen if not n.up],
+                                          timeout=LLDP_SECONDS).start()
+
+
+def start_inventory(ctx: Context) -> None:
+    """The hardware inventory (DMI, CPUs, memory, PCI, disks, NICs) in a daemon thread that
+    posts one event. Never blocks and never fails the boot (docs/inventory.md)."""
+    nics = ctx.network.nics if ctx.network is not None else ()
+    drivers, timeout = ctx.background_drivers, ctx.params.disk_timeout
+    ctx.hardware = inventory.start(sysfs=SYSFS, procfs=PROCFS, dev=DEV, nics=nics,
+                                   wait=(lambda: drivers.wait(timeout)) if drivers else None)
+
+
+def stop_background(ctx: Context) -> None:
+    """Before the result and the hand-off: the inventory gets a moment to finish, the LLDP
+    window ends (links it raised go down again)."""
+    if ctx.hardware is not None:
+        ctx.hardware.join(1.0)
+    if ctx.lldp_listener is not None:
+        ctx.lldp_listener.stop()
+
+
+def wait_for_drivers(ctx: Context) -> None:
+    """Until the background coldplug has loaded every present device's driver (bounded by
+    ``pyinit.disk_timeout``), then report storage controllers left without one."""
+    if ctx.background_drivers is None:
+        return
+    if not ctx.background_drivers.wait(ctx.params.disk_timeout):
+        log.get_logger().warning(f"disks: drivers still loading after "
+                                 f"{ctx.params.disk_timeout:.0f} s (pyinit.disk_timeout)")
+    elif ctx.background_drivers.finished_at is not None:
+        ctx.block_baseline = (disks.block_names(SYSFS), ctx.background_drivers.finished_at)
+    report_unbound(ctx, "storage controller")
 
 
 def step_disks(ctx: Context) -> None:
@@ -188,6 +286,7 @@ def step_disks(ctx: Context) -> None:
     if ctx.params.mode != "provision" or act is None:
         return
     logger = log.get_logger()
+    wait_for_drivers(ctx)
     waited = disks.settle(SYSFS, timeout=ctx.params.disk_timeout, quiet=DISK_QUIET,
                           baseline=ctx.block_baseline)
     if not waited.settled:
@@ -417,6 +516,7 @@ def finish(ctx: Context) -> None:
         what = "shell"
     if ctx.handoff_kind is not None:
         what = ctx.handoff_kind
+    stop_background(ctx)
     log.event("result", "ok", handoff=what, **ctx.summary)
     log.console("pyinit: RESULT ok " + " ".join(f"{k}={v}" for k, v in ctx.summary.items()))
     if ctx.sink is not None:
@@ -442,6 +542,7 @@ def fail(ctx: Context, exc: BaseException) -> None:
     # line read yet, or a command line that does not parse) pick pyinit.on_failure= out alone.
     pol = (ctx.params.on_failure if ctx.params_parsed
            else failure_policy(ctx.cmdline or _read_cmdline()))
+    stop_background(ctx)
     log.event("result", "failed", failed_step=step, error=one_line(err), policy=pol,
               **ctx.summary)
     log.console(f"pyinit: RESULT failed step={step} error={one_line(err)} policy={pol}")

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import gzip
 import lzma
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +33,8 @@ import zstandard
 from pyinit import kmod
 from pyinit_build import elf
 
-MODES = ("listed", "broad", "host")
+MODES = ("broad", "listed", "host")
+DEFAULT_MODE = "broad"
 
 # Module paths (relative to lib/modules/<release>) of the broad driver set. A prefix ending in
 # "/" is a directory tree; otherwise it names one module file (any compression suffix).
@@ -110,6 +111,15 @@ def host_list(listed: kmod.ModuleList, drivers: Collection[str],
     optional = {n for n in keep if n in listed.optional} | set(matched)
     return kmod.ModuleList(tuple(names), frozenset(optional),
                            frozenset(n for n in keep if n in listed.on_demand))
+
+
+def left_out_aliases(table: kmod.AliasTable, staged: Collection[str]) -> str:
+    """``modules.alias`` lines of the kernel's PCI drivers that are not ``staged``: what the
+    boot reads (``/etc/pyinit/kernel-aliases``) to tell "the kernel has a driver for this
+    device, this initramfs does not" (~5,000 lines, 15 kB compressed, read only then)."""
+    names = {kmod.module_name(n) for n in staged}
+    return "".join(f"alias {pattern} {module}\n" for pattern, module in table.entries
+                   if pattern.startswith("pci:") and module not in names)
 
 
 # --- firmware: names from .modinfo (pure) ---------------------------------------------------------
@@ -205,6 +215,22 @@ def find_firmware(name: str, dirs: Sequence[Path], suffixes: Sequence[str]) -> F
             if suffix not in suffixes and path.is_file():
                 return Firmware(name, path, name, decompress=suffix)
     return None
+
+
+def xz_crc32(data: bytes) -> bytes:
+    """xz with a CRC32 check: the kernel's decoder knows none of the stronger ones."""
+    return lzma.compress(data, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32)
+
+
+def staged_form(fw: Firmware, suffixes: Sequence[str],
+                xz: Callable[[bytes], bytes] = xz_crc32) -> tuple[str, bytes]:
+    """(name under lib/firmware, content) for ``fw``: a plain file becomes ``name.xz`` when the
+    kernel reads ``.xz``, so the archive carries it compressed and the kernel inflates it only
+    when a driver asks for it."""
+    data = firmware_bytes(fw)
+    if fw.dest == fw.name and ".xz" in suffixes:
+        return fw.name + ".xz", xz(data)
+    return fw.dest, data
 
 
 def firmware_bytes(fw: Firmware) -> bytes:

@@ -31,7 +31,7 @@ import ssl
 import stat
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,7 @@ import zstandard
 
 from pyinit import coldplug, kmod, proc
 from pyinit.errors import PyinitError
-from pyinit_build import cpio, drivers, elf, freeze, kernel, preflight
+from pyinit_build import coverage, cpio, drivers, elf, firmware, freeze, kernel, preflight
 from pyinit_build.errors import BuildError
 
 log = logging.getLogger("pyinit_build.initramfs")
@@ -49,8 +49,10 @@ DATA = Path(__file__).resolve().parent / "data"
 REPO = Path(__file__).resolve().parents[2]
 BUNDLE_DIR = "usr/lib/pyinit"          # inside the initramfs
 MODULES_LIST_PATH = "etc/pyinit/modules"  # read by pyinit.init's modules step
+KERNEL_ALIASES_PATH = "etc/pyinit/kernel-aliases"  # pyinit.init.KERNEL_ALIASES
 CA_PATH = "etc/pyinit/ca.pem"             # pyinit.tls.BAKED_CA: trusted when no pyinit.ca=
 ZSTD_LEVEL = 19
+MODULE_ZSTD_LEVEL = 19  # coldplug-only modules, each its own .ko.zst
 # Used when neither SOURCE_DATE_EPOCH nor a git commit time is available (2024-01-01).
 FALLBACK_EPOCH = 1704067200
 
@@ -115,9 +117,10 @@ class BuildConfig:
     zstd_level: int = ZSTD_LEVEL
     init_shim: bool = False                     # /init as a busybox sh shim instead of a link
     ca: Path | None = None                      # PEM CA certificate(s) baked in as CA_PATH
-    drivers: str = "listed"                     # listed | broad | host (drivers.MODES)
+    drivers: str = drivers.DEFAULT_MODE         # broad | listed | host (drivers.MODES)
     host_sysfs: Path = Path("/sys")             # --drivers host: whose devices to match
     firmware_dirs: tuple[Path, ...] = (Path("/lib/firmware"),)  # + the kernel package's own
+    firmware_source: str = "debian"             # + Debian's non-free-firmware | "host": dirs only
 
     @property
     def out(self) -> Path:
@@ -129,15 +132,24 @@ class BuildConfig:
 
 
 @dataclass(frozen=True)
+class FirmwareSet:
+    """What the firmware stage staged, where from, and what it could not find."""
+
+    staged: tuple[dict[str, str], ...] = ()     # {"file", "name", "package", "version"}
+    missing: tuple[str, ...] = ()               # declared by a staged module, found nowhere
+    fetch: dict[str, Any] = field(default_factory=dict)  # the Debian fetch, for the manifest
+
+
+@dataclass(frozen=True)
 class DriverSet:
     """What the modules and firmware stages chose, for the manifest."""
 
-    mode: str = "listed"
+    mode: str = drivers.DEFAULT_MODE
     modules: tuple[str, ...] = ()           # every staged module, load order
     coldplug_only: int = 0                  # staged for modalias matches only (broad)
     host_matched: tuple[str, ...] = ()      # drivers matched under --host-sysfs (host)
-    firmware: tuple[str, ...] = ()          # staged under lib/firmware (names as staged)
-    firmware_missing: tuple[str, ...] = ()  # declared by a staged module, found nowhere
+    firmware: FirmwareSet = field(default_factory=lambda: FirmwareSet())
+    covered: coverage.Coverage | None = None  # reference controllers (data/hardware.csv)
 
 
 @dataclass(frozen=True)
@@ -280,16 +292,51 @@ def module_order(kern: kernel.Kernel, names: kmod.ModuleList, extra: Sequence[st
     return kmod.resolve([*names.names, *extra], deps, optional=names.optional, builtin=builtin)
 
 
+def compressed(data: bytes, kind: str, compress: Callable[[bytes], bytes],
+               cache: Path | None) -> bytes:
+    """``compress(data)``, kept in ``cache/compressed`` by content hash and ``kind`` (format
+    and level): the 400 modules and 100 firmware files of the default build cost ~40 s to
+    compress at level 19 and rarely change. Deterministic either way."""
+    if cache is None:
+        return compress(data)
+    path = cache / "compressed" / f"{hashlib.sha256(data).hexdigest()}.{kind}"
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        pass
+    out = compress(data)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_bytes(out)
+    tmp.replace(path)
+    return out
+
+
 def stage_modules(staging: Path, kern: kernel.Kernel, names: kmod.ModuleList,
-                  extra: Sequence[str] = ()) -> list[str]:
+                  extra: Sequence[str] = (), *, compress_level: int = MODULE_ZSTD_LEVEL,
+                  cache: Path | None = None) -> tuple[list[str], set[str]]:
     """The modules.dep closure of ``names`` plus modules.builtin*/order, then ``depmod``.
 
     ``extra`` (module paths or names, with their closure) are staged but not written to the list
-    /init reads: the boot loads them only when a device's modalias matches (coldplug only)."""
+    /init reads: the boot loads them only when a device's modalias matches (coldplug only).
+    Those beyond the list's own closure are stored as ``.ko.zst``: they already are compressed,
+    so the archive's zstd passes them through as raw blocks and the kernel's unpack copies them
+    instead of inflating ~75 MB of drivers the machine mostly has no hardware for; the one that
+    matches is inflated when it loads (``pyinit.kmod``). Returns (staged module names in load
+    order, the names of the list's own closure)."""
     order = module_order(kern, names, extra)
+    listed = set(module_order(kern, names))
     base = f"lib/modules/{kern.release}"
+    cctx = zstandard.ZstdCompressor(level=compress_level, write_content_size=True,
+                                    write_checksum=True, threads=0)
     for rel in order:
-        _put_file(staging, f"{base}/{rel}", kern.modules_dir / rel)
+        if rel in listed or rel.endswith(kmod.COMPRESSED_SUFFIXES):
+            _put_file(staging, f"{base}/{rel}", kern.modules_dir / rel)
+        else:
+            dest = _dest(staging, f"{base}/{rel}.zst")
+            dest.write_bytes(compressed((kern.modules_dir / rel).read_bytes(),
+                                        f"zst{compress_level}", cctx.compress, cache))
+            dest.chmod(0o644)
     for meta in ("modules.builtin", "modules.builtin.modinfo", "modules.order"):
         if (kern.modules_dir / meta).exists():
             _put_file(staging, f"{base}/{meta}", kern.modules_dir / meta)
@@ -300,7 +347,13 @@ def stage_modules(staging: Path, kern: kernel.Kernel, names: kmod.ModuleList,
                "# @name: staged, loaded on demand only.\n")
     _dest(staging, MODULES_LIST_PATH).write_text(listing + "".join(
         f"{'@' if n in names.on_demand else ''}{n}\n" for n in present))
-    return [kmod.module_name(p) for p in order]
+    return [kmod.module_name(p) for p in order], {kmod.module_name(p) for p in listed}
+
+
+def kernel_aliases(kern: kernel.Kernel) -> kmod.AliasTable:
+    """The full kernel's ``modules.alias`` (every module of the package)."""
+    alias_file = kern.modules_dir / "modules.alias"
+    return kmod.parse_modules_alias(alias_file.read_text() if alias_file.exists() else "")
 
 
 def select_modules(cfg: BuildConfig, kern: kernel.Kernel, names: kmod.ModuleList
@@ -313,8 +366,7 @@ def select_modules(cfg: BuildConfig, kern: kernel.Kernel, names: kmod.ModuleList
     broad = drivers.tree_modules(deps)
     if cfg.drivers == "broad":
         return names, broad, []
-    alias_file = kern.modules_dir / "modules.alias"
-    table = kmod.parse_modules_alias(alias_file.read_text() if alias_file.exists() else "")
+    table = kernel_aliases(kern)
     modaliases = coldplug.scan_modaliases(cfg.host_sysfs)
     if not modaliases:
         raise BuildError("drivers", f"--host-sysfs {cfg.host_sysfs}: no modalias under "
@@ -326,14 +378,10 @@ def select_modules(cfg: BuildConfig, kern: kernel.Kernel, names: kmod.ModuleList
     return drivers.host_list(names, table.device_drivers(), matched), [], matched
 
 
-def stage_firmware(staging: Path, kern: kernel.Kernel, modules: Iterable[str],
-                   dirs: Sequence[Path]) -> tuple[list[str], list[str]]:
-    """Copy the firmware files the staged ``modules`` declare (``.modinfo`` ``firmware=``) from
-    ``dirs`` into ``lib/firmware``, where the kernel's direct loader reads them (no user-space
-    helper). Returns (staged file names, declared names found in no directory)."""
+def declared_firmware(kern: kernel.Kernel, modules: Iterable[str]) -> list[str]:
+    """The firmware names the ``modules`` declare (``.modinfo`` ``firmware=``), first-seen."""
     by_name = {kmod.module_name(rel): rel for rel in
                kmod.parse_modules_dep((kern.modules_dir / "modules.dep").read_text())}
-    suffixes = drivers.firmware_suffixes(drivers.parse_kconfig(kern.config.read_text()))
     wanted: list[str] = []
     for name in modules:
         path = kern.modules_dir / by_name[name]
@@ -342,18 +390,59 @@ def stage_firmware(staging: Path, kern: kernel.Kernel, modules: Iterable[str],
         except drivers.ModinfoError as exc:
             raise BuildError("firmware", f"{path}: {exc}") from exc
         wanted += [f for f in declared if f not in wanted]
-    staged: list[str] = []
+    return wanted
+
+
+def stage_firmware(staging: Path, kern: kernel.Kernel, modules: Iterable[str],
+                   dirs: Sequence[Path], *, source: str = "debian",
+                   cache: Path | None = None) -> FirmwareSet:
+    """Stage the firmware files the staged ``modules`` declare into ``lib/firmware``, where the
+    kernel's direct loader reads them (no user-space helper): from ``dirs`` first (the host's,
+    an operator's), then (``source="debian"``) from Debian's non-free-firmware packages
+    (``firmware.py``). A plain file is stored ``.xz`` (CRC32) when the kernel reads that: the
+    archive's zstd passes it through and the kernel inflates it only when a driver asks."""
+    suffixes = drivers.firmware_suffixes(drivers.parse_kconfig(kern.config.read_text()))
+    wanted = sorted(declared_firmware(kern, modules))
+    origin: dict[Path, tuple[str, str]] = {d: ("host", str(d)) for d in dirs}
+    found = {n: drivers.find_firmware(n, dirs, suffixes) for n in wanted}
+    fetch_info: dict[str, Any] = {"source": source}
+    absent = [n for n, f in found.items() if f is None]
+    if source == "debian" and absent:
+        try:
+            got = firmware.fetch(absent, (cache or Path(".cache")) / "firmware")
+        except PyinitError as exc:
+            log.warning("initramfs: firmware: not fetched from Debian's %s: %s "
+                        "(the build goes on; manifest.json firmware_missing)",
+                        firmware.COMPONENT, exc)
+            fetch_info["error"] = str(exc)
+        else:
+            for pkg in got.packages:
+                for d in pkg.firmware_dirs:
+                    origin[d] = (pkg.package, pkg.version)
+            pkg_dirs = [d for pkg in got.packages for d in pkg.firmware_dirs]
+            for name in absent:
+                found[name] = drivers.find_firmware(name, pkg_dirs, suffixes)
+            for package, reason in got.failed.items():
+                log.warning("initramfs: firmware: %s: %s", package, reason)
+            fetch_info.update(packages={p.package: p.version for p in got.packages},
+                              failed=got.failed, in_no_package=len(got.unknown))
+    staged: list[dict[str, str]] = []
     missing: list[str] = []
-    for fw_name in sorted(wanted):
-        found = drivers.find_firmware(fw_name, dirs, suffixes)
-        if found is None:
+    for fw_name in wanted:
+        fw = found[fw_name]
+        if fw is None:
             missing.append(fw_name)
             continue
-        dest = _dest(staging, f"{drivers.FIRMWARE_ROOT}/{found.dest}")
-        dest.write_bytes(drivers.firmware_bytes(found))
+        dest_name, data = drivers.staged_form(
+            fw, suffixes, xz=lambda raw: compressed(raw, "xz", drivers.xz_crc32, cache))
+        dest = _dest(staging, f"{drivers.FIRMWARE_ROOT}/{dest_name}")
+        dest.write_bytes(data)
         dest.chmod(0o644)
-        staged.append(found.dest)
-    return staged, missing
+        package, version = next((origin[d] for d in origin
+                                 if fw.source.is_relative_to(d)), ("host", ""))
+        staged.append({"file": dest_name, "name": fw_name, "package": package,
+                       "version": version})
+    return FirmwareSet(tuple(staged), tuple(missing), fetch_info)
 
 
 def bundle_elf_files(bundle: Path) -> list[Path]:
@@ -473,23 +562,32 @@ def stage(staging: Path, cfg: BuildConfig, kern: kernel.Kernel, bundle_dir: Path
         names = kmod.parse_module_list(cfg.modules_list.read_text())
         try:
             names, extra, matched = select_modules(cfg, kern, names)
-            modules = stage_modules(staging, kern, names, extra)
-            listed_closure = {kmod.module_name(p) for p in module_order(kern, names)}
+            modules, listed_closure = stage_modules(staging, kern, names, extra,
+                                                    cache=cfg.cache)
+            _dest(staging, KERNEL_ALIASES_PATH).write_text(drivers.left_out_aliases(
+                kernel_aliases(kern), modules))
         except PyinitError as exc:
             raise BuildError("modules", str(exc)) from exc
         dirs = [d for d in (*cfg.firmware_dirs, kern.root / drivers.FIRMWARE_ROOT)
                 if d.is_dir()]
-        firmware, missing = stage_firmware(staging, kern, modules, dirs)
-        if missing:
-            log.warning("initramfs: firmware: %d file(s) declared by staged modules not found in "
-                        "%s (manifest.json firmware_missing): %s%s", len(missing),
+        fw = stage_firmware(staging, kern, modules, dirs, source=cfg.firmware_source,
+                            cache=cfg.cache)
+        if fw.missing:
+            log.warning("initramfs: firmware: %d file(s) declared by staged modules found "
+                        "neither in %s nor in Debian's %s (manifest.json firmware_missing): "
+                        "%s%s", len(fw.missing),
                         " ".join(str(d) for d in dirs) or "no firmware directory",
-                        " ".join(missing[:5]),
-                        " ..." if len(missing) > 5 else "")
-        chosen = DriverSet(mode=cfg.drivers, modules=tuple(modules),
+                        firmware.COMPONENT, " ".join(fw.missing[:5]),
+                        " ..." if len(fw.missing) > 5 else "")
+        staged_aliases = staging / "lib/modules" / kern.release / "modules.alias"
+        covered = coverage.check(coverage.reference(), kmod.parse_modules_alias(
+            staged_aliases.read_text() if staged_aliases.exists() else ""))
+        log.info("initramfs: coverage: %s%s", covered.summary(),
+                 "; missing: " + ", ".join(f"{c.ids} {c.driver}" for c, _ in covered.missing)
+                 if covered.missing else "")
+        chosen = DriverSet(mode=cfg.drivers, covered=covered, modules=tuple(modules),
                            coldplug_only=sum(1 for m in modules if m not in listed_closure),
-                           host_matched=tuple(matched), firmware=tuple(firmware),
-                           firmware_missing=tuple(missing))
+                           host_matched=tuple(matched), firmware=fw)
     if (staging / "usr/sbin/ldconfig").exists():
         # /etc/ld.so.cache for the staged libraries; -X: do not touch the staged symlinks.
         proc.run(["ldconfig", "-X", "-r", str(staging)])
@@ -555,8 +653,10 @@ def build(cfg: BuildConfig) -> BuildResult:
         "drivers": {"mode": chosen.mode, "modules": len(chosen.modules),
                     "coldplug_only": chosen.coldplug_only,
                     "host_matched": list(chosen.host_matched)},
-        "firmware": list(chosen.firmware),
-        "firmware_missing": list(chosen.firmware_missing),
+        "coverage": chosen.covered.manifest() if chosen.covered is not None else None,
+        "firmware": list(chosen.firmware.staged),
+        "firmware_missing": list(chosen.firmware.missing),
+        "firmware_fetch": chosen.firmware.fetch,
         "busybox_applets": applets,
         "source_date_epoch": epoch,
         "freeze_key": freeze_key,
@@ -602,14 +702,21 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                    help=f"bake PEM CA certificate(s) in as /{CA_PATH}: pyinit then verifies an "
                         "https:// BOOTYURL=/MYURL= against them unless pyinit.ca= overrides "
                         "(docs/tls.md; default: none, certifi's public roots)")
-    p.add_argument("--drivers", choices=drivers.MODES, default="listed",
-                   help="driver set: 'listed' = the module list only; 'broad' = plus every "
-                        "storage and NIC driver of the kernel, loaded only when a device matches; "
+    p.add_argument("--drivers", choices=drivers.MODES, default=drivers.DEFAULT_MODE,
+                   help="driver set: 'broad' = the module list plus every storage and NIC driver "
+                        "of the kernel, loaded only when a device matches (a real rack); "
+                        "'listed' = the module list only (lean: QEMU and common NICs); "
                         "'host' = the list's non-drivers plus the drivers of this host's devices "
                         "(docs/initramfs.md; default: %(default)s)")
     p.add_argument("--host-sysfs", type=Path, default=Path("/sys"), metavar="DIR",
                    help="--drivers host: the sysfs tree whose devices/**/modalias are matched "
                         "(default: %(default)s)")
+    p.add_argument("--firmware", choices=("debian", "host"), default="debian",
+                   help="where the firmware the staged drivers ask for comes from: 'debian' = "
+                        "the --firmware-dir directories, then Debian's non-free-firmware "
+                        "packages from the host's own mirror (a private apt under --cache; the "
+                        "host's apt sources are not changed); 'host' = the directories only "
+                        "(offline builds). Default: %(default)s")
     p.add_argument("--firmware-dir", type=Path, action="append", default=None, metavar="DIR",
                    help="where to find the firmware files staged modules declare (repeatable; "
                         "default /lib/firmware; the kernel package's lib/firmware is searched "
@@ -625,7 +732,8 @@ def _main(args: argparse.Namespace) -> int:
                       entry=args.entry, source_date_epoch=args.source_date_epoch,
                       zstd_level=args.zstd_level, ca=args.ca, drivers=args.drivers,
                       host_sysfs=args.host_sysfs,
-                      firmware_dirs=tuple(args.firmware_dir or (Path("/lib/firmware"),)))
+                      firmware_dirs=tuple(args.firmware_dir or (Path("/lib/firmware"),)),
+                      firmware_source=args.firmware)
     try:
         result = build(cfg)
     except PyinitError as exc:
@@ -637,4 +745,9 @@ def _main(args: argparse.Namespace) -> int:
           f"sha256 {result.sha256}")
     print(f"{result.vmlinuz}: {result.manifest['kernel']['package']} "
           f"{result.manifest['kernel']['version']}")
+    cov = result.manifest.get("coverage")
+    if cov:
+        print(f"drivers {result.manifest['drivers']['mode']}: {cov['covered']}/"
+              f"{cov['controllers']} reference controllers ({cov['percent']:.1f} %)"
+              + (f"; missing: {', '.join(cov['missing'])}" if cov["missing"] else ""))
     return 0

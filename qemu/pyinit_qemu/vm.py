@@ -60,8 +60,15 @@ DEFAULT_EXPECT_TIMEOUT = 120.0
 DEFAULT_VM_TIMEOUT = 600.0
 TAIL_LINES = 30
 
-Interface = Literal["virtio", "ide", "ahci", "scsi", "nvme", "usb"]
-INTERFACES: tuple[str, ...] = ("virtio", "ide", "ahci", "scsi", "nvme", "usb")
+Interface = Literal["virtio", "ide", "ahci", "scsi", "nvme", "usb", "megasas", "megasas-gen2",
+                    "lsi", "mptsas", "pvscsi"]
+# SCSI disks and the host bus adapter QEMU puts them behind (one adapter per kind and VM):
+# virtio-scsi, and the emulated server HBAs of the hardware matrix (megaraid_sas, sym53c8xx,
+# mptsas, vmw_pvscsi in the guest).
+SCSI_HBAS: dict[str, str] = {"scsi": "virtio-scsi-pci", "megasas": "megasas",
+                             "megasas-gen2": "megasas-gen2", "lsi": "lsi53c895a",
+                             "mptsas": "mptsas1068", "pvscsi": "pvscsi"}
+INTERFACES: tuple[str, ...] = ("virtio", "ide", "ahci", "nvme", "usb", *SCSI_HBAS)
 AHCI_PORTS = 6
 Accel = Literal["tcg", "kvm", "auto"]
 Firmware = Literal["bios", "uefi"]
@@ -124,9 +131,9 @@ def find_ovmf(dirs: Sequence[Path] | None = None) -> Ovmf:
 class VMConfig:
     """What to boot and with which hardware. ``accel="auto"`` uses KVM only if a probe boots.
 
-    With ``kernel=None`` the firmware boots the first disk (``bootindex``); ``initrd`` and
-    ``append`` then must be empty. For ``firmware="uefi"``, :func:`resolve_firmware` (run by
-    :class:`VM`) fills in ``ovmf`` and ``uefi_vars``.
+    With ``kernel=None`` the firmware boots the ``cdrom``, else the first disk (``bootindex``);
+    ``initrd`` and ``append`` then must be empty. For ``firmware="uefi"``,
+    :func:`resolve_firmware` (run by :class:`VM`) fills in ``ovmf`` and ``uefi_vars``.
     """
 
     kernel: Path | str | None = None
@@ -170,6 +177,9 @@ class VMConfig:
     #: Network boot from whatever DHCP server is on ``tap``: the NIC keeps QEMU's iPXE ROM and
     #: boots first (``pxe_tftp`` implies this for slirp).
     net_boot: bool = False
+    #: An ISO in a CD-ROM drive (read-only, IDE): without a kernel or network boot, the
+    #: firmware boots it (``bootindex=0``; the disks get none), as a BMC's virtual media.
+    cdrom: Path | str | None = None
     qemu: str = QEMU
 
 
@@ -243,7 +253,12 @@ def build_command(cfg: VMConfig) -> list[str]:
         argv += ["-netdev", netdev, "-device", nic]
     else:
         argv += ["-nic", "none"]
-    argv += _disk_args(cfg.disks, boot_first=cfg.kernel is None and not pxe)
+    boot_cdrom = cfg.cdrom is not None and cfg.kernel is None and not pxe
+    if cfg.cdrom is not None:
+        argv += ["-drive", f"file={_opt(str(cfg.cdrom))},format=raw,media=cdrom,readonly=on,"
+                           "if=none,id=cd0",
+                 "-device", "ide-cd,drive=cd0" + (",bootindex=0" if boot_cdrom else "")]
+    argv += _disk_args(cfg.disks, boot_first=cfg.kernel is None and not pxe and not boot_cdrom)
     argv += [str(a) for a in cfg.extra_args]
     return argv
 
@@ -252,15 +267,16 @@ def _disk_args(disks: Sequence[Disk], *, boot_first: bool = False) -> list[str]:
     """``-drive``/``-device`` pairs; ``boot_first``: the first disk gets ``bootindex=0``."""
     argv: list[str] = []
     ahci_ports = 0
-    have_scsi = have_xhci = False
+    have_xhci = False
+    hbas: set[str] = set()
     for i, disk in enumerate(disks):
         drive = f"d{i}"
         argv += ["-drive", f"file={_opt(str(disk.path))},format={disk.format},if=none,id={drive}"]
         props = f",serial={_opt(disk.serial)}" if disk.serial else ""
         if boot_first and i == 0:
             props += ",bootindex=0"
-        if disk.removable and disk.interface not in ("usb", "scsi"):
-            raise ValueError(f"disk {disk.path}: removable needs interface usb or scsi")
+        if disk.removable and disk.interface not in ("usb", *SCSI_HBAS):
+            raise ValueError(f"disk {disk.path}: removable needs interface usb or a SCSI one")
         if disk.removable:
             props += ",removable=on"
         if disk.interface == "virtio":
@@ -283,10 +299,11 @@ def _disk_args(disks: Sequence[Disk], *, boot_first: bool = False) -> list[str]:
             device = f"ide-hd,drive={drive},bus=ahci0.{ahci_ports}{props}"
             ahci_ports += 1
         else:
-            if not have_scsi:
-                argv += ["-device", "virtio-scsi-pci,id=scsi0"]
-                have_scsi = True
-            device = f"scsi-hd,drive={drive},bus=scsi0.0{props}"
+            hba = "scsi0" if disk.interface == "scsi" else disk.interface.replace("-", "")
+            if hba not in hbas:
+                argv += ["-device", f"{SCSI_HBAS[disk.interface]},id={hba}"]
+                hbas.add(hba)
+            device = f"scsi-hd,drive={drive},bus={hba}.0{props}"
         argv += ["-device", device]
     return argv
 

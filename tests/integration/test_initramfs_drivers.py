@@ -79,7 +79,7 @@ def host_builds(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
         out = tmp_path_factory.mktemp(name)
         initramfs.build(initramfs.BuildConfig(
             out_dir=out, source_date_epoch=EPOCH, zstd_level=3, drivers="host",
-            host_sysfs=sysfs, firmware_dirs=(firmware,)))
+            host_sysfs=sysfs, firmware_dirs=(firmware,), firmware_source="host"))
         outs.append(out)
     return outs[0], outs[1]
 
@@ -97,7 +97,7 @@ def broad(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str], di
     out = tmp_path_factory.mktemp("broad")
     initramfs.build(initramfs.BuildConfig(
         out_dir=out, source_date_epoch=EPOCH, zstd_level=3, drivers="broad",
-        firmware_dirs=(tmp_path_factory.mktemp("no-firmware"),)))
+        firmware_dirs=(tmp_path_factory.mktemp("no-firmware"),), firmware_source="host"))
     root = tmp_path_factory.mktemp("broad-root") / "root"
     listing, manifest = unpack(out, root)
     return root, listing, manifest
@@ -138,16 +138,23 @@ def test_firmware_staged_and_missing_listed(host: tuple[Path, list[str], dict[st
                                             ) -> None:
     root, listing, manifest = host
     fw = root / "usr/lib/firmware/tigon"
-    assert manifest["firmware"] == ["tigon/tg3.bin", "tigon/tg3_tso.bin.xz", "tigon/tg3_tso5.bin"]
+    assert [(f["file"], f["name"], f["package"]) for f in manifest["firmware"]] == [
+        ("tigon/tg3.bin.xz", "tigon/tg3.bin", "host"),
+        ("tigon/tg3_tso.bin.xz", "tigon/tg3_tso.bin", "host"),
+        ("tigon/tg3_tso5.bin.xz", "tigon/tg3_tso5.bin", "host")]
+    assert all(f["version"].endswith("/firmware") for f in manifest["firmware"])  # the dir
     assert manifest["firmware_missing"] == ["tigon/tg357766.bin"]
-    for name in manifest["firmware"]:
-        assert f"usr/lib/firmware/{name}" in listing, name
+    assert manifest["firmware_fetch"] == {"source": "host"}
+    for item in manifest["firmware"]:
+        assert f"usr/lib/firmware/{item['file']}" in listing, item
     assert "usr/lib/firmware/tigon/unrelated.bin" not in listing
-    assert (fw / "tg3.bin").read_bytes() == b"tg3 firmware"
-    # the Debian kernel reads .xz firmware itself (CONFIG_FW_LOADER_COMPRESS_XZ): kept as is;
-    # it has no CONFIG_FW_LOADER_COMPRESS_ZSTD: the .zst is staged decompressed
+    # The Debian kernel reads .xz firmware itself (CONFIG_FW_LOADER_COMPRESS_XZ): a plain file
+    # is stored .xz (CRC32, what its decoder checks), an .xz is kept as is; it has no
+    # CONFIG_FW_LOADER_COMPRESS_ZSTD: the .zst is re-packed as .xz.
+    assert lzma.decompress((fw / "tg3.bin.xz").read_bytes()) == b"tg3 firmware"
     assert lzma.decompress((fw / "tg3_tso.bin.xz").read_bytes()) == b"tso firmware"
-    assert (fw / "tg3_tso5.bin").read_bytes() == b"tso5 firmware"
+    assert lzma.decompress((fw / "tg3_tso5.bin.xz").read_bytes()) == b"tso5 firmware"
+    assert (fw / "tg3.bin.xz").read_bytes()[6:8] == b"\x00\x01"  # stream flags: check = CRC32
     assert (root / "lib").is_symlink()  # so /lib/firmware, the kernel's path, resolves
 
 
@@ -157,11 +164,24 @@ def test_broad_stages_storage_and_nics_coldplug_only(
     mods = f"usr/lib/modules/{manifest['kernel']['release']}"
     assert manifest["drivers"]["mode"] == "broad"
     assert manifest["drivers"]["coldplug_only"] > 300
+    # coldplug-only drivers are stored compressed (the kernel's unpack only copies them)
     for present in (TG3, "kernel/drivers/scsi/mpt3sas/mpt3sas.ko",
                     "kernel/drivers/scsi/megaraid/megaraid_sas.ko",
                     "kernel/drivers/net/ethernet/intel/ice/ice.ko",
                     "kernel/drivers/ata/ata_piix.ko", "kernel/drivers/usb/storage/uas.ko"):
-        assert f"{mods}/{present}" in listing, present
+        assert f"{mods}/{present}.zst" in listing, present
+        assert f"{mods}/{present}" not in listing, present
+    # the listed ones stay plain: finit_module reads them without a copy
+    assert f"{mods}/kernel/drivers/net/virtio_net.ko" in listing
+    dep = (root / mods / "modules.dep").read_text()
+    assert "kernel/drivers/scsi/megaraid/megaraid_sas.ko.zst:" in dep  # depmod read them
+    tg3 = zstandard.ZstdDecompressor().decompressobj().decompress(
+        (root / mods / f"{TG3}.zst").read_bytes())
+    assert tg3[:4] == b"\x7fELF"
+    # the kernel's PCI drivers left out, for the boot's "the kernel has one" hint
+    left_out = (root / "etc/pyinit/kernel-aliases").read_text()
+    assert " iwlwifi\n" in left_out and " tg3\n" not in left_out
+    assert manifest["coverage"]["percent"] == 100.0
     assert not any("/drivers/net/wireless/" in p for p in listing)
     # never loaded unconditionally: /init's list is the listed build's, nothing more
     listed = (root / "etc/pyinit/modules").read_text().split()

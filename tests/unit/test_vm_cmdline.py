@@ -222,6 +222,42 @@ def test_uefi_with_a_kernel_boots_the_kernel() -> None:
                                   "-device", "virtio-blk-pci,drive=d0"]
 
 
+CDROM = ["-drive", "file=/i/pyinit,,v1.iso,format=raw,media=cdrom,readonly=on,if=none,id=cd0"]
+
+
+def test_cdrom_boots_first_through_seabios() -> None:
+    cfg = VMConfig(cdrom="/i/pyinit,v1.iso", disks=[Disk("/d/target.raw")])
+    assert build_command(cfg) == [
+        *FW_HEAD, "-no-reboot", *CONSOLE, *NET,
+        *CDROM, "-device", "ide-cd,drive=cd0,bootindex=0",
+        "-drive", "file=/d/target.raw,format=raw,if=none,id=d0",
+        "-device", "virtio-blk-pci,drive=d0",
+    ]
+
+
+def test_cdrom_boots_first_through_ovmf_next_to_a_usb_stick() -> None:
+    cfg = VMConfig(firmware="uefi", ovmf=OVMF, uefi_vars="/w/OVMF_VARS.fd", nic_model=None,
+                   cdrom="/i/pyinit,v1.iso", disks=[Disk("/d/stick", "usb", removable=True)])
+    argv = build_command(cfg)
+    assert argv == [*FW_HEAD, *PFLASH, "-no-reboot", *CONSOLE, "-nic", "none",
+                    *CDROM, "-device", "ide-cd,drive=cd0,bootindex=0",
+                    "-drive", "file=/d/stick,format=raw,if=none,id=d0",
+                    "-device", "qemu-xhci,id=xhci0",
+                    "-device", "usb-storage,drive=d0,bus=xhci0.0,removable=on"]
+    assert sum("bootindex" in a for a in argv) == 1
+
+
+@pytest.mark.parametrize("cfg", [
+    VMConfig(kernel=KERNEL, cdrom="/i/pyinit,v1.iso", nic_model=None),
+    VMConfig(cdrom="/i/pyinit,v1.iso", pxe_tftp="/t", pxe_bootfile="boot.ipxe"),
+])
+def test_cdrom_is_only_attached_when_a_kernel_or_the_network_boots(cfg: VMConfig) -> None:
+    argv = build_command(cfg)
+    i = argv.index("-device", argv.index(CDROM[1]))
+    assert argv[i:i + 2] == ["-device", "ide-cd,drive=cd0"]
+    assert ("-kernel" in argv) == (cfg.kernel is not None)
+
+
 def test_firmware_alone() -> None:
     cfg = VMConfig(firmware="uefi", ovmf=OVMF, uefi_vars="/w/OVMF_VARS.fd", nic_model=None,
                    memory_mb=512)
@@ -427,12 +463,25 @@ def test_cli_boot_disk_uefi() -> None:
      "--boot disk has no kernel command line: drop --server"),
     (["--boot", "disk", "--disk", "/d", "--kernel", "k", "--append", "a"],
      "--boot disk has no kernel command line: drop --kernel, --append"),
+    (["--boot", "cdrom", "--disk", "/d"], "--boot cdrom needs a --cdrom to boot from"),
+    (["--boot", "cdrom", "--cdrom", "/i.iso", "--server", "http://x"],
+     "--boot cdrom has no kernel command line: drop --server"),
 ])
 def test_cli_boot_disk_errors(argv: list[str], error: str,
                               capsys: pytest.CaptureFixture[str]) -> None:
     args = _parse("--dry-run", *argv)
     assert args.func(args) == 2
     assert capsys.readouterr().err == f"pyinit vm: {error}\n"
+
+
+def test_cli_boot_cdrom() -> None:
+    cfg, create = vm_cli.config_from_args(
+        _parse("--boot", "cdrom", "--cdrom", "/i/pyinit.iso", "--disk", "/tmp/d.raw:1G"))
+    assert (cfg.kernel, cfg.initrd, cfg.cdrom) == (None, None, Path("/i/pyinit.iso"))
+    assert create == [(Path("/tmp/d.raw"), 1 << 30)]
+    argv = build_command(cfg)
+    assert "ide-cd,drive=cd0,bootindex=0" in argv
+    assert "virtio-blk-pci,drive=d0" in argv
 
 
 def test_cli_dry_run_uefi_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -737,3 +786,22 @@ def test_tap_in_a_netns_network_boots_from_the_real_network() -> None:
 def test_tap_config_errors(cfg: VMConfig, error: str) -> None:
     with pytest.raises(ValueError, match=error):
         build_command(cfg)
+
+
+def test_server_hbas_one_adapter_per_kind() -> None:
+    """The hardware matrix's SCSI host bus adapters: one per kind, each disk on its own."""
+    cfg = VMConfig(kernel="k", disks=[Disk("a.raw", interface="megasas"),
+                                      Disk("b.raw", interface="lsi", serial="S1"),
+                                      Disk("c.raw", interface="mptsas"),
+                                      Disk("d.raw", interface="pvscsi"),
+                                      Disk("e.raw", interface="megasas"),
+                                      Disk("f.raw", interface="megasas-gen2")])
+    argv = build_command(cfg)
+    devices = [argv[i + 1] for i, a in enumerate(argv) if a == "-device"][1:]  # after the NIC
+    assert devices == [
+        "megasas,id=megasas", "scsi-hd,drive=d0,bus=megasas.0",
+        "lsi53c895a,id=lsi", "scsi-hd,drive=d1,bus=lsi.0,serial=S1",
+        "mptsas1068,id=mptsas", "scsi-hd,drive=d2,bus=mptsas.0",
+        "pvscsi,id=pvscsi", "scsi-hd,drive=d3,bus=pvscsi.0",
+        "scsi-hd,drive=d4,bus=megasas.0",
+        "megasas-gen2,id=megasasgen2", "scsi-hd,drive=d5,bus=megasasgen2.0"]
