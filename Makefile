@@ -77,7 +77,8 @@ test: initramfs lint
 
 # Issue #3: pyinit's image writer and capture against curl|zstd|dd baselines measured in the same
 # run (nginx, a loop device); prints a table and, as the last line, one JSON object.
-# Boot time first (its own table and JSON line); then issue #6's serve benchmark (32 agents pull
+# Boot time first (the default build against --drivers listed, alternating; its own table and
+# JSON line); then issue #6's serve benchmark (32 agents pull
 # one 256 MiB image from `pyinit serve` and from nginx; its own table and JSON line, also written
 # to $(OUT)/bench-serve.json); then the image benchmarks, which fold that file's figures
 # (serve_ratio, serve_peak_rss_mb) into their JSON line: the last line printed stays one JSON

@@ -1,7 +1,8 @@
 """The initramfs builder end to end (integration), plus its command plumbing with a recorder.
 
 The integration tests share the repo's cache (``<repo>/.cache``: the kernel package and the
-frozen bundle), so after the first build they cost two zstd-19 compressions (~15 s each) and
+frozen bundle, the compressed modules and firmware, the Debian firmware packages), so after the
+first build they cost two default builds at zstd level 3 (~30 s each) and
 two uncached freezes (~10 s each) for the freeze reproducibility check.
 The tests without a marker run no command: they check exact argv lists through the recorder.
 """
@@ -34,7 +35,10 @@ def two_builds(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     outs = []
     for name in ("first", "second"):
         out = tmp_path_factory.mktemp(name)
-        initramfs.build(initramfs.BuildConfig(out_dir=out, source_date_epoch=1_700_000_000))
+        # the default build (every driver, Debian firmware from the cache `make initramfs`
+        # filled), at zstd level 3: reproducibility is about the layout, not the level
+        initramfs.build(initramfs.BuildConfig(out_dir=out, source_date_epoch=1_700_000_000,
+                                              zstd_level=3))
         outs.append(out)
     return outs[0], outs[1]
 
@@ -69,8 +73,12 @@ def test_manifest(two_builds: tuple[Path, Path]) -> None:
     assert manifest["kernel"]["vmlinuz_sha256"] == sha256(out / "vmlinuz")
     assert manifest["kernel"]["package"].startswith("linux-image-")
     assert manifest["source_date_epoch"] == 1_700_000_000
-    assert {"virtio_net", "virtio_pci", "e1000", "ahci", "sd_mod", "ext4"} <= set(
-        manifest["modules"])
+    assert {"virtio_net", "virtio_pci", "e1000", "ahci", "sd_mod", "ext4", "megaraid_sas",
+            "i40e"} <= set(manifest["modules"])
+    assert manifest["drivers"]["mode"] == "broad" and manifest["coverage"]["percent"] == 100.0
+    # every staged firmware file names where it came from
+    assert manifest["firmware"] and all(f["package"] and f["file"].startswith(f["name"])
+                                        for f in manifest["firmware"])
 
 
 @pytest.mark.integration

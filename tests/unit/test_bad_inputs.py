@@ -790,6 +790,56 @@ def _unreadable_dmi(tmp: Path) -> str:
     return ""
 
 
+_DEVICES = {  # slot, vendor, device, class, modalias
+    "bcm57416": ("0000:3b:00.0", "0x14e4", "0x16d8", "0x020000",
+                 "pci:v000014E4d000016D8sv00001028sd00001FEBbc02sc00i00"),
+    "bcm57810": ("0000:3b:00.1", "0x14e4", "0x168e", "0x020000",
+                 "pci:v000014E4d0000168Esv0000103Csd00001798bc02sc00i00"),
+    "p408i": ("0000:5e:00.0", "0x9005", "0x028f", "0x010700",
+              "pci:v00009005d0000028Fsv0000103Csd00000600bc01sc07i00"),
+}
+
+
+def _unbound(kind: str, device: str, staged: str, left_out: str, kmsg: list[str], *,
+             background: bool = False) -> Callable[[Path], str]:
+    """One PCI controller (a fake sysfs) that no driver bound, through the boot's own report
+    (``init.report_unbound`` after the modules step; ``init.wait_for_drivers`` in the disks
+    step, after the background loading): the staged aliases, the kernel's left-out ones
+    (``/etc/pyinit/kernel-aliases``) and the kernel log are the inputs."""
+    def drive(tmp: Path) -> str:
+        from pyinit import coldplug, init, kmod
+
+        from .test_coldplug import pci_device
+
+        sysfs = tmp / "sys"
+        pci_device(sysfs, *_DEVICES[device])
+        aliases = tmp / "kernel-aliases"
+        aliases.write_text(left_out)
+        saved = (init.SYSFS, init.KERNEL_ALIASES, init.BIND_WAIT, coldplug.read_kernel_log)
+        init.SYSFS, init.KERNEL_ALIASES, init.BIND_WAIT = sysfs, aliases, 0.0
+        coldplug.read_kernel_log = lambda path=Path("/dev/kmsg"): kmsg  # type: ignore[assignment]
+        events: list[dict[str, Any]] = []
+        log.add_sink(events.append)
+        try:
+            ctx = init.Context()
+            ctx.plugger = coldplug.Plugger(kmod.parse_modules_alias(staged),
+                                           load=lambda names: names)
+            ctx.plugger.loaded.extend(m for _, m in ctx.plugger.aliases.entries)
+            if background:
+                ctx.background_drivers = coldplug.Background(
+                    ctx.plugger, sysfs=sysfs, then=lambda _p, _s: None).start()
+                init.wait_for_drivers(ctx)
+            else:
+                init.report_unbound(ctx, kind)
+        finally:
+            init.SYSFS, init.KERNEL_ALIASES, init.BIND_WAIT, coldplug.read_kernel_log = saved
+        (ev,) = [e for e in events if e["status"] == "no-driver"]
+        assert ev["step"] == "modules" and ev["kind"] == kind
+        assert ctx.summary["no_driver"] == 1
+        return ""
+    return drive
+
+
 _SRC = "0c:42:a1:5e:77:07"  # lldpd's frame in tests/unit/test_lldp.py
 _HEAD = bytes.fromhex("0180c200000e") + bytes.fromhex(_SRC.replace(":", "")) + b"\x88\xcc"
 _CHASSIS = b"\x02\x07\x04" + bytes.fromhex(_SRC.replace(":", ""))
@@ -801,6 +851,15 @@ WARNINGS: tuple[Warned, ...] = (
         _HEAD + _CHASSIS + b"\x04\x05\x05swp7\x06\x02\x00\x78"
         + (b"\xfe\xff" + bytes(511)) * 3)),
     Warned("W03", "a DMI attribute that cannot be read", _unreadable_dmi),
+    Warned("W04", "a NIC whose driver the kernel has but this initramfs does not", _unbound(
+        "network controller", "bcm57416", "",
+        "alias pci:v000014E4d000016D8sv*sd*bc*sc*i* bnxt_en\n", [])),
+    Warned("W05", "a NIC driver whose firmware is missing", _unbound(
+        "network controller", "bcm57810", "alias pci:v000014E4d0000168Esv*sd*bc*sc*i* bnx2x\n",
+        "", ["3,812,9100000,-;bnx2x 0000:3b:00.1: Direct firmware load for "
+             "bnx2x/bnx2x-e2-7.13.21.0.fw failed with error -2"])),
+    Warned("W06", "a storage controller no driver matches, seen after the background loading",
+           _unbound("storage controller", "p408i", "", "", [], background=True)),
 )
 
 
