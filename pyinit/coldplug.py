@@ -180,6 +180,7 @@ def start_hotplug(plugger: Plugger, *, sysfs: Path = Path("/sys")) -> threading.
 # --- network and storage controllers without a driver ----------------------------------------
 
 KINDS = {0x01: "storage controller", 0x02: "network controller"}
+FIBRE_CHANNEL = 0x0C04  # serial bus class, Fibre Channel subclass: SAN boot disks
 
 
 @dataclass(frozen=True)
@@ -193,7 +194,10 @@ class PciDevice:
 
     @property
     def kind(self) -> str | None:
-        """"network controller" / "storage controller", None for any other class."""
+        """"network controller" / "storage controller" (a Fibre Channel HBA, class 0c04,
+        counts as storage), None for any other class."""
+        if self.pci_class >> 8 == FIBRE_CHANNEL:
+            return KINDS[0x01]
         return KINDS.get(self.pci_class >> 16)
 
     @property

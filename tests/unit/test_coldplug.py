@@ -2,6 +2,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from pyinit import coldplug, kmod
 
 ALIASES = """# Aliases extracted from modules themselves.
@@ -161,6 +163,15 @@ FW_LOG = [
     "bnx2x/bnx2x-e2-7.13.21.0.fw failed with error -2",
     "6,1236,5000002,-;tg3 0000:04:00.0 eth0: Tigon3 [partno(BCM95720)]",
 ]
+
+
+@pytest.mark.parametrize(("pci_class", "kind"), [
+    (0x020000, "network controller"), (0x028000, "network controller"),
+    (0x010802, "storage controller"), (0x010700, "storage controller"),
+    (0x0C0400, "storage controller"),   # Fibre Channel HBA
+    (0x0C0330, None), (0x030000, None), (0x060400, None)])
+def test_kind_by_class(pci_class: int, kind: str | None) -> None:
+    assert coldplug.PciDevice("0000:00:01.0", 1, 2, pci_class, "pci:x", None).kind == kind
 
 
 def test_firmware_failures_by_slot() -> None:
