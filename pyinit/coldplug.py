@@ -41,18 +41,24 @@ from pyinit.log import get_logger
 log = get_logger("pyinit.coldplug")
 
 
-def scan_modaliases(sysfs: Path = Path("/sys")) -> list[str]:
-    """Every ``modalias`` under ``sysfs/devices``, in a stable order."""
-    found: list[str] = []
-    for dirpath, _dirs, files in os.walk(sysfs / "devices"):
+def modaliases_below(root: Path | str) -> set[str]:
+    """Every non-empty ``modalias`` file's value in the directory tree ``root`` (symbolic links
+    to other devices, such as ``driver`` and ``subsystem``, are not followed)."""
+    found: set[str] = set()
+    for dirpath, _dirs, files in os.walk(root):
         if "modalias" in files:
             try:
                 value = (Path(dirpath) / "modalias").read_text().strip()
             except OSError:
                 continue
             if value:
-                found.append(value)
-    return sorted(set(found))
+                found.add(value)
+    return found
+
+
+def scan_modaliases(sysfs: Path = Path("/sys")) -> list[str]:
+    """Every ``modalias`` under ``sysfs/devices``, in a stable order."""
+    return sorted(modaliases_below(sysfs / "devices"))
 
 
 class Plugger:
@@ -234,20 +240,11 @@ def pci_devices(sysfs: Path = Path("/sys"), kinds: Collection[str] = tuple(KINDS
 def network_modaliases(sysfs: Path = Path("/sys")) -> list[str]:
     """The modaliases of the PCI network controllers and of every device below one (the
     virtio device of a virtio-net function): what DHCP needs loaded before it starts."""
-    found: list[str] = []
+    found: set[str] = set()
     for dev in pci_devices(sysfs, ("network controller",)):
-        # the device's real directory: its children are directories, the links (driver,
-        # subsystem) are not followed
-        for dirpath, _dirs, files in os.walk(os.path.realpath(sysfs / "bus/pci/devices"
-                                                              / dev.slot)):
-            if "modalias" in files:
-                try:
-                    value = (Path(dirpath) / "modalias").read_text().strip()
-                except OSError:
-                    continue
-                if value:
-                    found.append(value)
-    return sorted(set(found))
+        # the device's real directory: its children are directories below it
+        found |= modaliases_below(os.path.realpath(sysfs / "bus/pci/devices" / dev.slot))
+    return sorted(found)
 
 
 def wait_bound(devices: Sequence[PciDevice], sysfs: Path, timeout: float, *,

@@ -35,6 +35,17 @@ def ip(*args: str) -> str:
 
 
 @dataclass
+def stop_process(popen: subprocess.Popen[Any], grace: float = 5.0) -> None:
+    """SIGTERM a test's daemon, SIGKILL it after ``grace`` seconds, and reap it."""
+    if popen.poll() is None:
+        popen.terminate()
+        try:
+            popen.wait(grace)
+        except subprocess.TimeoutExpired:
+            popen.kill()
+            popen.wait(grace)
+
+
 class Dnsmasq:
     popen: subprocess.Popen[bytes]
     log: Path
@@ -44,13 +55,7 @@ class Dnsmasq:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
     def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.terminate()
-            try:
-                self.popen.wait(5)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(5)
+        stop_process(self.popen)
 
 
 @dataclass

@@ -32,7 +32,7 @@ import pytest
 
 from pyinit import lldp, proc
 from pyinit.errors import CommandError
-from tests.integration.netns_dhcp import REPO, Lab, ip
+from tests.integration.netns_dhcp import REPO, Lab, ip, stop_process
 
 pytestmark = [
     pytest.mark.integration,
@@ -96,13 +96,8 @@ class Switch:
             time.sleep(0.05)
 
     def stop(self) -> None:
-        if self.popen is not None and self.popen.poll() is None:
-            self.popen.terminate()
-            try:
-                self.popen.wait(5)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(5)
+        if self.popen is not None:
+            stop_process(self.popen)
 
 
 def _vlan_aware_bridge(lab: Lab) -> bool:
