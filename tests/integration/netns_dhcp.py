@@ -34,7 +34,6 @@ def ip(*args: str) -> str:
     return proc.run(["ip", *args], timeout=20).stdout
 
 
-@dataclass
 def stop_process(popen: subprocess.Popen[Any], grace: float = 5.0) -> None:
     """SIGTERM a test's daemon, SIGKILL it after ``grace`` seconds, and reap it."""
     if popen.poll() is None:
@@ -46,6 +45,7 @@ def stop_process(popen: subprocess.Popen[Any], grace: float = 5.0) -> None:
             popen.wait(grace)
 
 
+@dataclass
 class Dnsmasq:
     popen: subprocess.Popen[bytes]
     log: Path
