@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pyinit import kmod
-from pyinit.log import get_logger
+from pyinit.log import event, get_logger
 
 log = get_logger("pyinit.coldplug")
 
@@ -160,19 +160,27 @@ def listen(plugger: Plugger, *, sysfs: Path = Path("/sys")) -> None:
         return
     coldplug(plugger, sysfs=sysfs)
     for device in iter(monitor.poll, None):
-        if device.action != "add":
-            continue
-        alias = device.properties.get("MODALIAS")
-        if not alias:
-            continue
-        new = plugger.plug([alias])
-        if new:
-            log.info(f"modules: hotplug {device.sys_path}: {' '.join(new)}")
-        elif device.subsystem == "pci" and not kmod.match_aliases([alias], plugger.aliases):
-            dev = read_pci_device(Path(device.sys_path))
-            if dev is not None and dev.kind:
-                for line, _fields in no_driver_lines([dev], staged=plugger.aliases):
-                    log.warning(line)
+        if device.action == "add":
+            on_add(plugger, device.properties.get("MODALIAS"), device.subsystem,
+                   Path(device.sys_path))
+
+
+def on_add(plugger: Plugger, alias: str | None, subsystem: str | None, path: Path
+           ) -> list[str]:
+    """One ``add`` uevent: load what matches its modalias; a PCI network or storage
+    controller that nothing staged matches gets the coldplug's one line and event."""
+    if not alias:
+        return []
+    new = plugger.plug([alias])
+    if new:
+        log.info(f"modules: hotplug {path}: {' '.join(new)}")
+    elif subsystem == "pci" and not kmod.match_aliases([alias], plugger.aliases):
+        dev = read_pci_device(path)
+        if dev is not None and dev.kind and not dev.driver:
+            for line, fields in no_driver_lines([dev], staged=plugger.aliases):
+                log.warning(line)
+                event("modules", "no-driver", **fields)
+    return new
 
 
 def start_hotplug(plugger: Plugger, *, sysfs: Path = Path("/sys")) -> threading.Thread:

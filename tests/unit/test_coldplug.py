@@ -227,3 +227,27 @@ def test_wait_bound_rereads_until_bound(tmp_path: Path) -> None:
 
 def test_kernel_log_of_a_missing_device_is_empty(tmp_path: Path) -> None:
     assert coldplug.read_kernel_log(tmp_path / "no-kmsg") == []
+
+
+def test_a_controller_added_later(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The uevent listener's ``add``: a late NIC gets its driver; a late storage controller
+    nothing matches gets the one line and event; other devices and other actions nothing."""
+    sysfs = tmp_path / "sys"
+    late_nic = pci_device(sysfs, "0000:00:07.0", "0x8086", "0x100e", "0x020000",
+                          "pci:v00008086d0000100Esv0sd0bc02sc00i00")
+    late_hba = pci_device(sysfs, "0000:00:08.0", "0x9005", "0x028f", "0x010700",
+                          "pci:v00009005d0000028Fsv0000103Csd00000600bc01sc07i00")
+    events: list[tuple[str, str, dict[str, object]]] = []
+    monkeypatch.setattr(coldplug, "event",
+                        lambda step, status, **f: events.append((step, status, f)))
+    plugger = coldplug.Plugger(table(), load=lambda n: n)
+    assert coldplug.on_add(plugger, "pci:v00008086d0000100Esv0sd0bc02sc00i00", "pci",
+                           late_nic) == ["e1000"]
+    assert events == []
+    assert coldplug.on_add(plugger, "pci:v00009005d0000028Fsv0000103Csd00000600bc01sc07i00",
+                           "pci", late_hba) == []
+    assert [(s, st, f["slot"], f["hint"]) for s, st, f in events] == [
+        ("modules", "no-driver", "0000:00:08.0", "no driver for it in this initramfs")]
+    assert coldplug.on_add(plugger, None, "pci", late_hba) == []
+    assert coldplug.on_add(plugger, "input:b0011v0001", "input", tmp_path) == []
+    assert len(events) == 1
