@@ -70,10 +70,17 @@ unit: setup
 
 # PYINIT_OUT makes missing build output a failure (not a skip) in the VM tests; the harness's
 # own busybox test loads virtio modules from the cached kernel package.
+# Unit and integration tests run one at a time; the VM tests two at a time (pytest-xdist, one
+# worker per core, tests handed out one by one): each QEMU (TCG) keeps one core busy, so
+# this halves the longest part of the suite. Both parts always run; the target fails if either
+# failed.
 test: initramfs lint
-	PYINIT_OUT=$(abspath $(OUT)) \
-	PYINIT_MODULES=$$(ls -d $(CURDIR)/.cache/kernel/*/lib/modules/* | head -n 1) \
-	$(BIN)/pytest tests
+	export PYINIT_OUT=$(abspath $(OUT)) \
+		PYINIT_MODULES=$$(ls -d $(CURDIR)/.cache/kernel/*/lib/modules/* | head -n 1); \
+	rc=0; \
+	$(BIN)/pytest --durations=15 tests/unit tests/integration || rc=$$?; \
+	$(BIN)/pytest -n 2 --dist load --durations=15 tests/vm || rc=$$?; \
+	exit $$rc
 
 # Issue #3: pyinit's image writer and capture against curl|zstd|dd baselines measured in the same
 # run (nginx, a loop device); prints a table and, as the last line, one JSON object.

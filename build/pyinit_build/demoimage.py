@@ -8,6 +8,7 @@ flashes one of those. This one stays because the pipeline tests want a payload, 
 
 from __future__ import annotations
 
+import fcntl
 import gzip
 import hashlib
 import json
@@ -78,8 +79,15 @@ def sha256_file(path: Path, length: int | None = None) -> str:
 
 
 def build_demo_image(out_dir: Path, *, size_mib: int = 64, label: str = "pyinit-demo") -> DemoImage:
-    """Build (or reuse) ``out_dir/demo.img`` and ``demo.img.gz``."""
+    """Build (or reuse) ``out_dir/demo.img`` and ``demo.img.gz``. Concurrent callers (test
+    workers) share one build: the first builds under a lock, the others reuse it."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _build_locked(out_dir, size_mib=size_mib, label=label)
+
+
+def _build_locked(out_dir: Path, *, size_mib: int, label: str) -> DemoImage:
     raw = out_dir / "demo.img"
     gz = out_dir / "demo.img.gz"
     meta = out_dir / "demo.json"
