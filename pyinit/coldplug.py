@@ -111,7 +111,7 @@ class Background:
                  then: Callable[[Plugger, Path], None] | None = None) -> None:
         self.plugger = plugger
         self.sysfs = sysfs
-        self.then = then if then is not None else _listen  # after the coldplug: hotplug
+        self.then = then if then is not None else listen  # after the coldplug: hotplug
         self.loaded: list[str] = []
         self.finished_at: float | None = None  # time.monotonic() when the coldplug ended
         self._done = threading.Event()
@@ -139,11 +139,7 @@ class Background:
         self.then(self.plugger, self.sysfs)
 
 
-def _listen(plugger: Plugger, sysfs: Path) -> None:
-    listen(plugger, sysfs=sysfs)
-
-
-def listen(plugger: Plugger, *, sysfs: Path = Path("/sys")) -> None:
+def listen(plugger: Plugger, sysfs: Path = Path("/sys")) -> None:
     """Listen to kernel uevents and plug every new device's modalias (never returns).
 
     Importing pyudev and opening the netlink socket take about half a second under emulation;
@@ -181,14 +177,6 @@ def on_add(plugger: Plugger, alias: str | None, subsystem: str | None, path: Pat
                 log.warning(line)
                 event("modules", "no-driver", **fields)
     return new
-
-
-def start_hotplug(plugger: Plugger, *, sysfs: Path = Path("/sys")) -> threading.Thread:
-    """Only the uevent listener, in a daemon thread (the boot uses :class:`Background`)."""
-    thread = threading.Thread(target=listen, args=(plugger,), kwargs={"sysfs": sysfs},
-                              name="hotplug", daemon=True)
-    thread.start()
-    return thread
 
 
 # --- network and storage controllers without a driver ----------------------------------------

@@ -409,7 +409,7 @@ def stage_firmware(staging: Path, kern: kernel.Kernel, modules: Iterable[str],
     absent = [n for n, f in found.items() if f is None]
     if source == "debian" and absent:
         try:
-            got = firmware.fetch(absent, (cache or Path(".cache")) / "firmware")
+            got = firmware.fetch(absent, (cache or REPO / ".cache") / "firmware")
         except PyinitError as exc:
             log.warning("initramfs: firmware: not fetched from Debian's %s: %s "
                         "(the build goes on; manifest.json firmware_missing)",
