@@ -36,6 +36,18 @@ def refusal_reason(status: int, has_token: bool) -> str:
             "server answers so)")
 
 
+RETRIES = 3  # of an event the server answered 503/429
+
+
+def retry_after(value: str | None) -> float:
+    """Seconds to wait from a Retry-After header (seconds form), clamped to 0.2-2 s. Pure."""
+    try:
+        seconds = float(value) if value is not None else 1.0
+    except ValueError:
+        seconds = 1.0
+    return min(2.0, max(0.2, seconds))
+
+
 class ServerSink:
     def __init__(self, url: str, *, session: requests.Session | None = None,
                  timeout: float = 2.0, maxsize: int = 256, token: str | None = None) -> None:
@@ -63,8 +75,7 @@ class ServerSink:
                     return
                 if self.failures < 5:  # a dead server must not cost 2 s per event forever
                     try:
-                        resp = self.session.post(self.url, json=item, timeout=self.timeout,
-                                                 headers=self._headers)
+                        resp = self._post(item)
                         self.failures = 0
                         if resp.status_code in (401, 403) and not self._warned:
                             self._warned = True  # once: the console has every event anyway
@@ -75,6 +86,17 @@ class ServerSink:
                         self.failures += 1
             finally:
                 self.queue.task_done()
+
+    def _post(self, item: object) -> requests.Response:
+        """POST one event; a 503 or 429 (the server's store restarting, a replica busy) is
+        retried after its Retry-After (capped), at most RETRIES times."""
+        for attempt in range(RETRIES + 1):
+            resp = self.session.post(self.url, json=item, timeout=self.timeout,
+                                     headers=self._headers)
+            if resp.status_code not in (429, 503) or attempt == RETRIES:
+                return resp
+            time.sleep(retry_after(resp.headers.get("Retry-After")))
+        raise AssertionError("unreachable")
 
     def flush(self, timeout: float = 3.0) -> None:
         deadline = time.monotonic() + timeout

@@ -121,10 +121,29 @@ def recorder() -> Iterator[Recorder]:
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[ProvisioningServer]:
-    """A provisioning server on 127.0.0.1 with an empty images/ (the VM tests override it)."""
+    """A provisioning server on 127.0.0.1 with an empty images/ (the VM tests override it).
+    Writes open, asked for by name: the tests using it are about what the agent sends;
+    tokens have their own tests (test_server_auth.py, test_token.py)."""
     (tmp_path / "srv" / "images").mkdir(parents=True)
-    with ProvisioningServer(tmp_path / "srv") as srv:
+    with ProvisioningServer(tmp_path / "srv", open_writes=True) as srv:
         yield srv
+
+
+@pytest.fixture(scope="session")
+def _postgres_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    from tests.pgcluster import PostgresCluster
+
+    with PostgresCluster(tmp_path_factory.mktemp("postgres")) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def postgres(_postgres_cluster: Any) -> Any:
+    """A real PostgreSQL (tests.pgcluster.PostgresCluster) whose ``url`` names an empty
+    database. One cluster per session (per xdist worker); a test may stop or restart it, the
+    next one finds it running. Skipped when the PostgreSQL binaries are absent."""
+    _postgres_cluster.reset()
+    return _postgres_cluster
 
 
 @pytest.fixture

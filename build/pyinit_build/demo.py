@@ -70,9 +70,11 @@ def run_demo(out: Path, *, keep: bool = False, timeout: float = 300.0) -> dict[s
         "network": "dhcp", "finish": "reboot"}, indent=2))
     disk = create_disk(work / "disk.raw", 2 * manifest.virtual_size)
     started = time.monotonic()
-    with ProvisioningServer(root) as server:
-        append = (f"MYURL={guest_url(server.url)} pyinit.on_failure=poweroff quiet "
-                  "loglevel=4")
+    # secure defaults: the machine gets its own token (as an iPXE script would carry it); the
+    # image is a link to the one built under out/, followed by name
+    with ProvisioningServer(root, symlinks="any") as server:
+        append = (f"MYURL={guest_url(server.url)} pyinit.token={server.machine_token(DEMO_MAC)} "
+                  "pyinit.on_failure=poweroff quiet loglevel=4")
         cfg = VMConfig(kernel=kernel, initrd=initrd, append=append, mac=DEMO_MAC,
                        disks=[Disk(disk)], timeout=timeout, workdir=work / "vm")
         print(f"demo: server {server.url}, machine {DEMO_MAC}, image {compressed.name} "

@@ -1,14 +1,27 @@
-"""``pyinit serve``: run the provisioning server in the foreground until Ctrl-C."""
+"""``pyinit serve``: run the provisioning server in the foreground until Ctrl-C or SIGTERM."""
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
 from pyinit import units
-from pyinit_server.server import DEFAULT_KERNEL_ARGS, DEFAULT_MAX_UPLOAD, ProvisioningServer
+from pyinit_server import auth
+from pyinit_server.server import (
+    DEFAULT_BACKLOG,
+    DEFAULT_GRACE,
+    DEFAULT_KERNEL_ARGS,
+    DEFAULT_MAX_UPLOAD,
+    DEFAULT_MIN_UPLOAD_RATE,
+    DEFAULT_UPLOAD_TIMEOUT,
+    ProvisioningServer,
+)
+from pyinit_server.status import MAX_EVENTS
+from pyinit_server.store import DEFAULT_MAX_BYTES, StoreError
 
 parse_size = units.size_arg  # --max-upload sizes (64MiB, 500G)
 
@@ -40,7 +53,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8080,
                    help="port to listen on, 0 for any free port (default: %(default)s)")
     p.add_argument("--max-upload", type=parse_size, default=DEFAULT_MAX_UPLOAD, metavar="SIZE",
-                   help="largest upload accepted, e.g. 500G (binary units; default: 1T); "
+                   help="largest upload accepted, e.g. 500G (binary units; default: 64G); "
                         "larger ones are refused with 413")
     p.add_argument("--boot-dir", type=Path, default=None, metavar="DIR",
                    help="directory served at /boot/ for iPXE: vmlinuz and initramfs.cpio.zst "
@@ -72,13 +85,46 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     tls.add_argument("--no-plain-http", action="store_true",
                      help="with TLS: no plain HTTP listener at all (an iPXE that does HTTPS, "
                           "or no iPXE)")
-    tok = p.add_mutually_exclusive_group()
-    tok.add_argument("--token", default=None,
-                     help="require 'Authorization: Bearer TOKEN' on POST /events, POST /image "
-                          "and PUT /images (machines get it as pyinit.token= on their kernel "
-                          "command line); reads stay open. Visible in ps: prefer --token-file")
+    sec = p.add_argument_group(
+        "writes", "Writes (events, uploads) need a token (docs/security.md). Each machine's "
+                  "iPXE script carries that machine's own token (derived from the secret in "
+                  "ROOT/.pyinit/secret, made on first start): good for its events and its "
+                  "captures (images/<mac>.*) only. The operator token covers every write: "
+                  "--token-file, else ROOT/.pyinit/operator-token (made on first start).")
+    tok = sec.add_mutually_exclusive_group()
     tok.add_argument("--token-file", type=Path, default=None, metavar="FILE",
-                     help="read the token from FILE (its first line)")
+                     help="the operator token: the first line of FILE")
+    tok.add_argument("--token", default=None,
+                     help="the operator token itself (visible in ps: prefer --token-file)")
+    tok.add_argument("--allow-unauthenticated-writes", action="store_true",
+                     help="take writes without any token: anyone who reaches the server can "
+                          "post events and replace images")
+    store = p.add_argument_group("state", "Machine status and event history (docs/server.md)")
+    store.add_argument("--db", default=None, metavar="URL",
+                       help="the event store: default SQLite in ROOT/.pyinit/state.sqlite3; "
+                            "postgresql://user@host/db for several replicas serving one fleet")
+    store.add_argument("--max-events", type=int, default=MAX_EVENTS, metavar="N",
+                       help="events kept per machine, oldest dropped first (default: "
+                            "%(default)s)")
+    store.add_argument("--max-event-bytes", type=parse_size, default=DEFAULT_MAX_BYTES,
+                       metavar="SIZE", help="event history kept in total, oldest dropped first "
+                                            "(default: 512MiB)")
+    lim = p.add_argument_group("limits")
+    lim.add_argument("--backlog", type=int, default=DEFAULT_BACKLOG, metavar="N",
+                     help="listen queue: connections waiting to be accepted (default: "
+                          "%(default)s; the kernel caps it at net.core.somaxconn)")
+    lim.add_argument("--upload-timeout", type=float, default=DEFAULT_UPLOAD_TIMEOUT,
+                     metavar="SECONDS", help="an upload that sends nothing for this long is "
+                                             "cut off (default: %(default)g)")
+    lim.add_argument("--min-upload-rate", type=parse_size, default=DEFAULT_MIN_UPLOAD_RATE,
+                     metavar="SIZE", help="an upload slower than SIZE per second over a minute "
+                                          "is cut off (default: 1KiB; 0: no minimum)")
+    lim.add_argument("--symlinks", choices=("inside", "any"), default="inside",
+                     help="symlinks under images/ and the boot dir: served only when they "
+                          "stay inside it (default), or followed anywhere, as nginx does")
+    lim.add_argument("--grace", type=float, default=DEFAULT_GRACE, metavar="SECONDS",
+                     help="on SIGTERM: stop accepting, give requests in flight this long "
+                          "(default: %(default)g), then exit 0")
     p.set_defaults(func=run)
     return p
 
@@ -87,14 +133,7 @@ def _token(args: argparse.Namespace) -> str | None:
     if args.token_file is None:
         token: str | None = args.token
         return token
-    try:
-        lines = args.token_file.read_text().splitlines()
-    except OSError as exc:
-        raise ValueError(f"--token-file {args.token_file}: {exc.strerror or exc}") from exc
-    if not lines or not lines[0].strip():
-        raise ValueError(f"--token-file {args.token_file}: empty")
-    first: str = lines[0].strip()
-    return first
+    return auth.read_token_file(args.token_file)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -110,13 +149,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"pyinit serve: warning: {root} has neither machines/ nor images/",
               file=sys.stderr)
     try:
-        server = ProvisioningServer(root, host=args.host,
-                                    port=None if args.no_plain_http else args.port,
-                                    max_upload=args.max_upload, boot_dir=args.boot_dir,
-                                    public_url=args.public_url, kernel_args=args.kernel_args,
-                                    token=_token(args), tls_cert=args.tls_cert,
-                                    tls_key=args.tls_key, tls_port=args.tls_port,
-                                    public_tls_url=args.public_tls_url)
+        server = ProvisioningServer(
+            root, host=args.host, port=None if args.no_plain_http else args.port,
+            max_upload=args.max_upload, boot_dir=args.boot_dir, public_url=args.public_url,
+            kernel_args=args.kernel_args, token=_token(args),
+            open_writes=args.allow_unauthenticated_writes, db=args.db,
+            max_events=args.max_events, max_event_bytes=args.max_event_bytes,
+            tls_cert=args.tls_cert, tls_key=args.tls_key, tls_port=args.tls_port,
+            public_tls_url=args.public_tls_url, symlinks=args.symlinks, backlog=args.backlog,
+            upload_timeout=args.upload_timeout, min_upload_rate=args.min_upload_rate,
+            grace=args.grace)
     except ValueError as exc:
         print(f"pyinit serve: {exc}", file=sys.stderr)
         return 2
@@ -126,13 +168,26 @@ def run(args: argparse.Namespace) -> int:
         ports = f"{args.port}" + (f" / {args.tls_port}" if args.tls_cert else "")
         print(f"pyinit serve: cannot listen on {args.host}:{ports}: {exc}", file=sys.stderr)
         return 1
+    except (StoreError, auth.AuthError) as exc:
+        print(f"pyinit serve: {exc}", file=sys.stderr)
+        return 1
     plain = f", plain HTTP for iPXE on {server.http_url}" \
         if args.tls_cert and server.http_url else ""
-    print(f"pyinit serve: {root.resolve()} on {server.url}{plain} (Ctrl-C to stop)", flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.stop()
+    print(f"pyinit serve: {root.resolve()} on {server.url}{plain} (Ctrl-C or SIGTERM to stop)",
+          flush=True)
+    if server.token_file is not None:
+        print(f"pyinit serve: operator token in {server.token_file}", flush=True)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        if stop.is_set():
+            return
+        print(f"pyinit serve: {signal.Signals(signum).name}: stopping (in-flight requests get "
+              f"{args.grace:g} s)", flush=True)
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, on_signal)
+    server.serve_forever(stop)
+    print("pyinit serve: stopped", flush=True)
     return 0

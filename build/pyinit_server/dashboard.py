@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from http.server import BaseHTTPRequestHandler
+
+from aiohttp import web
 
 POLL_MS = 1000  # how often the page asks for /api/machines (and the open log)
+PAGE_SIZE = 500  # machines per page: the server filters by state and pages
 
 _CSS = """
 :root { --fg: #1d2430; --muted: #6b7585; --line: #dde2ea; --bg: #f6f7f9; --ok: #1a7f37;
@@ -42,6 +44,8 @@ h1 { font-size: 16px; margin: 0 8px 0 0; }
 .counts b { margin-left: 4px; }
 #filter { font: inherit; padding: 3px 8px; border: 1px solid var(--line); border-radius: 4px;
           width: 220px; }
+#pager button { font: inherit; border: 1px solid var(--line); background: #fff;
+                border-radius: 4px; padding: 0 8px; cursor: pointer; }
 #updated { margin-left: auto; color: var(--muted); font-size: 12px; }
 #banner { display: none; padding: 8px 16px; background: #fdecea; color: var(--bad);
           border-bottom: 1px solid #f5c2c0; font-weight: 600; }
@@ -96,7 +100,10 @@ body.logging #log { display: flex; }
 _JS = r"""
 "use strict";
 (() => {
-  const POLL_MS = __POLL_MS__, TIMEOUT_MS = 5000, QUIET_S = 120;
+  const POLL_MS = __POLL_MS__, TIMEOUT_MS = 5000, QUIET_S = 120, PAGE = __PAGE__;
+  // the server's state names for the buttons (it filters and pages; the text box filters
+  // the page shown)
+  const SERVER_STATE = { running: "running", ok: "ok", failed: "failed", waiting: "new" };
   const $ = (id) => document.getElementById(id);
   const el = (tag, cls, text) => {
     const e = document.createElement(tag);
@@ -180,7 +187,7 @@ _JS = r"""
   // -- state -------------------------------------------------------------------------------
   const rows = new Map();  // mac -> {tr, cells, kind, text}
   let machines = [], selected = null, show = "all", lastOk = null, failingSince = null;
-  let logKey = null, logCount = 0;
+  let logKey = null, logCount = 0, offset = 0, total = 0;
 
   async function getJSON(url) {
     const ctl = new AbortController();
@@ -283,6 +290,7 @@ _JS = r"""
     const now = isNum(data.now) ? data.now : Date.now() / 1000;
     const tbody = $("rows"), seen = new Set();
     const counts = { all: 0, running: 0, ok: 0, failed: 0, waiting: 0 };
+    const server = data.counts && typeof data.counts === "object" ? data.counts : null;
     let i = 0;
     for (const m of machines) {
       if (typeof m.mac !== "string") continue;
@@ -299,8 +307,22 @@ _JS = r"""
     for (const [mac, row] of rows) {
       if (!seen.has(mac)) { row.tr.remove(); rows.delete(mac); }
     }
+    if (server) {  // the whole fleet's counts, not just this page's
+      counts.running = server.running | 0; counts.ok = server.ok | 0;
+      counts.failed = server.failed | 0; counts.waiting = server.new | 0;
+      counts.all = counts.running + counts.ok + counts.failed + counts.waiting;
+    }
+    total = isNum(data.total) ? data.total : machines.length;
     $("empty").hidden = counts.all > 0;
     for (const k of Object.keys(counts)) setText($(`n-${k}`), counts[k]);
+    const paged = total > PAGE || offset > 0;
+    $("pager").hidden = !paged;
+    if (paged) {
+      setText($("pageinfo"), `${Math.min(offset + 1, total)}-${Math.min(offset + PAGE, total)} ` +
+              `of ${total}`);
+      $("prev").disabled = offset === 0;
+      $("next").disabled = offset + PAGE >= total;
+    }
     const parts = [];
     if (counts.failed) parts.push(`${counts.failed} failed`);
     if (counts.running) parts.push(`${counts.running} running`);
@@ -395,9 +417,15 @@ _JS = r"""
     document.body.classList.add("stale");
   }
 
+  async function refresh() {
+    const q = new URLSearchParams({ offset: String(offset), limit: String(PAGE) });
+    if (show !== "all" && SERVER_STATE[show]) q.set("state", SERVER_STATE[show]);
+    render(await getJSON(`/api/machines?${q}`));
+  }
+
   async function poll() {
     try {
-      render(await getJSON("/api/machines"));
+      await refresh();
       setStale(null);
       if (selected) await refreshLog();
     } catch (e) {
@@ -407,6 +435,10 @@ _JS = r"""
     }
   }
 
+  async function poll1() {  // one extra refresh now (a page button), outside the loop
+    try { await refresh(); setStale(null); } catch (e) { setStale(e); }
+  }
+
   function fromHash() {
     const mac = decodeURIComponent(location.hash.slice(1));
     select(mac || null);
@@ -414,9 +446,11 @@ _JS = r"""
 
   document.addEventListener("DOMContentLoaded", () => {
     $("filter").addEventListener("input", applyFilter);
+    $("prev").addEventListener("click", () => { offset = Math.max(0, offset - PAGE); poll1(); });
+    $("next").addEventListener("click", () => { offset += PAGE; poll1(); });
     for (const b of document.querySelectorAll(".counts button")) {
       b.addEventListener("click", () => { show = show === b.dataset.show ? "all" : b.dataset.show;
-                                          applyFilter(); });
+                                          offset = 0; applyFilter(); poll1(); });
     }
     $("logclose").addEventListener("click", () => select(null));
     document.addEventListener("keydown", (ev) => { if (ev.key === "Escape") select(null); });
@@ -425,7 +459,7 @@ _JS = r"""
     poll();
   });
 })();
-""".replace("__POLL_MS__", str(POLL_MS))
+""".replace("__POLL_MS__", str(POLL_MS)).replace("__PAGE__", str(PAGE_SIZE))
 
 _BODY = """
 <header>
@@ -438,6 +472,9 @@ _BODY = """
     <button type="button" data-show="waiting">waiting<b id="n-waiting">0</b></button>
   </div>
   <input id="filter" type="search" placeholder="filter: MAC, phase, error…" autocomplete="off">
+  <span id="pager" hidden><button type="button" id="prev" aria-label="previous page">&lt;</button>
+    <span id="pageinfo"></span>
+    <button type="button" id="next" aria-label="next page">&gt;</button></span>
   <span id="updated">connecting…</span>
 </header>
 <div id="banner" role="alert"></div>
@@ -477,17 +514,9 @@ CSP = (f"default-src 'none'; script-src {_hash(_JS)}; style-src {_hash(_CSS)}; "
        "frame-ancestors 'none'")
 
 
-def send(handler: BaseHTTPRequestHandler) -> int:
-    """Answer ``handler``'s GET or HEAD with the page; the number of body bytes written."""
-    handler.send_response(200)
-    handler.send_header("Content-Type", "text/html; charset=utf-8")
-    handler.send_header("Content-Length", str(len(PAGE)))
-    handler.send_header("Cache-Control", "no-store")
-    handler.send_header("Content-Security-Policy", CSP)
-    handler.send_header("X-Content-Type-Options", "nosniff")
-    handler.send_header("Referrer-Policy", "no-referrer")
-    handler.end_headers()
-    if handler.command == "HEAD":
-        return 0
-    handler.wfile.write(PAGE)
-    return len(PAGE)
+def response() -> web.Response:
+    """The page, with its security headers (GET and HEAD)."""
+    return web.Response(body=PAGE, headers={
+        "Content-Type": "text/html; charset=utf-8", "Cache-Control": "no-store",
+        "Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "no-referrer"})

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pyinit_server import auth
 from pyinit_server.ipxe import chain_script, machine_script
 from pyinit_server.machines import DEFAULT, MachineStore
 from pyinit_server.server import DEFAULT_KERNEL_ARGS, MAX_EVENT_BYTES
@@ -67,11 +68,13 @@ class Export:
 
 
 def render(root: Path, *, public_url: str | None = None,
-           kernel_args: str = DEFAULT_KERNEL_ARGS) -> Export:
+           kernel_args: str = DEFAULT_KERNEL_ARGS, secret: bytes | None = None) -> Export:
     """The answers of ``pyinit serve --root ROOT`` as files (without ``nginx.conf``).
 
     Raises :class:`ExportError` with the server's ``machines/<file>:<line>: reason`` for the
-    first machine file it would answer with 500."""
+    first machine file it would answer with 500. ``secret``: the server's (``ROOT/.pyinit/secret``):
+    each machine's script carries its own token, as ``pyinit serve`` writes it; ``default.ipxe``
+    cannot (iPXE fills in the MAC), see docs/nginx.md."""
     base = _public_url(public_url) if public_url is not None else None
     store = MachineStore(root / "machines")
     out = Export()
@@ -90,7 +93,9 @@ def render(root: Path, *, public_url: str | None = None,
             out.macs.append(key)
         if base is not None:
             mac = IPXE_MAC if key == DEFAULT else key
-            out.files[f"{key}.ipxe"] = machine_script(base, mac, machine, kernel_args).encode()
+            token = auth.machine_token(secret, key) if secret and key != DEFAULT else None
+            out.files[f"{key}.ipxe"] = machine_script(base, mac, machine, kernel_args,
+                                                      token=token).encode()
     if base is not None:
         out.files["boot.ipxe"] = chain_script(base).encode()
     return out
@@ -210,10 +215,13 @@ def _is_previous_export(path: Path) -> bool:
 
 def export(root: Path, out_dir: Path, *, public_url: str | None = None,
            kernel_args: str = DEFAULT_KERNEL_ARGS, boot_dir: Path | None = None,
-           listen: str = "8080", events_upstream: str | None = None) -> Export:
-    """Render ``root`` and replace ``out_dir`` with the result (all or nothing)."""
+           listen: str = "8080", events_upstream: str | None = None,
+           tokens: bool = True) -> Export:
+    """Render ``root`` and replace ``out_dir`` with the result (all or nothing). ``tokens``:
+    put each machine's token into its iPXE script (the root's secret, made if missing)."""
     out_dir = Path(os.path.abspath(out_dir))
-    rendered = render(root, public_url=public_url, kernel_args=kernel_args)
+    secret = auth.load_secret(root) if tokens and public_url is not None else None
+    rendered = render(root, public_url=public_url, kernel_args=kernel_args, secret=secret)
     conf = nginx_conf(Path(_nginx_path(out_dir, "OUT")),
                       Path(_nginx_path(root / "images", "ROOT/images")),
                       Path(_nginx_path(boot_dir if boot_dir is not None else root / "boot",
@@ -274,6 +282,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--events-upstream", default=None, metavar="URL",
                    help="proxy POST /events/ to this pyinit serve (which keeps the history) "
                         "instead of answering 204 and discarding them")
+    p.add_argument("--no-tokens", action="store_true",
+                   help="leave the machines' tokens out of their iPXE scripts (for an events "
+                        "upstream run with --allow-unauthenticated-writes)")
     p.set_defaults(func=run)
     return p
 
@@ -288,8 +299,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         done = export(args.root, args.out, public_url=args.public_url,
                       kernel_args=args.kernel_args, boot_dir=args.boot_dir, listen=args.listen,
-                      events_upstream=args.events_upstream)
-    except ExportError as exc:
+                      events_upstream=args.events_upstream, tokens=not args.no_tokens)
+    except (ExportError, auth.AuthError) as exc:
         print(f"pyinit export: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:

@@ -1,13 +1,14 @@
 """iPXE scripts: a generic ``boot.ipxe`` that chains by MAC, and one script per machine. Pure.
 
-``/boot.ipxe`` chains to ``{base}/${netX/mac:hexhyp}.ipxe``: ``netX`` is iPXE's name for the
-network device it opened last (the one it booted from, also when that is not ``net0``), and the
-``hexhyp`` type prints its MAC with hyphens (``52-54-00-12-34-56``), the server's spelling. The
-machine's script boots ``{base}/boot/vmlinuz`` with ``{base}/boot/initramfs.cpio.zst`` and the
-kernel command line: the server's default arguments, ``BOOTYURL={base}`` (pyinit then fetches
+``/boot.ipxe`` chains to ``{base}/${netX/mac:hexhyp}.ipxe``: ``netX`` is iPXE's name for the network
+device it opened last (the one it booted from, also when that is not ``net0``), and the ``hexhyp``
+type prints its MAC with hyphens (``52-54-00-12-34-56``), the server's spelling. The machine's
+script boots ``{base}/boot/vmlinuz`` with ``{base}/boot/initramfs.cpio.zst`` and the kernel command
+line: the server's default arguments, ``BOOTYURL={base}`` (pyinit then fetches
 ``{base}/{mac}.bty``), ``BOOTIF=01-{mac}`` (so that pyinit uses the NIC it was booted from),
-then the machine file's ``pxe.cmdline``. Arguments are separated by spaces and cannot contain
-spaces themselves (iPXE splits its command lines on whitespace).
+``pyinit.token=`` (the machine's own token, see :mod:`pyinit_server.auth`), then the machine file's
+``pxe.cmdline``. Arguments are separated by spaces and cannot contain spaces themselves (iPXE splits
+its command lines on whitespace).
 """
 
 from __future__ import annotations
@@ -24,16 +25,19 @@ def chain_script(base: str) -> str:
             f"chain {base}/${{netX/mac:hexhyp}}.ipxe\n")
 
 
-def kernel_cmdline(base: str, mac: str, default_args: str, extra: list[str]) -> str:
-    return " ".join([*default_args.split(), f"BOOTYURL={base}", f"BOOTIF=01-{mac}", *extra])
+def kernel_cmdline(base: str, mac: str, default_args: str, extra: list[str],
+                   token: str | None = None) -> str:
+    auth = [f"pyinit.token={token}"] if token else []
+    return " ".join([*default_args.split(), f"BOOTYURL={base}", f"BOOTIF=01-{mac}", *auth,
+                     *extra])
 
 
 def machine_script(base: str, mac: str, machine: Machine, default_args: str, *,
-                   bootyurl: str | None = None) -> str:
+                   bootyurl: str | None = None, token: str | None = None) -> str:
     """``bootyurl``: when it differs from ``base`` (HTTPS for pyinit, while iPXE loads the
-    kernel and initrd over plain HTTP)."""
+    kernel and initrd over plain HTTP). ``token``: the machine's own (``pyinit.token=``)."""
     source = f"{machine.path.parent.name}/{machine.path.name}"
-    cmdline = kernel_cmdline(bootyurl or base, mac, default_args, machine.kernel_args())
+    cmdline = kernel_cmdline(bootyurl or base, mac, default_args, machine.kernel_args(), token)
     return ("#!ipxe\n"
             f"# pyinit: {mac} ({source})\n"
             f"kernel {base}/boot/{KERNEL_NAME} {cmdline}\n"

@@ -15,6 +15,9 @@ the console of each machine keeps the full record) and folds every event into a 
     ``ok`` or ``failed`` from the final ``result`` event (None while the run goes on).
 ``last_seen``
     the server's clock when the last event arrived (machines' clocks are often wrong).
+``events`` and ``dropped``
+    how many events the machine posted, and how many of them retention removed since (the
+    oldest beyond :data:`MAX_EVENTS` here; the durable store also drops by total size).
 
 ``hardware``
     from the last ``hardware inventory`` event (docs/inventory.md): vendor, product, serial,
@@ -54,6 +57,7 @@ class Summary:
     error: str | None = None
     result: str | None = None
     events: int = 0
+    dropped: int = 0  # events removed by retention (counted by the keeper, not by fold)
     first_seen: float | None = None
     last_seen: float | None = None
     hardware: dict[str, Any] | None = None
@@ -176,9 +180,13 @@ class History:
 
     def add(self, mac: str, event: dict[str, Any], now: float | None = None) -> None:
         now = time.time() if now is None else now
-        self._events.setdefault(mac, deque(maxlen=self.max_events)).append(event)
+        events = self._events.setdefault(mac, deque(maxlen=self.max_events))
+        summary = self._summaries.setdefault(mac, Summary(mac))
+        if len(events) == self.max_events:
+            summary.dropped += 1  # the append below pushes the oldest out
+        events.append(event)
         self._received.setdefault(mac, deque(maxlen=self.max_events)).append(now)
-        fold(self._summaries.setdefault(mac, Summary(mac)), event, now)
+        fold(summary, event, now)
 
     def events(self, mac: str) -> list[dict[str, Any]]:
         return list(self._events.get(mac, ()))

@@ -169,6 +169,10 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--server", default=os.environ.get("PYINIT_SERVER", DEFAULT_SERVER),
                    help="the server's URL (default: $PYINIT_SERVER or %(default)s)")
     p.add_argument("--json", action="store_true", help="print the server's JSON instead")
+    p.add_argument("--state", choices=("new", "running", "ok", "failed"), default=None,
+                   help="only machines in this state (filtered by the server)")
+    p.add_argument("--limit", type=int, default=None, metavar="N",
+                   help="at most N machines (default: all, fetched a page at a time)")
     p.add_argument("mac", nargs="?",
                    help="one machine: its hardware, LLDP neighbours and event log")
     p.set_defaults(func=run)
@@ -185,19 +189,26 @@ def run(args: argparse.Namespace, out: Any = None) -> int:
             print(f"pyinit status: not a MAC address: {args.mac!r}", file=sys.stderr)
             return 2
         url += f"/{mac}"
-    try:
-        resp = requests.get(url, timeout=10)
-    except requests.RequestException as exc:
-        print(f"pyinit status: cannot reach {base}: {type(exc).__name__}", file=sys.stderr)
-        return 1
-    if resp.status_code != 200:
-        try:
-            detail = resp.json()["error"]
-        except (ValueError, KeyError, TypeError):
-            detail = resp.reason
-        print(f"pyinit status: {url}: HTTP {resp.status_code}: {detail}", file=sys.stderr)
-        return 1
-    data = resp.json()
+    params: dict[str, Any] = {}
+    if not args.mac and getattr(args, "state", None):
+        params["state"] = args.state
+    limit = getattr(args, "limit", None)
+    data: dict[str, Any] | None = None
+    while True:  # /api/machines is paged: fetch pages until the total (or --limit) is reached
+        if not args.mac:
+            params["offset"] = len(data["machines"]) if data else 0
+        got = _get(url, params, base)
+        if got is None:
+            return 1
+        if data is None:
+            data = got
+        else:
+            data["machines"].extend(got["machines"])
+        if args.mac or not got.get("machines") or \
+                len(data["machines"]) >= min(got.get("total", 0), limit or 1 << 62):
+            break
+    if limit is not None and not args.mac:
+        data["machines"] = data["machines"][:limit]
     if args.json:
         out.write(json.dumps(data, indent=2) + "\n")
     elif args.mac:
@@ -206,3 +217,24 @@ def run(args: argparse.Namespace, out: Any = None) -> int:
         out.write(table(data))
     return 0
 
+
+def _get(url: str, params: dict[str, Any], base: str) -> dict[str, Any] | None:
+    """One answer of the server, or None after printing why not."""
+    try:
+        resp = requests.get(url, params=params, timeout=10)
+    except requests.RequestException as exc:
+        print(f"pyinit status: cannot reach {base}: {type(exc).__name__}", file=sys.stderr)
+        return None
+    if resp.status_code != 200:
+        try:
+            detail = resp.json()["error"]
+        except (ValueError, KeyError, TypeError):
+            detail = resp.reason
+        print(f"pyinit status: {url}: HTTP {resp.status_code}: {safe(detail)}", file=sys.stderr)
+        return None
+    try:
+        data: dict[str, Any] = resp.json()
+    except ValueError:
+        print(f"pyinit status: {url}: not JSON", file=sys.stderr)
+        return None
+    return data

@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             "action": "writeImage", "sourceImage": "images/none.img",
             "destinationDevice": "/dev/vda", "dryRun": True, "finish": "poweroff"}))
         disk = create_disk(Path(tmp) / "disk.raw", 16 << 20)
-        with ProvisioningServer(root) as server:
+        with ProvisioningServer(root, open_writes=True) as server:
             for i in range(args.runs):
                 for name, out in builds.items():  # alternating: drift hits both alike
                     rows[name].append(boot_once(out, guest_url(server.url), disk,

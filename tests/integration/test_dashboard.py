@@ -239,7 +239,8 @@ def rows(b: Browser) -> dict[str, dict[str, Any]]:
 
 
 def polls(srv: ProvisioningServer) -> int:
-    return sum(1 for r in srv.access_log if r["path"] == "/api/machines")
+    # the page asks for one page of machines: /api/machines?offset=0&limit=500
+    return sum(1 for r in srv.access_log if r["path"].split("?")[0] == "/api/machines")
 
 
 def after_poll(srv: ProvisioningServer, action: Callable[[], None]) -> threading.Thread:
@@ -302,7 +303,7 @@ def check_png(data: bytes, width: int, height: int) -> int:
 
 @pytest.mark.parametrize("path", ["/", "/dashboard", "/?x=1"])
 def test_page_is_served_uncached_with_a_strict_policy(root: Path, path: str) -> None:
-    with ProvisioningServer(root) as srv:
+    with ProvisioningServer(root, open_writes=True) as srv:
         r = requests.get(srv.url + path, timeout=10)
         head = requests.head(srv.url + path, timeout=10)
     assert r.status_code == 200 and head.status_code == 200
@@ -327,7 +328,7 @@ def test_page_is_self_contained_and_never_parses_html() -> None:
 
 
 def test_dashboard_live_in_chromium(root: Path, browser: Browser, tmp_path: Path) -> None:
-    with ProvisioningServer(root) as srv:
+    with ProvisioningServer(root, open_writes=True) as srv:
         provision_fleet(srv)
 
         def later() -> None:
@@ -418,7 +419,7 @@ def test_dashboard_live_in_chromium(root: Path, browser: Browser, tmp_path: Path
 def test_machine_hardware_and_lldp_in_chromium(root: Path, browser: Browser) -> None:
     """The open log shows the machine's product and each NIC's switch, port and VLAN; a
     hostile product name stays text."""
-    with ProvisioningServer(root) as srv:
+    with ProvisioningServer(root, open_writes=True) as srv:
         post(srv, WRITING, {"step": "action", "status": "ok"})
         post(srv, WRITING, {"step": "hardware", "status": "inventory",
                             "system": {"vendor": "Dell Inc.", "product": XSS,
@@ -465,17 +466,22 @@ def _serve(root: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
 
 
 def test_dashboard_survives_a_server_crash(root: Path, browser: Browser, tmp_path: Path) -> None:
-    """A real ``pyinit serve`` killed under the page: a stale banner, the last data kept, and
-    the page picks up the restarted server by itself (no reload)."""
+    """A real ``pyinit serve`` killed (SIGKILL) under the page: a stale banner, the last data
+    kept, and the page picks up the restarted server by itself (no reload), which still has
+    every event it acknowledged before the kill."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     log = tmp_path / "serve.log"
     url = f"http://127.0.0.1:{port}"
     proc = _serve(root, port, log)
+    # secure by default: the operator token the server made on its first start
+    token = (root / ".pyinit" / "operator-token").read_text().strip()
+    auth = {"Authorization": f"Bearer {token}"}
     try:
-        requests.post(f"{url}/events/{WRITING}", json={"step": "provision", "status": "progress",
-                                                       "percent": 10.0}, timeout=10)
+        resp = requests.post(f"{url}/events/{WRITING}", json={
+            "step": "provision", "status": "progress", "percent": 10.0}, headers=auth, timeout=10)
+        assert resp.status_code == 204
         browser.open(url + "/")
         browser.wait(f"document.querySelector('#rows tr[data-mac=\"{WRITING}\"] .pct')"
                      ".textContent === '10.0 %'", "the machine before the crash")
@@ -489,12 +495,15 @@ def test_dashboard_survives_a_server_crash(root: Path, browser: Browser, tmp_pat
         assert banner.startswith("Server unreachable (") and "retrying every 1 s" in banner
         assert browser.eval(f"document.querySelector('#rows tr[data-mac=\"{WRITING}\"] "
                             ".pct').textContent") == "10.0 %"  # the last data stays
-        proc = _serve(root, port, log)  # a restart forgets events: the row goes back to waiting
+        proc = _serve(root, port, log)
         requests.post(f"{url}/events/{DONE}", json={"step": "rootfs", "status": "start"},
-                      timeout=10)
+                      headers=auth, timeout=10)
         browser.wait("!document.body.classList.contains('stale')", "recovery after the restart")
         browser.wait(f"document.querySelector('#rows tr[data-mac=\"{DONE}\"] td.phase')"
                      ".textContent === 'rootfs · start'", "the restarted server's data")
+        # the event acknowledged before the kill survived it (SQLite under root/.pyinit)
+        assert browser.eval(f"document.querySelector('#rows tr[data-mac=\"{WRITING}\"] "
+                            ".pct').textContent") == "10.0 %"
         assert browser.eval("window.__loaded_once") == 1
     finally:
         proc.kill()
@@ -521,7 +530,7 @@ FORMATS = [
 def test_formatting_in_chromium(root: Path, browser: Browser) -> None:
     """The page's own formatting functions, table-style, in the browser that runs them (one
     browser for the whole table: starting Chromium costs seconds)."""
-    with ProvisioningServer(root) as srv:
+    with ProvisioningServer(root, open_writes=True) as srv:
         browser.open(srv.url + "/dashboard")
         browser.wait("window.pyinitDashboard", "the dashboard script")
         got = [browser.eval(f"window.pyinitDashboard.{fn}({json.dumps(arg)})")

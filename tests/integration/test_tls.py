@@ -228,6 +228,7 @@ def test_https_only_server(root: Path, tls_files: TLSFiles) -> None:  # noqa: F8
                             tls_key=tls_files.key) as srv:
         assert srv.http_url is None
         resp = requests.put(f"{srv.url}/images/up.img", data=b"x" * 1000,
+                            headers={"Authorization": f"Bearer {srv.token}"},
                             verify=str(tls_files.ca), timeout=5)
         assert resp.status_code == 201
 

@@ -48,7 +48,9 @@ def root(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def server(root: Path) -> Iterator[ProvisioningServer]:
-    with ProvisioningServer(root) as srv:
+    """Writes open (asked for by name): these tests post events to see the status; tokens
+    are tested below and in test_server_auth.py."""
+    with ProvisioningServer(root, open_writes=True) as srv:
         yield srv
 
 
@@ -260,11 +262,13 @@ def test_ipxe_public_url_and_kernel_args(root: Path) -> None:
     with ProvisioningServer(root, public_url="https://boot.example.com/pxe/",
                             kernel_args="console=ttyS1 quiet") as srv:
         text = get(srv, f"/{OTHER}.ipxe", headers={"Host": "10.0.2.2:8080"}).text
+        # secure by default: the script carries the machine's own token
         assert text == (
             "#!ipxe\n"
             f"# pyinit: {OTHER} (machines/52:54:00:00:00:02.JSON)\n"
             "kernel https://boot.example.com/pxe/boot/vmlinuz console=ttyS1 quiet "
-            f"BOOTYURL=https://boot.example.com/pxe BOOTIF=01-{OTHER}\n"
+            f"BOOTYURL=https://boot.example.com/pxe BOOTIF=01-{OTHER} "
+            f"pyinit.token={srv.machine_token(OTHER)}\n"
             "initrd https://boot.example.com/pxe/boot/initramfs.cpio.zst\n"
             "boot\n")
         assert get(srv, "/boot.ipxe").text.endswith(
@@ -476,7 +480,8 @@ def uploads_left(root: Path) -> list[str]:
 
 @pytest.mark.parametrize(("headers", "status", "message"), [
     ({}, 401, "this server requires a token: send 'Authorization: Bearer <token>' "
-              "(pyinit: pyinit.token= on the kernel command line)"),
+              "(pyinit: pyinit.token= on the kernel command line; PXE-booted machines get "
+              "theirs in the iPXE script)"),
     ({"Authorization": "Basic dXNlcjpwdw=="}, 401,
      "malformed Authorization header: expected 'Bearer <token>'"),
     ({"Authorization": "Bearer"}, 401, "malformed Authorization header: expected 'Bearer <token>'"),

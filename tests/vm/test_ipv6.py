@@ -24,7 +24,7 @@ def server6(tmp_path: Path):  # type: ignore[no-untyped-def]
     root = tmp_path / "srv"
     (root / "machines").mkdir(parents=True)
     (root / "images").mkdir()
-    with ProvisioningServer(root, host="::1") as srv:
+    with ProvisioningServer(root, host="::1", open_writes=True, symlinks="any") as srv:
         yield Server(srv, root)
 
 

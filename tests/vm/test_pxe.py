@@ -37,7 +37,10 @@ def test_ipxe_from_slirp_tftp_chains_to_the_server_and_provisions(
     tftp = tmp_path / "tftp"
     tftp.mkdir()
     args = "console=ttyS0,115200 panic=-1 pyinit.on_failure=poweroff"
-    with ProvisioningServer(root, boot_dir=artifacts.kernel.parent, kernel_args=args) as srv:
+    # the secure defaults (the iPXE script carries the machine's own token), but for the
+    # image, which is a link to the one built under out/
+    with ProvisioningServer(root, boot_dir=artifacts.kernel.parent, kernel_args=args,
+                            symlinks="any") as srv:
         (tftp / "pyinit.ipxe").write_text(f"#!ipxe\nchain {guest_url(srv.url)}/boot.ipxe\n")
         cfg = VMConfig(kernel=None, mac=MAC, disks=[Disk(disk)], pxe_tftp=tftp,
                        pxe_bootfile="pyinit.ipxe", timeout=400, workdir=tmp_path / "vm")
@@ -50,6 +53,10 @@ def test_ipxe_from_slirp_tftp_chains_to_the_server_and_provisions(
             vm.wait_exit(timeout=60)
             vm.assert_never(*NEVER)
         paths = [r["path"] for r in srv.access_log if r["method"] == "GET"]
+        # the machine's events were taken with the token its iPXE script carried
+        assert srv.wait_event(MAC, step="result", timeout=10)["status"] == "ok"
+        posts = {r["status"] for r in srv.access_log if r["method"] == "POST"}
+        assert posts == {204}, posts
     assert result["status"] == "ok", result
     # iPXE went through the server: the chain script, this machine's script, kernel, initramfs
     for wanted in ("/boot.ipxe", "/52-54-00-9e-00-01.ipxe", "/boot/vmlinuz",

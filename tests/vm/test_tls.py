@@ -29,7 +29,8 @@ def tls_server(tmp_path: Path, tls_files: TLSFiles) -> Iterator[Server]:  # noqa
     root = tmp_path / "srv"
     (root / "machines").mkdir(parents=True)
     (root / "images").mkdir()
-    with ProvisioningServer(root, tls_cert=tls_files.cert, tls_key=tls_files.key) as srv:
+    with ProvisioningServer(root, tls_cert=tls_files.cert, tls_key=tls_files.key,
+                            open_writes=True, symlinks="any") as srv:
         yield Server(srv, root)
 
 
