@@ -1,10 +1,12 @@
 """Files under ``images/`` and ``boot/``: URL paths, the symlink policy, Range/ETag, sendfile.
 
 A URL path is decoded once (:func:`decode_path`): percent-escapes to bytes, which must be UTF-8
-(an overlong ``%c0%ae`` is refused, not read as a dot), without control characters, NUL or
-backslash; then split on ``/`` and every ``..`` refused. Symlinks that the operator placed under
-the directory follow :data:`SYMLINK_POLICIES`: ``inside`` (default) serves a link only when its
-target stays inside the served directory; ``any`` follows every link, as nginx does by default
+(an overlong ``%c0%ae`` is refused, not read as a dot) and printable: no NUL, no C0 or C1
+control characters (``ESC``, the 8-bit ``CSI``), no bidi or other format characters, no line
+separators, so that a path can reach a log line as it is; then split on ``/`` and every ``..``
+and backslash refused. Symlinks that the operator placed under the directory follow
+:data:`SYMLINK_POLICIES`: ``inside`` (default) serves a link only when its target stays inside
+the served directory; ``any`` follows every link, as nginx does by default
 (``disable_symlinks off``). A loop (ELOOP) or a name too long for the file system is a 404 with
 one line, never a traceback.
 
@@ -37,7 +39,6 @@ log = logging.getLogger("pyinit_server")
 SYMLINK_POLICIES = ("inside", "any")
 SENDFILE_SLICE = 8 << 20  # bytes per sendfile call: each must finish within the client timeout
 _RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
-_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @dataclass(frozen=True)
@@ -114,13 +115,13 @@ def if_range_matches(if_range: str | None, tag: str, mtime: float) -> bool:
 
 def decode_path(raw: str) -> str | None:
     """A raw (still percent-encoded) URL path as text, or None when it cannot name a file:
-    not UTF-8 after decoding (overlong forms included), control characters, NUL.
-    Pure."""
+    not UTF-8 after decoding (overlong forms included), or not printable (``str.isprintable``:
+    control, format and separator characters but the space). Pure."""
     try:
         text = unquote_to_bytes(raw).decode("utf-8")
     except UnicodeDecodeError:
         return None
-    if _CONTROL_RE.search(text):
+    if not text.isprintable():
         return None
     return text
 

@@ -76,6 +76,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
 
 from pyinit_server import auth, dashboard, files
 from pyinit_server import uploads as receiving
@@ -163,7 +164,7 @@ def page_params(query: Any) -> tuple[int, int, str | None, str | None]:
         if text is None or text == "":
             return default
         if not text.isascii() or not text.isdigit() or len(text) > 9:
-            raise ValueError(f"{name}: not a number: {clean(text, 40)!r}")
+            raise ValueError(f"{name}: not a number: '{clean(text, 40)}'")
         return min(int(text), top)
     offset = number("offset", 0, 10**9)
     limit = number("limit", DEFAULT_PAGE, MAX_PAGE)
@@ -172,7 +173,7 @@ def page_params(query: Any) -> tuple[int, int, str | None, str | None]:
         q = q.strip().lower().replace(":", "-")[:64]
     state = query.get("state") or None
     if state is not None and state not in STATES:
-        raise ValueError(f"state: one of {', '.join(STATES)}, not {clean(state, 40)!r}")
+        raise ValueError(f"state: one of {', '.join(STATES)}, not '{clean(state, 40)}'")
     return offset, limit, q, state
 
 
@@ -245,6 +246,33 @@ class _ProtocolLog(logging.LoggerAdapter):  # type: ignore[type-arg]
         self.logger.error("%s", str(msg) % args if args else msg, exc_info=exc_info)
 
 
+class _Protocol(RequestHandler):
+    """aiohttp's connection handler, plus one log line for a connection dropped while its
+    request was still arriving (a slowloris: headers trickling in for the whole client
+    timeout); aiohttp's own keep-alive timer closes it silently."""
+
+    _partial = 0  # bytes received since the last complete request head
+    _peer = "?"
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = transport.get_extra_info("peername")
+        self._peer = str(peer[0]) if peer else "?"
+        super().connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        count = self._request_count
+        super().data_received(data)
+        self._partial = 0 if self._request_count != count else self._partial + len(data)
+
+    def _process_keepalive(self) -> None:
+        closing = self._force_close
+        super()._process_keepalive()
+        if self._force_close and not closing and self._partial:
+            log.warning("%s: dropped after %g s: %d bytes of a request that never finished "
+                        "arriving (a client too slow, or a slowloris)",
+                        self._peer, self.keepalive_timeout, self._partial)
+
+
 class _Site(web.BaseSite):
     """A listener on a socket we bound ourselves (so that ``start()`` reports a busy port
     in the caller's thread), with our backlog and TLS handshake timeout."""
@@ -268,7 +296,10 @@ class _Site(web.BaseSite):
         kwargs: dict[str, Any] = {}
         if self._ssl_context is not None:
             kwargs["ssl_handshake_timeout"] = self._handshake_timeout
-        self._server = await loop.create_server(server, sock=self._sock, ssl=self._ssl_context,
+        def protocol() -> _Protocol:  # what web.Server() makes, with the slowloris line
+            return _Protocol(server, loop=loop, **server._kwargs)
+
+        self._server = await loop.create_server(protocol, sock=self._sock, ssl=self._ssl_context,
                                                 backlog=self._backlog, **kwargs)
 
 
@@ -357,6 +388,7 @@ class ProvisioningServer:
         self._access: collections.deque[dict[str, Any]] = collections.deque(
             maxlen=ACCESS_RECORDS)
         self._access_lock = threading.Lock()
+        self._in_flight = 0  # requests in _dispatch (touched in the event loop only)
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -443,7 +475,10 @@ class ProvisioningServer:
 
     async def _serve(self) -> None:
         app = web.Application(client_max_size=MAX_EVENT_BYTES)
-        app.router.add_route("*", "/{tail:.*}", self._dispatch, expect_handler=self._expect)
+        # [\s\S], not ".": a path with %0A in it must reach _dispatch (a 400, logged), not
+        # fall through to aiohttp's bare 404
+        app.router.add_route("*", r"/{tail:[\s\S]*}", self._dispatch,
+                             expect_handler=self._expect)
         runner = web.AppRunner(
             app, handle_signals=False, access_log=None, shutdown_timeout=self.grace,
             keepalive_timeout=self.client_timeout, lingering_time=2.0,
@@ -465,12 +500,11 @@ class ProvisioningServer:
         self._started = False
         loop, runner = self._loop, self._runner
         assert loop is not None and runner is not None
-        if grace is not None:
-            runner._shutdown_timeout = grace  # aiohttp reads it at cleanup()
+        grace = self.grace if grace is None else grace
         ports = ", ".join(str(s.getsockname()[1]) for s in self._socks.values())
-        future = asyncio.run_coroutine_threadsafe(runner.cleanup(), loop)
+        future = asyncio.run_coroutine_threadsafe(self._shutdown(runner, grace), loop)
         try:
-            future.result(timeout=(grace if grace is not None else self.grace) + 10)
+            future.result(timeout=grace + 10)
         except Exception as exc:  # a stop must finish
             log.warning("stopping the server: %s", exc)
         loop.call_soon_threadsafe(loop.stop)
@@ -482,6 +516,20 @@ class ProvisioningServer:
         if self.store is not None:
             self.store.close()
         log.info("server on %s stopped", ports)
+
+    async def _shutdown(self, runner: web.AppRunner, grace: float) -> None:
+        """Stop accepting, let the requests in flight run for up to ``grace`` seconds, then close
+        every connection. Not ``runner.cleanup()`` alone: it marks every connection closing
+        first, and aiohttp drops what a client sends after that, so an upload in flight could
+        never finish (aio-libs/aiohttp#2298)."""
+        for site in list(runner.sites):
+            await site.stop()
+        deadline = time.monotonic() + grace
+        while self._in_flight and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        # what is left of the grace, for cleanup() (aiohttp reads 0 as "no limit")
+        runner._shutdown_timeout = max(0.01, deadline - time.monotonic())
+        await runner.cleanup()
 
     def serve_forever(self, stop: threading.Event | None = None) -> None:
         """Run in the foreground until ``stop`` is set (the CLI sets it on SIGTERM/SIGINT)."""
@@ -640,6 +688,13 @@ class ProvisioningServer:
     # -- HTTP: dispatch ---------------------------------------------------------------------
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
+        self._in_flight += 1
+        try:
+            return await self._respond(request)
+        finally:
+            self._in_flight -= 1
+
+    async def _respond(self, request: web.Request) -> web.StreamResponse:
         started = time.monotonic()
         handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
         if request.method in ("GET", "HEAD"):
@@ -653,8 +708,9 @@ class ProvisioningServer:
         try:
             resp = await handler(request)
         except asyncio.CancelledError:
-            log.info('%s "%s %s" cancelled: the client went away', request.remote,
-                     request.method, clean(request.raw_path))
+            log.info('%s "%s %s" cancelled: %s', request.remote, request.method,
+                     clean(request.raw_path), "the client went away" if self._started
+                     else "the server stopped before it was done")
             raise
         except Exception:
             log.exception('%s "%s %s": internal error', request.remote, request.method,
@@ -662,6 +718,8 @@ class ProvisioningServer:
             resp = _error(500, "internal error (see the server's log)")
         self._record(request.method, request.raw_path, resp.status,
                      request.headers.get("Range"))
+        if not self._started:  # stopping: no further request on this connection
+            resp.force_close()
         sent = 0
         try:
             await resp.prepare(request)
@@ -778,7 +836,7 @@ class ProvisioningServer:
             raw = path[len("/api/machines/"):]
             mac = normalize_mac(raw)
             if mac is None:
-                return _error(400, f"not a MAC address: {clean(raw, 60)!r}")
+                return _error(400, f"not a MAC address: '{clean(raw, 60)}'")
             status = await self._in_thread(self.status, mac)
             if status is None:
                 return _error(404, f"no events and no machine file for {mac}")
@@ -790,7 +848,7 @@ class ProvisioningServer:
                 name, kind = name[:-len(suffix)], what
         mac = normalize_mac(name)
         if mac is None:
-            return _error(400, f"not a MAC address: {clean(path, 100)!r} (expected /<mac>, "
+            return _error(400, f"not a MAC address: '{clean(path, 100)}' (expected /<mac>, "
                                "/<mac>.bty or /<mac>.ipxe)")
         machine = self._machine(mac)
         if isinstance(machine, web.Response):
@@ -873,7 +931,7 @@ class ProvisioningServer:
         """An error for a request whose body may be partly unread: the connection closes after
         it (aiohttp reads and drops what the client still sends for a moment first)."""
         resp = _error(status, message)
-        resp.headers["Connection"] = "close"
+        resp.force_close()  # a "Connection: close" header alone would not make aiohttp close
         return resp
 
     async def _post(self, request: web.Request) -> web.StreamResponse:
@@ -899,17 +957,18 @@ class ProvisioningServer:
 
     async def _put(self, request: web.Request) -> web.StreamResponse:
         path = self._path(request)
-        if path is None or not path.startswith("/images/"):
-            return self._refuse(405 if path and path.startswith("/") else 400,
-                                f"PUT is only for /images/<name>, not "
-                                f"{clean(path or request.rel_url.raw_path, 100)}")
+        if path is None:
+            return self._refuse(400, f"malformed path: {clean(request.rel_url.raw_path, 100)}")
+        if not path.startswith("/images/"):
+            return self._refuse(405 if path.startswith("/") else 400,
+                                f"PUT is only for /images/<name>, not {clean(path, 100)}")
         denied = self._precheck(request)
         if denied is not None:
             return self._denied(request, denied)
         rel = path[len("/images/"):]
         name = upload_name(rel, basename=False)
         if name is None:
-            return self._refuse(400, f"not a valid image name: {clean(rel, 100)!r} (a plain "
+            return self._refuse(400, f"not a valid image name: '{clean(rel, 100)}' (a plain "
                                      "file name of A-Z a-z 0-9 . _ -, no leading dot)")
         return await self._upload(request, lambda: self._put_upload(request, name))
 
@@ -931,7 +990,7 @@ class ProvisioningServer:
                 name = upload_name(raw, basename=True)
                 if name is None:
                     raise receiving.UploadError(400, f"not a valid image file name: "
-                                                   f"{clean(raw, 100)!r} (A-Z a-z 0-9 . _ -, "
+                                                   f"'{clean(raw, 100)}' (A-Z a-z 0-9 . _ -, "
                                                    "no leading dot)")
                 denied = self._auth(request, auth.capture_mac(name))
                 if denied is not None:

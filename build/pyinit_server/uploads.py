@@ -17,6 +17,7 @@ handler runs. Multipart bodies are read with aiohttp's streaming ``MultipartRead
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import hashlib
 import logging
@@ -25,12 +26,20 @@ import re
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator
+import warnings
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aiohttp import BodyPartReader, MultipartReader, web
+from aiohttp import (
+    BadContentDispositionHeader,
+    BadContentDispositionParam,
+    BodyPartReader,
+    MultipartReader,
+    http_exceptions,
+    web,
+)
 
 log = logging.getLogger("pyinit_server")
 
@@ -38,6 +47,12 @@ UPLOAD_FIELD = "BootyImage"
 TEMP_PREFIX = ".upload-"
 WRITE_BUFFER = 1 << 20  # bytes gathered before one write (in a worker thread)
 _NAME_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}")
+
+# aiohttp reports a multipart Content-Disposition it cannot parse with a warning that goes to
+# stderr as it is, the client's bytes (escape sequences too) in it. Such a part has no name, so
+# the upload is refused ("no BootyImage file", in the log); the warning adds only the bytes.
+warnings.filterwarnings("ignore", category=BadContentDispositionHeader)
+warnings.filterwarnings("ignore", category=BadContentDispositionParam)
 
 
 @dataclass(frozen=True)
@@ -60,6 +75,13 @@ class UploadError(Exception):
 class CutOff(UploadError):
     def __init__(self, message: str) -> None:
         super().__init__(400, f"upload cut off: {message}")
+
+
+def _reason(exc: BaseException) -> str:
+    """An aiohttp exception as one line: its message (``str()`` puts the status and a line
+    break before it), every run of white space (line breaks among them) as one space."""
+    text = str(getattr(exc, "message", "") or exc)
+    return " ".join(text.split()) or type(exc).__name__
 
 
 def upload_name(raw: str, *, basename: bool) -> str | None:
@@ -108,7 +130,7 @@ async def pieces(stream: Any, limits: Limits) -> AsyncIterator[bytes]:
             raise CutOff(f"connection lost: {exc}") from exc
         except Exception as exc:  # aiohttp's payload errors: a body shorter than announced
             if type(exc).__module__.startswith("aiohttp"):
-                raise CutOff(str(exc) or type(exc).__name__) from exc
+                raise CutOff(_reason(exc)) from exc
             raise
         if not data:
             return
@@ -147,11 +169,23 @@ def _write_all(fd: int, data: bytes) -> None:
 
 async def receive(images: Path, name: str, data: AsyncIterator[bytes]) -> Incoming:
     """Write ``data`` to a temporary file beside ``images/name``; the file's record once all
-    of it is on disk (fsynced). Disk writes run in worker threads, never in the event loop."""
+    of it is on disk (fsynced). Disk writes run in worker threads, never in the event loop.
+
+    A cancelled upload (client gone, server stopping) may leave a write running in its thread:
+    the descriptor is closed only after that write returned, never under it (a reused
+    descriptor number would take the rest of the write into another file)."""
     loop = asyncio.get_running_loop()
     images.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{name}.", dir=images)
     incoming = Incoming(Path(tmp))
+    running: concurrent.futures.Future[None] | None = None
+    executor = _executor()
+
+    async def in_thread(fn: Callable[..., None], *args: Any) -> None:
+        nonlocal running
+        running = executor.submit(fn, *args)
+        await asyncio.wrap_future(running, loop=loop)
+
     try:
         os.fchmod(fd, 0o644)
         sha = hashlib.sha256()
@@ -163,18 +197,32 @@ async def receive(images: Path, name: str, data: AsyncIterator[bytes]) -> Incomi
             held += len(piece)
             incoming.size += len(piece)
             if held >= WRITE_BUFFER:
-                await loop.run_in_executor(None, _write_all, fd, b"".join(buf))
+                await in_thread(_write_all, fd, b"".join(buf))
                 buf, held = [], 0
         if buf:
-            await loop.run_in_executor(None, _write_all, fd, b"".join(buf))
-        await loop.run_in_executor(None, os.fsync, fd)
+            await in_thread(_write_all, fd, b"".join(buf))
+        await in_thread(os.fsync, fd)
         incoming.sha256 = sha.hexdigest()
     except BaseException:
         incoming.discard()
         raise
     finally:
-        os.close(fd)
+        if running is not None and not running.done():
+            running.add_done_callback(lambda _: os.close(fd))
+        else:
+            os.close(fd)
     return incoming
+
+
+_EXECUTOR: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+def _executor() -> concurrent.futures.ThreadPoolExecutor:
+    """The threads uploads write in (their own: a slow disk never starves the store's reads)."""
+    global _EXECUTOR
+    if _EXECUTOR is None:
+        _EXECUTOR = concurrent.futures.ThreadPoolExecutor(8, thread_name_prefix="upload-io")
+    return _EXECUTOR
 
 
 async def multipart_file(request: web.BaseRequest, limits: Limits,
@@ -195,9 +243,12 @@ async def multipart_file(request: web.BaseRequest, limits: Limits,
         except ValueError as exc:
             raise UploadError(400, f"malformed multipart body: {exc}") from exc
         except Exception as exc:
-            if type(exc).__module__.startswith("aiohttp"):
-                raise CutOff(str(exc) or type(exc).__name__) from exc
-            raise
+            if not type(exc).__module__.startswith("aiohttp"):
+                raise
+            if isinstance(exc, http_exceptions.BadHttpMessage) and not isinstance(
+                    exc, http_exceptions.PayloadEncodingError):  # a part's headers
+                raise UploadError(400, f"malformed multipart body: {_reason(exc)}") from exc
+            raise CutOff(_reason(exc)) from exc
         if part is None:
             break
         if isinstance(part, MultipartReader):  # nested multipart: skip it whole
