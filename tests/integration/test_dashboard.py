@@ -416,6 +416,36 @@ def test_dashboard_live_in_chromium(root: Path, browser: Browser, tmp_path: Path
 
 
 
+def test_dashboard_pages_a_large_fleet_in_chromium(root: Path, browser: Browser) -> None:
+    """1200 machines: the page shows 500 at a time with the fleet's counts, pages on the
+    server, and a state button asks the server for that state only."""
+    for i in range(1200):
+        (root / "machines" / f"52-54-00-01-{i >> 8:02x}-{i & 0xff:02x}.yaml").write_text(
+            "action: writeImage\nsourceImage: images/a.img\ndestinationDevice: /dev/vda\n")
+    with ProvisioningServer(root, open_writes=True) as srv:
+        post(srv, "52-54-00-01-04-00", {"step": "result", "status": "failed", "error": "boom"})
+        browser.open(srv.url + "/")
+        browser.wait("document.getElementById('pageinfo').textContent.includes('of ')",
+                     "the pager")
+        total = len(list((root / "machines").glob("*.yaml")))
+        assert browser.eval("document.getElementById('pageinfo').textContent") == \
+            f"1-500 of {total}"
+        assert browser.eval("document.querySelectorAll('#rows tr').length") == 500
+        assert browser.eval("document.getElementById('n-failed').textContent") == "1"
+        browser.eval("document.getElementById('next').click()")
+        browser.wait("document.getElementById('pageinfo').textContent.startsWith('501-')",
+                     "the second page")
+        first = browser.eval("document.querySelector('#rows tr').dataset.mac")
+        assert first == sorted(p.name.split(".")[0] for p in
+                               (root / "machines").glob("*.yaml"))[500]
+        browser.eval("document.querySelector('.counts button[data-show=failed]').click()")
+        browser.wait("document.querySelectorAll('#rows tr').length === 1",
+                     "the failed machine only")
+        assert browser.eval("document.querySelector('#rows tr').dataset.mac") == \
+            "52-54-00-01-04-00"
+        assert any("state=failed" in r["path"] for r in srv.access_log)
+
+
 def test_machine_hardware_and_lldp_in_chromium(root: Path, browser: Browser) -> None:
     """The open log shows the machine's product and each NIC's switch, port and VLAN; a
     hostile product name stays text."""

@@ -419,6 +419,53 @@ def test_status_cli_table(root: Path, server: ProvisioningServer) -> None:
         "file warning: machines/default.yaml: sourceImage: required …\n")
 
 
+def test_api_machines_pages_and_filters_on_the_server(root: Path,
+                                                      server: ProvisioningServer) -> None:
+    for i in range(30):
+        (root / "machines" / f"52-54-00-00-01-{i:02x}.json").write_text(json.dumps(WRITE))
+    post(server, "52-54-00-00-01-03", step="result", status="ok")
+    post(server, "52-54-00-00-01-04", step="result", status="failed", error="x")
+    post(server, "52-54-00-00-01-05", step="provision", status="start")
+    every = get(server, "/api/machines").json()
+    assert every["total"] == 32  # 30 + the fixture's two files
+    assert every["counts"] == {"new": 29, "running": 1, "ok": 1, "failed": 1}
+    page = get(server, "/api/machines?offset=10&limit=5").json()
+    assert [m["mac"] for m in page["machines"]] == [m["mac"] for m in every["machines"][10:15]]
+    assert (page["total"], page["offset"], page["limit"]) == (32, 10, 5)
+    ok = get(server, "/api/machines?state=ok").json()
+    assert [m["mac"] for m in ok["machines"]] == ["52-54-00-00-01-03"] and ok["total"] == 1
+    assert ok["counts"] == every["counts"]  # the counts are the fleet's, not the filter's
+    found = get(server, "/api/machines?q=52:54:00:00:01:1").json()
+    assert [m["mac"] for m in found["machines"]] == [f"52-54-00-00-01-1{i:x}" for i in range(14)]
+    for bad, message in (("limit=-1", "limit: not a number: '-1'"),
+                         ("offset=x", "offset: not a number: 'x'"),
+                         ("state=gone", "state: one of new, running, ok, failed, not 'gone'")):
+        resp = get(server, f"/api/machines?{bad}")
+        assert (resp.status_code, resp.json()["error"]) == (400, message)
+
+
+def test_status_cli_fetches_every_page(root: Path, server: ProvisioningServer,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import pyinit_server.server as server_module
+
+    monkeypatch.setattr(server_module, "DEFAULT_PAGE", 7)
+    for i in range(20):
+        (root / "machines" / f"52-54-00-00-01-{i:02x}.json").write_text(json.dumps(WRITE))
+    out = io.StringIO()
+    args = build_parser().parse_args(["status", "--server", server.url])
+    assert args.func(args, out=out) == 0
+    assert len(out.getvalue().splitlines()) == 1 + 22  # the header and every machine
+    out = io.StringIO()
+    args = build_parser().parse_args(["status", "--server", server.url, "--limit", "3"])
+    assert args.func(args, out=out) == 0
+    assert len(out.getvalue().splitlines()) == 1 + 3
+    post(server, "52-54-00-00-01-02", step="result", status="failed", error="boom")
+    out = io.StringIO()
+    args = build_parser().parse_args(["status", "--server", server.url, "--state", "failed"])
+    assert args.func(args, out=out) == 0
+    assert [line.split()[0] for line in out.getvalue().splitlines()[1:]] == ["52-54-00-00-01-02"]
+
+
 def test_status_cli_event_log(server: ProvisioningServer) -> None:
     post(server, MAC, step="action", status="ok", elapsed=0.25)
     post(server, MAC, step="result", status="ok", handoff="reboot", device="/dev/vda")

@@ -105,7 +105,9 @@ class Serve:
 def start_serve(ns: str, root: Path, boot: Path, log: Path) -> Serve:
     argv = ["ip", "netns", "exec", ns, str(PYINIT), "serve", "--root", str(root),
             "--boot-dir", str(boot), "--host", SERVER_IP, "--port", str(PORT),
-            "--public-url", URL, "--kernel-args", KERNEL_ARGS]
+            "--public-url", URL, "--kernel-args", KERNEL_ARGS,
+            # the boot files and the image are links to what out/ holds
+            "--symlinks", "any"]
     print("+", " ".join(argv))
     with log.open("wb") as out:
         popen = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
