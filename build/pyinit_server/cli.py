@@ -21,9 +21,17 @@ from pyinit_server.server import (
     ProvisioningServer,
 )
 from pyinit_server.status import MAX_EVENTS
-from pyinit_server.store import DEFAULT_MAX_BYTES, StoreError
+from pyinit_server.store import DEFAULT_MAX_BYTES, DEFAULT_MAX_MACHINES, StoreError
 
 parse_size = units.size_arg  # --max-upload sizes (64MiB, 500G)
+
+
+def positive(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text}: at least 1")
+    return value
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
@@ -103,9 +111,14 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     store.add_argument("--db", default=None, metavar="URL",
                        help="the event store: default SQLite in ROOT/.pyinit/state.sqlite3; "
                             "postgresql://user@host/db for several replicas serving one fleet")
-    store.add_argument("--max-events", type=int, default=MAX_EVENTS, metavar="N",
+    store.add_argument("--max-events", type=positive, default=MAX_EVENTS, metavar="N",
                        help="events kept per machine, oldest dropped first (default: "
                             "%(default)s)")
+    store.add_argument("--max-machines", type=positive, default=DEFAULT_MAX_MACHINES,
+                       metavar="N",
+                       help="machines kept: past N, the machines heard from longest ago are "
+                            "forgotten first, with their history, and counted "
+                            "(store.machines_dropped in /api/machines; default: %(default)s)")
     store.add_argument("--max-event-bytes", type=parse_size, default=DEFAULT_MAX_BYTES,
                        metavar="SIZE", help="event history kept in total, oldest dropped first "
                                             "(default: 512MiB)")
@@ -155,6 +168,7 @@ def run(args: argparse.Namespace) -> int:
             kernel_args=args.kernel_args, token=_token(args),
             open_writes=args.allow_unauthenticated_writes, db=args.db,
             max_events=args.max_events, max_event_bytes=args.max_event_bytes,
+            max_machines=args.max_machines,
             tls_cert=args.tls_cert, tls_key=args.tls_key, tls_port=args.tls_port,
             public_tls_url=args.public_tls_url, symlinks=args.symlinks, backlog=args.backlog,
             upload_timeout=args.upload_timeout, min_upload_rate=args.min_upload_rate,

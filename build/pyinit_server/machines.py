@@ -27,6 +27,7 @@ they concern that MAC (or, for ``default.*``, the MACs without their own file) o
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -77,6 +78,10 @@ class Machine:
     def action_json(self) -> bytes:
         if self.raw is not None:
             return self.raw
+        return self._rendered
+
+    @functools.cached_property
+    def _rendered(self) -> bytes:  # once per parsed file, not once per request
         return (json.dumps(self.action, indent=2, default=str) + "\n").encode()
 
     def kernel_args(self) -> list[str]:
@@ -227,7 +232,7 @@ class MachineStore:
                 log.warning("machine file %s (served anyway; the machine will refuse it)",
                             machine.warning)
             else:
-                log.info("machine file %s loaded", rel)
+                log.debug("machine file %s loaded", rel)
         if cached.error is not None:
             raise cached.error
         return cached.machine
@@ -239,12 +244,28 @@ class MachineStore:
             raise MachineError(f"{listed}: two files for {key}: remove all but one")
         return self._load(key, names[0]) if names else None
 
-    def lookup(self, mac: str) -> Machine | None:
-        """The machine for ``mac`` (normalised), its default, or None. Raises MachineError."""
-        index = self._index()
+    def lookup(self, mac: str, index: dict[str, list[str]] | None = None) -> Machine | None:
+        """The machine for ``mac`` (normalised), its default, or None. Raises MachineError.
+        ``index``: from :meth:`snapshot`, to look up many machines with one directory stat."""
+        if index is None:
+            index = self._index()
         if mac in index:
             return self._get(mac, index)
         return self._get(DEFAULT, index)
+
+    def snapshot(self) -> dict[str, list[str]]:
+        """The directory's index now (for :meth:`lookup` of a page of machines)."""
+        return self._index()
+
+    def preload(self) -> tuple[int, int]:
+        """Parse every machine file now (the server does it in a thread at start), so that the
+        first requests of a rack booting at once find them parsed; ``(files, errors)``."""
+        loaded = errors = 0
+        for key in self._index():
+            _machine, error = self.check(key)
+            loaded += 1
+            errors += error is not None
+        return loaded, errors
 
     def known(self) -> list[str]:
         """Every MAC with a file (and ``default``), sorted."""

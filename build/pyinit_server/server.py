@@ -96,7 +96,13 @@ from pyinit_server.ipxe import chain_script, machine_script
 from pyinit_server.machines import Machine, MachineError, MachineStore
 from pyinit_server.machines import normalize_mac as normalize_mac  # re-exported
 from pyinit_server.status import MAX_EVENTS, Summary
-from pyinit_server.store import DEFAULT_MAX_BYTES, Store, StoreError, open_store
+from pyinit_server.store import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_MACHINES,
+    Store,
+    StoreError,
+    open_store,
+)
 from pyinit_server.uploads import UploadError as UploadError
 from pyinit_server.uploads import upload_name as upload_name
 
@@ -115,7 +121,7 @@ DEFAULT_MIN_UPLOAD_RATE = 1024  # bytes/s over each UPLOAD_RATE_WINDOW
 UPLOAD_RATE_WINDOW = 60.0
 DEFAULT_BACKLOG = 1024
 DEFAULT_GRACE = 30.0  # seconds in-flight requests get at stop (SIGTERM)
-DEFAULT_PAGE = 1000
+DEFAULT_PAGE = 500
 MAX_PAGE = 5000
 STATES = ("new", "running", "ok", "failed")
 _HOST_RE = re.compile(r"^(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?$")
@@ -313,7 +319,8 @@ class ProvisioningServer:
     take writes without any token (asked for by name; docs/security.md).
 
     ``db``: the event store (None: SQLite under ``root/.pyinit``; ``postgresql://...``: shared
-    by replicas). ``max_events``/``max_event_bytes``: retention per machine and in total.
+    by replicas). ``max_events``/``max_event_bytes``: retention per machine and in total;
+    ``max_machines``: machines kept (those heard from longest ago forgotten first).
 
     ``tls_cert``/``tls_key`` (PEM files): HTTPS on ``tls_port`` as well, the URL machines use
     (``url``, ``BOOTYURL=``); the plain listener on ``port`` stays for iPXE and refuses every
@@ -339,6 +346,7 @@ class ProvisioningServer:
                  kernel_args: str = DEFAULT_KERNEL_ARGS, token: str | None = None,
                  open_writes: bool = False, db: str | None = None,
                  max_events: int = MAX_EVENTS, max_event_bytes: int = DEFAULT_MAX_BYTES,
+                 max_machines: int = DEFAULT_MAX_MACHINES,
                  tls_cert: Path | str | None = None, tls_key: Path | str | None = None,
                  tls_port: int = 0, public_tls_url: str | None = None,
                  symlinks: str = "inside", backlog: int = DEFAULT_BACKLOG,
@@ -358,6 +366,7 @@ class ProvisioningServer:
         self.db = db
         self.max_events = max_events
         self.max_event_bytes = max_event_bytes
+        self.max_machines = max_machines
         if symlinks not in files.SYMLINK_POLICIES:
             raise ValueError(f"symlinks: one of {', '.join(files.SYMLINK_POLICIES)}")
         self.symlinks = symlinks
@@ -428,7 +437,8 @@ class ProvisioningServer:
             raise
         try:
             self.store = open_store(self.db, self.root, max_events=self.max_events,
-                                    max_bytes=self.max_event_bytes)
+                                    max_bytes=self.max_event_bytes,
+                                    max_machines=self.max_machines)
         except BaseException:
             for sock in socks.values():
                 sock.close()
@@ -463,6 +473,7 @@ class ProvisioningServer:
                 sock.close()
             raise ready[0]
         self._started = True
+        threading.Thread(target=self._preload, name="pyinit-machines", daemon=True).start()
         if self.tls_context is not None and self.http_url is not None:
             log.info("serving %s on %s (plain HTTP for iPXE, read-only: %s)", self.root,
                      self.url, self.http_url)
@@ -472,6 +483,12 @@ class ProvisioningServer:
             log.warning("writes are open: anyone who reaches this server can post events and "
                         "replace images (--allow-unauthenticated-writes)")
         return self
+
+    def _preload(self) -> None:
+        started = time.monotonic()
+        files, errors = self.machines.preload()
+        log.info("machines: %d file(s) parsed in %.1f s%s", files, time.monotonic() - started,
+                 f", {errors} with errors (above)" if errors else "")
 
     async def _serve(self) -> None:
         app = web.Application(client_max_size=MAX_EVENT_BYTES)
@@ -628,18 +645,20 @@ class ProvisioningServer:
                 selected.append(key)
         page = selected[offset:offset + limit]
         summaries = store.summaries([k for k in page if k in index])
-        machines = [self._summary_json(summaries.get(k) or Summary(k), k) for k in page]
+        files = self.machines.snapshot()
+        machines = [self._summary_json(summaries.get(k) or Summary(k), k, files) for k in page]
         return {"now": round(time.time(), 3), "total": len(selected), "offset": offset,
                 "limit": limit, "counts": counts, "store": store.stats(), "machines": machines}
 
-    def _summary_json(self, summary: Summary, key: str) -> dict[str, Any]:
+    def _summary_json(self, summary: Summary, key: str,
+                      files: dict[str, list[str]] | None = None) -> dict[str, Any]:
         return {**summary.to_json(), "state_name": machine_state(summary.result, summary.events),
-                **self._file_info(key)}
+                **self._file_info(key, files)}
 
-    def _file_info(self, key: str) -> dict[str, Any]:
+    def _file_info(self, key: str, files: dict[str, list[str]] | None = None) -> dict[str, Any]:
         """Which file serves ``key`` (a MAC or ``default``), and what is wrong with it."""
         try:
-            machine = self.machines.lookup(key)
+            machine = self.machines.lookup(key, files)
         except MachineError as exc:
             return {"file": None, "file_error": exc.message, "file_warning": None}
         if machine is None:
@@ -895,7 +914,7 @@ class ProvisioningServer:
         if machine is None:
             return _error(404, f"no machine file for {mac} and no default "
                                "(machines/<mac>.yaml|.yml|.json, machines/default.*)")
-        log.info("machine %s: %s", mac, machine.path.name)
+        log.debug("machine %s: %s", mac, machine.path.name)  # the access line follows
         return machine
 
     def _base_url(self, request: web.BaseRequest) -> str:

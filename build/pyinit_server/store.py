@@ -28,11 +28,15 @@ Durability
     retried (the outcome is unknown, a retry could store the events twice).
 
 Retention
-    At most ``max_events`` events are kept per machine (its oldest deleted first) and at most
-    ``max_bytes`` of event JSON in all (the oldest events of any machine deleted first). Both are
-    enforced inside the writing transaction, cheaply: ``machines.kept`` counts each machine's
-    rows and the single ``totals`` row counts rows, bytes and drops. Every deletion is counted in
-    ``machines.dropped`` (:attr:`Summary.dropped`) and ``totals.dropped`` (:meth:`Store.stats`).
+    At most ``max_events`` events are kept per machine (its oldest deleted first), at most
+    ``max_bytes`` of event JSON in all (the oldest events of any machine deleted first) and at
+    most ``max_machines`` machines (those heard from longest ago forgotten first, with their
+    events). All three are enforced inside the writing transaction, cheaply: ``machines.kept``
+    counts each machine's rows, the single ``totals`` row counts rows, bytes and drops, and the
+    machines are counted only by a batch that created one (a machine whose row had no summary
+    yet). Every deleted event is counted in ``totals.dropped`` (:meth:`Store.stats`), and in
+    ``machines.dropped`` (:attr:`Summary.dropped`) while its machine is kept; every forgotten
+    machine in ``totals.machines_dropped``. So ``events + dropped`` is every event ever stored.
 
 Replicas (PostgreSQL)
     Every replica reads and writes the same tables, so every replica sees every machine. A
@@ -40,8 +44,10 @@ Replicas (PostgreSQL)
     replicas cannot deadlock) before it reads, folds and writes their summaries: no update is
     lost. The ``totals`` row is updated last, so it serialises only the end of transactions, and
     size retention skips the rows of machines another transaction holds (``SKIP LOCKED``): no
-    transaction waits for a machine while holding the totals row. ``totals.seq`` counts commits;
-    it orders the updates of :meth:`Store.index`'s in-memory copy.
+    transaction waits for a machine while holding the totals row. Forgetting machines skips
+    them too; a transaction that waited for a machine another one forgot makes its row again.
+    ``totals.seq`` counts commits; it orders the updates of :meth:`Store.index`'s in-memory
+    copy.
 
 The index
     :meth:`Store.index` answers from a copy of the ``machines`` columns kept in memory: the writer
@@ -53,9 +59,10 @@ Schema
     ``meta`` (``schema_version``); ``machines``: per machine the index columns (``phase``,
     ``state``, ``result``, ``last_seen``, ``events``), the counters ``kept`` and ``dropped``, and
     the whole summary as JSON text (but ``dropped``: size retention changes it for machines whose
-    summary it does not rewrite); ``events``: the JSON text as posted, its size and the server's
-    receive time; ``totals``: one row. Created when missing; a database of a newer schema is
-    refused.
+    summary it does not rewrite), indexed by ``last_seen`` too; ``events``: the JSON text as
+    posted, its size and the server's receive time; ``totals``: one row. Created when missing;
+    an older schema is upgraded in one transaction (version 1: no ``totals.machines_dropped``,
+    no index by ``last_seen``); a database of a newer schema is refused.
 """
 
 from __future__ import annotations
@@ -77,8 +84,9 @@ from pyinit_server.status import MAX_EVENTS, Summary, fold
 
 log = logging.getLogger("pyinit_server.store")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DEFAULT_MAX_BYTES = 512 << 20  # event JSON kept in all
+DEFAULT_MAX_MACHINES = 100_000  # machines kept (each a summary row and a line of the index)
 BATCH = 500  # events per transaction at most (x 9 parameters: under SQLite's 32766)
 CHUNK = 500  # values per IN (...) list; events looked at per size-retention step
 STATE_DIR = ".pyinit"  # under the server root: the default SQLite file and its WAL
@@ -101,6 +109,11 @@ class IndexRow:
     result: str | None
     last_seen: float | None
     events: int
+
+
+# what a committed batch changed: the new totals.seq, the index rows of the batch's machines,
+# the machines forgotten
+_Written = tuple[int, dict[str, IndexRow], list[str]]
 
 
 @dataclass(slots=True)
@@ -156,16 +169,21 @@ class Store:
     """
 
     SCHEMA: ClassVar[tuple[str, ...]]  # the DDL of SCHEMA_VERSION, run in one transaction
+    # UPGRADES[v - 1]: the statements that take a database from version v to v + 1
+    UPGRADES: ClassVar[tuple[tuple[str, ...], ...]]
     LOCK_ROWS: ClassVar[str] = ""  # appended to the SELECT of the batch's machines rows
     OLDEST: ClassVar[str]  # (id, mac, size) of the oldest deletable events, LIMIT ?
+    LEAST_RECENT: ClassVar[str]  # the macs of the deletable machines heard longest ago, LIMIT ?
 
     def __init__(self, where: str, *, max_events: int = MAX_EVENTS,
-                 max_bytes: int = DEFAULT_MAX_BYTES) -> None:
-        if max_events < 1 or max_bytes < 1:
-            raise ValueError("max_events and max_bytes must be positive")
+                 max_bytes: int = DEFAULT_MAX_BYTES,
+                 max_machines: int = DEFAULT_MAX_MACHINES) -> None:
+        if max_events < 1 or max_bytes < 1 or max_machines < 1:
+            raise ValueError("max_events, max_bytes and max_machines must be positive")
         self.where = where  # the file or the URL without its password, for messages
         self.max_events = max_events
         self.max_bytes = max_bytes
+        self.max_machines = max_machines
         self.changed = threading.Condition()  # notify_all() after every batch
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self._closed = False
@@ -244,14 +262,21 @@ class Store:
                 conn.execute(statement)
             conn.execute(self._sql("INSERT INTO meta (key, value) VALUES (?, ?), (?, ?)"),
                          ("schema_version", str(SCHEMA_VERSION), "created", str(time.time())))
-            conn.execute("INSERT INTO totals (id, seq, events, bytes, dropped) "
-                         "VALUES (1, 0, 0, 0, 0)")
-        elif not row[0].isdigit() or int(row[0]) != SCHEMA_VERSION:
+            conn.execute("INSERT INTO totals (id, seq, events, bytes, dropped, machines_dropped) "
+                         "VALUES (1, 0, 0, 0, 0, 0)")
+        elif not row[0].isdigit() or not 1 <= int(row[0]) <= SCHEMA_VERSION:
             conn.rollback()
             newer = row[0].isdigit() and int(row[0]) > SCHEMA_VERSION
             raise StoreError(f"cannot open {self.where}: schema version {row[0]} is "
                              f"{'newer than' if newer else 'unknown to'} this pyinit "
                              f"(version {SCHEMA_VERSION})" + ("; upgrade pyinit" if newer else ""))
+        elif (version := int(row[0])) < SCHEMA_VERSION:
+            for statement in (s for upgrade in self.UPGRADES[version - 1:] for s in upgrade):
+                conn.execute(statement)
+            conn.execute(self._sql("UPDATE meta SET value = ? WHERE key = 'schema_version'"),
+                         (str(SCHEMA_VERSION),))
+            log.info("%s: schema upgraded from version %d to %d", self.where, version,
+                     SCHEMA_VERSION)
         self._commit(conn)
 
     def close(self) -> None:
@@ -319,7 +344,7 @@ class Store:
 
     def _write_batch(self, items: list[_Item]) -> None:
         try:
-            seq, rows = self._commit_batch(items)
+            seq, rows, forgotten = self._commit_batch(items)
         except Exception as exc:
             message = (f"cannot store {len(items)} event(s) in {self.where}: "
                        f"{self._describe(exc)}")
@@ -332,13 +357,15 @@ class Store:
             with self._index_lock:
                 if self._index_seq == seq - 1:  # the copy was current: keep it so
                     self._index.update(rows)
+                    for mac in forgotten:
+                        self._index.pop(mac, None)
                     self._index_seq = seq
             for item in items:
                 item.future.set_result(None)
         with self.changed:
             self.changed.notify_all()
 
-    def _commit_batch(self, items: list[_Item]) -> tuple[int, dict[str, IndexRow]]:
+    def _commit_batch(self, items: list[_Item]) -> _Written:
         """Write ``items`` in one transaction; once more on a new connection if the one made
         before this batch turns out dead before COMMIT."""
         for attempt in (1, 2):
@@ -367,25 +394,17 @@ class Store:
             _close(self._writer)
             self._writer = None
 
-    def _transaction(self, conn: Any, items: list[_Item]) -> tuple[int, dict[str, IndexRow]]:
-        """Everything of one batch but the COMMIT; returns the new ``totals.seq`` and the index
-        rows of the batch's machines. A handful of statements whatever the batch's size
-        (multi-row VALUES), most of them sent without waiting (PostgreSQL's pipeline)."""
+    def _transaction(self, conn: Any, items: list[_Item]) -> _Written:
+        """Everything of one batch but the COMMIT; returns the new ``totals.seq``, the index rows
+        of the batch's machines and the machines forgotten. A handful of statements whatever the
+        batch's size (multi-row VALUES), most of them sent without waiting (PostgreSQL's
+        pipeline)."""
         batch: dict[str, list[_Item]] = {}
         for item in items:
             batch.setdefault(item.mac, []).append(item)
         macs = sorted(batch)  # rows are locked in this order: no deadlock between replicas
         self._begin(conn)
-        rows, params = _values([(m,) for m in macs])
-        conn.execute(self._sql(f"INSERT INTO machines (mac) VALUES {rows} "
-                               "ON CONFLICT (mac) DO NOTHING"), params)
-        where, params = self._in("mac", macs)
-        # The summary is read from the locked row itself: in READ COMMITTED a locking SELECT
-        # that waited sees the new version of the rows it locks, but any joined table as of
-        # its start (a summary kept in another table could be the one just replaced).
-        locked = {mac: (kept, dropped, text) for mac, kept, dropped, text in conn.execute(
-            self._sql(f"SELECT mac, kept, dropped, summary FROM machines WHERE {where}"
-                      f"{self.LOCK_ROWS}"), params).fetchall()}
+        locked = self._lock_machines(conn, macs)
         rows, params = _values([(i.mac, i.received, len(i.body), i.body) for i in items])
         conn.execute(self._sql(f"INSERT INTO events (mac, received, size, body) VALUES {rows}"),
                      params)
@@ -422,16 +441,73 @@ class Store:
             "state = excluded.state, result = excluded.result, last_seen = excluded.last_seen, "
             "events = excluded.events, kept = excluded.kept, dropped = excluded.dropped, "
             "summary = excluded.summary"), params)
-        dropped_now = sum(len(sizes) for sizes in removed.values())
-        freed = sum(sum(sizes) for sizes in removed.values())
+        forgotten: list[str] = []
+        forgotten_events = forgotten_bytes = 0
+        if any(text is None for _, _, text in locked.values()):  # the batch made a machine
+            forgotten, forgotten_events, forgotten_bytes = self._forget(conn)
+            for mac in forgotten:
+                index.pop(mac, None)
+        dropped_now = sum(len(sizes) for sizes in removed.values()) + forgotten_events
+        freed = sum(sum(sizes) for sizes in removed.values()) + forgotten_bytes
         seq, total = conn.execute(self._sql(
             "UPDATE totals SET seq = seq + 1, events = events + ?, bytes = bytes + ?, "
-            "dropped = dropped + ? WHERE id = 1 RETURNING seq, bytes"),
-            (len(items) - dropped_now, sum(len(i.body) for i in items) - freed, dropped_now),
+            "dropped = dropped + ?, machines_dropped = machines_dropped + ? WHERE id = 1 "
+            "RETURNING seq, bytes"),
+            (len(items) - dropped_now, sum(len(i.body) for i in items) - freed, dropped_now,
+             len(forgotten)),
         ).fetchone()
         if total > self.max_bytes:
             self._trim(conn, total - self.max_bytes)
-        return seq, index
+        return seq, index, forgotten
+
+    def _lock_machines(self, conn: Any, macs: list[str]) -> dict[str, tuple[int, int, Any]]:
+        """Make the missing rows of ``macs`` (sorted), lock them all and return each one's
+        ``kept``, ``dropped`` and ``summary`` (None: a row made by this transaction)."""
+        locked: dict[str, tuple[int, int, Any]] = {}
+        wanted = macs
+        for _attempt in range(3):
+            rows, params = _values([(m,) for m in wanted])
+            conn.execute(self._sql(f"INSERT INTO machines (mac) VALUES {rows} "
+                                   "ON CONFLICT (mac) DO NOTHING"), params)
+            where, params = self._in("mac", wanted)
+            # The summary is read from the locked row itself: in READ COMMITTED a locking
+            # SELECT that waited sees the new version of the rows it locks, but any joined
+            # table as of its start (a summary kept in another table could be the one just
+            # replaced).
+            locked.update((mac, (kept, dropped, text)) for mac, kept, dropped, text in
+                          conn.execute(self._sql(
+                              f"SELECT mac, kept, dropped, summary FROM machines WHERE {where}"
+                              f"{self.LOCK_ROWS}"), params).fetchall())
+            # A row is missing when another replica forgot its machine while this transaction
+            # waited to lock it (PostgreSQL): the next INSERT makes it again.
+            wanted = [mac for mac in wanted if mac not in locked]
+            if not wanted:
+                return locked
+        raise StoreError(f"the rows of {len(wanted)} machine(s) vanished three times")
+
+    def _forget(self, conn: Any) -> tuple[list[str], int, int]:
+        """Delete the machines heard from longest ago, with their events, while more than
+        ``max_machines`` are kept (PostgreSQL: not those other transactions hold; a later batch
+        that makes a machine catches up). Returns their MACs and their events' count and
+        bytes."""
+        (count,) = conn.execute("SELECT count(*) FROM machines").fetchone()
+        if count <= self.max_machines:
+            return [], 0, 0
+        macs = [mac for (mac,) in conn.execute(self._sql(self.LEAST_RECENT),
+                                               (count - self.max_machines,)).fetchall()]
+        events = size = 0
+        for part in _chunks(macs):
+            where, params = self._in("mac", part)
+            n, total = conn.execute(self._sql(
+                f"SELECT count(*), coalesce(sum(size), 0) FROM events WHERE {where}"),
+                params).fetchone()
+            events, size = events + n, size + total
+            conn.execute(self._sql(f"DELETE FROM events WHERE {where}"), params)
+            conn.execute(self._sql(f"DELETE FROM machines WHERE {where}"), params)
+        log.debug("%s: %d machine(s) over max_machines: forgot the %d heard from longest ago, "
+                  "with their %d event(s)", self.where, count - self.max_machines, len(macs),
+                  events)  # a flood would log a line per batch; stats() counts them
+        return macs, events, size
 
     def _trim(self, conn: Any, excess: int) -> None:
         """Delete the oldest events of any machine until ``excess`` bytes are gone (or nothing
@@ -555,11 +631,13 @@ class Store:
                      for mac, phase, state, result, last_seen, events in rows}
 
     def stats(self) -> dict[str, int]:
-        """``machines``, ``events`` and ``bytes`` kept, and ``dropped`` by retention in all."""
+        """``machines``, ``events`` and ``bytes`` kept; ``dropped``: the events retention deleted
+        in all (with forgotten machines too); ``machines_dropped``: the machines it forgot."""
         row = self._read("the totals", lambda c: self._rows(
-            c, "SELECT (SELECT count(*) FROM machines), events, bytes, dropped FROM totals "
-               "WHERE id = 1")[0])
-        return dict(zip(("machines", "events", "bytes", "dropped"), map(int, row), strict=True))
+            c, "SELECT (SELECT count(*) FROM machines), events, bytes, dropped, machines_dropped "
+               "FROM totals WHERE id = 1")[0])
+        return dict(zip(("machines", "events", "bytes", "dropped", "machines_dropped"),
+                        map(int, row), strict=True))
 
 
 def _close(conn: Any) -> None:
@@ -570,7 +648,8 @@ def _close(conn: Any) -> None:
 
 
 def open_store(db: str | None, root: Path, *, max_events: int = MAX_EVENTS,
-               max_bytes: int = DEFAULT_MAX_BYTES) -> Store:
+               max_bytes: int = DEFAULT_MAX_BYTES,
+               max_machines: int = DEFAULT_MAX_MACHINES) -> Store:
     """Open (and create if needed) the event store ``db`` names.
 
     None or ``sqlite``: ``root/.pyinit/state.sqlite3``; ``sqlite:///abs/path``: that file;
@@ -584,10 +663,12 @@ def open_store(db: str | None, root: Path, *, max_events: int = MAX_EVENTS,
             path = Path(db.removeprefix("sqlite://"))
         else:
             raise StoreError(f"cannot open {db}: an SQLite URL is sqlite:///absolute/path")
-        return SQLiteStore.open(path, max_events=max_events, max_bytes=max_bytes)
+        return SQLiteStore.open(path, max_events=max_events, max_bytes=max_bytes,
+                                max_machines=max_machines)
     if db.startswith(("postgresql://", "postgres://")):
         from pyinit_server.store_postgres import PostgresStore
 
-        return PostgresStore.open(db, max_events=max_events, max_bytes=max_bytes)
+        return PostgresStore.open(db, max_events=max_events, max_bytes=max_bytes,
+                                  max_machines=max_machines)
     raise StoreError(f"cannot open the store {db.split('://')[0]!r}: expected sqlite, "
                      "sqlite:///path or postgresql://...")

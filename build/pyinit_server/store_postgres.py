@@ -4,7 +4,8 @@ Each replica has one writer connection (transactions, READ COMMITTED) and a pool
 read connections. A transaction locks its machines' rows in MAC order (``ORDER BY mac FOR UPDATE``
 locks rows in output order), so two replicas folding events of the same machine queue up instead
 of losing an update, and cannot deadlock. Size retention locks the machines whose oldest events
-it deletes with ``SKIP LOCKED``: it never waits while it holds the ``totals`` row.
+it deletes with ``SKIP LOCKED``: it never waits while it holds the ``totals`` row; so does the
+machines bound, for the machines it forgets.
 
 Messages name the database by its URL without the password (:func:`redact`).
 """
@@ -16,7 +17,13 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pyinit_server.status import MAX_EVENTS
-from pyinit_server.store import DEFAULT_MAX_BYTES, Store, StoreError, reason
+from pyinit_server.store import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_MACHINES,
+    Store,
+    StoreError,
+    reason,
+)
 
 try:
     import psycopg
@@ -65,25 +72,38 @@ class PostgresStore(Store):
         """CREATE TABLE totals (
             id INTEGER PRIMARY KEY CHECK (id = 1),
             seq BIGINT NOT NULL, events BIGINT NOT NULL, bytes BIGINT NOT NULL,
-            dropped BIGINT NOT NULL
+            dropped BIGINT NOT NULL,
+            machines_dropped BIGINT NOT NULL DEFAULT 0
         )""",
+        "CREATE INDEX machines_by_last_seen ON machines (last_seen, mac)",
+    )
+    UPGRADES = (
+        (  # 1 -> 2: max_machines
+            "ALTER TABLE totals ADD COLUMN machines_dropped BIGINT NOT NULL DEFAULT 0",
+            "CREATE INDEX machines_by_last_seen ON machines (last_seen, mac)",
+        ),
     )
     LOCK_ROWS = " ORDER BY mac FOR UPDATE"
     OLDEST = ("SELECT e.id, e.mac, e.size FROM events e JOIN machines m ON m.mac = e.mac "
               "ORDER BY e.id LIMIT ? FOR UPDATE OF m SKIP LOCKED")
+    LEAST_RECENT = ("SELECT mac FROM machines ORDER BY last_seen, mac LIMIT ? "
+                    "FOR UPDATE SKIP LOCKED")
 
     def __init__(self, url: str, *, max_events: int = MAX_EVENTS,
-                 max_bytes: int = DEFAULT_MAX_BYTES) -> None:
-        super().__init__(redact(url), max_events=max_events, max_bytes=max_bytes)
+                 max_bytes: int = DEFAULT_MAX_BYTES,
+                 max_machines: int = DEFAULT_MAX_MACHINES) -> None:
+        super().__init__(redact(url), max_events=max_events, max_bytes=max_bytes,
+                         max_machines=max_machines)
         self._url = url
 
     @classmethod
     def open(cls, url: str, *, max_events: int = MAX_EVENTS,
-             max_bytes: int = DEFAULT_MAX_BYTES) -> PostgresStore:
+             max_bytes: int = DEFAULT_MAX_BYTES,
+             max_machines: int = DEFAULT_MAX_MACHINES) -> PostgresStore:
         if psycopg is None:
             raise StoreError(f"cannot open {redact(url)}: psycopg is not installed "
                              "(pip install 'psycopg[binary]')")
-        store = cls(url, max_events=max_events, max_bytes=max_bytes)
+        store = cls(url, max_events=max_events, max_bytes=max_bytes, max_machines=max_machines)
         store._start()
         return store
 

@@ -13,7 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from pyinit_server.status import MAX_EVENTS
-from pyinit_server.store import DEFAULT_MAX_BYTES, Store, StoreError
+from pyinit_server.store import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_MACHINES,
+    Store,
+    StoreError,
+)
 
 BUSY_TIMEOUT = 30.0  # seconds a connection waits for another process's lock
 
@@ -39,19 +44,31 @@ class SQLiteStore(Store):
         """CREATE TABLE totals (
             id INTEGER PRIMARY KEY CHECK (id = 1),
             seq INTEGER NOT NULL, events INTEGER NOT NULL, bytes INTEGER NOT NULL,
-            dropped INTEGER NOT NULL
+            dropped INTEGER NOT NULL,
+            machines_dropped INTEGER NOT NULL DEFAULT 0
         )""",
+        "CREATE INDEX machines_by_last_seen ON machines (last_seen, mac)",
+    )
+    UPGRADES = (
+        (  # 1 -> 2: max_machines
+            "ALTER TABLE totals ADD COLUMN machines_dropped INTEGER NOT NULL DEFAULT 0",
+            "CREATE INDEX machines_by_last_seen ON machines (last_seen, mac)",
+        ),
     )
     OLDEST = "SELECT id, mac, size FROM events ORDER BY id LIMIT ?"
+    LEAST_RECENT = "SELECT mac FROM machines ORDER BY last_seen, mac LIMIT ?"
 
     def __init__(self, path: Path, *, max_events: int = MAX_EVENTS,
-                 max_bytes: int = DEFAULT_MAX_BYTES) -> None:
-        super().__init__(str(path), max_events=max_events, max_bytes=max_bytes)
+                 max_bytes: int = DEFAULT_MAX_BYTES,
+                 max_machines: int = DEFAULT_MAX_MACHINES) -> None:
+        super().__init__(str(path), max_events=max_events, max_bytes=max_bytes,
+                         max_machines=max_machines)
         self.path = path
 
     @classmethod
     def open(cls, path: Path, *, max_events: int = MAX_EVENTS,
-             max_bytes: int = DEFAULT_MAX_BYTES) -> SQLiteStore:
+             max_bytes: int = DEFAULT_MAX_BYTES,
+             max_machines: int = DEFAULT_MAX_MACHINES) -> SQLiteStore:
         """The store in ``path``; its directory is made (mode 0700) if missing, the file with
         mode 0600 (SQLite gives its -wal and -shm files the mode of the database)."""
         try:
@@ -59,7 +76,7 @@ class SQLiteStore(Store):
             os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
         except OSError as exc:
             raise StoreError(f"cannot open {path}: {exc.strerror or exc}") from exc
-        store = cls(path, max_events=max_events, max_bytes=max_bytes)
+        store = cls(path, max_events=max_events, max_bytes=max_bytes, max_machines=max_machines)
         store._start()
         return store
 

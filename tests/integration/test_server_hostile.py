@@ -42,6 +42,7 @@ import requests
 import pyinit_server.server as server_module
 from pyinit_server.server import ProvisioningServer
 from tests.tlsfixtures import TLSFiles, tls_files  # noqa: F401 - the fixture
+from tests.unit.test_store import assert_counters_match_rows
 
 pytestmark = pytest.mark.integration
 
@@ -671,8 +672,8 @@ def test_log_injection(srv: ProvisioningServer, root: Path, caplog: pytest.LogCa
 @pytest.mark.parametrize("row", rows("test_flood_of_macs", ["H49"]))
 def test_flood_of_macs(serve: Callable[..., ProvisioningServer], caplog: pytest.LogCaptureFixture,
                        row: str) -> None:
-    limit = 20_000
-    srv = serve(max_event_bytes=limit)
+    limit, max_machines = 20_000, 500
+    srv = serve(max_event_bytes=limit, max_machines=max_machines)
     macs = [f"02-00-00-00-{i >> 8:02x}-{i & 255:02x}" for i in range(2000)]
     local = threading.local()
 
@@ -687,10 +688,20 @@ def test_flood_of_macs(serve: Callable[..., ProvisioningServer], caplog: pytest.
     with ThreadPoolExecutor(16) as pool:
         statuses = list(pool.map(post, macs))
     assert set(statuses) == {204}
-    store = requests.get(f"{srv.url}/api/machines?limit=1", timeout=10).json()["store"]
+    page = requests.get(f"{srv.url}/api/machines?limit=1", timeout=10).json()
+    store = page["store"]
     assert store["bytes"] <= limit
     assert store["events"] + store["dropped"] == len(macs)
     assert store["dropped"] > 0
+    assert store["machines"] == max_machines
+    assert store["machines_dropped"] == len(macs) - max_machines
+    assert page["total"] == max_machines + 1  # and the machine file of the fixture's MAC
+    assert srv.store is not None
+    kept = srv.store.index()
+    assert len(kept) == max_machines
+    # the ones heard from last (16 requests in flight at a time: that much out of order)
+    assert set(kept) <= set(macs[-(max_machines + 16):])
+    assert_counters_match_rows(srv.store, posted=len(macs))
     answer(row, "204", f'"store": {json.dumps(store)}')
     healthy(srv, caplog)
 

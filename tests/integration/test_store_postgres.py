@@ -50,6 +50,19 @@ def test_retention_by_bytes(opener: Opener) -> None:
     common.check_retention_by_bytes(opener)
 
 
+def test_retention_of_machines(opener: Opener) -> None:
+    common.check_retention_of_machines(opener)
+
+
+def test_upgrade_from_v1(opener: Opener, postgres: Any) -> None:
+    def sql(statement: str) -> list[Any]:
+        with psycopg.connect(postgres.url, autocommit=True) as conn:
+            cur = conn.execute(statement)
+            return cur.fetchall() if cur.description else []
+
+    common.check_upgrade_from_v1(opener, sql)
+
+
 def test_reopen(opener: Opener) -> None:
     common.check_reopen(opener)
 
@@ -80,8 +93,8 @@ def test_unreachable_names_no_password(tmp_path: Path) -> None:
 def test_newer_schema_refused(postgres: Any, tmp_path: Path) -> None:
     open_store(postgres.url, tmp_path).close()
     with psycopg.connect(postgres.url, autocommit=True) as conn:
-        conn.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
-    with pytest.raises(StoreError, match=r"schema version 2 is newer than this pyinit"):
+        conn.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+    with pytest.raises(StoreError, match=r"schema version 3 is newer than this pyinit"):
         open_store(postgres.url, tmp_path)
 
 
@@ -168,6 +181,73 @@ def test_replicas_share_retention(postgres: Any, tmp_path: Path) -> None:
         assert stats["events"] + stats["dropped"] == threads * each
         assert sum(s.events for s in a.summaries(macs).values()) == threads * each
         assert all(len(a.events(mac)) <= 40 for mac in macs)
+    assert "deadlock detected" not in postgres.log.read_text()
+
+
+def test_machine_forgotten_while_waiting(postgres: Any, tmp_path: Path) -> None:
+    """Another replica forgets a machine (max_machines) while this one waits to lock its row:
+    the row this transaction's INSERT found is gone when the lock is granted. The transaction
+    makes the row again, and the event starts the machine's history afresh."""
+    with open_store(postgres.url, tmp_path) as store:
+        store.add(MAC, {"step": "n", "i": 0})
+        size = len(encode({"step": "n", "i": 0}))
+        holder = psycopg.connect(postgres.url)  # the other replica's transaction, by hand
+        try:
+            holder.execute("SELECT mac FROM machines WHERE mac = %s FOR UPDATE", (MAC,))
+            waiting = store.submit(MAC, {"step": "n", "i": 1}, T0)
+            time.sleep(0.5)
+            assert not waiting.done()  # the writer waits in SELECT ... FOR UPDATE
+            holder.execute("DELETE FROM events WHERE mac = %s", (MAC,))
+            holder.execute("DELETE FROM machines WHERE mac = %s", (MAC,))
+            holder.execute("UPDATE totals SET seq = seq + 1, events = events - 1, "
+                           "bytes = bytes - %s, dropped = dropped + 1, "
+                           "machines_dropped = machines_dropped + 1", (size,))
+            holder.commit()
+        finally:
+            holder.close()
+        waiting.result(timeout=30)
+        assert store.events(MAC) == [{"step": "n", "i": 1}]
+        summary = store.summary(MAC)
+        assert summary is not None and (summary.events, summary.dropped) == (1, 0)
+        assert store.index()[MAC].events == 1
+        assert store.stats()["machines_dropped"] == 1
+        assert_counters_match_rows(store, posted=2)
+
+
+def test_replicas_share_machine_bound(postgres: Any, tmp_path: Path) -> None:
+    """Two busy replicas making new machines past max_machines: no deadlock, no error; each
+    forgets what the other holds only later (SKIP LOCKED), so the bound is exact again after
+    the next new machine; the counters agree with the rows, both see the same index."""
+    threads, each, limit = 8, 60, 10
+
+    def open_() -> Store:
+        return open_store(postgres.url, tmp_path, max_machines=limit)
+
+    with open_() as a, open_() as b:
+        errors: list[BaseException] = []
+
+        def post(n: int) -> None:
+            store = (a, b)[n % 2]
+            try:
+                for i in range(each):  # a new machine every other event, and a shared one
+                    mac = MAC if i % 2 else f"52-54-00-01-{n:02x}-{i:02x}"
+                    store.add(mac, {"step": "n", "thread": n, "i": i})
+            except BaseException as exc:
+                errors.append(exc)
+
+        workers = [threading.Thread(target=post, args=(n,)) for n in range(threads)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        assert errors == []
+        a.add("52-54-00-02-00-00", {"step": "n"})  # nothing held now: back to the bound
+        stats = a.stats()
+        assert stats["machines"] == limit
+        assert stats["machines_dropped"] == threads * each // 2 + 2 - limit
+        assert_counters_match_rows(a, posted=threads * each + 1)
+        assert a.index() == b.index() and len(a.index()) == limit
+        assert "52-54-00-02-00-00" in a.index() and MAC in a.index()
     assert "deadlock detected" not in postgres.log.read_text()
 
 

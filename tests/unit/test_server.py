@@ -388,6 +388,12 @@ def test_cli_register() -> None:
     assert args.func is serve_cli.run
     args = parser.parse_args(["serve", "--max-upload", "500G"])
     assert args.max_upload == 500 << 30
+    assert (args.max_events, args.max_machines) == (1000, 100_000)
+    args = parser.parse_args(["serve", "--max-machines", "20", "--max-events", "5"])
+    assert (args.max_events, args.max_machines) == (5, 20)
+    for bad in (["--max-machines", "0"], ["--max-events", "-1"], ["--max-machines", "x"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["serve", *bad])
 
 
 @pytest.mark.parametrize(("text", "size"), [

@@ -1,5 +1,6 @@
-"""The durable event store on SQLite (tmp_path): acknowledgement, folding, retention, schema,
-concurrency, the index's speed and durability across SIGKILL.
+"""The durable event store on SQLite (tmp_path): acknowledgement, folding, retention (events per
+machine, bytes, machines), schema and its upgrade, concurrency, the index's speed and durability
+across SIGKILL.
 
 The ``check_*`` functions take a way to open a store and hold the behaviours both backends must
 show; tests/integration/test_store_postgres.py runs them against a real PostgreSQL.
@@ -7,6 +8,7 @@ show; tests/integration/test_store_postgres.py runs them against a real PostgreS
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sqlite3
@@ -56,7 +58,8 @@ RUN: list[dict[str, Any]] = [
     {"step": "result", "status": "ok"},
 ]
 
-Opener = Callable[..., Store]  # open_(max_events=..., max_bytes=...) -> a new Store
+Opener = Callable[..., Store]  # open_(max_events=..., max_bytes=..., max_machines=...) -> a Store
+SQL = Callable[[str], list[Any]]  # runs one statement on the store's database, outside any Store
 
 
 @pytest.fixture
@@ -75,8 +78,9 @@ def opener(tmp_path: Path) -> Iterator[Opener]:
 # -- behaviours of both backends -------------------------------------------------------------
 
 
-def assert_counters_match_rows(store: Store) -> None:
-    """The counters retention relies on (``machines.kept``, ``totals``) agree with the rows."""
+def assert_counters_match_rows(store: Store, posted: int | None = None) -> None:
+    """The counters retention relies on (``machines.kept``, ``totals``) agree with the rows;
+    with ``posted``, every event stored so far is kept or counted as dropped."""
     def query(sql: str) -> list[Any]:
         return store._read("the check", lambda conn: store._rows(conn, sql))
 
@@ -85,9 +89,16 @@ def assert_counters_match_rows(store: Store) -> None:
     machines = query("SELECT mac, kept, dropped, events FROM machines")
     stats = store.stats()
     assert (stats["machines"], stats["events"], stats["bytes"]) == (len(machines), count, size)
-    assert stats["dropped"] == sum(dropped for _, _, dropped, _ in machines)
+    assert set(kept) <= {mac for mac, _, _, _ in machines}  # no event of a forgotten machine
+    # totals.dropped: the kept machines' drops, and every event of each machine forgotten
+    if stats["machines_dropped"]:
+        assert stats["dropped"] > sum(dropped for _, _, dropped, _ in machines)
+    else:
+        assert stats["dropped"] == sum(dropped for _, _, dropped, _ in machines)
     for mac, n, dropped, events in machines:
         assert (n, n + dropped) == (kept.get(mac, 0), events), mac
+    if posted is not None:
+        assert stats["events"] + stats["dropped"] == posted
 
 
 
@@ -139,7 +150,7 @@ def check_retention_per_machine(open_: Opener) -> None:
     assert summary is not None and (summary.events, summary.dropped) == (12, 7)
     assert store.summary(OTHER) == history.summary(OTHER)
     kept = store.events(MAC) + store.events(OTHER)
-    assert store.stats() == {"machines": 2, "events": 8, "dropped": 7,
+    assert store.stats() == {"machines": 2, "events": 8, "dropped": 7, "machines_dropped": 0,
                              "bytes": sum(len(encode(e)) for e in kept)}
     # more than max_events in one batch: still only the newest kept
     futures = [store.submit(OTHER, {"step": "m", "i": i}, T0 + 100 + i) for i in range(20)]
@@ -162,7 +173,8 @@ def check_retention_by_bytes(open_: Opener) -> None:
     kept = {(mac, e["i"]) for mac in (MAC, OTHER, THIRD) for e in store.events(mac)}
     assert kept == set(posted[-10:])  # the newest 10 of all machines, oldest gone first
     stats = store.stats()
-    assert stats == {"machines": 3, "events": 10, "bytes": 10 * size, "dropped": 20}
+    assert stats == {"machines": 3, "events": 10, "bytes": 10 * size, "dropped": 20,
+                     "machines_dropped": 0}
     summaries = store.summaries([MAC, OTHER, THIRD])
     for mac, summary in summaries.items():
         assert summary.dropped == sum(m == mac for m, _ in posted) - len(store.events(mac))
@@ -174,8 +186,84 @@ def check_retention_by_bytes(open_: Opener) -> None:
     for f in futures:
         f.result(timeout=30)
     assert [e["i"] for e in store.events(OTHER)] == list(range(60, 70))
-    assert store.stats() == {"machines": 3, "events": 10, "bytes": 10 * size, "dropped": 50}
+    assert store.stats() == {"machines": 3, "events": 10, "bytes": 10 * size, "dropped": 50,
+                             "machines_dropped": 0}
     assert_counters_match_rows(store)
+
+
+def check_retention_of_machines(open_: Opener) -> None:
+    store = open_(max_machines=3)
+    macs = [f"52-54-00-00-02-{n:02x}" for n in range(8)]
+    posted = 0
+
+    def add(n: int, t: float, i: int = 0) -> None:
+        nonlocal posted
+        store.add(macs[n], {"step": "n", "i": i}, T0 + t)
+        posted += 1
+
+    add(0, 1)
+    add(1, 2)
+    add(2, 3)
+    add(0, 4, i=1)  # heard again: now machine 1 is the one heard from longest ago
+    assert store.stats()["machines_dropped"] == 0
+    add(3, 5)
+    assert sorted(store.index()) == [macs[0], macs[2], macs[3]]
+    assert store.summary(macs[1]) is None and store.log(macs[1]) == []
+    kept = [e for n in (0, 2, 3) for e in store.events(macs[n])]
+    assert store.stats() == {"machines": 3, "events": 4, "dropped": 1, "machines_dropped": 1,
+                             "bytes": sum(len(encode(e)) for e in kept)}
+    # new machines in one batch (or a few); two were heard (received) before every kept one,
+    # so the transaction that makes them forgets them again
+    futures = [store.submit(macs[n], {"step": "n", "i": 0}, T0 + t)
+               for n, t in ((4, 0.5), (5, 6), (6, 0.25), (7, 7))]
+    for f in futures:
+        f.result(timeout=30)
+    posted += len(futures)
+    assert sorted(store.index()) == [macs[3], macs[5], macs[7]]  # the three heard last
+    assert store.stats()["machines_dropped"] == 5
+    assert store.summaries(macs).keys() == {macs[3], macs[5], macs[7]}
+    # a forgotten machine that posts again starts afresh (and the one heard longest ago goes)
+    add(1, 8, i=2)
+    summary = store.summary(macs[1])
+    assert summary is not None and (summary.events, summary.dropped) == (1, 0)
+    assert [e["i"] for e in store.events(macs[1])] == [2]
+    assert sorted(store.index()) == [macs[1], macs[5], macs[7]]
+    assert store.stats()["machines_dropped"] == 6
+    # the writer's copy of the index is what another store reads from the rows
+    assert open_(max_machines=3).index() == store.index()
+    assert_counters_match_rows(store, posted=posted)
+
+
+# What version 1 of the schema lacked: the statements that make a database of version 2 one
+# of version 1 (the rows are version 1's as they are).
+TO_VERSION_1 = ("DROP INDEX machines_by_last_seen",
+                "ALTER TABLE totals DROP COLUMN machines_dropped",
+                "UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+
+
+def check_upgrade_from_v1(open_: Opener, sql: SQL) -> None:
+    store = open_(max_events=2)
+    macs = (MAC, OTHER, THIRD)
+    for i, event in enumerate(RUN):
+        store.add(macs[i % 3], event, T0 + i)
+    before = (store.index(), store.summaries(macs), store.log(MAC), store.stats())
+    store.close()
+    for statement in TO_VERSION_1:
+        sql(statement)
+    assert sql("SELECT value FROM meta WHERE key = 'schema_version'") == [("1",)]
+    again = open_(max_events=2, max_machines=2)
+    assert sql("SELECT value FROM meta WHERE key = 'schema_version'") == [("2",)]
+    assert (again.index(), again.summaries(macs), again.log(MAC), again.stats()) == before
+    assert before[-1]["machines_dropped"] == 0
+    # the bound holds from the next new machine on: the two heard from longest ago go
+    fourth = "52-54-00-00-00-04"
+    again.add(fourth, {"step": "n"}, T0 + 100)
+    assert sorted(again.index()) == [fourth, MAC]  # MAC: heard last of the three
+    assert again.stats()["machines_dropped"] == 2
+    assert_counters_match_rows(again, posted=len(RUN) + 1)
+    stats = again.stats()
+    again.close()
+    assert open_().stats() == stats  # version 2 now: opened as it is
 
 
 def check_reopen(open_: Opener) -> None:
@@ -268,6 +356,19 @@ def test_retention_by_bytes(opener: Opener) -> None:
     check_retention_by_bytes(opener)
 
 
+def test_retention_of_machines(opener: Opener) -> None:
+    check_retention_of_machines(opener)
+
+
+def test_upgrade_from_v1(opener: Opener, tmp_path: Path) -> None:
+    def sql(statement: str) -> list[Any]:
+        with contextlib.closing(sqlite3.connect(tmp_path / ".pyinit" / "state.sqlite3",
+                                                isolation_level=None)) as conn:
+            return conn.execute(statement).fetchall()
+
+    check_upgrade_from_v1(opener, sql)
+
+
 def test_reopen(opener: Opener) -> None:
     check_reopen(opener)
 
@@ -291,7 +392,7 @@ def test_file_location_mode_and_pragmas(tmp_path: Path) -> None:
     with sqlite3.connect(state / "state.sqlite3") as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'"
-                            ).fetchone()[0] == "1"
+                            ).fetchone()[0] == "2"
     with open_store("sqlite", tmp_path) as store:
         assert store.stats()["events"] == 1
 
@@ -331,7 +432,12 @@ def test_newer_schema_refused(tmp_path: Path) -> None:
     with pytest.raises(StoreError) as err:
         open_store(None, tmp_path)
     assert str(err.value) == (f"cannot open {tmp_path}/.pyinit/state.sqlite3: schema version 7 "
-                              "is newer than this pyinit (version 1); upgrade pyinit")
+                              "is newer than this pyinit (version 2); upgrade pyinit")
+    with sqlite3.connect(tmp_path / ".pyinit" / "state.sqlite3") as conn:
+        conn.execute("UPDATE meta SET value = '0' WHERE key = 'schema_version'")
+    with pytest.raises(StoreError, match=r"schema version 0 is unknown to this pyinit "
+                                         r"\(version 2\)$"):
+        open_store(None, tmp_path)
 
 
 def test_not_a_database(tmp_path: Path) -> None:
