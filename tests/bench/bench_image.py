@@ -45,9 +45,10 @@ baseline's once. A mismatch, or pyinit failing, fails loudly (exit 1).
 Output: progress, a table, and as the last line exactly one JSON object. Exit 0 when everything
 ran and was correct (missed targets included: this is a measurement, not a gate), 1 when a result
 was wrong, 2 when something could not run (a missing CLI or endpoint, a tool, a peer).
-``--merge FILE`` folds the JSON object another bench wrote (``bench_serve --json-out``) into that
-last line: its figures (``serve_ratio``, ``serve_peak_rss_mb``) beside these, its details under
-``details``; an unreadable file is named under ``merge_errors``.
+``--merge FILE`` (repeatable) folds the JSON object another bench wrote (``bench_serve
+--json-out``, ``bench_fleet --json-out``) into that last line: its figures (``serve_ratio``,
+``serve_peak_rss_mb``; ``burst_p99_ratio``, ``events_per_s_sqlite``, ...) beside these, its
+details under ``details``; an unreadable file is named under ``merge_errors``.
 """
 
 from __future__ import annotations
@@ -616,7 +617,10 @@ def rss_figure(b: Bench, fig: Figure, figs: dict[str, Figure], image: Image, rep
 def capture_figure(b: Bench, fig: Figure, image: Image, disk: Loop,
                    stack: contextlib.ExitStack) -> None:
     try:
-        b.serve_url = stack.enter_context(harness.pyinit_serve(b.srv, b.run))
+        # writes open, asked for by name: this bench measures the capture pipeline, and both
+        # sides (pyinit.capture, curl -T) would send the same token header anyway
+        b.serve_url = stack.enter_context(harness.pyinit_serve(
+            b.srv, b.run, ["--allow-unauthenticated-writes"]))
         problem = put_problem(b.serve_url, b.srv)
     except BenchError as exc:
         problem = str(exc)
@@ -691,7 +695,7 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"comma-separated subset of {','.join(FIGURES)}")
     parser.add_argument("--merge", type=Path, action="append", default=[], metavar="FILE",
                         help="fold the JSON object another bench wrote to FILE (bench_serve "
-                             "--json-out) into the last line; repeatable")
+                             "or bench_fleet --json-out) into the last line; repeatable")
     args = parser.parse_args(argv)
     only = set(args.only.split(","))
     if only - set(FIGURES) or min(args.reps, args.capture_reps, args.rss_reps) < 1:
