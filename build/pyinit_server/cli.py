@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import signal
+import socket
 import sys
 import threading
 from pathlib import Path
 from typing import Any
 
-from pyinit import units
-from pyinit_server import auth
+from pyinit import syscalls, units
+from pyinit_server import auth, uploads
 from pyinit_server.server import (
     DEFAULT_BACKLOG,
     DEFAULT_GRACE,
@@ -21,7 +24,7 @@ from pyinit_server.server import (
     ProvisioningServer,
 )
 from pyinit_server.status import MAX_EVENTS
-from pyinit_server.store import DEFAULT_MAX_BYTES, DEFAULT_MAX_MACHINES, StoreError
+from pyinit_server.store import DEFAULT_MAX_BYTES, DEFAULT_MAX_MACHINES, StoreError, open_store
 
 parse_size = units.size_arg  # --max-upload sizes (64MiB, 500G)
 
@@ -135,6 +138,10 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     lim.add_argument("--symlinks", choices=("inside", "any"), default="inside",
                      help="symlinks under images/ and the boot dir: served only when they "
                           "stay inside it (default), or followed anywhere, as nginx does")
+    lim.add_argument("--workers", type=_workers, default=1, metavar="N|auto",
+                     help="serve from N processes on the same port(s) (SO_REUSEPORT: the kernel "
+                          "spreads connections), each with its own event loop and store "
+                          "connection; auto: one per CPU. Default: %(default)s")
     lim.add_argument("--grace", type=float, default=DEFAULT_GRACE, metavar="SECONDS",
                      help="on SIGTERM: stop accepting, give requests in flight this long "
                           "(default: %(default)g), then exit 0")
@@ -149,6 +156,47 @@ def _token(args: argparse.Namespace) -> str | None:
     return auth.read_token_file(args.token_file)
 
 
+def _workers(text: str) -> int:
+    if text == "auto":
+        return max(1, len(os.sched_getaffinity(0)))
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number or 'auto': {text!r}") from None
+    if not 1 <= n <= 64:
+        raise argparse.ArgumentTypeError("between 1 and 64")
+    return n
+
+
+def _server(args: argparse.Namespace, *, port: int | None, tls_port: int, reuse_port: bool,
+            worker: bool, token: str | None) -> ProvisioningServer:
+    return ProvisioningServer(
+        args.root, host=args.host, port=None if args.no_plain_http else port,
+        max_upload=args.max_upload, boot_dir=args.boot_dir, public_url=args.public_url,
+        kernel_args=args.kernel_args, token=token,
+        open_writes=args.allow_unauthenticated_writes, db=args.db,
+        max_events=args.max_events, max_event_bytes=args.max_event_bytes,
+        max_machines=args.max_machines,
+        tls_cert=args.tls_cert, tls_key=args.tls_key, tls_port=tls_port,
+        public_tls_url=args.public_tls_url, symlinks=args.symlinks, backlog=args.backlog,
+        upload_timeout=args.upload_timeout, min_upload_rate=args.min_upload_rate,
+        grace=args.grace, reuse_port=reuse_port, worker=worker)
+
+
+def _reserve(host: str, port: int) -> tuple[socket.socket, int]:
+    """A socket bound with SO_REUSEPORT to ``port`` (0: a free one), not listening: it holds
+    the port for the workers, which bind it too."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock, int(sock.getsockname()[1])
+
+
 def run(args: argparse.Namespace) -> int:
     root: Path = args.root
     if (args.tls_cert is None) != (args.tls_key is None):
@@ -161,23 +209,28 @@ def run(args: argparse.Namespace) -> int:
     if not (root / "machines").is_dir() and not (root / "images").is_dir():
         print(f"pyinit serve: warning: {root} has neither machines/ nor images/",
               file=sys.stderr)
+    workers: int = args.workers
+    port, tls_port = args.port, args.tls_port
+    held: list[socket.socket] = []
     try:
-        server = ProvisioningServer(
-            root, host=args.host, port=None if args.no_plain_http else args.port,
-            max_upload=args.max_upload, boot_dir=args.boot_dir, public_url=args.public_url,
-            kernel_args=args.kernel_args, token=_token(args),
-            open_writes=args.allow_unauthenticated_writes, db=args.db,
-            max_events=args.max_events, max_event_bytes=args.max_event_bytes,
-            max_machines=args.max_machines,
-            tls_cert=args.tls_cert, tls_key=args.tls_key, tls_port=args.tls_port,
-            public_tls_url=args.public_tls_url, symlinks=args.symlinks, backlog=args.backlog,
-            upload_timeout=args.upload_timeout, min_upload_rate=args.min_upload_rate,
-            grace=args.grace)
-    except ValueError as exc:
-        print(f"pyinit serve: {exc}", file=sys.stderr)
-        return 2
-    try:
-        server.start()
+        token = _token(args)
+        if workers > 1:
+            # before any fork: the secret, the operator token and the store's schema exist
+            # once; stale uploads are removed once; the ports are fixed for every worker
+            auth.load_secret(root)
+            if token is None:
+                token, _path = auth.load_operator_token(root)
+            open_store(args.db, root, max_events=args.max_events,
+                       max_bytes=args.max_event_bytes, max_machines=args.max_machines).close()
+            uploads.remove_stale(root / "images")
+            if not args.no_plain_http:
+                sock, port = _reserve(args.host, args.port)
+                held.append(sock)
+            if args.tls_cert is not None:
+                sock, tls_port = _reserve(args.host, args.tls_port)
+                held.append(sock)
+        server = _server(args, port=port, tls_port=tls_port, reuse_port=workers > 1,
+                         worker=False, token=token)
     except OSError as exc:
         ports = f"{args.port}" + (f" / {args.tls_port}" if args.tls_cert else "")
         print(f"pyinit serve: cannot listen on {args.host}:{ports}: {exc}", file=sys.stderr)
@@ -185,23 +238,98 @@ def run(args: argparse.Namespace) -> int:
     except (StoreError, auth.AuthError) as exc:
         print(f"pyinit serve: {exc}", file=sys.stderr)
         return 1
+    except ValueError as exc:
+        print(f"pyinit serve: {exc}", file=sys.stderr)
+        return 2
+    children = [pid for pid in (_fork_worker(args, port, tls_port, token, i)
+                                for i in range(1, workers)) if pid]
+    try:
+        server.start()
+    except OSError as exc:
+        ports = f"{port}" + (f" / {tls_port}" if args.tls_cert else "")
+        print(f"pyinit serve: cannot listen on {args.host}:{ports}: {exc}", file=sys.stderr)
+        _stop_workers(children)
+        return 1
+    except (StoreError, auth.AuthError) as exc:
+        print(f"pyinit serve: {exc}", file=sys.stderr)
+        _stop_workers(children)
+        return 1
+    finally:
+        for sock in held:
+            sock.close()
     plain = f", plain HTTP for iPXE on {server.http_url}" \
         if args.tls_cert and server.http_url else ""
-    print(f"pyinit serve: {root.resolve()} on {server.url}{plain} (Ctrl-C or SIGTERM to stop)",
-          flush=True)
+    many = f", {workers} worker processes" if workers > 1 else ""
+    print(f"pyinit serve: {root.resolve()} on {server.url}{plain}{many} "
+          "(Ctrl-C or SIGTERM to stop)", flush=True)
     if server.token_file is not None:
         print(f"pyinit serve: operator token in {server.token_file}", flush=True)
+    stop = _stop_on_signals(args.grace, announce=True)
+    server.serve_forever(stop)
+    failed = _stop_workers(children)
+    print("pyinit serve: stopped", flush=True)
+    return 1 if failed else 0
+
+
+def _stop_on_signals(grace: float, *, announce: bool) -> threading.Event:
     stop = threading.Event()
 
     def on_signal(signum: int, frame: Any) -> None:
         if stop.is_set():
             return
-        print(f"pyinit serve: {signal.Signals(signum).name}: stopping (in-flight requests get "
-              f"{args.grace:g} s)", flush=True)
+        if announce:
+            print(f"pyinit serve: {signal.Signals(signum).name}: stopping (in-flight requests "
+                  f"get {grace:g} s)", flush=True)
         stop.set()
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, on_signal)
-    server.serve_forever(stop)
-    print("pyinit serve: stopped", flush=True)
-    return 0
+    return stop
+
+
+def _fork_worker(args: argparse.Namespace, port: int, tls_port: int, token: str | None,
+                 number: int) -> int:
+    """Fork worker ``number``: it serves until SIGTERM/SIGINT and exits; the parent gets its
+    pid. Called before the parent starts any thread (a fork copies only the calling thread)."""
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 1
+    try:
+        _die_with_parent()
+        server = _server(args, port=port, tls_port=tls_port, reuse_port=True, worker=True,
+                         token=token)
+        stop = _stop_on_signals(args.grace, announce=False)
+        server.start()
+        server.serve_forever(stop)
+        code = 0
+    except BaseException as exc:  # a worker must not return into the parent's code
+        print(f"pyinit serve: worker {number}: {exc}", file=sys.stderr, flush=True)
+    finally:
+        os._exit(code)
+
+
+def _die_with_parent() -> None:
+    """SIGTERM this worker when the first process dies, also by SIGKILL (prctl
+    PR_SET_PDEATHSIG): no orphan keeps serving the port."""
+    syscalls.set_parent_death_signal(signal.SIGTERM)
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _stop_workers(children: list[int]) -> int:
+    """SIGTERM every worker (a Ctrl-C reached them already) and wait; how many failed."""
+    failed = 0
+    for pid in children:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    for pid in children:
+        try:
+            _pid, status = os.waitpid(pid, 0)
+        except ChildProcessError:
+            continue
+        if os.waitstatus_to_exitcode(status) != 0:
+            failed += 1
+            print(f"pyinit serve: worker {pid} exited with "
+                  f"{os.waitstatus_to_exitcode(status)}", file=sys.stderr, flush=True)
+    return failed

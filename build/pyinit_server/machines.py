@@ -3,7 +3,8 @@
 One file per machine, named by its MAC (dashes or colons, any case: ``52-54-00-12-34-56.yaml``,
 ``52:54:00:AB:CD:EF.json``), plus an optional ``default.yaml``/``.yml``/``.json`` for any other
 MAC. Files with other names (and hidden files: editor swap files) are ignored. JSON files are
-read as JSON, ``.yaml``/``.yml`` files as YAML (``yaml.safe_load``; a JSON file is valid YAML too).
+read as JSON, ``.yaml``/``.yml`` files as YAML (a safe loader, libyaml's where available; a JSON
+file is valid YAML too).
 
 Reloading: the directory is listed once and again only when it changed (its mtime moves when a file
 is created, removed or renamed), and a file is parsed again only when its ``(inode, size, mtime)``
@@ -47,6 +48,9 @@ log = logging.getLogger("pyinit_server")
 
 SUFFIXES = (".json", ".yaml", ".yml")
 DEFAULT = "default"
+# libyaml's safe loader where PyYAML was built with it (the wheels are): ~10x faster, which is
+# what parsing 20 000 machine files at start takes
+_FastLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 SERVER_KEYS = ("pxe",)  # keys of a machine file that are the server's, never sent to machines
 RACY_SECONDS = 2.0  # a directory changed more recently than this is listed on every lookup
 
@@ -111,6 +115,15 @@ def _where(rel: str, line: int | None) -> str:
     return f"{rel}:{line}" if line else rel
 
 
+def _load_yaml(text: bytes) -> Any:
+    """libyaml's safe loader for speed; a file it refuses is parsed again by PyYAML's own, whose
+    messages operators get (and the tests pin)."""
+    try:
+        return yaml.load(text, Loader=_FastLoader)  # noqa: S506 - a safe loader
+    except yaml.YAMLError:
+        return yaml.safe_load(text)
+
+
 def parse_machine(text: bytes, *, rel: str, key: str, path: Path) -> Machine:
     """Parse one machine file's bytes; ``rel`` names it in messages. Raises MachineError."""
     data: Any
@@ -123,7 +136,7 @@ def parse_machine(text: bytes, *, rel: str, key: str, path: Path) -> Machine:
             raise MachineError(f"{rel}: not UTF-8: {exc.reason}") from exc
     else:
         try:
-            data = yaml.safe_load(text)
+            data = _load_yaml(text)
         except yaml.MarkedYAMLError as exc:
             mark = exc.problem_mark or exc.context_mark
             reason = exc.problem or exc.context or "malformed YAML"

@@ -350,6 +350,7 @@ class ProvisioningServer:
                  tls_cert: Path | str | None = None, tls_key: Path | str | None = None,
                  tls_port: int = 0, public_tls_url: str | None = None,
                  symlinks: str = "inside", backlog: int = DEFAULT_BACKLOG,
+                 reuse_port: bool = False, worker: bool = False,
                  grace: float = DEFAULT_GRACE) -> None:
         self.root = Path(root)
         self.host = host
@@ -372,6 +373,8 @@ class ProvisioningServer:
         self.symlinks = symlinks
         if backlog < 1:
             raise ValueError("backlog: at least 1")
+        self.reuse_port = reuse_port  # several processes on one port (pyinit serve --workers)
+        self.worker = worker  # one of several: the first process cleans up and makes secrets
         self.backlog = backlog
         self.grace = grace
         self.machines = MachineStore(self.root / "machines")
@@ -406,6 +409,8 @@ class ProvisioningServer:
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if self.reuse_port:  # the kernel spreads connections over the workers' sockets
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.bind((self.host, port))
             sock.listen(self.backlog)
             sock.setblocking(False)
@@ -424,7 +429,8 @@ class ProvisioningServer:
             self.token, self.token_file = self._given_token, None
         else:
             self.token, self.token_file = auth.load_operator_token(self.root)
-        receiving.remove_stale(self.root / "images")
+        if not self.worker:  # a worker must not remove its siblings' uploads in flight
+            receiving.remove_stale(self.root / "images")
         socks: dict[str, socket.socket] = {}
         try:
             if self._requested_port is not None:

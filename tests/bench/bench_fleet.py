@@ -98,6 +98,21 @@ def serve_pid(run: Path) -> int:
     return int((run / "serve.pid").read_text())
 
 
+def serve_pids(run: Path) -> list[int]:
+    """``pyinit serve``'s process and its worker processes (``--workers``): whose CPU counts."""
+    pid = serve_pid(run)
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    return [pid, *map(int, children)]
+
+
+# pyinit serve as we tell operators to run it for a rack (docs/server.md): one worker process
+# per CPU, as nginx's worker_processes auto
+SERVE_ARGS = ("--workers", "auto")
+
+
 def started(stack: contextlib.ExitStack, root: Path, run: Path, args: tuple[str, ...] = ()) -> str:
     """``pyinit serve`` on ``root`` (pid and log in ``run``) for the rest of ``stack``."""
     run.mkdir(exist_ok=True)
@@ -114,10 +129,10 @@ def fleet_servers(run: Path, fleet: list[str]) -> Iterator[dict[str, Any]]:
     with contextlib.ExitStack() as stack:
         nginx_url = stack.enter_context(nginx_export(tree, run / "nginx", port,
                                                      worker_connections(len(fleet))))
-        serve_url = started(stack, root, run / "serve-sqlite")
+        serve_url = started(stack, root, run / "serve-sqlite", SERVE_ARGS)
         workers = harness.nginx_workers(run / "nginx")
         say(f"bench: nginx {nginx_url} ({len(workers)} workers), pyinit serve {serve_url} "
-            f"(pid {serve_pid(run / 'serve-sqlite')}), {len(fleet)} machines, temp {run}")
+            f"(pids {serve_pids(run / 'serve-sqlite')}), {len(fleet)} machines, temp {run}")
         yield {"root": root, "tree": tree, "nginx": nginx_url, "serve": serve_url,
                "workers": workers, "stack": stack}
 
@@ -132,7 +147,7 @@ def run_burst(res: fleet_burst.Burst, pool: Pool, run: Path, fleet: list[str],
     fleet_burst.measure(res, pool, {"nginx": addr(peers["nginx"]),
                                     "pyinit": addr(peers["serve"])},
                         targets, {"nginx": peers["workers"],
-                                  "pyinit": [serve_pid(run / "serve-sqlite")]}, say)
+                                  "pyinit": serve_pids(run / "serve-sqlite")}, say)
 
 
 def run_events(res: fleet_events.Events, pool: Pool, run: Path, fleet: list[str],
@@ -155,17 +170,17 @@ def run_events(res: fleet_events.Events, pool: Pool, run: Path, fleet: list[str]
         "nginx": fleet_events.Side("nginx", peers["nginx"], peers["workers"],
                                    access_log=run / "nginx" / "nginx-access.log"),
         "sqlite": fleet_events.Side("sqlite", peers["serve"],
-                                    [serve_pid(run / "serve-sqlite")],
-                                    restart=restarter("serve-sqlite", (), stack)),
+                                    serve_pids(run / "serve-sqlite"),
+                                    restart=restarter("serve-sqlite", SERVE_ARGS, stack)),
     }
     res.setup["sqlite_file"] = str(root / ".pyinit" / "state.sqlite3")
     with contextlib.ExitStack() as pg_stack:
         try:
             url = pg_stack.enter_context(postgres(run))
-            args = ("--db", url)
+            args = ("--db", url, *SERVE_ARGS)
             pg_url = started(pg_stack, root, run / "serve-pg", args)
             sides["postgresql"] = fleet_events.Side(
-                "postgresql", pg_url, [serve_pid(run / "serve-pg")],
+                "postgresql", pg_url, serve_pids(run / "serve-pg"),
                 restart=restarter("serve-pg", args, pg_stack))
             res.setup["postgresql_cluster"] = "tests/pgcluster.py: Debian's server, fsync=on, " \
                                       "synchronous_commit=on, data under the run directory"
