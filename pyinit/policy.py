@@ -95,18 +95,20 @@ def idle_forever(sleep: Callable[[float], None] = time.sleep) -> None:
 
 
 def _reap_orphans() -> None:
-    """Reap zombies that are not children some run() call is waiting for."""
+    """Reap zombies that are not children some run() call is waiting for. Under
+    :data:`proc.spawn_lock`: a child that run() just forked is registered before we look."""
     while True:
-        try:
-            info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-        except ChildProcessError:
-            return
-        if info is None or info.si_pid == 0:
-            return
-        if info.si_pid in proc.own_pids():
-            return  # its spawner will collect it
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(info.si_pid, os.WNOHANG)
+        with proc.spawn_lock:
+            try:
+                info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:
+                return
+            if info is None or info.si_pid == 0:
+                return
+            if info.si_pid in proc.own_pids():
+                return  # its spawner will collect it
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(info.si_pid, os.WNOHANG)
 
 
 def start_reaper(interval: float = 0.5) -> threading.Thread:

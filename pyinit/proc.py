@@ -13,6 +13,7 @@ import logging
 import os
 import shlex
 import subprocess
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,22 +56,16 @@ def clean_env(extra: Mapping[str, str] | None = None,
 
 Runner = Callable[..., Completed]
 
-# PIDs of children that a caller of run() (or spawn()) will wait for itself. PID 1's orphan reaper
-# must leave them alone, or subprocess would lose their exit status.
+# PIDs of children that a caller of run() will wait for itself. PID 1's orphan reaper must leave
+# them alone, or subprocess would lose their exit status (a failed command would read as 0).
+# spawn_lock makes "fork the child, register its PID" one step as the reaper sees it: the reaper
+# holds it while it picks a zombie, so it can never see a run() child before it is registered.
 _own_pids: set[int] = set()
+spawn_lock = threading.Lock()
 
 
 def own_pids() -> frozenset[int]:
     return frozenset(_own_pids)
-
-
-def track(pid: int) -> None:
-    """Mark ``pid`` as waited for by its spawner (see :func:`own_pids`)."""
-    _own_pids.add(pid)
-
-
-def untrack(pid: int) -> None:
-    _own_pids.discard(pid)
 
 
 def _real_run(argv: Sequence[str], *, chroot: Path | None = None, timeout: float | None = None,
@@ -82,13 +77,14 @@ def _real_run(argv: Sequence[str], *, chroot: Path | None = None, timeout: float
     log.info("+ %s", shlex.join(args))
     pipe = subprocess.PIPE if capture else None
     try:
-        child = subprocess.Popen(
-            args, stdin=subprocess.PIPE if input is not None else None, stdout=pipe,
-            stderr=pipe, env=clean_env(env), cwd=cwd, text=True,
-        )
+        with spawn_lock:
+            child = subprocess.Popen(
+                args, stdin=subprocess.PIPE if input is not None else None, stdout=pipe,
+                stderr=pipe, env=clean_env(env), cwd=cwd, text=True,
+            )
+            _own_pids.add(child.pid)
     except FileNotFoundError as exc:
         raise CommandError(args, 127, f"{args[0]}: not found") from exc
-    _own_pids.add(child.pid)
     try:
         out, err = child.communicate(input, timeout=timeout)
     except subprocess.TimeoutExpired as exc:
