@@ -819,8 +819,8 @@ def _concatenated(paths: Sequence[Path], scratch: Path) -> int:
 
 def kexec_reboot(mounts_file: Path = Path("/proc/self/mounts")) -> None:
     """The point of no return: sync, unmount everything (the target too), reboot(2) into the
-    loaded kernel. Returns only by raising, if reboot(2) itself failed."""
-    console("pyinit: kexec now")
+    loaded kernel. Returns only by raising, if reboot(2) itself failed. (The handoff step has
+    said ``pyinit: kexec now``.)"""
     policy.quiesce(mounts_file)
     try:
         syscalls.reboot(syscalls.LINUX_REBOOT_CMD_KEXEC)

@@ -1,9 +1,11 @@
 """PID 1: the boot as a short, ordered table of named steps.
 
 Each step is ``def step(ctx) -> None`` and returns early when it does not apply. The runner logs
-``[3/7] network: start`` then ``ok (2.1 s)`` or ``FAILED: <one line>`` and emits one
-``PYINIT-EVENT`` line per transition. One guard around everything catches every error, reports it,
-and applies the failure policy (``pyinit.on_failure=shell|reboot|poweroff``). PID 1 never exits.
+``[3/11] network: start`` then ``ok (2.1 s)`` or ``FAILED: <one line>`` and emits one
+``PYINIT-EVENT`` line per transition. The last step, ``handoff``, reports the result, says what
+happens now (``handoff now how=kexec``) and does it; it returns only by failing. One guard around
+everything catches every error, reports it, and applies the failure policy
+(``pyinit.on_failure=shell|reboot|poweroff``). PID 1 never exits.
 """
 
 from __future__ import annotations
@@ -82,10 +84,10 @@ class Context:
     entrypoint_rc: int | None = None
     grown: grow.GrowResult | None = None
     target_root: str | None = None  # the written system's root device, once found
-    # The prepared hand-off (kexec loaded, switch_root checked): run by finish(), the point of
-    # no return. Everything that can fail happened in the steps, before it.
-    handoff: Callable[[], object] | None = None
-    handoff_kind: str | None = None
+    # The prepared boot (kexec loaded, switch_root or the entrypoint checked) and its kind: run
+    # by the last step, the point of no return. Everything that can fail early happened before.
+    boot: Callable[[], object] | None = None
+    boot_kind: str | None = None
     inventory: list[disks.Disk] = field(default_factory=list)  # the disks, once taken
     # The action's disk resolved to /dev/<kernel name> (hints, by-id link, default rule): what
     # provision, grow, configure and handoff use, never the action's own field.
@@ -409,7 +411,7 @@ def step_configure(ctx: Context) -> None:
                           f"wrote {', '.join(res.written) or 'nothing'}")
 
 
-def step_handoff(ctx: Context) -> None:
+def step_prepare(ctx: Context) -> None:
     """kexec: find the target's kernel, initrd(s) and command line (grub.cfg, BLS, /boot) and
     load them; switch_root: mount the target and check its init. Nothing irreversible here."""
     act = _written(ctx)
@@ -425,18 +427,18 @@ def step_handoff(ctx: Context) -> None:
             logger.info(f"handoff: kexec {entry.describe()}")
             handoff.kexec_load(entry, t.root)
         ctx.summary["kexec"] = entry.kernel
-        ctx.handoff, ctx.handoff_kind = handoff.kexec_reboot, "kexec"
+        ctx.boot, ctx.boot_kind = handoff.kexec_reboot, "kexec"
         return
     mount_root(device, NEWROOT)
     init = handoff.check_switch_root(NEWROOT, "/sbin/init")
     logger.info(f"handoff: switch_root into {NEWROOT}, exec {init}")
-    ctx.handoff, ctx.handoff_kind = (lambda: handoff.switch_root(NEWROOT, "/sbin/init")), \
+    ctx.boot, ctx.boot_kind = (lambda: handoff.switch_root(NEWROOT, "/sbin/init")), \
         "switch_root"
 
 
 def step_entrypoint(ctx: Context) -> None:
     """ginit mode: mount root= and run entrypoint= inside it, on the console; with
-    ``pyinit.exec=1`` it becomes PID 1 instead (switch_root, done by finish())."""
+    ``pyinit.exec=1`` it becomes PID 1 instead (switch_root, done by the handoff step)."""
     p = ctx.params
     if p.mode != "ginit" or p.root is None:
         return
@@ -444,14 +446,51 @@ def step_entrypoint(ctx: Context) -> None:
     if p.exec_entrypoint:
         argv = list(p.entrypoint)
         handoff.check_switch_root(NEWROOT, argv[0])
-        ctx.handoff = lambda: handoff.exec_entrypoint(NEWROOT, argv)
-        ctx.handoff_kind = "exec"
+        ctx.boot = lambda: handoff.exec_entrypoint(NEWROOT, argv)
+        ctx.boot_kind = "exec"
         log.get_logger().info(f"entrypoint: {argv[0]} will run as PID 1 (pyinit.exec=1)")
         return
     ctx.entrypoint_rc = run_entrypoint(NEWROOT, p.entrypoint)
     ctx.summary["entrypoint_rc"] = ctx.entrypoint_rc
     if ctx.entrypoint_rc != 0:
         raise PyinitError(f"entrypoint {p.entrypoint[0]} exited {ctx.entrypoint_rc}")
+
+
+def handoff_kind(ctx: Context) -> str:
+    """What the machine does once provisioned: kexec, switch_root, exec (ginit), reboot,
+    poweroff or shell. Pure."""
+    act = ctx.action
+    what: str = act.finish if act is not None else ctx.params.on_failure
+    if act is not None and act.drop_to_shell:
+        what = "shell"
+    if ctx.boot_kind is not None:
+        what = ctx.boot_kind
+    elif what in ("kexec", "switch_root"):  # nothing was written to hand off to (dry run, read)
+        log.get_logger().warning(f"handoff: {what} needs a written target; rebooting instead")
+        what = "reboot"
+    return what
+
+
+def step_handoff(ctx: Context) -> None:
+    """The point of no return, the last step: report the result (the machine is gone after),
+    say what happens now (``handoff now how=kexec``), then kexec, switch_root, exec the
+    entrypoint, reboot, power off or open a shell. Returns only by raising, when that last call
+    failed: the step fails, and the failure policy runs."""
+    what = handoff_kind(ctx)
+    stop_background(ctx)
+    log.event("result", "ok", handoff=what, **ctx.summary)
+    log.console("pyinit: RESULT ok " + " ".join(f"{k}={v}" for k, v in ctx.summary.items()))
+    log.event("handoff", "now", how=what)
+    log.console(f"pyinit: {what} now")
+    if ctx.sink is not None:
+        ctx.sink.flush()
+    if ctx.boot is not None:
+        ctx.boot()  # returns only by raising
+        raise PyinitError(f"{what} returned")
+    if what in ("reboot", "poweroff"):
+        policy.power(what, announce=False)  # returns only if reboot(2) failed (logged)
+        raise PyinitError(f"{what} failed: reboot(2) returned")
+    policy.apply(what, "finished")  # the shell: never returns
 
 
 STEPS: tuple[tuple[str, Callable[[Context], None]], ...] = (
@@ -464,8 +503,8 @@ STEPS: tuple[tuple[str, Callable[[Context], None]], ...] = (
     ("grow", step_grow),
     ("configure", step_configure),
     ("entrypoint", step_entrypoint),
+    ("prepare", step_prepare),
     ("handoff", step_handoff),
-    ("finish", lambda ctx: None),  # the hand-off itself happens after the table: see finish()
 )
 
 
@@ -506,29 +545,6 @@ def run_steps(ctx: Context, steps: tuple[tuple[str, Callable[[Context], None]], 
         elapsed = round(clock() - start, 2)
         logger.info(f"[{i}/{total}] {name}: ok ({elapsed} s)")
         log.event(name, "ok", elapsed=elapsed)
-
-
-def finish(ctx: Context) -> None:
-    """The hand-off once every step succeeded."""
-    act = ctx.action
-    what: str = act.finish if act is not None else ctx.params.on_failure
-    if act is not None and act.drop_to_shell:
-        what = "shell"
-    if ctx.handoff_kind is not None:
-        what = ctx.handoff_kind
-    stop_background(ctx)
-    log.event("result", "ok", handoff=what, **ctx.summary)
-    log.console("pyinit: RESULT ok " + " ".join(f"{k}={v}" for k, v in ctx.summary.items()))
-    if ctx.sink is not None:
-        ctx.sink.flush()
-    if ctx.handoff is not None:
-        log.console(f"pyinit: {what} now")
-        ctx.handoff()  # returns only by raising: fail() then applies the failure policy
-        return
-    if what in ("kexec", "switch_root"):  # nothing was written to hand off to (dry run, read)
-        log.get_logger().warning(f"finish: {what} needs a written target; rebooting instead")
-        what = "reboot"
-    policy.apply(what, "finished")
 
 
 def fail(ctx: Context, exc: BaseException) -> None:
@@ -579,7 +595,6 @@ def main() -> None:
         if early_error is not None:
             raise StepFailed("rootfs", early_error)
         run_steps(ctx)
-        finish(ctx)
     except BaseException as exc:
         try:
             fail(ctx, exc)

@@ -49,9 +49,11 @@ def quiesce(mounts_file: Path = Path("/proc/self/mounts")) -> None:
     os.sync()
 
 
-def power(kind: str) -> None:
-    """sync, unmount and reboot(2). Returns only if reboot(2) failed."""
-    console(f"pyinit: {kind} now")
+def power(kind: str, *, announce: bool = True) -> None:
+    """sync, unmount and reboot(2). Returns only if reboot(2) failed. ``announce``: print
+    ``pyinit: <kind> now`` (the handoff step has said it already)."""
+    if announce:
+        console(f"pyinit: {kind} now")
     quiesce()
     try:
         syscalls.reboot(_REBOOT_CMDS[kind])

@@ -98,6 +98,14 @@ def set_controlling_tty(fd: int) -> None:
     fcntl.ioctl(fd, termios.TIOCSCTTY, 1)
 
 
+PR_SET_PDEATHSIG = 1
+
+
+def set_parent_death_signal(sig: int) -> None:
+    """prctl(PR_SET_PDEATHSIG): this process gets ``sig`` when its parent dies."""
+    _check(_libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0), "prctl(PR_SET_PDEATHSIG)")
+
+
 def sethostname(name: str) -> None:
     raw = name.encode()
     _check(_libc.sethostname(raw, ctypes.c_size_t(len(raw))), "sethostname")
