@@ -25,8 +25,9 @@ whether the image is 16 MiB or 8 GiB.
   file that changed, restarts the whole stream from byte 0 (decoder, hashes, offsets reset).
 * **Fail-safe**: before the first byte lands, the first and last MiB (MBR, GPT and its backup) are
   zeroed, so a half-written disk never looks bootable, even after a power cut. The image's first
-  MiB is written last, after the checksum verified and everything else was fsynced. Any failure
-  after writing began zeroes both areas again, unless ``preserve_on_error``.
+  MiB, and whatever it holds for the disk's last MiB (an image the size of the disk: its GPT
+  backup), are written last, after the checksum verified and everything else was fsynced. Any
+  failure after writing began zeroes both areas again, unless ``preserve_on_error``.
 * **Safety** before the first byte: an existing block device, neither it nor a partition mounted,
   used as swap or held (LVM/MD/dm), opened ``O_EXCL``; an image known to be larger than the disk is
   refused up front (``size``, a raw image's Content-Length, a zstd frame's content size), and in
@@ -1087,8 +1088,11 @@ DiskIO = SyncIO | ThreadedIO
 
 class Writer:
     """Lays decoded blocks onto a :class:`Target`, in order: data with pwrite; zero runs with
-    ``target.zero``, joined across blocks into one call; the first MiB kept in :attr:`head` for
-    the end. Before its first write it zeroes both partition-table areas (``pre_wipe``). Data
+    ``target.zero``, joined across blocks into one call; the first MiB kept in :attr:`head` and
+    the bytes bound for the disk's last MiB in :attr:`tail`, both written only at the end
+    (:meth:`write_head`, after the checksum matched): a power cut at any moment before leaves
+    neither a partition table at the start nor a GPT backup at the end that a recovery tool
+    would rebuild the disk from. Before its first write it zeroes both partition-table areas (``pre_wipe``). Data
     writes go through ``io`` (several in flight with :class:`ThreadedIO`).
 
     Zero runs are issued in batches (:data:`ZERO_BATCH_RUNS` runs or :data:`ZERO_BATCH_BYTES`),
@@ -1107,6 +1111,11 @@ class Writer:
         self.pre_wipe = pre_wipe
         self.head = _aligned(HEAD)
         self.head_len = 0
+        cap = target.capacity
+        # the disk's last MiB (never inside the first): None for a file that grows
+        self.tail_start = max(HEAD, cap - HEAD) if cap is not None and cap > HEAD else None
+        self.tail = _aligned(HEAD) if self.tail_start is not None else None
+        self.tail_len = 0  # bytes of the tail area the stream reached
         self.offset = 0
         self.zero_bytes = 0
         self.started = False
@@ -1119,9 +1128,11 @@ class Writer:
         (whose writes all land first; its unissued zero runs are dropped: the new pass
         zeroes what is zero in it)."""
         self.io.drain()
-        self.offset = self.head_len = self.zero_bytes = self._zeros_bytes = 0
+        self.offset = self.head_len = self.zero_bytes = self._zeros_bytes = self.tail_len = 0
         self._pending = None
         self._zeros.clear()
+        if self.tail is not None:
+            self.tail[:] = bytes(len(self.tail))
 
     def _start(self) -> None:
         if not self.started:
@@ -1146,9 +1157,15 @@ class Writer:
             pos = min(HEAD - offset, length)
             self.head[offset:offset + pos] = buf[:pos]
             self.head_len = offset + pos
-        if pos < length:
+        stop = length  # where the bytes bound for the tail area begin
+        if self.tail is not None and self.tail_start is not None and end > self.tail_start:
+            stop = max(pos, self.tail_start - offset)
+            rel = offset + stop - self.tail_start
+            self.tail[rel:rel + length - stop] = buf[stop:length]
+            self.tail_len = max(self.tail_len, end - self.tail_start)
+        if pos < stop:
             view = memoryview(buf)
-            for s, e, is_zero in coalesce(zero_extents(buf, pos, length),
+            for s, e, is_zero in coalesce(zero_extents(buf, pos, stop),
                                           min_zero=self.min_zero):
                 if is_zero:
                     self._zero(offset + s, offset + e)
@@ -1192,8 +1209,8 @@ class Writer:
         self._zeros_bytes = 0
 
     def finish(self) -> None:
-        """End of stream: the last zero runs, then fsync (everything but the head is
-        durable)."""
+        """End of stream: the last zero runs, then fsync (everything but the first MiB and the
+        last MiB's bytes is durable)."""
         self._flush_zero()
         self._issue_zeros()
         self.io.drain()
@@ -1201,8 +1218,10 @@ class Writer:
             self.target.sync()
 
     def write_head(self) -> None:
-        """The first MiB, last; then fsync."""
+        """The bytes of the disk's last MiB, then the first MiB; then fsync."""
         self._start()
+        if self.tail is not None and self.tail_start is not None and self.tail_len:
+            self.target.write(self.tail_start, memoryview(self.tail)[:self.tail_len])
         self.target.write(0, memoryview(self.head)[:self.head_len])
         self.target.sync()
 

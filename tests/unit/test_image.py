@@ -329,6 +329,39 @@ def test_writer_coalesces_zero_runs_across_blocks_and_holds_the_head_back() -> N
     assert w.offset == len(image)
 
 
+def test_writer_holds_the_disks_last_mib_back_too() -> None:
+    """An image the size of the disk (its GPT backup in the last sectors): until write_head,
+    which runs after the checksum matched, neither end of the disk carries the image's bytes,
+    whatever order the stream and the zero runs arrive in."""
+    cap = 24 * MIB
+    image = (b"\x01" * HEAD + os.urandom(3 * MIB) + bytes(cap - 6 * MIB) + os.urandom(MIB)
+             + b"\x03" * (MIB - 512) + b"GPT BACKUP".ljust(512, b"\x04"))
+    assert len(image) == cap
+    for block in (4 * MIB, 3 * MIB + 4096, MIB // 2):  # tail area split across blocks or not
+        t = FakeTarget(capacity=cap)
+        t.data = bytearray(b"\xaa" * cap)
+        w = Writer(t, url="u")  # type: ignore[arg-type]
+        feed_writer(w, image, block)
+        assert not any(c for c in t.calls if c[0] != "wipe" and c[1] + c[2] > cap - MIB), \
+            "a write into the last MiB before the checksum"
+        assert bytes(t.data[cap - MIB:]) == b"\xaa" * MIB  # (the fake does not wipe)
+        w.write_head()
+        assert t.calls[-2:] == [("write", cap - MIB, MIB), ("write", 0, HEAD)]  # tail, head
+        assert bytes(t.data) == image
+
+
+def test_writer_tail_area_of_a_short_image_and_a_restart() -> None:
+    cap = 8 * MIB
+    t = FakeTarget(capacity=cap)
+    w = Writer(t, url="u")  # type: ignore[arg-type]
+    feed_writer(w, b"\x05" * (7 * MIB + 100))  # reaches 100 bytes into the last MiB
+    w.reset()
+    feed_writer(w, b"\x06" * (7 * MIB + 50))  # the restart reaches 50: nothing of the first
+    w.write_head()
+    assert t.calls[-2:] == [("write", 7 * MIB, 50), ("write", 0, HEAD)]
+    assert bytes(t.data) == b"\x06" * (7 * MIB + 50)
+
+
 def test_writer_never_skips_zeros_it_did_not_zero() -> None:
     """Whatever the layout, the result equals the image (the fake starts with 0xAA junk)."""
     rng = __import__("random").Random(3)

@@ -4,11 +4,17 @@ uploaded to the server then written back to a second VM, byte-identical."""
 
 from __future__ import annotations
 
+import hashlib
+import os
 import shutil
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
+from pyinit import parttable
 from pyinit_build.demoimage import MIB, DemoImage, compressed_copy, sha256_file
 from pyinit_qemu.vm import guest_url
 from tests.faultserver import FaultServer
@@ -117,3 +123,76 @@ def test_capture_then_write_back_to_a_second_machine(artifacts: Artifacts, serve
     end = demo_image.size - MIB  # the demo image's partition ends 1 MiB before its end
     assert sha256_file(target, end) == sha256_file(source, end)
     assert first["bytes_read"] == end
+
+
+def gpt_disk_image(path: Path, size: int) -> bytes:
+    """A GPT disk of ``size`` bytes (its backup header in the last sector) with one partition
+    full of random data: what an image the size of its disk looks like."""
+    with path.open("wb") as f:
+        f.truncate(size)
+    subprocess.run(["sfdisk", "--quiet", str(path)], input=b"label: gpt\n,,L\n", check=True)
+    data = bytearray(path.read_bytes())
+    data[2 * MIB:size - 64 * 1024] = os.urandom(size - 2 * MIB - 64 * 1024)  # up to the end
+    path.write_bytes(data)
+    assert parttable.parse(path.open("rb"), disk_size=size) is not None
+    return bytes(data)
+
+
+def test_power_cut_before_the_checksum_leaves_no_table_at_either_end(
+        artifacts: Artifacts, server: Server, tmp_path: Path) -> None:
+    """An image the size of the disk whose stream stalls after the whole disk was decoded and
+    handed to the writer but before the stream ended (a zstd skippable frame follows the image;
+    the stall is at a 256 KiB network-read boundary inside it, so no read waits for more), so
+    the checksum cannot be checked yet; then QEMU is killed with SIGKILL, a power cut. The disk
+    must carry neither the image's first MiB nor its last (data and the GPT backup), from which
+    recovery tools, and parttable.parse, would rebuild a table on a half-written disk."""
+    import zstandard
+
+    from pyinit.image import NET_CHUNK
+
+    size = 32 * MIB  # a multiple of the pipeline's 4 MiB blocks: the last one is handed over
+    image = gpt_disk_image(tmp_path / "gpt.raw", size)
+    frame = zstandard.ZstdCompressor(level=1, write_checksum=True,
+                                     write_content_size=True).compress(image)
+    stall = -(-len(frame) // NET_CHUNK) * NET_CHUNK + NET_CHUNK  # inside the skippable frame
+    filler = stall - len(frame) - 8 + 64 * 1024
+    stream = frame + (0x184D2A50).to_bytes(4, "little") + filler.to_bytes(4, "little") + \
+        bytes(filler)
+    (tmp_path / "faulty").mkdir()
+    zst = tmp_path / "faulty" / "disk.img.zst"
+    zst.write_bytes(stream)
+    digest = hashlib.sha256(stream).hexdigest()
+    disk = blank_disk(tmp_path / "disk.raw", size)
+    mac = "52:54:00:00:05:07"
+    with FaultServer(tmp_path / "faulty") as faulty:
+        faulty.set_faults(zst.name, stall_at=stall, stall_seconds=120)
+        server.machine(mac, {"action": "writeImage", "sourceImage": guest_url(faulty.url(zst.name)),
+                             "destinationDevice": "/dev/vda", "checksum": f"sha256:{digest}",
+                             "size": size, "finish": "poweroff"})
+        with boot(artifacts, tmp_path, f"MYURL={server.guest_url}", mac=mac, disks=[disk],
+                  timeout=400) as vm:
+            vm.expect_event(step="provision", status="start", timeout=240)
+            # the data just before the last MiB is on the disk: the writer has the last block
+            edge = slice(size - MIB - 4096, size - MIB)
+            deadline = time.monotonic() + 180
+            with disk.open("rb") as f:
+                while time.monotonic() < deadline:
+                    f.seek(edge.start)
+                    if f.read(4096) == image[edge]:
+                        break
+                    time.sleep(0.2)
+                else:
+                    pytest.fail("the writer never reached the disk's last block")
+            time.sleep(2.0)  # time for writes into the last MiB to land, were any issued
+            # still the first request, stalled (pyinit resumes one after 30 s without data)
+            assert len(faulty.requests(zst.name)) == 1
+            assert vm.pid is not None
+            os.kill(vm.pid, signal.SIGKILL)  # the power cut
+            vm.kill()
+    data = disk.read_bytes()
+    assert data[size - 2 * MIB:size - MIB] == image[size - 2 * MIB:size - MIB]  # it got there
+    assert image[-MIB:] != bytes(MIB)  # the image does carry data and a GPT backup there
+    assert data[:MIB] == bytes(MIB), "the first MiB was written before the checksum"
+    assert data[-MIB:] == bytes(MIB), "the last MiB was written before the checksum"
+    with disk.open("rb") as f:
+        assert parttable.parse(f, disk_size=size) is None
