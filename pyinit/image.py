@@ -1092,8 +1092,8 @@ class Writer:
     the bytes bound for the disk's last MiB in :attr:`tail`, both written only at the end
     (:meth:`write_head`, after the checksum matched): a power cut at any moment before leaves
     neither a partition table at the start nor a GPT backup at the end that a recovery tool
-    would rebuild the disk from. Before its first write it zeroes both partition-table areas (``pre_wipe``). Data
-    writes go through ``io`` (several in flight with :class:`ThreadedIO`).
+    would rebuild the disk from. Before its first write it zeroes both partition-table areas
+    (``pre_wipe``). Data writes go through ``io`` (several in flight with :class:`ThreadedIO`).
 
     Zero runs are issued in batches (:data:`ZERO_BATCH_RUNS` runs or :data:`ZERO_BATCH_BYTES`),
     back to back once the writes in flight have landed: a loop device turns each one into an
