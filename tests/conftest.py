@@ -16,7 +16,7 @@ import pytest
 import requests
 
 from pyinit import proc
-from pyinit_server.server import ProvisioningServer
+from tests.serverkit import ObservedServer
 
 pytest_plugins = ["pyinit_qemu.pytest_plugin"]
 
@@ -120,12 +120,12 @@ def recorder() -> Iterator[Recorder]:
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[ProvisioningServer]:
+def server(tmp_path: Path) -> Iterator[ObservedServer]:
     """A provisioning server on 127.0.0.1 with an empty images/ (the VM tests override it).
     Writes open, asked for by name: the tests using it are about what the agent sends;
     tokens have their own tests (test_server_auth.py, test_token.py)."""
     (tmp_path / "srv" / "images").mkdir(parents=True)
-    with ProvisioningServer(tmp_path / "srv", open_writes=True) as srv:
+    with ObservedServer(tmp_path / "srv", open_writes=True) as srv:
         yield srv
 
 

@@ -110,7 +110,6 @@ log = logging.getLogger("pyinit_server")
 
 MAX_EVENT_BYTES = 64 * 1024
 MAX_JSON_DEPTH = 64
-ACCESS_RECORDS = 10_000  # requests remembered for access_log
 # A connection that makes no progress for this long is dropped: an idle keep-alive connection,
 # a request cut off in its headers (slowloris), a reader that stopped reading mid-image.
 CLIENT_TIMEOUT = 60.0
@@ -397,9 +396,6 @@ class ProvisioningServer:
         self.token: str | None = None  # the operator token, once started
         self.token_file: Path | None = None
         self.store: Store | None = None
-        self._access: collections.deque[dict[str, Any]] = collections.deque(
-            maxlen=ACCESS_RECORDS)
-        self._access_lock = threading.Lock()
         self._in_flight = 0  # requests in _dispatch (touched in the event loop only)
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -672,43 +668,10 @@ class ProvisioningServer:
         return {"file": f"{machine.path.parent.name}/{machine.path.name}", "file_error": None,
                 "file_warning": machine.warning}
 
-    def wait_event(self, mac: str, step: str | None = None, status: str | None = None,
-                   timeout: float = 10.0) -> dict[str, Any]:
-        """The first event for ``mac`` matching ``step``/``status``, waiting up to ``timeout``
-        (events committed by another replica are seen within 0.2 s)."""
-        key = normalize_mac(mac)
-        if key is None:
-            raise ValueError(f"not a MAC address: {mac!r}")
-        store = self._store()
-        deadline = time.monotonic() + timeout
-        while True:
-            for ev in store.events(key):
-                if (step is None or ev.get("step") == step) and (
-                        status is None or ev.get("status") == status):
-                    return ev
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"no event step={step} status={status} for {key} "
-                                   f"within {timeout:g} s")
-            with store.changed:
-                store.changed.wait(min(left, 0.2))
-
-    def _record(self, method: str, path: str, status: int, range_header: str | None) -> None:
-        with self._access_lock:
-            self._access.append({"method": method, "path": path, "status": status,
-                                 "range": range_header})
-
-    @property
-    def uploads(self) -> dict[str, dict[str, Any]]:
-        """Uploads stored since the start, by name: ``{name, size, sha256}``."""
-        return {k: dict(v) for k, v in self.committer.uploads.items()}
-
-    @property
-    def access_log(self) -> list[dict[str, Any]]:
-        """One record per recent request (the last ACCESS_RECORDS): method, path, status,
-        range."""
-        with self._access_lock:
-            return list(self._access)
+    def observe(self, request: web.BaseRequest, status: int) -> None:
+        """Called once per request with the status it is answered with, before the answer is
+        sent (the access line is logged after). Does nothing here: an extension point for
+        subclasses (metrics; tests.serverkit records requests for the tests)."""
 
     # -- HTTP: dispatch ---------------------------------------------------------------------
 
@@ -741,8 +704,7 @@ class ProvisioningServer:
             log.exception('%s "%s %s": internal error', request.remote, request.method,
                           clean(request.raw_path))
             resp = _error(500, "internal error (see the server's log)")
-        self._record(request.method, request.raw_path, resp.status,
-                     request.headers.get("Range"))
+        self.observe(request, resp.status)
         if not self._started:  # stopping: no further request on this connection
             resp.force_close()
         sent = 0

@@ -270,7 +270,6 @@ class Committer:
     def __init__(self, images: Path) -> None:
         self.images = images
         self._lock = threading.Lock()
-        self.uploads: dict[str, dict[str, Any]] = {}
 
     def commit(self, name: str, incoming: Incoming) -> dict[str, Any]:
         """Blocking (fsyncs): run it in a worker thread."""
@@ -293,7 +292,6 @@ class Committer:
                 os.unlink(side_tmp)
                 raise
             os.replace(side_tmp, images / f"{name}.sha256")
-            self.uploads[name] = record
         dir_fd = os.open(images, os.O_RDONLY | os.O_DIRECTORY)
         try:
             os.fsync(dir_fd)

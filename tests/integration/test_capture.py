@@ -26,7 +26,7 @@ import zstandard
 from pyinit import parttable
 from pyinit.capture import capture_image
 from pyinit.errors import DiskError, FetchError
-from pyinit_server.server import ProvisioningServer
+from tests.serverkit import ObservedServer
 from tests.unit.test_capture import Stub
 
 pytestmark = [
@@ -141,7 +141,7 @@ def test_sfdisk_dos_with_logical_partitions(loop: Callable[..., str]) -> None:
     assert table.by_number(6).uuid == "5eed1234-06"  # the kernel's PARTUUID for an MBR
 
 
-def test_capture_gpt_zstd_multipart(loop: Callable[..., str], server: ProvisioningServer,
+def test_capture_gpt_zstd_multipart(loop: Callable[..., str], server: ObservedServer,
                                     session: requests.Session) -> None:
     dev = loop(64, GPT_SCRIPT)
     with unsynced(dev) as write:
@@ -162,7 +162,7 @@ def test_capture_gpt_zstd_multipart(loop: Callable[..., str], server: Provisioni
     assert table is not None and table.end_of_last_partition == GPT_END
 
 
-def test_capture_gpt_gzip_put(loop: Callable[..., str], server: ProvisioningServer,
+def test_capture_gpt_gzip_put(loop: Callable[..., str], server: ObservedServer,
                               session: requests.Session) -> None:
     dev = loop(64, GPT_SCRIPT)
     with unsynced(dev) as write:
@@ -178,7 +178,7 @@ def test_capture_gpt_gzip_put(loop: Callable[..., str], server: ProvisioningServ
 
 
 def test_capture_without_partition_table_is_the_whole_device(
-        loop: Callable[..., str], server: ProvisioningServer, session: requests.Session) -> None:
+        loop: Callable[..., str], server: ObservedServer, session: requests.Session) -> None:
     dev = loop(16)
     with unsynced(dev) as write:
         write(0, b"no table here")
@@ -190,7 +190,7 @@ def test_capture_without_partition_table_is_the_whole_device(
 
 
 def test_capture_refuses_a_mounted_device(loop: Callable[..., str], tmp_path: Path,
-                                          server: ProvisioningServer,
+                                          server: ObservedServer,
                                           session: requests.Session) -> None:
     """The whole device carries the file system: partition devices need udev (and partition
     scanning), which this test cannot count on; partitions and stacked devices are covered by

@@ -30,7 +30,7 @@ import pytest
 import requests
 
 from pyinit_server import dashboard
-from pyinit_server.server import ProvisioningServer
+from tests.serverkit import ObservedServer
 
 pytestmark = pytest.mark.integration
 
@@ -58,12 +58,12 @@ def root(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def post(srv: ProvisioningServer, mac: str, event: dict[str, Any]) -> None:
+def post(srv: ObservedServer, mac: str, event: dict[str, Any]) -> None:
     r = requests.post(f"{srv.url}/events/{mac}", json=event, timeout=10)
     assert r.status_code == 204, r.text
 
 
-def provision_fleet(srv: ProvisioningServer) -> None:
+def provision_fleet(srv: ObservedServer) -> None:
     """Three machines in three states, with the events pyinit really sends."""
     for mac in (WRITING, FAILED, DONE):
         for step in ("rootfs", "modules", "network", "action"):
@@ -238,12 +238,12 @@ def rows(b: Browser) -> dict[str, dict[str, Any]]:
     return out
 
 
-def polls(srv: ProvisioningServer) -> int:
+def polls(srv: ObservedServer) -> int:
     # the page asks for one page of machines: /api/machines?offset=0&limit=500
     return sum(1 for r in srv.access_log if r["path"].split("?")[0] == "/api/machines")
 
 
-def after_poll(srv: ProvisioningServer, action: Callable[[], None]) -> threading.Thread:
+def after_poll(srv: ObservedServer, action: Callable[[], None]) -> threading.Thread:
     """Run ``action`` from a thread once the page has polled /api/machines at least once."""
     def run() -> None:
         deadline = time.monotonic() + 30
@@ -303,7 +303,7 @@ def check_png(data: bytes, width: int, height: int) -> int:
 
 @pytest.mark.parametrize("path", ["/", "/dashboard", "/?x=1"])
 def test_page_is_served_uncached_with_a_strict_policy(root: Path, path: str) -> None:
-    with ProvisioningServer(root, open_writes=True) as srv:
+    with ObservedServer(root, open_writes=True) as srv:
         r = requests.get(srv.url + path, timeout=10)
         head = requests.head(srv.url + path, timeout=10)
     assert r.status_code == 200 and head.status_code == 200
@@ -328,7 +328,7 @@ def test_page_is_self_contained_and_never_parses_html() -> None:
 
 
 def test_dashboard_live_in_chromium(root: Path, browser: Browser, tmp_path: Path) -> None:
-    with ProvisioningServer(root, open_writes=True) as srv:
+    with ObservedServer(root, open_writes=True) as srv:
         provision_fleet(srv)
 
         def later() -> None:
@@ -422,7 +422,7 @@ def test_dashboard_pages_a_large_fleet_in_chromium(root: Path, browser: Browser)
     for i in range(1200):
         (root / "machines" / f"52-54-00-01-{i >> 8:02x}-{i & 0xff:02x}.yaml").write_text(
             "action: writeImage\nsourceImage: images/a.img\ndestinationDevice: /dev/vda\n")
-    with ProvisioningServer(root, open_writes=True) as srv:
+    with ObservedServer(root, open_writes=True) as srv:
         post(srv, "52-54-00-01-04-00", {"step": "result", "status": "failed", "error": "boom"})
         browser.open(srv.url + "/")
         browser.wait("document.getElementById('pageinfo').textContent.includes('of ')",
@@ -449,7 +449,7 @@ def test_dashboard_pages_a_large_fleet_in_chromium(root: Path, browser: Browser)
 def test_machine_hardware_and_lldp_in_chromium(root: Path, browser: Browser) -> None:
     """The open log shows the machine's product and each NIC's switch, port and VLAN; a
     hostile product name stays text."""
-    with ProvisioningServer(root, open_writes=True) as srv:
+    with ObservedServer(root, open_writes=True) as srv:
         post(srv, WRITING, {"step": "action", "status": "ok"})
         post(srv, WRITING, {"step": "hardware", "status": "inventory",
                             "system": {"vendor": "Dell Inc.", "product": XSS,
@@ -560,7 +560,7 @@ FORMATS = [
 def test_formatting_in_chromium(root: Path, browser: Browser) -> None:
     """The page's own formatting functions, table-style, in the browser that runs them (one
     browser for the whole table: starting Chromium costs seconds)."""
-    with ProvisioningServer(root, open_writes=True) as srv:
+    with ObservedServer(root, open_writes=True) as srv:
         browser.open(srv.url + "/dashboard")
         browser.wait("window.pyinitDashboard", "the dashboard script")
         got = [browser.eval(f"window.pyinitDashboard.{fn}({json.dumps(arg)})")

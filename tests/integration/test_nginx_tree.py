@@ -31,7 +31,7 @@ from pyinit.events import ServerSink
 from pyinit.fetch import fetch_action
 from pyinit.image import MIB, WriteRequest, write_image
 from pyinit_server.export import export
-from pyinit_server.server import ProvisioningServer
+from tests.serverkit import ObservedServer
 
 pytestmark = pytest.mark.integration
 
@@ -120,8 +120,8 @@ class Tree:
     bare_root: Path
     full_url: str  # nginx serving the export of root
     bare_url: str  # nginx serving the export of bare_root (no default, events proxied)
-    serve: ProvisioningServer  # pyinit serve on root, same public URL as nginx
-    upstream: ProvisioningServer  # pyinit serve on bare_root: events proxied here
+    serve: ObservedServer  # pyinit serve on root, same public URL as nginx
+    upstream: ObservedServer  # pyinit serve on bare_root: events proxied here
     image: bytes
 
 
@@ -153,8 +153,8 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tree]:
         '"destinationDevice": "/dev/vda"}\n')
     full_port, bare_port = free_port(), free_port()
     full_url, bare_url = f"http://127.0.0.1:{full_port}", f"http://127.0.0.1:{bare_port}"
-    with ProvisioningServer(root, public_url=full_url) as serve, \
-            ProvisioningServer(bare_root) as upstream:
+    with ObservedServer(root, public_url=full_url) as serve, \
+            ObservedServer(bare_root) as upstream:
         export(root, base / "full", public_url=full_url, listen=f"127.0.0.1:{full_port}")
         export(bare_root, base / "bare", listen=f"127.0.0.1:{bare_port}",
                events_upstream=upstream.url)

@@ -1,7 +1,7 @@
 """The server's hostile-client catalogue (issue #13, point 6): one test per row of
 docs/server-hostile.md.
 
-Every row runs against a real :class:`ProvisioningServer` started in-process on 127.0.0.1 (the
+Every row runs against a real :class:`ObservedServer` started in-process on 127.0.0.1 (the
 signal rows: the real ``pyinit serve`` CLI in a subprocess), spoken to with raw sockets, since
 the clients of this catalogue misbehave below what HTTP libraries let one send. Each test asserts
 
@@ -40,7 +40,7 @@ import pytest
 import requests
 
 import pyinit_server.server as server_module
-from pyinit_server.server import ProvisioningServer
+from tests.serverkit import ObservedServer
 from tests.tlsfixtures import TLSFiles, tls_files  # noqa: F401 - the fixture
 from tests.unit.test_store import assert_counters_match_rows
 
@@ -231,14 +231,14 @@ def root(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def serve(root: Path, caplog: pytest.LogCaptureFixture,
-          ) -> Iterator[Callable[..., ProvisioningServer]]:
+          ) -> Iterator[Callable[..., ObservedServer]]:
     """Start a server on ``root`` (keyword arguments: the constructor's; ``client_timeout``:
     set before start). Writes need tokens, as in production."""
     caplog.set_level(logging.INFO, logger=LOGGER)
-    started: list[ProvisioningServer] = []
+    started: list[ObservedServer] = []
 
-    def start(client_timeout: float | None = None, **kwargs: Any) -> ProvisioningServer:
-        srv = ProvisioningServer(root, grace=1.0, **kwargs)
+    def start(client_timeout: float | None = None, **kwargs: Any) -> ObservedServer:
+        srv = ObservedServer(root, grace=1.0, **kwargs)
         if client_timeout is not None:
             srv.client_timeout = client_timeout
         started.append(srv.start())
@@ -250,7 +250,7 @@ def serve(root: Path, caplog: pytest.LogCaptureFixture,
 
 
 @pytest.fixture
-def srv(serve: Callable[..., ProvisioningServer]) -> ProvisioningServer:
+def srv(serve: Callable[..., ObservedServer]) -> ObservedServer:
     return serve()
 
 
@@ -282,7 +282,7 @@ def temp_files(root: Path) -> list[str]:
     return sorted(p.name for p in (root / "images").glob(".upload-*"))
 
 
-def stored_events(srv: ProvisioningServer) -> int:
+def stored_events(srv: ObservedServer) -> int:
     return int(srv.status()["store"]["events"])
 
 
@@ -292,7 +292,7 @@ def lines(caplog: pytest.LogCaptureFixture, needle: str = "") -> list[str]:
             if r.name.startswith(LOGGER) and needle in r.getMessage()]
 
 
-def healthy(srv: ProvisioningServer, caplog: pytest.LogCaptureFixture) -> None:
+def healthy(srv: ObservedServer, caplog: pytest.LogCaptureFixture) -> None:
     """The server still answers, and nothing in its log is a traceback or an error."""
     base = srv.http_url or srv.url
     assert requests.get(f"{base}/images/disk.img", timeout=5).content == IMAGE
@@ -329,7 +329,7 @@ TRAVERSAL = [
 
 @pytest.mark.parametrize(("row", "target"), TRAVERSAL,
                          ids=rows("test_traversal", [r for r, _ in TRAVERSAL]))
-def test_traversal(srv: ProvisioningServer, root: Path, caplog: pytest.LogCaptureFixture,
+def test_traversal(srv: ObservedServer, root: Path, caplog: pytest.LogCaptureFixture,
                    row: str, target: bytes) -> None:
     for method in ("GET", "HEAD"):
         reply = exchange(srv.port, http(method, target, "Connection: close"))
@@ -347,7 +347,7 @@ SYMLINKS = [("H09", "loop.img", "loop.img"), ("H10", "out.img", "../../secret.tx
 
 @pytest.mark.parametrize(("row", "name", "target"), SYMLINKS,
                          ids=rows("test_operator_symlink", [r for r, _, _ in SYMLINKS]))
-def test_operator_symlink(srv: ProvisioningServer, root: Path, caplog: pytest.LogCaptureFixture,
+def test_operator_symlink(srv: ObservedServer, root: Path, caplog: pytest.LogCaptureFixture,
                           row: str, name: str, target: str) -> None:
     (root / "images" / name).symlink_to(target)
     reply = exchange(srv.port, http("GET", f"/images/{name}", "Connection: close"))
@@ -375,7 +375,7 @@ NAMES = [
 
 @pytest.mark.parametrize(("row", "method", "target", "body"), NAMES,
                          ids=rows("test_upload_name", [r for r, _, _, _ in NAMES]))
-def test_upload_name(srv: ProvisioningServer, root: Path, caplog: pytest.LogCaptureFixture,
+def test_upload_name(srv: ObservedServer, root: Path, caplog: pytest.LogCaptureFixture,
                      row: str, method: str, target: bytes, body: bytes) -> None:
     assert srv.token is not None
     extra = (MULTIPART,) if method == "POST" else ()
@@ -434,7 +434,7 @@ CUT_OFF = [
 
 @pytest.mark.parametrize(("row", "method", "target", "headers", "body"), CUT_OFF,
                          ids=rows("test_cut_off_upload", [r[0] for r in CUT_OFF]))
-def test_cut_off_upload(srv: ProvisioningServer, root: Path, caplog: pytest.LogCaptureFixture,
+def test_cut_off_upload(srv: ObservedServer, root: Path, caplog: pytest.LogCaptureFixture,
                         row: str, method: str, target: str, headers: tuple[str, ...],
                         body: bytes) -> None:
     assert srv.token is not None
@@ -475,7 +475,7 @@ SMUGGLING = smuggling_cases()
 
 @pytest.mark.parametrize(("row", "framing", "body"), SMUGGLING,
                          ids=rows("test_smuggling", [r for r, _, _ in SMUGGLING]))
-def test_smuggling(srv: ProvisioningServer, caplog: pytest.LogCaptureFixture, row: str,
+def test_smuggling(srv: ObservedServer, caplog: pytest.LogCaptureFixture, row: str,
                    framing: bytes, body: bytes) -> None:
     smuggled = event(OTHER, srv.machine_token(OTHER))
     request = http("POST", f"/events/{MAC}", bearer(srv.machine_token(MAC)), framing,
@@ -512,7 +512,7 @@ RANGES = [
 
 @pytest.mark.parametrize(("row", "header"), RANGES,
                          ids=rows("test_range", [r for r, _ in RANGES]))
-def test_range(srv: ProvisioningServer, caplog: pytest.LogCaptureFixture, row: str,
+def test_range(srv: ObservedServer, caplog: pytest.LogCaptureFixture, row: str,
                header: bytes) -> None:
     reply = exchange(srv.port, http("GET", "/images/disk.img", b"Range: " + header,
                                     "Connection: close"))
@@ -542,7 +542,7 @@ HEADERS = [
 
 @pytest.mark.parametrize(("row", "request_bytes"), HEADERS,
                          ids=rows("test_headers", [r for r, _ in HEADERS]))
-def test_headers(srv: ProvisioningServer, caplog: pytest.LogCaptureFixture, row: str,
+def test_headers(srv: ObservedServer, caplog: pytest.LogCaptureFixture, row: str,
                  request_bytes: bytes) -> None:
     reply = exchange(srv.port, request_bytes)
     assert reply.status == 400
@@ -557,7 +557,7 @@ def test_headers(srv: ProvisioningServer, caplog: pytest.LogCaptureFixture, row:
 
 
 @pytest.mark.parametrize("row", rows("test_slowloris", ["H38"]))
-def test_slowloris(serve: Callable[..., ProvisioningServer], caplog: pytest.LogCaptureFixture,
+def test_slowloris(serve: Callable[..., ObservedServer], caplog: pytest.LogCaptureFixture,
                    row: str) -> None:
     srv = serve(client_timeout=1.0)
     request = http("GET", "/images/disk.img")
@@ -590,7 +590,7 @@ TRICKLE = [("H39", 2.0, {"upload_timeout": 1.0}),
 
 @pytest.mark.parametrize(("row", "gap", "limits"), TRICKLE,
                          ids=rows("test_trickling_upload", [r for r, _, _ in TRICKLE]))
-def test_trickling_upload(serve: Callable[..., ProvisioningServer], root: Path,
+def test_trickling_upload(serve: Callable[..., ObservedServer], root: Path,
                           caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch,
                           row: str, gap: float, limits: dict[str, Any]) -> None:
     monkeypatch.setattr(server_module, "UPLOAD_RATE_WINDOW", 1.0)  # a minute in production
@@ -620,7 +620,7 @@ def test_trickling_upload(serve: Callable[..., ProvisioningServer], root: Path,
 
 
 @pytest.mark.parametrize("row", rows("test_deep_json", ["H41"]))
-def test_deep_json(srv: ProvisioningServer, caplog: pytest.LogCaptureFixture, row: str) -> None:
+def test_deep_json(srv: ObservedServer, caplog: pytest.LogCaptureFixture, row: str) -> None:
     token = srv.machine_token(MAC)
     assert exchange(srv.port, event(MAC, token)).status == 204
     deep = b'{"step": "network", "status": "ok", "x": ' + b"[" * 1000 + b"]" * 1000 + b"}"
@@ -653,7 +653,7 @@ INJECTION = [
 
 @pytest.mark.parametrize(("row", "request_bytes", "needle"), INJECTION,
                          ids=rows("test_log_injection", [r for r, _, _ in INJECTION]))
-def test_log_injection(srv: ProvisioningServer, root: Path, caplog: pytest.LogCaptureFixture,
+def test_log_injection(srv: ObservedServer, root: Path, caplog: pytest.LogCaptureFixture,
                        row: str, request_bytes: bytes, needle: str) -> None:
     (root / "images" / "loop.img").symlink_to("loop.img")
     reply = exchange(srv.port, request_bytes)
@@ -670,7 +670,7 @@ def test_log_injection(srv: ProvisioningServer, root: Path, caplog: pytest.LogCa
 
 
 @pytest.mark.parametrize("row", rows("test_flood_of_macs", ["H49"]))
-def test_flood_of_macs(serve: Callable[..., ProvisioningServer], caplog: pytest.LogCaptureFixture,
+def test_flood_of_macs(serve: Callable[..., ObservedServer], caplog: pytest.LogCaptureFixture,
                        row: str) -> None:
     limit, max_machines = 20_000, 500
     srv = serve(max_event_bytes=limit, max_machines=max_machines)
@@ -709,7 +709,7 @@ def test_flood_of_macs(serve: Callable[..., ProvisioningServer], caplog: pytest.
 # ---- tokens --------------------------------------------------------------------------------
 
 
-def auth_cases(srv: ProvisioningServer) -> dict[str, bytes]:
+def auth_cases(srv: ObservedServer) -> dict[str, bytes]:
     other_capture = f"{OTHER}.img.zst".encode()
     body = multipart(b'filename="' + other_capture + b'"', b"data")
     return {
@@ -726,7 +726,7 @@ AUTH = ["H50", "H51", "H52", "H53"]
 
 
 @pytest.mark.parametrize("row", rows("test_token", AUTH), ids=AUTH)
-def test_token(srv: ProvisioningServer, root: Path, caplog: pytest.LogCaptureFixture,
+def test_token(srv: ObservedServer, root: Path, caplog: pytest.LogCaptureFixture,
                row: str) -> None:
     reply = exchange(srv.port, auth_cases(srv)[row])
     assert reply.status in (401, 403), reply.raw[:300]
@@ -742,7 +742,7 @@ def test_token(srv: ProvisioningServer, root: Path, caplog: pytest.LogCaptureFix
 
 
 @pytest.mark.parametrize("row", rows("test_plain_listener_of_tls_server", ["H54"]))
-def test_plain_listener_of_tls_server(serve: Callable[..., ProvisioningServer], root: Path,
+def test_plain_listener_of_tls_server(serve: Callable[..., ObservedServer], root: Path,
                                       caplog: pytest.LogCaptureFixture,
                                       tls_files: TLSFiles, row: str) -> None:  # noqa: F811
     srv = serve(tls_cert=tls_files.cert, tls_key=tls_files.key)

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import requests
 
-from pyinit_server.server import ProvisioningServer
+from tests.serverkit import ObservedServer
 
 pytestmark = pytest.mark.integration
 
@@ -32,7 +32,7 @@ def root(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def post_all(srv: ProvisioningServer, mac: str, start: int, count: int,
+def post_all(srv: ObservedServer, mac: str, start: int, count: int,
              errors: list[str]) -> None:
     token = srv.machine_token(mac)
     with requests.Session() as s:
@@ -45,8 +45,8 @@ def post_all(srv: ProvisioningServer, mac: str, start: int, count: int,
 
 
 def test_two_replicas_serve_one_fleet(root: Path, postgres: Any) -> None:
-    with ProvisioningServer(root, db=postgres.url) as one, \
-            ProvisioningServer(root, db=postgres.url) as two:
+    with ObservedServer(root, db=postgres.url) as one, \
+            ObservedServer(root, db=postgres.url) as two:
         errors: list[str] = []
         threads = [threading.Thread(target=post_all, args=((one, two)[i % 2], mac, 0, PER_MAC,
                                                            errors))
@@ -85,14 +85,14 @@ def test_two_replicas_serve_one_fleet(root: Path, postgres: Any) -> None:
         one_mac = requests.get(f"{one.url}/api/machines/{MACS[1]}", timeout=10).json()
         assert one_mac["result"] == "ok" and len(one_mac["log"]) == PER_MAC + 1
     # a restart of both: everything is still there
-    with ProvisioningServer(root, db=postgres.url) as again:
+    with ObservedServer(root, db=postgres.url) as again:
         page = requests.get(f"{again.url}/api/machines?state=ok", timeout=10).json()
         assert [m["mac"] for m in page["machines"]] == [MACS[1]]
         assert page["store"]["events"] == (len(MACS) + 2) * PER_MAC + 1
 
 
 def test_database_down_is_503_and_recovers(root: Path, postgres: Any) -> None:
-    with ProvisioningServer(root, db=postgres.url) as srv:
+    with ObservedServer(root, db=postgres.url) as srv:
         auth = {"Authorization": f"Bearer {srv.machine_token(MACS[0])}"}
         url = f"{srv.url}/events/{MACS[0]}"
         assert requests.post(url, json={"step": "a"}, headers=auth, timeout=10).status_code == 204

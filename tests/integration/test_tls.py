@@ -29,7 +29,7 @@ from pyinit.errors import FetchError
 from pyinit.events import ServerSink
 from pyinit.fetch import fetch_action
 from pyinit.image import WriteRequest, write_image
-from pyinit_server.server import ProvisioningServer
+from tests.serverkit import ObservedServer
 from tests.tlsfixtures import TLSFiles, tls_files  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.integration
@@ -53,8 +53,8 @@ def root(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def server(root: Path, tls_files: TLSFiles) -> Iterator[ProvisioningServer]:  # noqa: F811
-    srv = ProvisioningServer(root, token=TOKEN, tls_cert=tls_files.cert, tls_key=tls_files.key)
+def server(root: Path, tls_files: TLSFiles) -> Iterator[ObservedServer]:  # noqa: F811
+    srv = ObservedServer(root, token=TOKEN, tls_cert=tls_files.cert, tls_key=tls_files.key)
     srv.handshake_timeout = 1.0
     with srv:
         (root / "machines" / "52-54-00-00-06-01.json").write_text(json.dumps({
@@ -72,7 +72,7 @@ def session_for(cmdline: str, tmp_path: Path) -> tuple[requests.Session, object]
 
 
 def test_fetch_write_and_events_over_https_with_the_inline_ca(
-        server: ProvisioningServer, tls_files: TLSFiles, tmp_path: Path) -> None:  # noqa: F811
+        server: ObservedServer, tls_files: TLSFiles, tmp_path: Path) -> None:  # noqa: F811
     assert server.url.startswith("https://127.0.0.1:")
     session, params = session_for(f"MYURL={server.url} pyinit.ca={tls_files.inline()} "
                                   f"pyinit.token={TOKEN}", tmp_path)
@@ -94,7 +94,7 @@ def test_fetch_write_and_events_over_https_with_the_inline_ca(
     assert server.wait_event(MAC, step="tls", timeout=10)["status"] == "ok"
 
 
-def test_a_baked_in_ca_is_used_without_pyinit_ca(server: ProvisioningServer,
+def test_a_baked_in_ca_is_used_without_pyinit_ca(server: ObservedServer,
                                                  tls_files: TLSFiles,  # noqa: F811
                                                  tmp_path: Path) -> None:
     baked = tmp_path / "initramfs/etc/pyinit/ca.pem"
@@ -107,7 +107,7 @@ def test_a_baked_in_ca_is_used_without_pyinit_ca(server: ProvisioningServer,
 
 @pytest.mark.parametrize("which", ["default bundle", "other CA"])
 def test_an_unverifiable_certificate_is_one_line_and_not_retried(
-        server: ProvisioningServer, tls_files: TLSFiles, tmp_path: Path,  # noqa: F811
+        server: ObservedServer, tls_files: TLSFiles, tmp_path: Path,  # noqa: F811
         which: str) -> None:
     ca = "" if which == "default bundle" else f" pyinit.ca={tls_files.inline(tls_files.other_ca)}"
     session, params = session_for(f"MYURL={server.url}{ca} pyinit.fetch_timeout=60", tmp_path)
@@ -136,7 +136,7 @@ def test_an_unverifiable_certificate_is_one_line_and_not_retried(
     assert disk.read_bytes() == b"\x55" * (1 << 20)
 
 
-def test_plain_http_on_the_https_port_is_named(server: ProvisioningServer,
+def test_plain_http_on_the_https_port_is_named(server: ObservedServer,
                                                tls_files: TLSFiles, tmp_path: Path) -> None:  # noqa: F811
     assert server.http_url is not None
     plain_as_https = server.http_url.replace("http://", "https://")
@@ -147,7 +147,7 @@ def test_plain_http_on_the_https_port_is_named(server: ProvisioningServer,
     assert not info.value.retryable
 
 
-def test_a_silent_client_does_not_block_others(server: ProvisioningServer,
+def test_a_silent_client_does_not_block_others(server: ObservedServer,
                                                tls_files: TLSFiles) -> None:  # noqa: F811
     silent = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(3)]
     try:
@@ -166,7 +166,7 @@ def test_a_silent_client_does_not_block_others(server: ProvisioningServer,
             s.close()
 
 
-def test_the_plain_listener_serves_ipxe_and_refuses_writes(server: ProvisioningServer) -> None:
+def test_the_plain_listener_serves_ipxe_and_refuses_writes(server: ObservedServer) -> None:
     plain = server.http_url
     assert plain is not None and plain != server.url
     script = requests.get(f"{plain}/52-54-00-00-06-01.ipxe", timeout=5).text
@@ -185,7 +185,7 @@ def test_the_plain_listener_serves_ipxe_and_refuses_writes(server: ProvisioningS
 
 
 def test_public_url_keeps_working_with_tls(root: Path, tls_files: TLSFiles) -> None:  # noqa: F811
-    with ProvisioningServer(root, tls_cert=tls_files.cert, tls_key=tls_files.key,
+    with ObservedServer(root, tls_cert=tls_files.cert, tls_key=tls_files.key,
                             public_url="http://boot.example:8080") as srv:
         (root / "machines" / "default.json").write_text('{"action": "writeImage", '
                                                         '"sourceImage": "x", '
@@ -193,13 +193,13 @@ def test_public_url_keeps_working_with_tls(root: Path, tls_files: TLSFiles) -> N
         script = requests.get(f"{srv.http_url}/52-54-00-00-06-09.ipxe", timeout=5).text
         assert "kernel http://boot.example:8080/boot/vmlinuz " in script
         assert f"BOOTYURL=https://boot.example:{srv.port} " in script
-    with ProvisioningServer(root, tls_cert=tls_files.cert, tls_key=tls_files.key,
+    with ObservedServer(root, tls_cert=tls_files.cert, tls_key=tls_files.key,
                             public_tls_url="https://prov.example/") as srv:
         script = requests.get(f"{srv.http_url}/52-54-00-00-06-09.ipxe", timeout=5).text
         assert "BOOTYURL=https://prov.example " in script
 
 
-def test_range_requests_over_tls(server: ProvisioningServer, tls_files: TLSFiles) -> None:  # noqa: F811
+def test_range_requests_over_tls(server: ObservedServer, tls_files: TLSFiles) -> None:  # noqa: F811
     """sendfile() falls back to send() on an SSLSocket: ranges and whole files still exact."""
     data = (server.root / "images/disk.img").read_bytes()
     url = f"{server.url}/images/disk.img"
@@ -215,7 +215,7 @@ def test_range_requests_over_tls(server: ProvisioningServer, tls_files: TLSFiles
 
 
 @pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1_1 is deprecated")
-def test_only_tls_1_2_and_later(server: ProvisioningServer, tls_files: TLSFiles) -> None:  # noqa: F811
+def test_only_tls_1_2_and_later(server: ObservedServer, tls_files: TLSFiles) -> None:  # noqa: F811
     ctx = ssl.create_default_context(cafile=str(tls_files.ca))
     ctx.minimum_version = ctx.maximum_version = ssl.TLSVersion.TLSv1_1
     with pytest.raises(ssl.SSLError), socket.create_connection(("127.0.0.1", server.port)) as s, \
@@ -224,7 +224,7 @@ def test_only_tls_1_2_and_later(server: ProvisioningServer, tls_files: TLSFiles)
 
 
 def test_https_only_server(root: Path, tls_files: TLSFiles) -> None:  # noqa: F811
-    with ProvisioningServer(root, port=None, tls_cert=tls_files.cert,
+    with ObservedServer(root, port=None, tls_cert=tls_files.cert,
                             tls_key=tls_files.key) as srv:
         assert srv.http_url is None
         resp = requests.put(f"{srv.url}/images/up.img", data=b"x" * 1000,
@@ -252,7 +252,7 @@ def test_bad_certificate_or_key_stops_serve_with_one_line(
     }[case]
     want = message.format(d=d, cert=tls_files.cert, other_key=tls_files.other_key)
     with pytest.raises(ValueError) as info:
-        ProvisioningServer(root, tls_cert=cert, tls_key=key)
+        ObservedServer(root, tls_cert=cert, tls_key=key)
     assert str(info.value).startswith(want), str(info.value)
     done = subprocess.run([sys.executable, "-m", "pyinit_build.cli", "serve", "--root", str(root),
                            "--port", "0", "--tls-port", "0", "--tls-cert", str(cert),
@@ -268,10 +268,10 @@ def test_garbage_pem_body_is_named(tls_files: TLSFiles, tmp_path: Path, root: Pa
     bad.write_text("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
     with pytest.raises(ValueError, match=r"^--tls-cert .*bad.pem / --tls-key .*: cannot load: "
                                          r"PEM lib \(a PEM block that does not decode\)$"):
-        ProvisioningServer(root, tls_cert=bad, tls_key=tls_files.key)
+        ObservedServer(root, tls_cert=bad, tls_key=tls_files.key)
 
 
-def test_handshake_runs_outside_the_accept_loop(server: ProvisioningServer,
+def test_handshake_runs_outside_the_accept_loop(server: ObservedServer,
                                                 tls_files: TLSFiles) -> None:  # noqa: F811
     """Many concurrent HTTPS clients while a silent one holds its connection open."""
     silent = socket.create_connection(("127.0.0.1", server.port))

@@ -6,7 +6,7 @@ reported by :func:`init.fail`) with only the seams replaced that a unit test may
 mounts (``rootfs.apply``), no modules, ``/proc/cmdline`` from a file, the NICs from a fake sysfs
 (or a ready :class:`NetworkResult`), ``/dev/vdb`` mapped to a 4 MiB file, a fake clock for the
 action fetch's retries, and a recorder instead of reboot(2). Servers are real and in-process
-(:class:`ProvisioningServer`, :class:`tests.faultserver.FaultServer`) on 127.0.0.1; the DNS row
+(:class:`ObservedServer`, :class:`tests.faultserver.FaultServer`) on 127.0.0.1; the DNS row
 resolves a name under the reserved ``.invalid`` TLD through a patched ``getaddrinfo``, so nothing
 leaves the machine. D02, D03, D05 and D06 run :func:`pyinit.disks.select_disk` on a list of
 disks inside the runner (identical serials, USB sticks and mounts are easier to state as data);
@@ -47,8 +47,8 @@ import requests
 from pyinit import capture, disks, fetch, image, init, log, network, policy
 from pyinit.disks import Disk
 from pyinit.network import DhcpThread, NetworkResult
-from pyinit_server.server import ProvisioningServer
 from tests.faultserver import Faults, FaultServer
+from tests.serverkit import ObservedServer
 from tests.tlsfixtures import TLSFiles, tls_files  # noqa: F401 - the fixture
 
 from .fakes import FakeClock
@@ -328,7 +328,7 @@ def provisioning_server(machine: bytes | None) -> Drive:
         (root / "images").mkdir()
         if machine is not None:
             (root / "machines" / f"{DASHES}.json").write_bytes(machine)
-        with ProvisioningServer(root) as srv:
+        with ObservedServer(root) as srv:
             return rig.boot(f"MYURL={srv.url} {POWEROFF} pyinit.fetch_timeout=5")
     return drive
 
@@ -361,7 +361,7 @@ def tls_server(ca: str, *, plain: bool = False, upload: bool = False) -> Drive:
         (root / "images").mkdir()
         trust = {"other": f"pyinit.ca={rig.tls.other_ca}", "default": ""}[ca]
         rig.replacements[str(rig.tls.other_ca.parent)] = "/etc/pyinit"
-        with ProvisioningServer(root, tls_cert=rig.tls.cert, tls_key=rig.tls.key) as srv:
+        with ObservedServer(root, tls_cert=rig.tls.cert, tls_key=rig.tls.key) as srv:
             if upload:  # the action from plain HTTP, the upload to the HTTPS listener
                 myurl = rig.action({"action": "readImage", "sourceDevice": "/dev/vdb",
                                     "desintationAddress": f"{srv.url}/upload"})
@@ -910,7 +910,7 @@ def test_event_sink_on_a_static_server_does_not_blame_the_token(
     monkeypatch.setattr(log, "_console", buf)
     log.configure()
     (tmp_path / "srv").mkdir()
-    with ProvisioningServer(tmp_path / "srv", token="s3cret") as prov:
+    with ObservedServer(tmp_path / "srv", token="s3cret") as prov:
         sink = ServerSink(f"{prov.url}/events/{DASHES}")
         sink({"step": "action", "status": "ok"})
         sink.flush()
@@ -926,7 +926,7 @@ def test_capture_tls_failure_is_one_line_and_not_retried(
     sleeps: list[float] = []
     root = tmp_path / "srv"
     (root / "images").mkdir(parents=True)
-    with ProvisioningServer(root, tls_cert=tls_files.cert, tls_key=tls_files.key) as srv, \
+    with ObservedServer(root, tls_cert=tls_files.cert, tls_key=tls_files.key) as srv, \
             requests.Session() as session:
         session.verify = str(tls_files.other_ca)
         url = f"{srv.url}/upload"

@@ -38,7 +38,7 @@ from pyinit.capture import (
 )
 from pyinit.errors import ConfigError, DiskError, FetchError, ImageError
 from pyinit.parttable import parse
-from pyinit_server.server import ProvisioningServer
+from tests.serverkit import ObservedServer
 from tests.unit.test_parttable import GptPart, gpt_disk, mbr_sector
 
 MAC = "52:54:00:AB:cd:01"
@@ -257,7 +257,7 @@ def decompress(data: bytes, compression: str) -> bytes:
 
 @pytest.mark.parametrize("method", ["multipart", "put"])
 @pytest.mark.parametrize("compression", ["zstd", "gzip", "none"])
-def test_capture_round_trip(tmp_path: Path, server: ProvisioningServer,
+def test_capture_round_trip(tmp_path: Path, server: ObservedServer,
                             session: requests.Session, method: capture.Method,
                             compression: capture.Compression) -> None:
     expected = disk_with_gpt(tmp_path / "disk.img")
@@ -289,7 +289,7 @@ def test_capture_round_trip(tmp_path: Path, server: ProvisioningServer,
         assert request.headers["Transfer-Encoding"] == "chunked"
 
 
-def test_capture_whole_file_without_table(tmp_path: Path, server: ProvisioningServer,
+def test_capture_whole_file_without_table(tmp_path: Path, server: ObservedServer,
                                           session: requests.Session) -> None:
     data = os.urandom(MIB) + bytes(3 * MIB) + b"tail"
     (tmp_path / "disk").write_bytes(data)
@@ -300,7 +300,7 @@ def test_capture_whole_file_without_table(tmp_path: Path, server: ProvisioningSe
     assert decompress(stored, "zstd") == data
 
 
-def test_holes_are_not_read(tmp_path: Path, server: ProvisioningServer,
+def test_holes_are_not_read(tmp_path: Path, server: ObservedServer,
                             session: requests.Session, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "sparse"
     with open(path, "wb") as f:
@@ -334,7 +334,7 @@ def test_holes_are_not_read(tmp_path: Path, server: ProvisioningServer,
 
 
 def test_capture_with_a_broken_table_reads_everything(tmp_path: Path,
-                                                      server: ProvisioningServer,
+                                                      server: ObservedServer,
                                                       session: requests.Session) -> None:
     disk = gpt_disk(8192, [GptPart(2048, 4095)])
     disk[512 + 40] ^= 0xFF  # primary header
@@ -345,7 +345,7 @@ def test_capture_with_a_broken_table_reads_everything(tmp_path: Path,
     assert result.bytes_read == len(disk)
 
 
-def test_capture_of_an_empty_file(tmp_path: Path, server: ProvisioningServer,
+def test_capture_of_an_empty_file(tmp_path: Path, server: ObservedServer,
                                   session: requests.Session) -> None:
     (tmp_path / "empty").write_bytes(b"")
     result = capture_image(str(tmp_path / "empty"), f"{server.url}/images/e.zst", mac=MAC,
@@ -354,7 +354,7 @@ def test_capture_of_an_empty_file(tmp_path: Path, server: ProvisioningServer,
     assert decompress((server.root / "images" / "e.zst").read_bytes(), "zstd") == b""
 
 
-def test_progress_events(tmp_path: Path, server: ProvisioningServer,
+def test_progress_events(tmp_path: Path, server: ObservedServer,
                          session: requests.Session) -> None:
     (tmp_path / "disk").write_bytes(os.urandom(3 * capture.CHUNK))
     events: list[dict[str, Any]] = []
@@ -483,7 +483,7 @@ def test_plain_text_answer_is_accepted(small_disk: str, session: requests.Sessio
     assert result.bytes_read == 256 * 1024
 
 
-def test_read_error_mid_capture_leaves_nothing(tmp_path: Path, server: ProvisioningServer,
+def test_read_error_mid_capture_leaves_nothing(tmp_path: Path, server: ObservedServer,
                                                session: requests.Session,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "disk").write_bytes(os.urandom(4 * capture.CHUNK))
@@ -524,7 +524,7 @@ def test_bad_arguments(small_disk: str, session: requests.Session) -> None:
                       allow_regular_file=True)
 
 
-def test_cli(tmp_path: Path, server: ProvisioningServer, capsys: pytest.CaptureFixture[str],
+def test_cli(tmp_path: Path, server: ObservedServer, capsys: pytest.CaptureFixture[str],
              monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(log, "configure", lambda **_: None)  # keep pytest's logging set-up
     (tmp_path / "disk").write_bytes(b"hello" * 1000)

@@ -23,13 +23,13 @@ from pyinit_server import cli as serve_cli
 from pyinit_server.server import (
     MAX_EVENT_BYTES,
     ByteRange,
-    ProvisioningServer,
     Unsatisfiable,
     if_range_matches,
     normalize_mac,
     parse_range,
     upload_name,
 )
+from tests.serverkit import ObservedServer
 
 MAC = "52-54-00-12-34-56"
 ACTION = (b'{"action": "writeImage", "sourceImage": "images/disk.img", '
@@ -49,14 +49,14 @@ def root(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def server(root: Path) -> Iterator[ProvisioningServer]:
+def server(root: Path) -> Iterator[ObservedServer]:
     """Writes open (asked for by name): these tests are about HTTP, test_server_auth.py about
     tokens."""
-    with ProvisioningServer(root, open_writes=True) as srv:
+    with ObservedServer(root, open_writes=True) as srv:
         yield srv
 
 
-def raw_get(srv: ProvisioningServer, path: str, method: str = "GET") -> http.client.HTTPResponse:
+def raw_get(srv: ObservedServer, path: str, method: str = "GET") -> http.client.HTTPResponse:
     """A request with the path exactly as given (requests would normalise ``..`` away)."""
     conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10)
     conn.request(method, path)
@@ -70,7 +70,7 @@ def raw_get(srv: ProvisioningServer, path: str, method: str = "GET") -> http.cli
 # machines
 
 
-def test_url_and_port(server: ProvisioningServer) -> None:
+def test_url_and_port(server: ObservedServer) -> None:
     assert server.url == f"http://127.0.0.1:{server.port}"
     assert server.port > 0
 
@@ -79,27 +79,27 @@ def test_url_and_port(server: ProvisioningServer) -> None:
     f"/{MAC}", f"/{MAC}.bty", "/52:54:00:12:34:56", "/52-54-00-12-34-56.bty",
     "/52:54:00:12:34:56.bty", "/52-54-00-12-34-56".upper(), "/52%3A54%3A00%3A12%3A34%3A56",
 ])
-def test_machine_by_mac(server: ProvisioningServer, path: str) -> None:
+def test_machine_by_mac(server: ObservedServer, path: str) -> None:
     resp = requests.get(server.url + path, timeout=10)
     assert resp.status_code == 200
     assert resp.headers["Content-Type"] == "application/json"
     assert resp.content == ACTION
 
 
-def test_malformed_machine_file_is_500_with_file_and_line(server: ProvisioningServer) -> None:
+def test_malformed_machine_file_is_500_with_file_and_line(server: ObservedServer) -> None:
     resp = requests.get(f"{server.url}/52:54:00:00:00:0B", timeout=10)
     assert resp.status_code == 500
     assert resp.json()["error"] == ("machines/52-54-00-00-00-0b.json:1: Expecting property name "
                                     "enclosed in double quotes")
 
 
-def test_unknown_mac_is_404_with_json(server: ProvisioningServer) -> None:
+def test_unknown_mac_is_404_with_json(server: ObservedServer) -> None:
     resp = requests.get(f"{server.url}/52-54-00-99-99-99.bty", timeout=10)
     assert resp.status_code == 404
     assert "52-54-00-99-99-99" in resp.json()["error"]
 
 
-def test_default_json_for_unknown_macs(root: Path, server: ProvisioningServer) -> None:
+def test_default_json_for_unknown_macs(root: Path, server: ObservedServer) -> None:
     (root / "machines" / "default.json").write_bytes(b'{"action": "default"}')
     assert requests.get(f"{server.url}/52-54-00-99-99-99", timeout=10).json() == {
         "action": "default"}
@@ -110,13 +110,13 @@ def test_default_json_for_unknown_macs(root: Path, server: ProvisioningServer) -
     "/favicon.ico", "/52-54-00-12-34", "/52-54:00-12-34-56", "/52-54-00-12-34-5g",
     "/machines/52-54-00-12-34-56.json", "/52-54-00-12-34-56.json", "/x/52-54-00-12-34-56",
 ])
-def test_not_a_mac_is_400(server: ProvisioningServer, path: str) -> None:
+def test_not_a_mac_is_400(server: ObservedServer, path: str) -> None:
     resp = requests.get(server.url + path, timeout=10)
     assert resp.status_code == 400
     assert "not a MAC" in resp.json()["error"]
 
 
-def test_head_machine(server: ProvisioningServer) -> None:
+def test_head_machine(server: ObservedServer) -> None:
     resp = requests.head(f"{server.url}/{MAC}", timeout=10)
     assert resp.status_code == 200
     assert resp.headers["Content-Length"] == str(len(ACTION))
@@ -136,7 +136,7 @@ def test_normalize_mac(text: str, mac: str | None) -> None:
 # images
 
 
-def test_full_image(server: ProvisioningServer) -> None:
+def test_full_image(server: ObservedServer) -> None:
     resp = requests.get(f"{server.url}/images/disk.img", timeout=10)
     assert resp.status_code == 200
     assert resp.content == IMAGE
@@ -148,14 +148,14 @@ def test_full_image(server: ProvisioningServer) -> None:
     assert "Content-Encoding" not in resp.headers
 
 
-def test_head_image(server: ProvisioningServer) -> None:
+def test_head_image(server: ObservedServer) -> None:
     resp = requests.head(f"{server.url}/images/disk.img", timeout=10)
     assert resp.status_code == 200
     assert resp.headers["Content-Length"] == str(len(IMAGE))
     assert resp.content == b""
 
 
-def test_empty_image(server: ProvisioningServer) -> None:
+def test_empty_image(server: ObservedServer) -> None:
     resp = requests.get(f"{server.url}/images/sub/empty.img", timeout=10)
     assert (resp.status_code, resp.content, resp.headers["Content-Length"]) == (200, b"", "0")
 
@@ -168,7 +168,7 @@ def test_empty_image(server: ProvisioningServer) -> None:
     ("bytes=102390-999999", 102390, len(IMAGE) - 1),  # clamped to the end
     ("bytes=-999999", 0, len(IMAGE) - 1),  # suffix longer than the file
 ])
-def test_range(server: ProvisioningServer, header: str, start: int, end: int) -> None:
+def test_range(server: ObservedServer, header: str, start: int, end: int) -> None:
     resp = requests.get(f"{server.url}/images/disk.img", headers={"Range": header}, timeout=10)
     assert resp.status_code == 206
     assert resp.headers["Content-Range"] == f"bytes {start}-{end}/{len(IMAGE)}"
@@ -177,19 +177,19 @@ def test_range(server: ProvisioningServer, header: str, start: int, end: int) ->
 
 
 @pytest.mark.parametrize("header", ["bytes=102400-", "bytes=200000-200010", "bytes=-0"])
-def test_unsatisfiable_range(server: ProvisioningServer, header: str) -> None:
+def test_unsatisfiable_range(server: ObservedServer, header: str) -> None:
     resp = requests.get(f"{server.url}/images/disk.img", headers={"Range": header}, timeout=10)
     assert resp.status_code == 416
     assert resp.headers["Content-Range"] == f"bytes */{len(IMAGE)}"
 
 
 @pytest.mark.parametrize("header", ["bytes=5-1", "items=0-1", "bytes=0-1,5-6", "bytes=x-"])
-def test_bad_or_multi_range_is_ignored(server: ProvisioningServer, header: str) -> None:
+def test_bad_or_multi_range_is_ignored(server: ObservedServer, header: str) -> None:
     resp = requests.get(f"{server.url}/images/disk.img", headers={"Range": header}, timeout=10)
     assert (resp.status_code, resp.content) == (200, IMAGE)
 
 
-def test_if_range(server: ProvisioningServer) -> None:
+def test_if_range(server: ObservedServer) -> None:
     url = f"{server.url}/images/disk.img"
     head = requests.head(url, timeout=10).headers
     etag, modified = head["ETag"], head["Last-Modified"]
@@ -203,7 +203,7 @@ def test_if_range(server: ProvisioningServer) -> None:
         assert (resp.status_code, resp.content) == (200, IMAGE), stale
 
 
-def test_etag_changes_with_the_file(root: Path, server: ProvisioningServer) -> None:
+def test_etag_changes_with_the_file(root: Path, server: ObservedServer) -> None:
     url = f"{server.url}/images/disk.img"
     etag = requests.head(url, timeout=10).headers["ETag"]
     (root / "images" / "disk.img").write_bytes(IMAGE[:100])
@@ -212,14 +212,14 @@ def test_etag_changes_with_the_file(root: Path, server: ProvisioningServer) -> N
     assert (resp.status_code, resp.content) == (200, IMAGE[:100])
 
 
-def test_if_none_match(server: ProvisioningServer) -> None:
+def test_if_none_match(server: ObservedServer) -> None:
     url = f"{server.url}/images/disk.img"
     etag = requests.head(url, timeout=10).headers["ETag"]
     resp = requests.get(url, headers={"If-None-Match": etag}, timeout=10)
     assert (resp.status_code, resp.content) == (304, b"")
 
 
-def test_missing_image_and_directory(server: ProvisioningServer) -> None:
+def test_missing_image_and_directory(server: ObservedServer) -> None:
     assert requests.get(f"{server.url}/images/nope.img", timeout=10).status_code == 404
     assert requests.get(f"{server.url}/images/disk.img/x", timeout=10).status_code == 404
     assert requests.get(f"{server.url}/images/sub", timeout=10).status_code == 403
@@ -234,14 +234,14 @@ def test_missing_image_and_directory(server: ProvisioningServer) -> None:
     "/images/../../../../etc/passwd",
     "/images/",
 ])
-def test_traversal_refused(server: ProvisioningServer, path: str) -> None:
+def test_traversal_refused(server: ObservedServer, path: str) -> None:
     for method in ("GET", "HEAD"):
         resp = raw_get(server, path, method)
         assert resp.status == 403, (method, path)
 
 
 def test_symlinks_inside_images_are_followed_outside_refused(
-        root: Path, tmp_path_factory: pytest.TempPathFactory, server: ProvisioningServer) -> None:
+        root: Path, tmp_path_factory: pytest.TempPathFactory, server: ObservedServer) -> None:
     outside = tmp_path_factory.mktemp("elsewhere") / "built.img"
     outside.write_bytes(b"built elsewhere")
     (root / "images" / "link.img").symlink_to(outside)
@@ -260,12 +260,12 @@ def test_symlinks_any_follows_every_link_as_nginx_does(
     outside = tmp_path_factory.mktemp("elsewhere") / "built.img"
     outside.write_bytes(b"built elsewhere")
     (root / "images" / "link.img").symlink_to(outside)
-    with ProvisioningServer(root, symlinks="any") as srv:
+    with ObservedServer(root, symlinks="any") as srv:
         assert requests.get(f"{srv.url}/images/link.img", timeout=10).content == \
             b"built elsewhere"
 
 
-def test_keep_alive_serves_several_requests(server: ProvisioningServer) -> None:
+def test_keep_alive_serves_several_requests(server: ObservedServer) -> None:
     with requests.Session() as s:
         for _ in range(3):
             assert s.get(f"{server.url}/images/disk.img", headers={"Range": "bytes=0-3"},
@@ -302,7 +302,7 @@ def test_if_range_matches() -> None:
 # events
 
 
-def test_events(server: ProvisioningServer, caplog: pytest.LogCaptureFixture) -> None:
+def test_events(server: ObservedServer, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="pyinit_server")
     first = {"step": "network", "status": "ok", "elapsed": 2.1}
     second = {"step": "result", "status": "ok"}
@@ -321,14 +321,14 @@ def test_events(server: ProvisioningServer, caplog: pytest.LogCaptureFixture) ->
 
 
 @pytest.mark.parametrize("body", [b"{not json", b"[1, 2]", b"\xff\xfe", b""])
-def test_bad_event(server: ProvisioningServer, body: bytes) -> None:
+def test_bad_event(server: ObservedServer, body: bytes) -> None:
     resp = requests.post(f"{server.url}/events/{MAC}", data=body,
                          headers={"Content-Type": "application/json"}, timeout=10)
     assert resp.status_code == 400
     assert server.events(MAC) == []
 
 
-def test_event_too_large_and_bad_paths(server: ProvisioningServer) -> None:
+def test_event_too_large_and_bad_paths(server: ObservedServer) -> None:
     big = json.dumps({"x": "y" * MAX_EVENT_BYTES}).encode()
     assert requests.post(f"{server.url}/events/{MAC}", data=big, timeout=10).status_code == 413
     assert requests.post(f"{server.url}/events/nope", json={}, timeout=10).status_code == 400
@@ -336,7 +336,7 @@ def test_event_too_large_and_bad_paths(server: ProvisioningServer) -> None:
     assert server.events(MAC) == []
 
 
-def test_access_log(server: ProvisioningServer, caplog: pytest.LogCaptureFixture) -> None:
+def test_access_log(server: ObservedServer, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="pyinit_server")
     requests.get(f"{server.url}/images/disk.img", headers={"Range": "bytes=0-9"}, timeout=10)
     requests.get(f"{server.url}/nope", timeout=10)
@@ -360,7 +360,7 @@ def test_access_log(server: ProvisioningServer, caplog: pytest.LogCaptureFixture
 
 
 @pytest.mark.parametrize("request_bytes", [b"GARBAGE\r\n\r\n", b"\r\n", b"BREW / HTTP/1.1\r\n\r\n"])
-def test_malformed_requests(server: ProvisioningServer, request_bytes: bytes) -> None:
+def test_malformed_requests(server: ObservedServer, request_bytes: bytes) -> None:
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
         sock.sendall(request_bytes)
         sock.shutdown(socket.SHUT_WR)
@@ -370,7 +370,7 @@ def test_malformed_requests(server: ProvisioningServer, request_bytes: bytes) ->
 
 
 def test_stop_frees_the_port(root: Path) -> None:
-    srv = ProvisioningServer(root).start()
+    srv = ObservedServer(root).start()
     url = srv.url
     assert requests.get(f"{url}/{MAC}", timeout=10).status_code == 200
     srv.stop()
@@ -465,7 +465,7 @@ def check_upload(root: Path, name: str, data: bytes) -> None:
     assert (root / "images" / f"{name}.sha256").read_text() == f"{sha(data)}  {name}\n"
 
 
-def test_multipart_upload(root: Path, server: ProvisioningServer) -> None:
+def test_multipart_upload(root: Path, server: ObservedServer) -> None:
     data = os.urandom(300_000)
     resp = requests.post(f"{server.url}/image", data={"note": "x"},
                          files={"BootyImage": ("52-54-00-12-34-56.img", data)}, timeout=10)
@@ -480,7 +480,7 @@ def test_multipart_upload(root: Path, server: ProvisioningServer) -> None:
     assert requests.get(f"{server.url}/images/52-54-00-12-34-56.img", timeout=10).content == data
 
 
-def test_multipart_upload_chunked_stream(root: Path, server: ProvisioningServer) -> None:
+def test_multipart_upload_chunked_stream(root: Path, server: ObservedServer) -> None:
     """What pyinit's capture sends: a generator body, so chunked transfer."""
     from pyinit.capture import multipart_body
 
@@ -496,7 +496,7 @@ def test_multipart_upload_chunked_stream(root: Path, server: ProvisioningServer)
     ("../../etc/passwd", 201, "passwd"), ("a/b", 201, "b"), ("..", 400, None),
     (".hidden", 400, None), ("", 400, None), ("x.sha256", 400, None), ("a b.img", 400, None),
 ])
-def test_multipart_file_names(root: Path, server: ProvisioningServer, filename: str,
+def test_multipart_file_names(root: Path, server: ObservedServer, filename: str,
                               status: int, name: str | None) -> None:
     resp = requests.post(f"{server.url}/image", files={"BootyImage": (filename, b"data")},
                          timeout=10)
@@ -510,7 +510,7 @@ def test_multipart_file_names(root: Path, server: ProvisioningServer, filename: 
      "no BootyImage file"),
     (b"data", "application/octet-stream", "multipart/form-data"),
 ])
-def test_multipart_refused(root: Path, server: ProvisioningServer, body: bytes, ctype: str,
+def test_multipart_refused(root: Path, server: ObservedServer, body: bytes, ctype: str,
                            message: str) -> None:
     resp = requests.post(f"{server.url}/image", data=body, headers={"Content-Type": ctype},
                          timeout=10)
@@ -519,7 +519,7 @@ def test_multipart_refused(root: Path, server: ProvisioningServer, body: bytes, 
     assert stored(root) == []
 
 
-def test_put_upload_content_length_and_chunked(root: Path, server: ProvisioningServer) -> None:
+def test_put_upload_content_length_and_chunked(root: Path, server: ObservedServer) -> None:
     data = os.urandom(1 << 20) + b"end"
     with requests.Session() as s:
         resp = s.put(f"{server.url}/images/a.img", data=data, timeout=10)
@@ -538,7 +538,7 @@ def test_put_upload_content_length_and_chunked(root: Path, server: ProvisioningS
     check_upload(root, "a.img", b"")
 
 
-def test_put_with_expect_100_continue(root: Path, server: ProvisioningServer) -> None:
+def test_put_with_expect_100_continue(root: Path, server: ObservedServer) -> None:
     """curl -T asks before sending a large body."""
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
         sock.sendall(b"PUT /images/e.img HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n"
@@ -565,7 +565,7 @@ def recv_all(sock: socket.socket) -> bytes:
     "/images/..", "/images/.hidden", "/images/a/b", "/images/a%2Fb", "/images/..%2F..%2Fpasswd",
     "/images/../../etc/passwd", "/images/", "/images/x.sha256", "/images/%00",
 ])
-def test_put_bad_names(root: Path, server: ProvisioningServer, path: str) -> None:
+def test_put_bad_names(root: Path, server: ObservedServer, path: str) -> None:
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
     conn.request("PUT", path, body=b"data")
     resp = conn.getresponse()
@@ -576,18 +576,18 @@ def test_put_bad_names(root: Path, server: ProvisioningServer, path: str) -> Non
     assert sorted(p.name for p in root.iterdir()) == [".pyinit", "images", "machines"]
 
 
-def test_put_elsewhere(server: ProvisioningServer) -> None:
+def test_put_elsewhere(server: ObservedServer) -> None:
     assert requests.put(f"{server.url}/{MAC}", data=b"x", timeout=10).status_code == 405
 
 
 @pytest.fixture
-def small_server(root: Path) -> Iterator[ProvisioningServer]:
-    with ProvisioningServer(root, max_upload=1000, upload_timeout=0.5,
+def small_server(root: Path) -> Iterator[ObservedServer]:
+    with ObservedServer(root, max_upload=1000, upload_timeout=0.5,
                             open_writes=True) as srv:
         yield srv
 
 
-def test_oversized_upload(root: Path, small_server: ProvisioningServer) -> None:
+def test_oversized_upload(root: Path, small_server: ObservedServer) -> None:
     url = small_server.url
     resp = requests.put(f"{url}/images/big.img", data=b"x" * 5000, timeout=10)
     assert resp.status_code == 413
@@ -600,7 +600,7 @@ def test_oversized_upload(root: Path, small_server: ProvisioningServer) -> None:
     assert wait_stored(root, ["ok.img", "ok.img.sha256"]) == ["ok.img", "ok.img.sha256"]
 
 
-def test_oversized_upload_refused_before_the_body(small_server: ProvisioningServer) -> None:
+def test_oversized_upload_refused_before_the_body(small_server: ObservedServer) -> None:
     with socket.create_connection(("127.0.0.1", small_server.port), timeout=10) as sock:
         sock.sendall(b"PUT /images/big.img HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n"
                      b"Expect: 100-continue\r\n\r\n")
@@ -619,7 +619,7 @@ def test_oversized_upload_refused_before_the_body(small_server: ProvisioningServ
     + multipart(('name="BootyImage"; filename="cut.img"', b"x" * 100), close=False) + b"\r\n",
 ])
 @pytest.mark.parametrize("how", ["close", "stall"])
-def test_cut_off_upload_leaves_nothing(root: Path, small_server: ProvisioningServer,
+def test_cut_off_upload_leaves_nothing(root: Path, small_server: ObservedServer,
                                        request_bytes: bytes, how: str) -> None:
     sock = socket.create_connection(("127.0.0.1", small_server.port), timeout=10)
     try:
@@ -636,7 +636,7 @@ def test_cut_off_upload_leaves_nothing(root: Path, small_server: ProvisioningSer
     assert wait_stored(root, []) == []
 
 
-def test_bad_chunked_body_and_missing_length(root: Path, server: ProvisioningServer) -> None:
+def test_bad_chunked_body_and_missing_length(root: Path, server: ObservedServer) -> None:
     for head, body, status in (
             (b"Transfer-Encoding: chunked\r\n", b"zz\r\n", 400),
             (b"Transfer-Encoding: gzip\r\n", b"", 400),  # refused by the parser itself
@@ -650,7 +650,7 @@ def test_bad_chunked_body_and_missing_length(root: Path, server: ProvisioningSer
     assert wait_stored(root, []) == []
 
 
-def test_concurrent_uploads_of_one_name(root: Path, server: ProvisioningServer) -> None:
+def test_concurrent_uploads_of_one_name(root: Path, server: ObservedServer) -> None:
     payloads = [bytes([i]) * (300_000 + i * 1000) for i in range(6)]
     errors: list[BaseException] = []
 
@@ -675,7 +675,7 @@ def test_concurrent_uploads_of_one_name(root: Path, server: ProvisioningServer) 
     assert stored(root) == ["same.img", "same.img.sha256"]
 
 
-def test_upload_answers_507_when_the_disk_is_full(root: Path, server: ProvisioningServer,
+def test_upload_answers_507_when_the_disk_is_full(root: Path, server: ObservedServer,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     import errno
 
@@ -693,18 +693,6 @@ def test_upload_answers_507_when_the_disk_is_full(root: Path, server: Provisioni
     assert stored(root) == []
 
 
-def test_access_log_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import pyinit_server.server as server_module
-
-    monkeypatch.setattr(server_module, "ACCESS_RECORDS", 3)
-    (tmp_path / "images").mkdir()
-    with ProvisioningServer(tmp_path) as srv, requests.Session() as s:
-        for i in range(5):
-            assert s.get(f"{srv.url}/images/missing-{i}").status_code == 404
-        assert [r["path"] for r in srv.access_log] == [f"/images/missing-{i}"
-                                                       for i in (2, 3, 4)]
-
-
 def test_stalled_reader_is_dropped_and_others_are_served(root: Path,
                                                          caplog: pytest.LogCaptureFixture) -> None:
     """A client that asks for a large image and stops reading must not pin a handler thread
@@ -713,7 +701,7 @@ def test_stalled_reader_is_dropped_and_others_are_served(root: Path,
     big = root / "images" / "big.img"
     with open(big, "wb") as f:
         f.truncate(64 << 20)  # far more than the socket buffers on both sides hold
-    srv = ProvisioningServer(root)
+    srv = ObservedServer(root)
     srv.client_timeout = 0.5
     with srv, caplog.at_level(logging.INFO, logger="pyinit_server"):
         stalled = socket.create_connection(("127.0.0.1", srv.port))
@@ -733,7 +721,7 @@ def test_stalled_reader_is_dropped_and_others_are_served(root: Path,
 
 
 def test_idle_keep_alive_connection_is_closed(root: Path) -> None:
-    srv = ProvisioningServer(root)
+    srv = ObservedServer(root)
     srv.client_timeout = 0.3
     with srv:
         conn = socket.create_connection(("127.0.0.1", srv.port))
@@ -746,7 +734,7 @@ def test_idle_keep_alive_connection_is_closed(root: Path) -> None:
 
 def test_stop_closes_keep_alive_connections(root: Path) -> None:
     """After stop() nobody is answered, also not a client holding a keep-alive connection."""
-    srv = ProvisioningServer(root).start()
+    srv = ObservedServer(root).start()
     conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=5)
     conn.request("GET", f"/{MAC}")
     assert conn.getresponse().read() == ACTION
@@ -786,7 +774,7 @@ def test_json_depth(data: bytes, depth: int) -> None:
 
 
 def test_deep_json_event_is_refused_and_the_machine_still_answers(
-        server: ProvisioningServer) -> None:
+        server: ObservedServer) -> None:
     deep = b'{"step": "x", "a": ' + b"[" * 1000 + b"]" * 1000 + b"}"
     resp = requests.post(f"{server.url}/events/{MAC}", data=deep, timeout=10)
     assert resp.status_code == 400
@@ -799,7 +787,7 @@ def test_deep_json_event_is_refused_and_the_machine_still_answers(
 def test_machines_directory_is_listed_once_until_it_changes(root: Path) -> None:
     past = time.time() - 60  # a settled directory (a recent one is re-listed: racy mtime)
     os.utime(root / "machines", (past, past))
-    with ProvisioningServer(root) as srv:
+    with ObservedServer(root) as srv:
         for _ in range(20):
             assert requests.get(f"{srv.url}/{MAC}", timeout=10).status_code == 200
             assert requests.get(f"{srv.url}/api/machines", timeout=10).status_code == 200
@@ -810,7 +798,7 @@ def test_machines_directory_is_listed_once_until_it_changes(root: Path) -> None:
 
 
 def test_event_sink_retries_a_503_until_the_store_takes_it(
-        server: ProvisioningServer, monkeypatch: pytest.MonkeyPatch) -> None:
+        server: ObservedServer, monkeypatch: pytest.MonkeyPatch) -> None:
     """The store unavailable (PostgreSQL restarting): 503 + Retry-After, and pyinit's sink
     posts the event again."""
     import concurrent.futures

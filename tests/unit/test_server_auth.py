@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from pyinit_server import auth
-from pyinit_server.server import ProvisioningServer
+from tests.serverkit import ObservedServer
 
 MAC = "52-54-00-12-34-56"
 OTHER = "52-54-00-00-00-02"
@@ -31,8 +31,8 @@ def root(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def server(root: Path) -> Iterator[ProvisioningServer]:
-    with ProvisioningServer(root) as srv:
+def server(root: Path) -> Iterator[ObservedServer]:
+    with ObservedServer(root) as srv:
         yield srv
 
 
@@ -40,7 +40,7 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-def post_event(srv: ProvisioningServer, mac: str, token: str | None) -> requests.Response:
+def post_event(srv: ObservedServer, mac: str, token: str | None) -> requests.Response:
     return requests.post(f"{srv.url}/events/{mac}", json={"step": "action", "status": "ok"},
                          headers=bearer(token) if token else {}, timeout=10)
 
@@ -98,21 +98,21 @@ def test_operator_token_rules(token: str) -> None:
 
 
 def test_secret_and_operator_token_are_made_private_once(root: Path) -> None:
-    with ProvisioningServer(root) as srv:
+    with ObservedServer(root) as srv:
         first = (srv.token, srv.machine_token(MAC))
         assert srv.token_file == root / ".pyinit" / "operator-token"
     state = root / ".pyinit"
     assert stat.S_IMODE(state.stat().st_mode) == 0o700
     for name in ("secret", "operator-token"):
         assert stat.S_IMODE((state / name).stat().st_mode) == 0o600
-    with ProvisioningServer(root) as srv:  # a restart keeps both: machines' tokens still good
+    with ObservedServer(root) as srv:  # a restart keeps both: machines' tokens still good
         assert (srv.token, srv.machine_token(MAC)) == first
     (state / "secret").chmod(0o644)
     with pytest.raises(auth.AuthError, match="readable by others"):
-        ProvisioningServer(root).start()
+        ObservedServer(root).start()
 
 
-def test_writes_without_a_token_are_refused_by_default(server: ProvisioningServer,
+def test_writes_without_a_token_are_refused_by_default(server: ObservedServer,
                                                        root: Path) -> None:
     resp = post_event(server, MAC, None)
     assert resp.status_code == 401
@@ -123,7 +123,7 @@ def test_writes_without_a_token_are_refused_by_default(server: ProvisioningServe
     assert requests.get(f"{server.url}/{MAC}", timeout=10).status_code == 200
 
 
-def test_machine_token_covers_its_own_events_only(server: ProvisioningServer) -> None:
+def test_machine_token_covers_its_own_events_only(server: ObservedServer) -> None:
     token = server.machine_token(MAC)
     assert post_event(server, MAC, token).status_code == 204
     resp = post_event(server, OTHER, token)
@@ -133,7 +133,7 @@ def test_machine_token_covers_its_own_events_only(server: ProvisioningServer) ->
     assert post_event(server, OTHER, server.token).status_code == 204  # the operator's
 
 
-def test_machine_token_covers_its_own_captures_only(server: ProvisioningServer,
+def test_machine_token_covers_its_own_captures_only(server: ObservedServer,
                                                     root: Path) -> None:
     token = server.machine_token(MAC)
     url = server.url
@@ -155,7 +155,7 @@ def test_machine_token_covers_its_own_captures_only(server: ProvisioningServer,
                         timeout=10).status_code == 201
 
 
-def test_machine_token_on_post_image_passes_expect_100(server: ProvisioningServer) -> None:
+def test_machine_token_on_post_image_passes_expect_100(server: ObservedServer) -> None:
     """The file name (and so the MAC) is in the body: a machine token is let through the
     Expect check, a missing token is not."""
     for header, first in ((f"Authorization: Bearer {server.machine_token(MAC)}\r\n",
@@ -167,30 +167,30 @@ def test_machine_token_on_post_image_passes_expect_100(server: ProvisioningServe
             assert sock.recv(200).startswith(first)
 
 
-def test_ipxe_script_carries_the_machine_token(server: ProvisioningServer) -> None:
+def test_ipxe_script_carries_the_machine_token(server: ObservedServer) -> None:
     text = requests.get(f"{server.url}/{MAC}.ipxe", timeout=10).text
     assert f" pyinit.token={server.machine_token(MAC)}" in text
     assert server.token not in text
 
 
 def test_replicas_sharing_a_root_accept_each_others_tokens(root: Path) -> None:
-    with ProvisioningServer(root) as one, ProvisioningServer(root) as two:
+    with ObservedServer(root) as one, ObservedServer(root) as two:
         assert one.machine_token(MAC) == two.machine_token(MAC)
         assert post_event(two, MAC, one.machine_token(MAC)).status_code == 204
 
 
 def test_open_writes_must_be_asked_for(root: Path, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="pyinit_server"), \
-            ProvisioningServer(root, open_writes=True) as srv:
+            ObservedServer(root, open_writes=True) as srv:
         assert post_event(srv, MAC, None).status_code == 204
         assert "pyinit.token=" not in requests.get(f"{srv.url}/{MAC}.ipxe", timeout=10).text
     assert "writes are open" in caplog.text
 
 
 def test_given_operator_token(root: Path) -> None:
-    with ProvisioningServer(root, token="op-T0ken") as srv:
+    with ObservedServer(root, token="op-T0ken") as srv:
         assert srv.token_file is None
         assert post_event(srv, MAC, "op-T0ken").status_code == 204
     assert not (root / ".pyinit" / "operator-token").exists()
     with pytest.raises(ValueError, match="m1"):
-        ProvisioningServer(root, token="m1.looks-like-a-machine-token")
+        ObservedServer(root, token="m1.looks-like-a-machine-token")

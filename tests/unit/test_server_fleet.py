@@ -17,9 +17,9 @@ import requests
 from pyinit_build.cli import build_parser
 from pyinit_server import cli as serve_cli
 from pyinit_server.machines import Machine, MachineError, MachineStore, file_key, parse_machine
-from pyinit_server.server import ProvisioningServer
 from pyinit_server.status import History, Summary, fold
 from pyinit_server.status_cli import age
+from tests.serverkit import ObservedServer
 
 MAC = "52-54-00-12-34-56"
 OTHER = "52-54-00-00-00-02"
@@ -47,14 +47,14 @@ def root(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def server(root: Path) -> Iterator[ProvisioningServer]:
+def server(root: Path) -> Iterator[ObservedServer]:
     """Writes open (asked for by name): these tests post events to see the status; tokens
     are tested below and in test_server_auth.py."""
-    with ProvisioningServer(root, open_writes=True) as srv:
+    with ObservedServer(root, open_writes=True) as srv:
         yield srv
 
 
-def get(srv: ProvisioningServer, path: str, **kw: object) -> requests.Response:
+def get(srv: ObservedServer, path: str, **kw: object) -> requests.Response:
     return requests.get(srv.url + path, timeout=10, **kw)  # type: ignore[arg-type]
 
 
@@ -120,7 +120,7 @@ def test_json_file_is_served_byte_for_byte() -> None:
 
 
 @pytest.mark.parametrize("path", [f"/{MAC}", f"/{MAC}.bty", "/52:54:00:12:34:56.bty"])
-def test_yaml_machine_served_as_json(server: ProvisioningServer, path: str) -> None:
+def test_yaml_machine_served_as_json(server: ObservedServer, path: str) -> None:
     resp = get(server, path)
     assert resp.status_code == 200
     assert resp.headers["Content-Type"] == "application/json"
@@ -128,12 +128,12 @@ def test_yaml_machine_served_as_json(server: ProvisioningServer, path: str) -> N
     assert "X-Pyinit-Warning" not in resp.headers
 
 
-def test_colon_and_upper_case_file_name(server: ProvisioningServer) -> None:
+def test_colon_and_upper_case_file_name(server: ObservedServer) -> None:
     assert get(server, f"/{OTHER}.bty").json() == WRITE
 
 
 def test_malformed_yaml_reported_with_file_and_line_rest_served(
-        root: Path, server: ProvisioningServer, caplog: pytest.LogCaptureFixture) -> None:
+        root: Path, server: ObservedServer, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="pyinit_server")
     bad = "52-54-00-00-00-01"
     (root / "machines" / f"{bad}.yaml").write_text("action: writeImage\nsourceImage: x\n"
@@ -148,7 +148,7 @@ def test_malformed_yaml_reported_with_file_and_line_rest_served(
     assert get(server, "/52-54-00-99-99-99").status_code == 404  # no default
 
 
-def test_broken_default_only_affects_unknown_macs(root: Path, server: ProvisioningServer) -> None:
+def test_broken_default_only_affects_unknown_macs(root: Path, server: ObservedServer) -> None:
     (root / "machines" / "default.json").write_text('{"action": ')
     resp = get(server, "/52-54-00-99-99-99")
     assert (resp.status_code, resp.json()["error"]) == (
@@ -156,14 +156,14 @@ def test_broken_default_only_affects_unknown_macs(root: Path, server: Provisioni
     assert get(server, f"/{MAC}").json() == WRITE
 
 
-def test_default_yaml(root: Path, server: ProvisioningServer) -> None:
+def test_default_yaml(root: Path, server: ObservedServer) -> None:
     (root / "machines" / "default.yml").write_text("action: readImage\nsourceDevice: /dev/sda\n"
                                                    "desintationAddress: http://h/image\n")
     assert get(server, "/aa-bb-cc-dd-ee-ff").json()["action"] == "readImage"
 
 
 @pytest.mark.parametrize("second", [f"{MAC}.json", "52:54:00:12:34:56.yml", f"{MAC}.YML"])
-def test_two_files_for_one_mac(root: Path, server: ProvisioningServer, second: str) -> None:
+def test_two_files_for_one_mac(root: Path, server: ObservedServer, second: str) -> None:
     (root / "machines" / second).write_text(json.dumps(WRITE))
     resp = get(server, f"/{MAC}")
     assert resp.status_code == 500
@@ -173,7 +173,7 @@ def test_two_files_for_one_mac(root: Path, server: ProvisioningServer, second: s
     assert get(server, f"/{OTHER}").status_code == 200
 
 
-def test_invalid_action_is_served_with_a_warning(root: Path, server: ProvisioningServer,
+def test_invalid_action_is_served_with_a_warning(root: Path, server: ObservedServer,
                                                  caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="pyinit_server")
     (root / "machines" / f"{MAC}.yaml").write_text("action: writeImage\nsourceImage: x\n"
@@ -188,7 +188,7 @@ def test_invalid_action_is_served_with_a_warning(root: Path, server: Provisionin
     assert sum(warning in r.getMessage() for r in caplog.records) == 1
 
 
-def test_reloaded_on_change(root: Path, server: ProvisioningServer) -> None:
+def test_reloaded_on_change(root: Path, server: ObservedServer) -> None:
     path = root / "machines" / f"{MAC}.yaml"
     assert get(server, f"/{MAC}").json()["destinationDevice"] == "/dev/vda"
     path.write_text(YAML.replace("/dev/vda", "/dev/sdb1"))  # other size: seen at once
@@ -222,7 +222,7 @@ def test_store_parses_once_per_change(tmp_path: Path, monkeypatch: pytest.Monkey
     assert MachineStore(tmp_path / "missing").lookup(MAC) is None
 
 
-def test_unknown_mac_404_names_the_files(server: ProvisioningServer) -> None:
+def test_unknown_mac_404_names_the_files(server: ObservedServer) -> None:
     resp = get(server, "/52-54-00-99-99-99.bty")
     assert resp.status_code == 404
     assert "machines/<mac>.yaml|.yml|.json" in resp.json()["error"]
@@ -232,7 +232,7 @@ def test_unknown_mac_404_names_the_files(server: ProvisioningServer) -> None:
 # iPXE
 
 
-def test_machine_ipxe_script(server: ProvisioningServer) -> None:
+def test_machine_ipxe_script(server: ObservedServer) -> None:
     resp = get(server, f"/{MAC}.ipxe")
     assert resp.status_code == 200
     assert resp.headers["Content-Type"] == "text/plain; charset=utf-8"
@@ -246,7 +246,7 @@ def test_machine_ipxe_script(server: ProvisioningServer) -> None:
         "boot\n")
 
 
-def test_ipxe_base_url_from_the_host_header(server: ProvisioningServer) -> None:
+def test_ipxe_base_url_from_the_host_header(server: ObservedServer) -> None:
     """QEMU's slirp guest reaches the host as 10.0.2.2: the script must say so."""
     text = get(server, "/52:54:00:00:00:02.ipxe", headers={"Host": "10.0.2.2:8080"}).text
     assert text.splitlines()[2] == (
@@ -259,7 +259,7 @@ def test_ipxe_base_url_from_the_host_header(server: ProvisioningServer) -> None:
 
 
 def test_ipxe_public_url_and_kernel_args(root: Path) -> None:
-    with ProvisioningServer(root, public_url="https://boot.example.com/pxe/",
+    with ObservedServer(root, public_url="https://boot.example.com/pxe/",
                             kernel_args="console=ttyS1 quiet") as srv:
         text = get(srv, f"/{OTHER}.ipxe", headers={"Host": "10.0.2.2:8080"}).text
         # secure by default: the script carries the machine's own token
@@ -275,7 +275,7 @@ def test_ipxe_public_url_and_kernel_args(root: Path) -> None:
             "chain https://boot.example.com/pxe/${netX/mac:hexhyp}.ipxe\n")
 
 
-def test_chain_script(server: ProvisioningServer) -> None:
+def test_chain_script(server: ObservedServer) -> None:
     resp = get(server, "/boot.ipxe", headers={"Host": "10.0.2.2:8080"})
     assert resp.status_code == 200
     assert resp.text == (
@@ -284,7 +284,7 @@ def test_chain_script(server: ProvisioningServer) -> None:
         "chain http://10.0.2.2:8080/${netX/mac:hexhyp}.ipxe\n")
 
 
-def test_ipxe_default_unknown_and_malformed(root: Path, server: ProvisioningServer) -> None:
+def test_ipxe_default_unknown_and_malformed(root: Path, server: ObservedServer) -> None:
     assert get(server, "/52-54-00-99-99-99.ipxe").status_code == 404
     (root / "machines" / "default.yaml").write_text("action: writeImage\n")
     text = get(server, "/52:54:00:99:99:AA.ipxe").text
@@ -298,7 +298,7 @@ def test_ipxe_default_unknown_and_malformed(root: Path, server: ProvisioningServ
     assert requests.head(f"{server.url}/{MAC}.ipxe", timeout=10).content == b""
 
 
-def test_boot_files_with_range_and_etag(root: Path, server: ProvisioningServer) -> None:
+def test_boot_files_with_range_and_etag(root: Path, server: ObservedServer) -> None:
     data = (root / "boot" / "initramfs.cpio.zst").read_bytes()
     full = get(server, "/boot/initramfs.cpio.zst")
     assert (full.status_code, full.content) == (200, data)
@@ -317,7 +317,7 @@ def test_boot_files_with_range_and_etag(root: Path, server: ProvisioningServer) 
 def test_boot_dir_elsewhere(root: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
     out = tmp_path_factory.mktemp("out")
     (out / "vmlinuz").write_bytes(b"kernel")
-    with ProvisioningServer(root, boot_dir=out) as srv:
+    with ObservedServer(root, boot_dir=out) as srv:
         assert get(srv, "/boot/vmlinuz").content == b"kernel"
         assert get(srv, "/boot/initramfs.cpio.zst").status_code == 404
 
@@ -326,7 +326,7 @@ def test_boot_dir_elsewhere(root: Path, tmp_path_factory: pytest.TempPathFactory
 # status
 
 
-def post(srv: ProvisioningServer, mac: str, **event: object) -> None:
+def post(srv: ObservedServer, mac: str, **event: object) -> None:
     resp = requests.post(f"{srv.url}/events/{mac}", json=event, timeout=10)
     assert resp.status_code == 204, resp.text
 
@@ -365,7 +365,7 @@ def test_history_is_bounded() -> None:
     assert h.summary(OTHER) is None and h.macs() == [MAC]
 
 
-def test_api_machines(root: Path, server: ProvisioningServer) -> None:
+def test_api_machines(root: Path, server: ObservedServer) -> None:
     (root / "machines" / "52-54-00-00-00-0b.yaml").write_text("x: [\n")
     post(server, MAC, step="action", status="ok", elapsed=0.2)
     post(server, MAC, step="provision", status="progress", percent=48.2, rate=230e6, eta=3)
@@ -398,7 +398,7 @@ def test_api_machines(root: Path, server: ProvisioningServer) -> None:
     assert get(server, "/api/machines/nope").status_code == 400
 
 
-def test_status_cli_table(root: Path, server: ProvisioningServer) -> None:
+def test_status_cli_table(root: Path, server: ObservedServer) -> None:
     (root / "machines" / "default.yaml").write_text("action: writeImage\n")
     post(server, MAC, step="action", status="ok")
     post(server, MAC, step="provision", status="progress", percent=48.2, rate=230e6, eta=125)
@@ -420,7 +420,7 @@ def test_status_cli_table(root: Path, server: ProvisioningServer) -> None:
 
 
 def test_api_machines_pages_and_filters_on_the_server(root: Path,
-                                                      server: ProvisioningServer) -> None:
+                                                      server: ObservedServer) -> None:
     for i in range(30):
         (root / "machines" / f"52-54-00-00-01-{i:02x}.json").write_text(json.dumps(WRITE))
     post(server, "52-54-00-00-01-03", step="result", status="ok")
@@ -444,7 +444,7 @@ def test_api_machines_pages_and_filters_on_the_server(root: Path,
         assert (resp.status_code, resp.json()["error"]) == (400, message)
 
 
-def test_status_cli_fetches_every_page(root: Path, server: ProvisioningServer,
+def test_status_cli_fetches_every_page(root: Path, server: ObservedServer,
                                        monkeypatch: pytest.MonkeyPatch) -> None:
     import pyinit_server.server as server_module
 
@@ -466,7 +466,7 @@ def test_status_cli_fetches_every_page(root: Path, server: ProvisioningServer,
     assert [line.split()[0] for line in out.getvalue().splitlines()[1:]] == ["52-54-00-00-01-02"]
 
 
-def test_status_cli_event_log(server: ProvisioningServer) -> None:
+def test_status_cli_event_log(server: ObservedServer) -> None:
     post(server, MAC, step="action", status="ok", elapsed=0.25)
     post(server, MAC, step="result", status="ok", handoff="reboot", device="/dev/vda")
     out = io.StringIO()
@@ -480,7 +480,7 @@ def test_status_cli_event_log(server: ProvisioningServer) -> None:
     assert len(lines) == 6
 
 
-def test_status_cli_errors(server: ProvisioningServer, capsys: pytest.CaptureFixture[str]) -> None:
+def test_status_cli_errors(server: ObservedServer, capsys: pytest.CaptureFixture[str]) -> None:
     parser = build_parser()
     args = parser.parse_args(["status", "--server", server.url, "52-54-00-99-99-99"])
     assert args.func(args) == 1
@@ -512,8 +512,8 @@ TOKEN = "s3cret-T0ken"
 
 
 @pytest.fixture
-def token_server(root: Path) -> Iterator[ProvisioningServer]:
-    with ProvisioningServer(root, token=TOKEN, max_upload=1 << 20) as srv:
+def token_server(root: Path) -> Iterator[ObservedServer]:
+    with ObservedServer(root, token=TOKEN, max_upload=1 << 20) as srv:
         yield srv
 
 
@@ -536,7 +536,7 @@ def uploads_left(root: Path) -> list[str]:
     (bearer(TOKEN + "x"), 403, "wrong token"),
 ])
 def test_write_endpoints_refuse_without_the_token(
-        root: Path, token_server: ProvisioningServer, headers: dict[str, str], status: int,
+        root: Path, token_server: ObservedServer, headers: dict[str, str], status: int,
         message: str) -> None:
     url = token_server.url
     for resp in (
@@ -555,7 +555,7 @@ def test_write_endpoints_refuse_without_the_token(
     assert token_server.uploads == {}
 
 
-def test_write_endpoints_with_the_token(root: Path, token_server: ProvisioningServer) -> None:
+def test_write_endpoints_with_the_token(root: Path, token_server: ObservedServer) -> None:
     url = token_server.url
     assert requests.post(f"{url}/events/{MAC}", json={"step": "action", "status": "ok"},
                          headers=bearer(TOKEN), timeout=10).status_code == 204
@@ -568,14 +568,14 @@ def test_write_endpoints_with_the_token(root: Path, token_server: ProvisioningSe
     assert uploads_left(root) == ["a.img", "a.img.sha256", "b.img", "b.img.sha256"]
 
 
-def test_reads_stay_open(token_server: ProvisioningServer) -> None:
+def test_reads_stay_open(token_server: ObservedServer) -> None:
     for path in (f"/{MAC}", f"/{MAC}.bty", f"/{MAC}.ipxe", "/boot.ipxe", "/boot/vmlinuz",
                  "/api/machines"):
         assert get(token_server, path).status_code == 200, path
 
 
 def test_expect_100_without_token_refused_before_the_body(root: Path,
-                                                         token_server: ProvisioningServer) -> None:
+                                                         token_server: ObservedServer) -> None:
     with socket.create_connection(("127.0.0.1", token_server.port), timeout=10) as sock:
         sock.sendall(b"PUT /images/big.img HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n"
                      b"Expect: 100-continue\r\n\r\n")
@@ -588,7 +588,7 @@ def test_expect_100_without_token_refused_before_the_body(root: Path,
 def test_token_is_validated(root: Path) -> None:
     for bad in ("", "a b", "x" * 257, 'a"b', "caf\u00e9"):
         with pytest.raises(ValueError, match="1-256 printable ASCII"):
-            ProvisioningServer(root, token=bad)
+            ObservedServer(root, token=bad)
 
 
 def test_serve_cli_options(tmp_path: Path) -> None:

@@ -9,8 +9,8 @@ from pathlib import Path
 import requests
 
 from pyinit_build.cli import build_parser
-from pyinit_server.server import ProvisioningServer
 from pyinit_server.status import MAX_NICS, Summary, fold
+from tests.serverkit import ObservedServer
 
 MAC = "52-54-00-12-34-56"
 HARDWARE = {
@@ -66,7 +66,7 @@ def test_hostile_inventory_is_bounded() -> None:
 
 def test_status_shows_hardware_and_neighbours(tmp_path: Path) -> None:
     (tmp_path / "machines").mkdir()
-    with ProvisioningServer(tmp_path, open_writes=True) as srv:
+    with ObservedServer(tmp_path, open_writes=True) as srv:
         for ev in ({"step": "action", "status": "ok"}, HARDWARE,
                    {**NEIGHBOUR, "system_name": "sw\x1b[2J01"}, DONE):
             assert requests.post(f"{srv.url}/events/{MAC}", json=ev, timeout=10).status_code == 204

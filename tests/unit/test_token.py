@@ -15,19 +15,19 @@ from pyinit.cmdline import mask_secrets, parse_cmdline
 from pyinit.errors import ConfigError, FetchError
 from pyinit.events import ServerSink
 from pyinit.fetch import auth_headers, fetch_action, same_origin
-from pyinit_server.server import ProvisioningServer
+from tests.serverkit import ObservedServer
 
 MAC = "52-54-00-12-34-56"
 TOKEN = "Zm9v.YmFy-_~+/="
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[ProvisioningServer]:
+def server(tmp_path: Path) -> Iterator[ObservedServer]:
     (tmp_path / "images").mkdir()
     (tmp_path / "machines").mkdir()
     (tmp_path / "machines" / f"{MAC}.json").write_text(
         '{"action": "writeImage", "sourceImage": "images/a.img", "destinationDevice": "/dev/vda"}')
-    with ProvisioningServer(tmp_path, token=TOKEN) as srv:
+    with ObservedServer(tmp_path, token=TOKEN) as srv:
         yield srv
 
 
@@ -76,14 +76,14 @@ def test_auth_headers() -> None:
     assert auth_headers("t") == {"Authorization": "Bearer t"}
 
 
-def test_server_sink_sends_the_token(server: ProvisioningServer) -> None:
+def test_server_sink_sends_the_token(server: ObservedServer) -> None:
     sink = ServerSink(f"{server.url}/events/{MAC}", token=TOKEN)
     sink({"step": "action", "status": "ok"})
     sink.flush()
     assert server.events(MAC) == [{"step": "action", "status": "ok"}]
 
 
-def test_server_sink_without_the_token_is_refused(server: ProvisioningServer) -> None:
+def test_server_sink_without_the_token_is_refused(server: ObservedServer) -> None:
     sink = ServerSink(f"{server.url}/events/{MAC}")
     sink({"step": "action", "status": "ok"})
     sink.flush()
@@ -91,7 +91,7 @@ def test_server_sink_without_the_token_is_refused(server: ProvisioningServer) ->
     assert sink.failures == 0  # the server answered: not counted as unreachable
 
 
-def test_fetch_sends_the_token(server: ProvisioningServer) -> None:
+def test_fetch_sends_the_token(server: ObservedServer) -> None:
     seen: list[Any] = []
     with requests.Session() as session:
         session.hooks["response"].append(lambda r, *a, **k: seen.append(r.request))
@@ -101,7 +101,7 @@ def test_fetch_sends_the_token(server: ProvisioningServer) -> None:
     assert seen[0].headers["Authorization"] == f"Bearer {TOKEN}"
 
 
-def test_capture_sends_the_token(tmp_path: Path, server: ProvisioningServer) -> None:
+def test_capture_sends_the_token(tmp_path: Path, server: ObservedServer) -> None:
     disk = tmp_path / "disk"
     disk.write_bytes(os.urandom(4096))
     with requests.Session() as session:

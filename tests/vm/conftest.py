@@ -18,7 +18,7 @@ import pytest
 
 from pyinit_build.demoimage import DemoImage, build_demo_image
 from pyinit_qemu.vm import VM, Disk, Interface, VMConfig, create_disk, guest_url
-from pyinit_server.server import ProvisioningServer
+from tests.serverkit import ObservedServer
 
 REPO = Path(__file__).resolve().parents[2]
 NEVER = (r"Traceback \(most recent call last\)", r"Kernel panic", r"Attempted to kill init")
@@ -59,7 +59,7 @@ def demo_image(tmp_path_factory: pytest.TempPathFactory) -> DemoImage:
 
 @dataclass
 class Server:
-    srv: ProvisioningServer
+    srv: ObservedServer
     root: Path
 
     @property
@@ -85,7 +85,7 @@ def server(tmp_path: Path) -> Iterator[Server]:
     # Writes open and symlinks followed anywhere, both asked for by name: these tests link
     # images built under out/ and boot with BOOTYURL= (no iPXE script to carry a token);
     # test_pxe.py boots with the secure defaults.
-    with ProvisioningServer(root, open_writes=True, symlinks="any") as srv:
+    with ObservedServer(root, open_writes=True, symlinks="any") as srv:
         yield Server(srv, root)
 
 

@@ -21,7 +21,7 @@ import pytest
 
 from pyinit_build import cpio, elf
 from pyinit_qemu.vm import VM, Disk, ExpectTimeout, VMConfig, create_disk, guest_url
-from pyinit_server.server import ProvisioningServer
+from tests.serverkit import ObservedServer
 
 pytestmark = pytest.mark.vm
 
@@ -160,7 +160,7 @@ def test_network_server_and_disk(vm_kernel: Path, initramfs: Callable[..., Path]
     (root / "images" / "payload.bin").write_bytes(payload)
     disk = create_disk(tmp_path / "disk.raw", 4 << 20)
 
-    with ProvisioningServer(root) as server:
+    with ObservedServer(root) as server:
         url = guest_url(server.url)
         initrd = initramfs(f"""
 for m in {' '.join(p.name.split('.ko')[0] for p in modules)}; do

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from pyinit_build.demoimage import DemoImage, sha256_file
-from pyinit_server.server import ProvisioningServer
+from tests.serverkit import ObservedServer
 
 from .conftest import NEVER, Artifacts, Server, blank_disk, boot
 
@@ -24,7 +24,7 @@ def server6(tmp_path: Path):  # type: ignore[no-untyped-def]
     root = tmp_path / "srv"
     (root / "machines").mkdir(parents=True)
     (root / "images").mkdir()
-    with ProvisioningServer(root, host="::1", open_writes=True, symlinks="any") as srv:
+    with ObservedServer(root, host="::1", open_writes=True, symlinks="any") as srv:
         yield Server(srv, root)
 
 

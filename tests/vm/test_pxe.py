@@ -11,7 +11,7 @@ import pytest
 
 from pyinit_build.demoimage import DemoImage, sha256_file
 from pyinit_qemu.vm import VM, Disk, VMConfig, create_disk, guest_url
-from pyinit_server.server import ProvisioningServer
+from tests.serverkit import ObservedServer
 
 from .conftest import NEVER, Artifacts
 
@@ -39,7 +39,7 @@ def test_ipxe_from_slirp_tftp_chains_to_the_server_and_provisions(
     args = "console=ttyS0,115200 panic=-1 pyinit.on_failure=poweroff"
     # the secure defaults (the iPXE script carries the machine's own token), but for the
     # image, which is a link to the one built under out/
-    with ProvisioningServer(root, boot_dir=artifacts.kernel.parent, kernel_args=args,
+    with ObservedServer(root, boot_dir=artifacts.kernel.parent, kernel_args=args,
                             symlinks="any") as srv:
         (tftp / "pyinit.ipxe").write_text(f"#!ipxe\nchain {guest_url(srv.url)}/boot.ipxe\n")
         cfg = VMConfig(kernel=None, mac=MAC, disks=[Disk(disk)], pxe_tftp=tftp,

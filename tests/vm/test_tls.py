@@ -14,7 +14,7 @@ import pytest
 
 from pyinit_build.demoimage import DemoImage, sha256_file
 from pyinit_qemu.vm import kernel_append
-from pyinit_server.server import ProvisioningServer
+from tests.serverkit import ObservedServer
 from tests.tlsfixtures import TLSFiles, tls_files  # noqa: F401 - the fixture
 
 from .conftest import NEVER, Artifacts, Server, blank_disk, boot, is_all_zero
@@ -29,7 +29,7 @@ def tls_server(tmp_path: Path, tls_files: TLSFiles) -> Iterator[Server]:  # noqa
     root = tmp_path / "srv"
     (root / "machines").mkdir(parents=True)
     (root / "images").mkdir()
-    with ProvisioningServer(root, tls_cert=tls_files.cert, tls_key=tls_files.key,
+    with ObservedServer(root, tls_cert=tls_files.cert, tls_key=tls_files.key,
                             open_writes=True, symlinks="any") as srv:
         yield Server(srv, root)
 
