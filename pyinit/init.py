@@ -472,15 +472,17 @@ def handoff_kind(ctx: Context) -> str:
 
 
 def step_handoff(ctx: Context) -> None:
-    """The point of no return, the last step: report the result (the machine is gone after),
-    say what happens now (``handoff now how=kexec``), then kexec, switch_root, exec the
+    """The point of no return, the last step: say what happens now (``handoff now how=kexec``),
+    report the result (the machine is gone after), then kexec, switch_root, exec the
     entrypoint, reboot, power off or open a shell. Returns only by raising, when that last call
     failed: the step fails, and the failure policy runs."""
     what = handoff_kind(ctx)
     stop_background(ctx)
+    # "now" before the result: the server's summary counts any event after a result as a
+    # new run; the result stays the last word unless the last call fails
+    log.event("handoff", "now", how=what)
     log.event("result", "ok", handoff=what, **ctx.summary)
     log.console("pyinit: RESULT ok " + " ".join(f"{k}={v}" for k, v in ctx.summary.items()))
-    log.event("handoff", "now", how=what)
     log.console(f"pyinit: {what} now")
     if ctx.sink is not None:
         ctx.sink.flush()

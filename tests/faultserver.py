@@ -245,9 +245,11 @@ class FaultServer:
         return value
 
     def clear_faults(self) -> None:
-        """Serve every file correctly again."""
+        """Serve every file correctly again, with an empty request log (each test counts its
+        own requests on a shared server)."""
         with self.lock:
             self.faults.clear()
+            self.log.clear()
 
     def record(self, request: Request) -> None:
         with self.lock:

@@ -25,11 +25,11 @@ from typing import Any
 
 from pyinit import parttable
 from pyinit.errors import PyinitError
+from pyinit_build import initramfs
 from pyinit_build.golden import build, busybox
 from pyinit_qemu.vm import VM, Disk, VMConfig, create_disk, guest_url
 from pyinit_server.server import ProvisioningServer
 
-REPO = Path(__file__).resolve().parents[2]
 DEMO_MAC = "52:54:00:de:00:01"
 DEMO_HOSTNAME = "pyinit-demo"  # in the golden image
 MACHINE_HOSTNAME = "rack1-node01"  # given by the machine's action
@@ -133,7 +133,8 @@ def register(sub: Any) -> None:
                                    "out/initramfs.cpio.zst in QEMU (TCG) against a loopback "
                                    "provisioning server that serves it, verify the disk's "
                                    "sha256 on the host, then boot the disk through SeaBIOS.")
-    p.add_argument("--out", type=Path, default=REPO / "out", help="build output (default: out/)")
+    p.add_argument("--out", type=Path, default=initramfs.default_out(),
+                   help="build output (default: out/)")
     p.add_argument("--keep", action="store_true", help="keep the provisioned disk file")
     p.add_argument("--timeout", type=float, default=300.0, help="whole-VM timeout in seconds")
     p.set_defaults(func=_main)

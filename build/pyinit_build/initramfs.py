@@ -46,7 +46,44 @@ from pyinit_build.errors import BuildError
 log = logging.getLogger("pyinit_build.initramfs")
 
 DATA = Path(__file__).resolve().parent / "data"
-REPO = Path(__file__).resolve().parents[2]
+PACKAGE = Path(__file__).resolve().parent
+# the initramfs skeleton: the checkout's rootfs/ (build/pyinit_build/rootfs links to it), shipped
+# as package data in a wheel
+ROOTFS = PACKAGE / "rootfs"
+
+
+def _checkout() -> Path | None:
+    """The source checkout this runs from (pyproject.toml two levels up), None when installed."""
+    top = PACKAGE.parents[1]
+    pyproject = top / "pyproject.toml"
+    try:
+        return top if 'name = "pyinit"' in pyproject.read_text() else None
+    except OSError:
+        return None
+
+
+REPO = _checkout()
+
+
+def default_out() -> Path:
+    """``out/`` of the checkout, else ``./out``."""
+    return (REPO if REPO is not None else Path.cwd()) / "out"
+
+
+def default_cache() -> Path:
+    """``.cache/`` of the checkout, else ``$XDG_CACHE_HOME/pyinit`` (``~/.cache/pyinit``)."""
+    if REPO is not None:
+        return REPO / ".cache"
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "pyinit"
+
+
+def pyinit_source() -> Path:
+    """The directory holding the ``pyinit`` package the initramfs freezes (the checkout, or
+    site-packages when installed)."""
+    import pyinit
+
+    return Path(pyinit.__file__).resolve().parents[1]
 BUNDLE_DIR = "usr/lib/pyinit"          # inside the initramfs
 MODULES_LIST_PATH = "etc/pyinit/modules"  # read by pyinit.init's modules step
 KERNEL_ALIASES_PATH = "etc/pyinit/kernel-aliases"  # pyinit.init.KERNEL_ALIASES
@@ -102,9 +139,9 @@ INIT_SHIM = f'#!/bin/sh\nexec {INIT_LINK} "$@"\n'
 
 @dataclass(frozen=True)
 class BuildConfig:
-    repo: Path = REPO
-    out_dir: Path | None = None                 # default <repo>/out
-    cache_dir: Path | None = None               # default <repo>/.cache
+    repo: Path | None = REPO                    # the checkout (None: installed), for the epoch
+    out_dir: Path | None = None                 # default <repo>/out, else ./out
+    cache_dir: Path | None = None               # default <repo>/.cache, else ~/.cache/pyinit
     kernel_deb: Path | None = None              # skip apt: use this linux-image .deb
     modules: bool = True
     modules_list: Path = DATA / "modules.txt"
@@ -124,11 +161,11 @@ class BuildConfig:
 
     @property
     def out(self) -> Path:
-        return self.out_dir or self.repo / "out"
+        return self.out_dir or default_out()
 
     @property
     def cache(self) -> Path:
-        return self.cache_dir or self.repo / ".cache"
+        return self.cache_dir or default_cache()
 
 
 @dataclass(frozen=True)
@@ -161,12 +198,14 @@ class BuildResult:
     manifest: dict[str, Any] = field(default_factory=dict)
 
 
-def source_date_epoch(repo: Path, configured: int | None = None) -> int:
+def source_date_epoch(repo: Path | None, configured: int | None = None) -> int:
     """Explicit value, else $SOURCE_DATE_EPOCH, else the last commit's time, else a constant."""
     if configured is not None:
         return configured
     if os.environ.get("SOURCE_DATE_EPOCH", "").isdigit():
         return int(os.environ["SOURCE_DATE_EPOCH"])
+    if repo is None:
+        return FALLBACK_EPOCH
     try:
         done = proc.run(["git", "-C", str(repo), "log", "-1", "--format=%ct"], check=False)
     except PyinitError:
@@ -409,7 +448,7 @@ def stage_firmware(staging: Path, kern: kernel.Kernel, modules: Iterable[str],
     absent = [n for n, f in found.items() if f is None]
     if source == "debian" and absent:
         try:
-            got = firmware.fetch(absent, (cache or REPO / ".cache") / "firmware")
+            got = firmware.fetch(absent, (cache or default_cache()) / "firmware")
         except PyinitError as exc:
             log.warning("initramfs: firmware: not fetched from Debian's %s: %s "
                         "(the build goes on; manifest.json firmware_missing)",
@@ -537,7 +576,7 @@ def stage(staging: Path, cfg: BuildConfig, kern: kernel.Kernel, bundle_dir: Path
     applet count)."""
     staging.chmod(0o755)
     apply_layout(staging, LAYOUT)
-    copy_skeleton(staging, cfg.repo / "rootfs")
+    copy_skeleton(staging, ROOTFS)
     shutil.copytree(bundle_dir, _dest(staging, BUNDLE_DIR), symlinks=True)
     if cfg.ca is not None:
         _dest(staging, CA_PATH).write_bytes(read_ca(cfg.ca))
@@ -620,7 +659,7 @@ def build(cfg: BuildConfig) -> BuildResult:
     if cfg.bundle is not None:
         bundle_dir, freeze_key, freeze_note = cfg.bundle.resolve(), None, "given"
     else:
-        frozen = freeze.freeze(cfg.cache, repo=cfg.repo, entry=cfg.entry)
+        frozen = freeze.freeze(cfg.cache, repo=pyinit_source(), entry=cfg.entry)
         bundle_dir, freeze_key = frozen.directory, frozen.key
         freeze_note = "cached" if frozen.cached else f"built in {frozen.seconds:.1f} s"
     if not (bundle_dir / freeze.NAME).is_file():

@@ -84,7 +84,7 @@ class IsoSpec:
     timeout: int = 1                    # GRUB's menu timeout in seconds
     volume_id: str = DEFAULT_VOLUME_ID
     source_date_epoch: int | None = None
-    repo: Path = initramfs.REPO         # for the default epoch: the last commit's time
+    repo: Path | None = initramfs.REPO  # for the default epoch: the last commit's time
 
 
 @dataclass(frozen=True)
@@ -206,7 +206,7 @@ def check_tools(*, path: str | None = None, grub_lib: Path | None = None) -> Non
 def _input(path: Path, what: str) -> Path:
     if not path.is_file():
         why = "not a file" if path.exists() else "no such file"
-        hint = " (build it: pyinit initramfs)" if path.parent == initramfs.REPO / "out" else ""
+        hint = " (build it: pyinit initramfs)" if path.parent == initramfs.default_out() else ""
         raise BuildError(what, f"{path}: {why}{hint}")
     return path
 
@@ -289,7 +289,7 @@ def _sha256(path: Path) -> str:
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``iso`` subcommand to an argparse subparsers object."""
-    out_dir = initramfs.REPO / "out"
+    out_dir = initramfs.default_out()
     p: argparse.ArgumentParser = subparsers.add_parser(
         "iso", help="a hybrid boot ISO (BIOS+UEFI, CD or USB stick) with a baked command line",
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -13,7 +13,6 @@ import gzip
 import hashlib
 import json
 import os
-import shutil
 import socket
 import subprocess
 from collections.abc import Callable, Iterator
@@ -26,15 +25,17 @@ import zstandard
 from pyinit import parttable
 from pyinit.capture import capture_image
 from pyinit.errors import DiskError, FetchError
+from tests.hostreq import need, need_root
 from tests.serverkit import ObservedServer
 from tests.unit.test_capture import Stub
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(os.geteuid() != 0, reason="loop devices need root"),
-    pytest.mark.skipif(not (shutil.which("losetup") and shutil.which("sfdisk")),
-                       reason="needs util-linux (losetup, sfdisk)"),
-]
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(autouse=True)
+def _host() -> None:
+    need_root("loop devices")
+    need("losetup", "sfdisk")
 
 MIB = 1 << 20
 MAC = "52:54:00:c0:ff:ee"
@@ -195,8 +196,7 @@ def test_capture_refuses_a_mounted_device(loop: Callable[..., str], tmp_path: Pa
     """The whole device carries the file system: partition devices need udev (and partition
     scanning), which this test cannot count on; partitions and stacked devices are covered by
     the unit tests against a fake /sys."""
-    if not shutil.which("mkfs.ext4"):
-        pytest.skip("needs mkfs.ext4")
+    need("mkfs.ext4")
     dev = loop(32)
     run("mkfs.ext4", "-q", dev)
     mnt = tmp_path / "mnt"

@@ -8,21 +8,22 @@ is always an address dnsmasq does not own, so a default route via the server wou
 from __future__ import annotations
 
 import ipaddress
-import os
 import re
-import shutil
 from pathlib import Path
 
 import pytest
 
+from tests.hostreq import need, need_root
 from tests.integration.netns_dhcp import Lab
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root"),
-    pytest.mark.skipif(not (shutil.which("ip") and shutil.which("dnsmasq")),
-                       reason="needs iproute2 and dnsmasq(-base)"),
-]
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(autouse=True)
+def _host() -> None:
+    """Root and the tools (under make test: a failure when missing, see tests/hostreq.py)."""
+    need_root("network namespaces")
+    need("ip", "dnsmasq")
 
 MAC0, MAC1 = "02:00:5e:10:00:01", "02:00:5e:10:00:02"
 ROUTER = "10.77.0.254"  # not dnsmasq's address (10.77.0.1)

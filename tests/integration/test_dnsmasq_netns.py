@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -25,16 +23,18 @@ import pytest
 
 from pyinit import proc
 from pyinit_server.dnsmasq import BIOS_FILE, DEFAULT_TFTP_ROOT, EFI64_FILE, make_spec, render
+from tests.hostreq import need, need_file, need_root
 from tests.integration.netns_dhcp import REPO, Dnsmasq, Lab, ip
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root"),
-    pytest.mark.skipif(not (shutil.which("ip") and shutil.which("dnsmasq")),
-                       reason="needs iproute2 and dnsmasq(-base)"),
-    pytest.mark.skipif(not (DEFAULT_TFTP_ROOT / BIOS_FILE).is_file(),
-                       reason="needs Debian's ipxe package (/usr/lib/ipxe)"),
-]
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(autouse=True)
+def _host() -> None:
+    """Root and the tools (under make test: a failure when missing, see tests/hostreq.py)."""
+    need_root("network namespaces")
+    need("ip", "dnsmasq")
+    need_file(DEFAULT_TFTP_ROOT / BIOS_FILE, "ipxe")
 
 MAC = "02:00:5e:20:00:01"
 URL = "http://10.79.0.1:8080"
@@ -74,12 +74,12 @@ def only(replies: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def tftp_get(lab: Lab, server: str, name: str, dest: Path) -> bytes:
+    need("curl")
     subprocess.run(["ip", "netns", "exec", lab.client_ns, "curl", "-sS", "--max-time", "20",
                     "-o", str(dest), f"tftp://{server}/{name}"], check=True, timeout=30)
     return dest.read_bytes()
 
 
-@pytest.mark.skipif(not shutil.which("curl"), reason="needs curl (TFTP client)")
 def test_full_mode_boot_files_by_architecture_and_ipxe(lab: Lab, tmp_path: Path) -> None:
     lab.veth("cli0", "srv0", MAC, server_addr="10.79.0.1/24")
     spec = make_spec(mode="full", server_url_text=URL, interface="srv0", subnet="10.79.0.0/24",

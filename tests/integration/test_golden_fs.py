@@ -28,6 +28,7 @@ from pyinit_build.demoimage import prng_bytes as prng
 from pyinit_build.errors import BuildError
 from pyinit_build.golden import fs
 from pyinit_build.golden.tree import Entry, Tree
+from tests.hostreq import need, need_root
 
 pytestmark = pytest.mark.integration
 
@@ -84,12 +85,6 @@ def timed(what: str) -> Iterator[None]:
     start = time.monotonic()
     yield
     logging.getLogger("test").info("%s: %.2f s", what, time.monotonic() - start)
-
-
-def need(*tools: str) -> None:
-    missing = [t for t in tools if shutil.which(t, path=proc.SAFE_PATH) is None]
-    if missing:
-        pytest.skip(f"missing {', '.join(missing)}")
 
 
 def run(*argv: str) -> str:
@@ -237,8 +232,7 @@ print(sha256(work / "user.img"))
 
 @pytest.fixture
 def nobody_dir() -> Iterator[Path]:
-    if os.geteuid() != 0:
-        pytest.skip("needs root to switch to nobody")
+    need_root("switching to nobody")
     need("setpriv")
     work = Path(tempfile.mkdtemp(prefix="pyinit-rootless-"))
     try:

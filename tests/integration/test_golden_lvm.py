@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from pyinit_build.golden.lvm import MIB, LvmLayout, plan, pv_header_bytes
+from tests.hostreq import host_limit, need, need_root
 
 pytestmark = pytest.mark.integration
 
@@ -28,12 +29,6 @@ T = 1_700_000_000
 HELLO = b"hello from an LV written as bytes\n"
 LVM_PARTITION_TYPE = "E6D6D379-F507-44C2-A23C-238F2A3DF928"
 LVM_ENV = {**os.environ, "LVM_SUPPRESS_FD_WARNINGS": "1"}
-
-
-def need(*tools: str) -> None:
-    missing = [t for t in tools if shutil.which(t) is None]
-    if missing:
-        pytest.skip(f"missing tools: {' '.join(missing)}")
 
 
 def sh(*argv: str, input: bytes | None = None) -> str:
@@ -106,12 +101,12 @@ def test_grub_reads_the_lv_inside_a_gpt_partition(pv: Pv, tmp_path: Path) -> Non
 def attached(path: Path) -> Iterator[str]:
     """``path`` attached read-only to a loop device, always detached afterwards."""
     need("losetup", "pvs", "pvck")
-    if os.geteuid() != 0:
-        pytest.skip("loop devices need root")
+    need_root("loop devices")
     done = subprocess.run(["losetup", "--find", "--show", "-r", str(path)],
                           capture_output=True, text=True, check=False)
     if done.returncode != 0:
-        pytest.skip(f"no loop device available: {done.stderr.strip()}")
+        host_limit(f"no loop device available: {done.stderr.strip()}",
+                   covered_by="tests/vm/test_golden_boot.py::test_oci_image_on_lvm_boots_through_ovmf")
     device = done.stdout.strip()
     try:
         yield device

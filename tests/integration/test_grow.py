@@ -31,6 +31,7 @@ from pyinit import grow, parttable
 from pyinit.errors import ConfigError
 from pyinit.target import mounted_target
 from tests import golden_rootfs
+from tests.hostreq import host_limit, need, need_root
 from tests.integration.test_golden_build import fake_kernel
 
 pytestmark = pytest.mark.integration
@@ -38,12 +39,6 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 PYINIT = REPO / ".venv" / "bin" / "pyinit"
 VG = f"vggrow{os.getpid()}"
-
-
-def need(*tools: str) -> None:
-    missing = [t for t in tools if shutil.which(t, path="/usr/sbin:/usr/bin:/sbin:/bin") is None]
-    if missing:
-        pytest.skip(f"missing tools: {' '.join(missing)}")
 
 
 def sh(*argv: str, input: str | None = None) -> str:
@@ -161,11 +156,12 @@ def partition_loop(image: Path, number: int) -> Iterator[str]:
 def test_filesystem_grows_online(images: dict[str, Path], tmp_path: Path, kind: str,
                                  fstype: str, tool: str) -> None:
     need("losetup", "resize2fs", "xfs_growfs", "e2fsck", "xfs_repair")
-    if os.geteuid() != 0:
-        pytest.skip("needs root: loop devices and mounts")
+    need_root("loop devices and mounts")
     if fstype == "ext4" and not has_capability(CAP_SYS_RESOURCE):
-        pytest.skip("ext4 online resize (EXT4_IOC_RESIZE_FS) needs CAP_SYS_RESOURCE, which this "
-                    "container does not grant; the VM tests cover it")
+        host_limit("ext4 online resize (EXT4_IOC_RESIZE_FS) needs CAP_SYS_RESOURCE, which this "
+                   "container does not grant",
+                   covered_by="tests/vm/test_after_write.py::test_gpt_ext4_grow_then_kexec_into_"
+                              "the_target")
     image = doubled(images[kind], tmp_path / "disk.img")
     plan = grow.grow_table(str(image), "last").plan
     mp = tmp_path / "newroot"
@@ -201,8 +197,7 @@ def lvm_wrapper(tmp_path: Path) -> str:
 
 def test_lvm_pv_and_lv_grow(images: dict[str, Path], tmp_path: Path, lvm_wrapper: str) -> None:
     need("losetup")
-    if os.geteuid() != 0:
-        pytest.skip("needs root: loop devices")
+    need_root("loop devices")
     image = doubled(images["lvm"], tmp_path / "disk.img")
     plan = grow.grow_table(str(image), "last").plan
     with partition_loop(image, plan.number) as loop:

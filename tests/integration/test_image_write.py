@@ -13,7 +13,6 @@ import json
 import mmap
 import os
 import random
-import shutil
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ from pyinit.errors import ChecksumMismatch, DiskError, FetchError, ImageError, P
 from pyinit.fetch import backoff
 from pyinit.image import MIB, WriteRequest, WriteResult, write_image
 from tests.faultserver import Faults, FaultServer
+from tests.hostreq import host_limit, need
 
 pytestmark = pytest.mark.integration
 
@@ -40,12 +40,6 @@ JUNK = 0xAA
 
 def sh(*argv: str, input: bytes | None = None) -> str:
     return subprocess.run(argv, check=True, capture_output=True, input=input).stdout.decode()
-
-
-def need(*tools: str) -> None:
-    missing = [t for t in tools if shutil.which(t) is None]
-    if missing:
-        pytest.skip(f"missing tools: {' '.join(missing)}")
 
 
 def read_device(device: str, length: int) -> bytes:
@@ -254,7 +248,8 @@ def partitions_supported(loop: Loop) -> bool:
 def test_partitions_are_reread(images: Images, make_loop: Callable[..., Loop]) -> None:
     loop = make_loop(partscan=True)
     if not partitions_supported(loop):
-        pytest.skip("this kernel does not parse partition tables")
+        host_limit("this kernel does not scan partitions on loop devices",
+                   covered_by="tests/vm/test_after_write.py (partitions re-read, then grown)")
     write(images, "disk.img.zst", loop.device)
     assert wait_for(f"{loop.device}p2")  # BLKRRPART after the write
 
@@ -303,8 +298,12 @@ def test_dropped_connection_resumes(images: Images, make_loop: Callable[..., Loo
     r = write(images, name, loop.device, checksum=("sha256", images.sha256(name)))
     assert_identical(loop, images.raw)
     assert r.restarts == 0
-    assert r.resumes == 1 or rep % 2 == 1  # an RST may discard the unread tail
-    assert len(images.srv.requests(name)) >= 2
+    # a FIN: one resume; an RST may also discard what the client had not read yet, and a
+    # reconnect can meet it again: at least one resume, each a request of its own
+    assert r.resumes == 1 if rep % 2 == 0 else r.resumes >= 1
+    requests = images.srv.requests(name)
+    assert len(requests) == r.resumes + 1
+    assert requests[0].range is None and all(q.status == 206 for q in requests[1:])
 
 
 def test_five_drops_in_one_transfer(images: Images, make_loop: Callable[..., Loop]) -> None:
@@ -314,7 +313,7 @@ def test_five_drops_in_one_transfer(images: Images, make_loop: Callable[..., Loo
     r = write(images, name, loop.device, checksum=("sha256", images.sha256(name)))
     assert_identical(loop, images.raw)
     assert r.resumes == 5
-    assert [q.status for q in images.srv.requests(name)][-6:] == [200] + [206] * 5
+    assert [q.status for q in images.srv.requests(name)] == [200] + [206] * 5
 
 
 def test_server_ignoring_range_restarts_cleanly(images: Images,
@@ -413,7 +412,8 @@ def test_mounted_partition(images: Images, make_loop: Callable[..., Loop],
     sh("sfdisk", "-q", loop.device, input=b"label: gpt\n,\n")
     part = f"{loop.device}p1"
     if not wait_for(part):
-        pytest.skip("this kernel does not parse partition tables")
+        host_limit("this kernel does not scan partitions on loop devices",
+                   covered_by="tests/vm/test_disks.py (a disk in use is refused)")
     sh("mke2fs", "-q", "-t", "ext4", "-F", part)
     mnt = tmp_path / "mnt"
     mnt.mkdir()
@@ -442,7 +442,9 @@ def test_device_held_by_another_opener(images: Images, make_loop: Callable[..., 
 def test_device_held_by_device_mapper(images: Images, make_loop: Callable[..., Loop]) -> None:
     need("dmsetup")
     if subprocess.run(["dmsetup", "version"], capture_output=True).returncode != 0:
-        pytest.skip("no device-mapper in this kernel")
+        host_limit("no device-mapper in this kernel",
+                   covered_by="tests/vm/test_after_write.py::test_gpt_lvm_ext4_grows_pv_lv_and_"
+                              "filesystem")
     loop = make_loop()
     name = f"pyinit-test-{os.getpid()}"
     sh("dmsetup", "create", name, "--table", f"0 {DISK_SIZE // 512} linear {loop.device} 0")

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
-import shutil
 import subprocess
 import sys
 import time
@@ -24,14 +22,17 @@ from typing import Any
 import pytest
 
 from pyinit import proc
+from tests.hostreq import need, need_root
 from tests.integration.netns_dhcp import Dnsmasq, Lab, ip, lab_in
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root"),
-    pytest.mark.skipif(not (shutil.which("ip") and shutil.which("dnsmasq")),
-                       reason="needs iproute2 and dnsmasq(-base)"),
-]
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(autouse=True)
+def _host() -> None:
+    """Root and the tools (under make test: a failure when missing, see tests/hostreq.py)."""
+    need_root("network namespaces")
+    need("ip", "dnsmasq")
 
 MAC = "02:00:5e:10:06:01"
 SERVER = "fd00:77::1"

@@ -17,7 +17,6 @@ test prints which way it went. Either way the bytes come from lldpd's own encode
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -32,13 +31,17 @@ import pytest
 
 from pyinit import lldp, proc
 from pyinit.errors import CommandError
+from tests.hostreq import host_limit, need, need_root
 from tests.integration.netns_dhcp import REPO, Lab, ip, stop_process
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root"),
-    pytest.mark.skipif(not shutil.which("ip"), reason="needs iproute2"),
-]
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(autouse=True)
+def _host() -> None:
+    """Root and the tools (under make test: a failure when missing, see tests/hostreq.py)."""
+    need_root("network namespaces")
+    need("ip")
 
 MACHINE_MAC = "02:00:5e:11:00:01"
 HOSTNAME, DESCRIPTION, PORT_DESCRIPTION = "switch01", "pyinit test switch", "uplink to rack1"
@@ -125,7 +128,8 @@ def switch(tmp_path: Path) -> Iterator[Switch]:
     try:
         lab = Lab(tmp_path)
     except CommandError as exc:
-        pytest.skip(f"network namespaces are not available here: {exc}")
+        host_limit(f"network namespaces are not available here: {exc}",
+                   covered_by="tests/vm/test_hardware_matrix.py (the inventory in QEMU)")
     files = Path(tempfile.mkdtemp(prefix="pyinit-lldpd-"))
     files.chmod(0o755)  # pytest's tmp_path is 0700: lldpcli (user _lldpd) could not connect
     sw = Switch(lab, files)

@@ -31,6 +31,7 @@ from pyinit.events import ServerSink
 from pyinit.fetch import fetch_action
 from pyinit.image import MIB, WriteRequest, write_image
 from pyinit_server.export import export
+from tests.hostreq import need_file
 from tests.serverkit import ObservedServer
 
 pytestmark = pytest.mark.integration
@@ -127,8 +128,7 @@ class Tree:
 
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tree]:
-    if not Path(NGINX).exists():
-        pytest.skip("nginx is not installed (Debian package nginx-light)")
+    need_file(NGINX, "nginx-light")
     base = tmp_path_factory.mktemp("nginx")
     image = make_image(1)
     digest = hashlib.sha256(image).hexdigest()

@@ -29,6 +29,7 @@ from pyinit.errors import FetchError
 from pyinit.events import ServerSink
 from pyinit.fetch import fetch_action
 from pyinit.image import WriteRequest, write_image
+from tests.hostreq import fail_or_skip
 from tests.serverkit import ObservedServer
 from tests.tlsfixtures import TLSFiles, tls_files  # noqa: F401 - the fixture
 
@@ -338,7 +339,7 @@ def test_initramfs_bakes_the_ca(tls_files: TLSFiles, tmp_path: Path) -> None:  #
     from pyinit_build import initramfs
 
     if not (REPO / ".cache" / "kernel").is_dir():
-        pytest.skip("no cached kernel package: run `make initramfs` first")
+        fail_or_skip("no cached kernel package: run `make initramfs` first")
     result = initramfs.build(initramfs.BuildConfig(out_dir=tmp_path / "out", ca=tls_files.ca,
                                                    source_date_epoch=1_700_000_000))
     listing = subprocess.run(f"zstd -dc {result.initramfs} | cpio -i --to-stdout "

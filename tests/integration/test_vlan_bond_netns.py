@@ -10,22 +10,24 @@ slave's MAC), and the address stays reachable after the active slave's peer goes
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
+from tests.hostreq import host_limit, need, need_root
 from tests.integration.netns_dhcp import Lab, ip
 from tests.integration.test_dhcp_netns import MAC0, MAC1, addresses, in_range
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root"),
-    pytest.mark.skipif(not (shutil.which("ip") and shutil.which("dnsmasq")),
-                       reason="needs iproute2 and dnsmasq(-base)"),
-]
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(autouse=True)
+def _host() -> None:
+    """Root and the tools (under make test: a failure when missing, see tests/hostreq.py)."""
+    need_root("network namespaces")
+    need("ip", "dnsmasq")
 
 
 def kernel_has(kind: str, *args: str) -> bool:
@@ -44,7 +46,9 @@ def kernel_has(kind: str, *args: str) -> bool:
 
 def test_vlan_lease_comes_from_the_tagged_network(lab: Lab, tmp_path: Path) -> None:
     if not kernel_has("vlan", "link", "p0", "name", "p0.5", "id", "5"):
-        pytest.skip("this kernel has no 802.1Q (CONFIG_VLAN_8021Q)")
+        host_limit("this kernel has no 802.1Q (CONFIG_VLAN_8021Q)",
+                   covered_by="tests/vm/test_multinic.py::"
+                              "test_vlan_lease_and_provision_over_a_tagged_trunk")
     lab.veth("cli0", "srv0", MAC0, server_addr="10.77.0.1/24")
     s = lab.server_ns
     ip("-n", s, "link", "add", "link", "srv0", "name", "srv0.100", "type", "vlan", "id", "100")
@@ -70,7 +74,9 @@ def test_vlan_lease_comes_from_the_tagged_network(lab: Lab, tmp_path: Path) -> N
 
 def test_bond_gets_the_lease_and_fails_over(lab: Lab, tmp_path: Path) -> None:
     if not kernel_has("bond", "name", "b0"):
-        pytest.skip("this kernel has no bonding (CONFIG_BONDING)")
+        host_limit("this kernel has no bonding (CONFIG_BONDING)",
+                   covered_by="tests/vm/test_multinic.py::"
+                              "test_bond_lease_and_failover_while_provisioning")
     lab.veth("cli0", "srv0", MAC0, peer_up=False)
     lab.veth("cli1", "srv1", MAC1, peer_up=False)
     s = lab.server_ns

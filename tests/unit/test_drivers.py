@@ -11,9 +11,17 @@ import zstandard
 
 from pyinit import kmod
 from pyinit_build import drivers
+from tests.hostreq import fail_or_skip
 
 REPO = Path(__file__).resolve().parents[2]
 KERNEL_MODULES = sorted((REPO / ".cache/kernel").glob("*/lib/modules/*"))
+
+
+@pytest.fixture
+def kernel_modules() -> None:
+    """The cached kernel package: make test has it (a failure otherwise), a bare pytest skips."""
+    if not KERNEL_MODULES:
+        fail_or_skip("no cached kernel package (.cache/kernel): run `make initramfs`")
 
 
 # --- tree prefixes --------------------------------------------------------------------------------
@@ -53,7 +61,7 @@ def test_tree_modules_keeps_input_order() -> None:
         == ["kernel/drivers/scsi/sd_mod.ko", "kernel/drivers/ata/ahci.ko"]
 
 
-@pytest.mark.skipif(not KERNEL_MODULES, reason="no cached kernel package (.cache/kernel)")
+@pytest.mark.usefixtures("kernel_modules")
 def test_broad_set_of_the_cached_kernel() -> None:
     deps = kmod.parse_modules_dep((KERNEL_MODULES[0] / "modules.dep").read_text())
     names = {kmod.module_name(p) for p in drivers.tree_modules(deps)}
@@ -155,7 +163,7 @@ def test_modinfo_errors(data: bytes, message: str) -> None:
         drivers.modinfo_section(data)
 
 
-@pytest.mark.skipif(not KERNEL_MODULES, reason="no cached kernel package (.cache/kernel)")
+@pytest.mark.usefixtures("kernel_modules")
 def test_firmware_names_of_a_real_module_match_modinfo() -> None:
     """``modinfo -F firmware tg3.ko`` on the Debian 6.1 kernel prints these four names."""
     ko = KERNEL_MODULES[0] / "kernel/drivers/net/ethernet/broadcom/tg3.ko"

@@ -83,7 +83,7 @@ def test_kexec_that_fails_at_the_last_call_reports_the_handoff_step(
     b = boot(prepare)
     assert calls == ["kexec"]
     assert b.trail() == [("prepare", "start"), ("prepare", "ok"), ("handoff", "start"),
-                         ("result", "ok"), ("handoff", "now"), ("handoff", "failed"),
+                         ("handoff", "now"), ("result", "ok"), ("handoff", "failed"),
                          ("result", "failed")]
     assert b.result("ok")["handoff"] == "kexec"
     now = [e for e in b.events if e["status"] == "now"]
@@ -119,5 +119,18 @@ def test_shell_is_the_handoff(boot: Callable[..., Boot]) -> None:
     b = boot(lambda ctx: None, {"action": "writeImage", "sourceImage": "images/a.img",
                                 "destinationDevice": "/dev/vda", "finish": "shell"})
     assert b.policies == [("shell", "finished")]  # the real one never returns
-    assert b.trail()[-2:] == [("handoff", "now"), ("handoff", "ok")]
+    assert b.trail()[-3:] == [("handoff", "now"), ("result", "ok"), ("handoff", "ok")]
     assert b.powers == []
+
+
+def test_the_servers_summary_of_a_handoff_is_the_result(boot: Callable[..., Boot]) -> None:
+    """What the dashboard shows for a machine that went away: ok, not a new run (any event
+    after a result starts one: pyinit_server.status.fold)."""
+    from pyinit_server.status import Summary, fold
+
+    b = boot(lambda ctx: None, {"action": "writeImage", "sourceImage": "images/a.img",
+                                "destinationDevice": "/dev/vda", "finish": "shell"})
+    summary = Summary("52-54-00-12-34-56")
+    for i, ev in enumerate(b.events[:-1]):  # the last: the runner's "ok" the real shell never
+        fold(summary, ev, float(i))         # reaches
+    assert (summary.result, summary.phase, summary.state) == ("ok", "handoff", "now")

@@ -174,6 +174,7 @@ ip link set eth0 up
 echo "ACTION $(wget -q -O - {url}/52:54:00:12:34:56.bty)"
 wget -q -O /dev/vda {url}/images/payload.bin && echo "WROTE $(wc -c < /dev/vda)"
 wget -q -O - --header 'Content-Type: application/json' \\
+    --header 'Authorization: Bearer {server.machine_token(MAC)}' \\
     --post-data '{{"step": "smoke", "status": "ok"}}' {url}/events/52-54-00-12-34-56
 sync
 poweroff -f
