@@ -64,6 +64,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pyinit.errors import ConfigError, DiskError
+from pyinit.mounts import parse as parse_mounts
+from pyinit.mounts import unescape as _unescape
 from pyinit.units import parse_size
 
 GIB = 1 << 30
@@ -413,9 +415,6 @@ class Usage:
         return any(u.fstype == "iso9660" for u in self.uses)
 
 
-def _unescape(field: str) -> str:
-    """/proc mount and swap fields escape space, tab, newline and backslash as octal."""
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
 
 
 def _is_partition_name(name: str, disk: str) -> bool:
@@ -452,11 +451,10 @@ def disk_usage(family: Family, *, mounts: str, mountinfo: str = "", swaps: str =
         return name in numbers or _is_partition_name(name, family.name)
 
     uses: list[Use] = []
-    for line in mounts.splitlines():
-        fields = line.split()
-        if len(fields) >= 3 and ours(source := _unescape(fields[0])):
-            uses.append(Use("mount", source, _unescape(fields[1]), fstype=fields[2],
-                            read_only=len(fields) > 3 and _read_only(fields[3])))
+    for m in parse_mounts(mounts):
+        if ours(m.source):
+            uses.append(Use("mount", m.source, m.target, fstype=m.fstype,
+                            read_only=m.read_only))
     seen = {u.where for u in uses}
     for line in mountinfo.splitlines():
         # id parent maj:min root mount-point options [optional…] - fstype source super-options

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, BinaryIO, NoReturn
 
-from pyinit import policy, proc, syscalls
+from pyinit import mounts, policy, proc, syscalls
 from pyinit.errors import PyinitError
 from pyinit.log import console, get_logger
 
@@ -840,19 +840,9 @@ def kexec(entry: BootEntry, root: Path, *, extra_cmdline: str = "",
 # ---- switch_root ---------------------------------------------------------------------------
 
 
-def _unescape(field_: str) -> str:
-    """/proc/self/mounts escapes space, tab, newline and backslash as octal."""
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), field_)
-
-
 def read_mounts(mounts_file: Path) -> list[tuple[str, str]]:
-    """(mount point, fstype) per line of a mounts file, in mount order."""
-    out = []
-    for line in mounts_file.read_text().splitlines():
-        fields = line.split()
-        if len(fields) >= 3:
-            out.append((_unescape(fields[1]), fields[2]))
-    return out
+    """(mount point, fstype) per mount, in mount order."""
+    return [(m.target, m.fstype) for m in mounts.parse(mounts_file.read_text())]
 
 
 def _elf_interpreter(path: Path) -> str | None:

@@ -75,10 +75,10 @@ from pyinit.errors import (
 )
 from pyinit.fetch import RETRYABLE_STATUS, USER_AGENT, backoff, retry, tls_failure
 from pyinit.log import event, get_logger
+from pyinit.units import MIB
 
 log = get_logger("pyinit.image")
 
-MIB = 1 << 20
 HEAD = MIB  # held back and written last
 BLOCK = 4 * MIB  # unit of decode → write hand-off; aligned (mmap) for O_DIRECT
 POOL_BLOCKS = 8  # 32 MiB of blocks in flight at most

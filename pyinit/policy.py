@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
-from pyinit import proc, syscalls
+from pyinit import mounts, proc, syscalls
 from pyinit.log import console, get_logger
 
 log = get_logger("pyinit.policy")
@@ -28,10 +28,7 @@ _REBOOT_CMDS = {"reboot": syscalls.LINUX_REBOOT_CMD_RESTART,
 def unmount_all(mounts_file: Path = Path("/proc/self/mounts")) -> None:
     """Unmount (lazily, deepest first) everything but the kernel's pseudo filesystems."""
     keep = {"/", "/proc", "/sys", "/dev", "/dev/pts", "/dev/shm", "/run", "/tmp"}
-    try:
-        targets = [line.split()[1] for line in mounts_file.read_text().splitlines()]
-    except OSError:
-        return
+    targets = [m.target for m in mounts.read(mounts_file)]
     for target in sorted(set(targets) - keep, key=len, reverse=True):
         if target.startswith(("/proc/", "/sys/")):
             continue

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pyinit import syscalls
+from pyinit import mounts, syscalls
 from pyinit.errors import MountError
 
 
@@ -88,12 +88,7 @@ EARLY: tuple[Op, ...] = (
 
 
 def mounted_targets(mounts_file: Path = Path("/proc/self/mounts")) -> set[str]:
-    try:
-        text = mounts_file.read_text()
-    except OSError:
-        return set()
-    return {line.split()[1].replace("\\040", " ") for line in text.splitlines()
-            if len(line.split()) > 1}
+    return {m.target for m in mounts.read(mounts_file)}
 
 
 MountFn = Callable[[str, str, str | None, int, str | None], None]

@@ -6,6 +6,10 @@ from __future__ import annotations
 import argparse
 import re
 
+KIB = 1 << 10
+MIB = 1 << 20
+GIB = 1 << 30
+
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(?:i?b)?\s*$", re.IGNORECASE)
 
 

@@ -25,6 +25,7 @@ from typing import Any
 
 from pyinit import parttable
 from pyinit.errors import PyinitError
+from pyinit.units import MIB
 from pyinit_build import initramfs
 from pyinit_build.golden import build, busybox
 from pyinit_qemu.vm import VM, Disk, VMConfig, create_disk, guest_url
@@ -33,7 +34,6 @@ from pyinit_server.server import ProvisioningServer
 DEMO_MAC = "52:54:00:de:00:01"
 DEMO_HOSTNAME = "pyinit-demo"  # in the golden image
 MACHINE_HOSTNAME = "rack1-node01"  # given by the machine's action
-MIB = 1 << 20
 
 
 def build_golden(out: Path, kernel: Path, initrd: Path) -> tuple[Path, build.Manifest]:

@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pyinit import proc
+from pyinit.units import MIB
+from pyinit_build.digest import sha256_file as sha256_file  # re-exported for the tests
 
-MIB = 1 << 20
 SOURCE_DATE_EPOCH = 1700000000
 FS_UUID = "5e7b0c1d-2a3f-4b5c-8d6e-7f8091a2b3c4"
 
@@ -65,17 +66,6 @@ def compressed_copy(image: DemoImage, kind: str) -> Path:
                 shutil.copyfileobj(src, xz, 4 * MIB)
     os.replace(tmp, out)
     return out
-
-
-def sha256_file(path: Path, length: int | None = None) -> str:
-    """sha256 of a file (or of its first ``length`` bytes: a disk holding a smaller image)."""
-    h = hashlib.sha256()
-    left = length if length is not None else -1
-    with path.open("rb") as f:
-        while left != 0 and (chunk := f.read(4 * MIB if left < 0 else min(4 * MIB, left))):
-            h.update(chunk)
-            left = left - len(chunk) if left > 0 else left
-    return h.hexdigest()
 
 
 def build_demo_image(out_dir: Path, *, size_mib: int = 64, label: str = "pyinit-demo") -> DemoImage:

@@ -51,13 +51,13 @@ from typing import Any
 from pyinit import proc
 from pyinit.cmdline import BootParams, mask_secrets, parse_cmdline, tokenize
 from pyinit.errors import ConfigError
+from pyinit.units import MIB
 from pyinit_build import initramfs, preflight
 from pyinit_build.errors import BuildError, PreflightError
 from pyinit_build.golden import fs, grub
 
 log = logging.getLogger("pyinit_build.iso")
 
-MIB = 1 << 20
 DEFAULT_SERIAL = "ttyS0,115200"
 DEFAULT_VOLUME_ID = "PYINIT"
 ISO_MODULES = ("iso9660",)  # + grub.MODULES: the ISO's own file system

@@ -25,6 +25,7 @@ import zstandard
 from pyinit import parttable
 from pyinit.capture import capture_image
 from pyinit.errors import DiskError, FetchError
+from pyinit.units import MIB
 from tests.hostreq import need, need_root
 from tests.serverkit import ObservedServer
 from tests.unit.test_capture import Stub
@@ -37,7 +38,6 @@ def _host() -> None:
     need_root("loop devices")
     need("losetup", "sfdisk")
 
-MIB = 1 << 20
 MAC = "52:54:00:c0:ff:ee"
 GPT_SCRIPT = """label: gpt
 label-id: 0B6F8A4C-1C35-4E3F-9C1A-6A1F7C0E2D11

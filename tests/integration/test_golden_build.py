@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 
 from pyinit import image, parttable
+from pyinit.units import MIB
 from pyinit_build import preflight
 from pyinit_build.errors import BuildError, PreflightError
 from pyinit_build.golden import build
-from pyinit_build.golden.layout import MIB
 from tests import golden_rootfs
 
 pytestmark = pytest.mark.integration

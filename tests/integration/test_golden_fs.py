@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from pyinit import proc
+from pyinit.units import MIB
 from pyinit_build.demoimage import prng_bytes as prng
 from pyinit_build.errors import BuildError
 from pyinit_build.golden import fs
@@ -36,7 +37,6 @@ REPO = Path(__file__).resolve().parents[2]
 EPOCH = 1_700_000_000
 OLD = EPOCH - 86_400  # most entries' mtime
 UUID = "5e7b0c1d-2a3f-4b5c-8d6e-7f8091a2b3c4"
-MIB = 1 << 20
 HOSTNAME = b"pyinit-golden\n"
 ODD_NAME = '/etc/odd "name" with spaces'  # ext4 only: a protofile cannot hold it
 LONG_LINK = "../usr/share/a-symlink-target-longer-than-sixty-bytes/so/it/needs/a/block"

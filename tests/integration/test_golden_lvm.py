@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from pyinit_build.golden.lvm import MIB, LvmLayout, plan, pv_header_bytes
+from pyinit.units import MIB
+from pyinit_build.golden.lvm import LvmLayout, plan, pv_header_bytes
 from tests.hostreq import host_limit, need, need_root
 
 pytestmark = pytest.mark.integration

@@ -29,7 +29,8 @@ import requests
 from pyinit.cmdline import BootParams
 from pyinit.events import ServerSink
 from pyinit.fetch import fetch_action
-from pyinit.image import MIB, WriteRequest, write_image
+from pyinit.image import WriteRequest, write_image
+from pyinit.units import MIB
 from pyinit_server.export import export
 from tests.hostreq import need_file
 from tests.serverkit import ObservedServer

@@ -47,6 +47,7 @@ import requests
 from pyinit import capture, disks, fetch, image, init, log, network, policy
 from pyinit.disks import Disk
 from pyinit.network import DhcpThread, NetworkResult
+from pyinit.units import MIB
 from tests.faultserver import Faults, FaultServer
 from tests.serverkit import ObservedServer
 from tests.tlsfixtures import TLSFiles, tls_files  # noqa: F401 - the fixture
@@ -58,7 +59,6 @@ from .test_network import add_nic, factory
 DOC = Path(__file__).resolve().parents[2] / "docs" / "bad-inputs.md"
 MAC = "52:54:00:12:34:56"
 DASHES = MAC.replace(":", "-")
-MIB = 1 << 20
 DISK_SIZE = 4 * MIB
 GIB = 1 << 30
 POWEROFF = "pyinit.on_failure=poweroff"

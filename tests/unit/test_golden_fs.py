@@ -15,6 +15,7 @@ import pytest
 
 from pyinit import proc
 from pyinit.errors import CommandError
+from pyinit.units import MIB
 from pyinit_build.errors import BuildError
 from pyinit_build.golden import fs
 from pyinit_build.golden.tree import Entry, Tree
@@ -22,7 +23,6 @@ from tests.conftest import Recorder
 
 EPOCH = 1_700_000_000
 UUID = "5e7b0c1d-2a3f-4b5c-8d6e-7f8091a2b3c4"
-MIB = 1 << 20
 
 
 def entries() -> list[Entry]:

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from pyinit.units import MIB
 from pyinit_build.errors import BuildError
 from pyinit_build.golden import build, grub, layout
-from pyinit_build.golden.layout import MIB
 
 SEED = "test-seed"
 

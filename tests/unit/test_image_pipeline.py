@@ -25,7 +25,8 @@ import zstandard
 from pyinit import log
 from pyinit.errors import ChecksumMismatch, DiskError, FetchError, ImageError
 from pyinit.fetch import backoff
-from pyinit.image import MIB, WriteRequest, WriteResult, main, write_image
+from pyinit.image import WriteRequest, WriteResult, main, write_image
+from pyinit.units import MIB
 from tests.faultserver import Faults, FaultServer
 
 DISK = 24 * MIB

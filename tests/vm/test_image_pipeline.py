@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from pyinit import parttable
-from pyinit_build.demoimage import MIB, DemoImage, compressed_copy, sha256_file
+from pyinit.units import MIB
+from pyinit_build.demoimage import DemoImage, compressed_copy, sha256_file
 from pyinit_qemu.vm import guest_url
 from tests.faultserver import FaultServer
 

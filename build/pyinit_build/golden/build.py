@@ -29,10 +29,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pyinit import proc
+from pyinit.units import MIB
 from pyinit_build import preflight
+from pyinit_build.digest import sha256_file
 from pyinit_build.errors import BuildError
 from pyinit_build.golden import debian, fs, grub, layout, lvm, tree
-from pyinit_build.golden.layout import MIB
 
 log = logging.getLogger("pyinit_build.golden")
 
@@ -399,14 +400,6 @@ def _build(spec: ImageSpec, out: Path, work: Path,
 
 
 # --- outputs -------------------------------------------------------------------------------
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(4 * MIB):
-            h.update(chunk)
-    return h.hexdigest()
-
 
 def convert(raw: Path, out: Path, fmt: str) -> None:
     """``qemu-img convert`` to ``fmt``. vpc keeps the exact size (``force_size``) instead of

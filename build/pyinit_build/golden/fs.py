@@ -28,12 +28,12 @@ from pathlib import Path
 
 from pyinit import proc
 from pyinit.errors import CommandError
+from pyinit.units import MIB
 from pyinit_build.errors import BuildError
 from pyinit_build.golden.tree import Entry, Tree
 
 log = logging.getLogger("pyinit_build.golden.fs")
 
-MIB = 1 << 20
 STEP = "filesystem"
 
 # File-type bits of st_mode, per Entry.kind (a hardlink takes its target's).

@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Literal
 
 from pyinit import proc
+from pyinit.units import MIB
 from pyinit_build.errors import BuildError
 
-MIB = 1 << 20
 SECTOR = 512
 GPT_TAIL = 33 * SECTOR  # backup GPT: 32 sectors of entries + the header
 

@@ -26,10 +26,10 @@ import time
 import zlib
 from dataclasses import dataclass
 
+from pyinit.units import MIB
 from pyinit_build.errors import BuildError
 
 KIB = 1 << 10
-MIB = 1 << 20
 SECTOR = 512
 
 #: lvm2's ``INITIAL_CRC`` (lib/misc/crc.h).
