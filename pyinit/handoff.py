@@ -26,7 +26,6 @@ import os
 import re
 import shutil
 import signal
-import stat
 import struct
 import sys
 import tempfile
@@ -35,7 +34,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, BinaryIO, NoReturn
 
-from pyinit import mounts, policy, proc, syscalls
+from pyinit import mounts, policy, proc, rootpath, syscalls
 from pyinit.errors import PyinitError
 from pyinit.log import console, get_logger
 
@@ -76,36 +75,12 @@ class BootEntry:
 # ---- paths inside the target ----------------------------------------------------------------
 
 
-def resolve_in(root: Path, path: str, *, max_links: int = 40) -> Path:
-    """``root/path`` with every symlink followed *inside* ``root`` (an absolute link target
-    means ``root/target``, ``..`` stops at ``root``), as a chroot would see it. The result may
-    not exist (a dangling link resolves to the missing target). Hand-written: os.path.realpath
-    would follow absolute links on the host."""
-    parts = [p for p in path.split("/") if p not in ("", ".")]
-    done: list[str] = []
-    links = 0
-    while parts:
-        name = parts.pop(0)
-        if name == "..":
-            if done:
-                done.pop()
-            continue
-        here = root.joinpath(*done, name)
-        try:
-            mode = os.lstat(here).st_mode
-        except OSError:
-            return root.joinpath(*done, name, *parts)
-        if stat.S_ISLNK(mode):
-            links += 1
-            if links > max_links:
-                raise HandoffError(f"{path} in {root}: too many levels of symbolic links")
-            target = os.readlink(here)
-            if target.startswith("/"):
-                done = []
-            parts = [p for p in target.split("/") if p not in ("", ".")] + parts
-            continue
-        done.append(name)
-    return root.joinpath(*done)
+def resolve_in(root: Path, path: str) -> Path:
+    """``root/path`` as a chroot would see it (:func:`pyinit.rootpath.resolve`)."""
+    try:
+        return rootpath.resolve(root, path)
+    except rootpath.SymlinkLoop as exc:
+        raise HandoffError(str(exc)) from exc
 
 
 def locate(root: Path, path: str) -> str | None:

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
-from pyinit import macaddr
+from pyinit import macaddr, rootpath
 from pyinit.action import Action
 from pyinit.errors import ConfigError, PyinitError
 
@@ -45,7 +45,6 @@ NIC_NAME = "pyinit0"
 HEADER = "Written by pyinit: the NIC with MAC address {mac}."
 _UUID_NAMESPACE = uuid.UUID("6f1c1d0e-8b7a-5c4e-9d2f-3a1b2c3d4e5f")
 _SELINUX_XATTR = "security.selinux"
-_MAX_SYMLINKS = 40
 
 
 class IdentityError(PyinitError):
@@ -59,35 +58,13 @@ class IdentityError(PyinitError):
 
 # --- paths inside the target ------------------------------------------------------------------
 
-def _parts(path: str) -> list[str]:
-    return [p for p in PurePosixPath(path).parts if p not in ("/", ".", "")]
-
-
 def resolve_in_root(root: Path, path: str, *, follow_last: bool = True) -> Path:
-    """``path`` as the target sees it, as a path under ``root``: symlinks are followed with
-    ``root`` as ``/`` and ``..`` stops at ``root`` (chroot semantics), so the result never lies
-    outside ``root``. With ``follow_last=False`` a final symlink is not followed."""
-    todo = list(reversed(_parts(path)))
-    done: list[str] = []
-    hops = 0
-    while todo:
-        part = todo.pop()
-        if part == "..":
-            if done:
-                done.pop()
-            continue
-        candidate = root.joinpath(*done, part)
-        if (todo or follow_last) and candidate.is_symlink():
-            hops += 1
-            if hops > _MAX_SYMLINKS:
-                raise IdentityError("/" + path.lstrip("/"), "too many levels of symbolic links")
-            target = os.readlink(candidate)
-            if target.startswith("/"):
-                done = []
-            todo.extend(reversed(_parts(target)))
-            continue
-        done.append(part)
-    return root.joinpath(*done)
+    """``path`` as the target sees it, under ``root`` (:func:`pyinit.rootpath.resolve`); with
+    ``follow_last=False`` a final symlink is not followed."""
+    try:
+        return rootpath.resolve(root, path, follow_last=follow_last)
+    except rootpath.SymlinkLoop as exc:
+        raise IdentityError(exc.path, "too many levels of symbolic links") from exc
 
 
 def _exists(root: Path, *paths: str) -> bool:
