@@ -26,7 +26,6 @@ import os
 import re
 import shutil
 import signal
-import struct
 import sys
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
@@ -34,7 +33,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, BinaryIO, NoReturn
 
-from pyinit import mounts, policy, proc, rootpath, syscalls
+from pyinit import elf, mounts, policy, proc, rootpath, syscalls
 from pyinit.errors import PyinitError
 from pyinit.log import console, get_logger
 
@@ -821,28 +820,12 @@ def read_mounts(mounts_file: Path) -> list[tuple[str, str]]:
 
 
 def _elf_interpreter(path: Path) -> str | None:
-    """PT_INTERP of a 64-bit little-endian ELF, or None (static, not ELF, other class)."""
+    """PT_INTERP of an ELF64 executable, or None (static, not ELF, unreadable, malformed)."""
     try:
-        with path.open("rb") as f:
-            head = f.read(64)
-            if len(head) < 64 or head[:4] != b"\x7fELF" or head[4] != 2 or head[5] != 1:
-                return None
-            phoff, = struct.unpack_from("<Q", head, 0x20)
-            phentsize, phnum = struct.unpack_from("<HH", head, 0x36)
-            for i in range(min(phnum, 256)):
-                f.seek(phoff + i * phentsize)
-                ph = f.read(56)
-                if len(ph) < 56:
-                    return None
-                p_type, = struct.unpack_from("<I", ph, 0)
-                if p_type == 3:  # PT_INTERP
-                    offset, = struct.unpack_from("<Q", ph, 8)
-                    size, = struct.unpack_from("<Q", ph, 32)
-                    f.seek(offset)
-                    return f.read(min(size, 4096)).split(b"\0")[0].decode(errors="replace")
-    except OSError:
+        info = elf.read_info(path)
+    except (OSError, elf.ElfError):
         return None
-    return None
+    return info.interp if info is not None else None
 
 
 def _program(root: Path, name: str, what: str, depth: int = 0) -> str:

@@ -30,8 +30,7 @@ from pathlib import Path
 
 import zstandard
 
-from pyinit import kmod
-from pyinit_build import elf
+from pyinit import elf, kmod
 
 MODES = ("broad", "listed", "host")
 DEFAULT_MODE = "broad"

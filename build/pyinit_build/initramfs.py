@@ -38,9 +38,9 @@ from typing import Any
 
 import zstandard
 
-from pyinit import coldplug, kmod, proc
+from pyinit import coldplug, elf, kmod, proc
 from pyinit.errors import PyinitError
-from pyinit_build import coverage, cpio, drivers, elf, firmware, freeze, kernel, preflight
+from pyinit_build import coverage, cpio, drivers, firmware, freeze, kernel, preflight
 from pyinit_build.errors import BuildError
 
 log = logging.getLogger("pyinit_build.initramfs")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pyinit_build import elf
+from pyinit import elf
 
 LIBC = "/usr/lib/x86_64-linux-gnu/libc.so.6"
 INTERP = "/lib64/ld-linux-x86-64.so.2"
