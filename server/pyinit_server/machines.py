@@ -237,9 +237,16 @@ class MachineStore:
             except MachineError as exc:
                 error = exc
             cached = _Cached(stamp, machine, error)
-            with self._lock:
-                self._cache[name] = cached
-            if error is not None:
+            with self._lock:  # two threads may parse one change (the start's preload and a
+                current = self._cache.get(name)  # request): one keeps it, one line is logged
+                first = current is None or current.stamp != stamp
+                if current is None or first:
+                    self._cache[name] = cached
+                else:
+                    cached = current
+            if not first:
+                pass
+            elif error is not None:
                 log.error("machine file %s", error.message)
             elif machine is not None and machine.warning:
                 log.warning("machine file %s (served anyway; the machine will refuse it)",
