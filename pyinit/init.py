@@ -357,7 +357,7 @@ def step_provision(ctx: Context) -> None:
                 + (f", {res.checksum_verified} verified" if res.checksum_verified else ""))
 
 
-def _written(ctx: Context) -> Action | None:
+def _write_action(ctx: Context) -> Action | None:
     """The action when it wrote a disk (not a dry run), else None."""
     act = ctx.action
     if act is None or act.action != "writeImage" or act.dry_run:
@@ -368,7 +368,7 @@ def _written(ctx: Context) -> Action | None:
 def step_grow(ctx: Context) -> None:
     """growPartition/growDisk: the partition (GPT backup moved to the end), the LVM PV and LV,
     then the filesystem, online — with the target's own tools where it has them."""
-    act = _written(ctx)
+    act = _write_action(ctx)
     if act is None or not act.grows:
         return
     assert ctx.device is not None
@@ -393,7 +393,7 @@ def _target_root(ctx: Context, act: Action) -> str:
 def step_configure(ctx: Context) -> None:
     """The machine's identity in the target: network (its own format, matched by MAC),
     hostname, SSH keys, optionally a cloud-init NoCloud seed."""
-    act = _written(ctx)
+    act = _write_action(ctx)
     if act is None or not act.configures:
         return
     device = _target_root(ctx, act)
@@ -414,7 +414,7 @@ def step_configure(ctx: Context) -> None:
 def step_prepare(ctx: Context) -> None:
     """kexec: find the target's kernel, initrd(s) and command line (grub.cfg, BLS, /boot) and
     load them; switch_root: mount the target and check its init. Nothing irreversible here."""
-    act = _written(ctx)
+    act = _write_action(ctx)
     if act is None or act.drop_to_shell or act.finish not in ("kexec", "switch_root"):
         return
     device = _target_root(ctx, act)
@@ -607,7 +607,7 @@ def main() -> None:
 
 def _early_console() -> None:
     """stdio on /dev/console (the kernel already opens it when it exists; be sure)."""
-    rootfs.apply(rootfs.EARLY[:8])
+    rootfs.apply(rootfs.CONSOLE)
     if Path("/dev/console").exists():
         try:
             fd = os.open("/dev/console", os.O_RDWR | os.O_NOCTTY)

@@ -65,11 +65,16 @@ Op = Dir | Mount | DevNode | Symlink
 
 NOSUID_NODEV_NOEXEC = syscalls.MS_NOSUID | syscalls.MS_NODEV | syscalls.MS_NOEXEC
 
-EARLY: tuple[Op, ...] = (
+# What the console needs before anything is logged (init._early_console): the directories,
+# /proc, /sys and devtmpfs on /dev.
+CONSOLE: tuple[Op, ...] = (
     Dir("/dev"), Dir("/proc"), Dir("/sys"), Dir("/run"), Dir("/tmp", 0o1777),
     Mount("proc", "/proc", "proc", NOSUID_NODEV_NOEXEC),
     Mount("sysfs", "/sys", "sysfs", NOSUID_NODEV_NOEXEC),
     Mount("devtmpfs", "/dev", "devtmpfs", syscalls.MS_NOSUID, "mode=0755"),
+)
+EARLY: tuple[Op, ...] = (
+    *CONSOLE,
     # Fallback nodes for when devtmpfs lacks them (or is not configured).
     DevNode("/dev/null", "c", 1, 3), DevNode("/dev/zero", "c", 1, 5),
     DevNode("/dev/random", "c", 1, 8), DevNode("/dev/urandom", "c", 1, 9),
