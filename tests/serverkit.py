@@ -31,6 +31,13 @@ class ObservedServer(ProvisioningServer):
         self._stored: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
 
+    def start(self) -> ObservedServer:
+        super().start()
+        # the machine files parsed before a test edits them: a parse racing the test's own
+        # write would see the file half-written and count as a second change
+        self.preloaded.wait(30)
+        return self
+
     def observe(self, request: web.BaseRequest, status: int) -> None:
         with self._lock:  # before the answer leaves: a client that has it finds the record
             self._access.append({"method": request.method, "path": request.raw_path,

@@ -396,6 +396,7 @@ class ProvisioningServer:
         self.token: str | None = None  # the operator token, once started
         self.token_file: Path | None = None
         self.store: Store | None = None
+        self.preloaded = threading.Event()  # set once the start's parse of machines/ is done
         self._in_flight = 0  # requests in _dispatch (touched in the event loop only)
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -488,7 +489,10 @@ class ProvisioningServer:
 
     def _preload(self) -> None:
         started = time.monotonic()
-        files, errors = self.machines.preload()
+        try:
+            files, errors = self.machines.preload()
+        finally:
+            self.preloaded.set()
         log.info("machines: %d file(s) parsed in %.1f s%s", files, time.monotonic() - started,
                  f", {errors} with errors (above)" if errors else "")
 
