@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from pyinit_build import cpio, elf
+from pyinit import elf
+from pyinit_build import cpio
 from pyinit_qemu.vm import VM, Disk, ExpectTimeout, VMConfig, create_disk, guest_url
 from tests.serverkit import ObservedServer
 
