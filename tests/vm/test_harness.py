@@ -10,101 +10,43 @@ from __future__ import annotations
 
 import hashlib
 import json
-import lzma
 import os
-import shutil
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import pytest
 
-from pyinit import elf
-from pyinit_build import cpio
 from pyinit_qemu.vm import VM, Disk, ExpectTimeout, VMConfig, create_disk, guest_url
+from tests import busyboxrd, hostreq
 from tests.serverkit import ObservedServer
 
 pytestmark = pytest.mark.vm
 
 MAC = "52:54:00:12:34:56"
 BOOT_TIMEOUT = 120.0  # TCG on a slow, shared host
-# In dependency order; a module the kernel has built in is simply not found and skipped.
-NET_BLK_MODULES = ("virtio_ring", "virtio", "virtio_pci_legacy_dev", "virtio_pci_modern_dev",
-                   "virtio_pci", "failover", "net_failover", "virtio_net", "virtio_blk")
-
-
-# --------------------------------------------------------------------------------------------
-# A throwaway initramfs: busybox, an /init script, optional modules
-
-
-def build_initramfs(path: Path, init: str, busybox: Path, modules: Iterable[Path] = ()) -> Path:
-    """A newc cpio (uncompressed, pyinit_build's writer): /init, /bin/busybox, /dev/console and
-    /lib/modules/*.ko."""
-    entries = [cpio.directory(d) for d in ("bin", "dev", "proc", "sys", "lib", "lib/modules")]
-    entries += [cpio.chardev("dev/console", 5, 1), cpio.file("init", init.encode(), 0o755),
-                cpio.file("bin/busybox", busybox.read_bytes(), 0o755)]
-    for ko in modules:
-        data = ko.read_bytes()
-        if ko.name.endswith(".xz"):
-            data = lzma.decompress(data)
-        entries.append(cpio.file(f"lib/modules/{ko.name.split('.ko')[0]}.ko", data))
-    path.write_bytes(cpio.pack(entries, epoch=0))
-    return path
-
-
-def _is_static(path: Path) -> bool:
-    info = elf.read_info(path)
-    return info is not None and info.interp is None
 
 
 @pytest.fixture
 def busybox() -> Path:
-    found = os.environ.get("PYINIT_BUSYBOX") or shutil.which("busybox")
-    if not found or not _is_static(Path(found)):
-        pytest.skip("needs a static busybox ($PYINIT_BUSYBOX or busybox-static on PATH)")
-    return Path(found)
-
-
-def _modules_dir(kernel: Path) -> Path | None:
-    env = os.environ.get("PYINIT_MODULES")
-    if env:
-        return Path(env)
-    version = kernel.name.removeprefix("vmlinuz-")
-    candidates = [kernel.parent.parent / "lib" / "modules" / version]
-    if version == kernel.name:  # out/vmlinuz: any single version beside it
-        candidates += sorted((kernel.parent / "lib" / "modules").glob("*"))
-    return next((c for c in candidates if (c / "kernel").is_dir()), None)
+    try:
+        return busyboxrd.static_busybox()
+    except busyboxrd.Missing as exc:
+        hostreq.fail_or_skip(str(exc))
 
 
 def find_modules(kernel: Path, names: Iterable[str]) -> list[Path]:
-    moddir = _modules_dir(kernel)
-    if moddir is None:
-        pytest.skip(f"needs the modules of {kernel} ($PYINIT_MODULES or "
-                    "<prefix>/lib/modules/<version>)")
-    index = {p.name.split(".ko")[0]: p for p in moddir.rglob("*.ko*")}
-    builtin = (moddir / "modules.builtin").read_text() if (moddir / "modules.builtin").exists() \
-        else ""
-    found = []
-    for name in names:
-        if name in index:
-            found.append(index[name])
-        elif f"/{name}.ko" not in builtin:
-            pytest.skip(f"module {name} neither in {moddir} nor built in")
-    return found
-
-
-INIT_HEADER = """#!/bin/busybox sh
-/bin/busybox --install -s /bin
-mount -t proc proc /proc
-mount -t sysfs sys /sys
-mount -t devtmpfs dev /dev
-"""
+    try:
+        return busyboxrd.find_modules(kernel, names)
+    except busyboxrd.Missing as exc:
+        hostreq.fail_or_skip(str(exc))
 
 
 @pytest.fixture
 def initramfs(tmp_path: Path, busybox: Path) -> Callable[..., Path]:
     def make(body: str, modules: Iterable[Path] = ()) -> Path:
-        return build_initramfs(tmp_path / "initrd.cpio", INIT_HEADER + body, busybox, modules)
+        return busyboxrd.build(tmp_path / "initrd.cpio", busyboxrd.INIT_HEADER + body, busybox,
+                               modules)
     return make
 
 
@@ -151,7 +93,7 @@ def test_network_server_and_disk(vm_kernel: Path, initramfs: Callable[..., Path]
                                  boot_vm: Callable[..., VM], tmp_path: Path) -> None:
     """The guest reaches the host's server at 10.0.2.2 (slirp), with the configured MAC, and
     writes to the configured disk; the host checks the server's records and the disk after."""
-    modules = find_modules(vm_kernel, NET_BLK_MODULES)
+    modules = find_modules(vm_kernel, busyboxrd.NET_BLK_MODULES)
     root = tmp_path / "srv"
     (root / "machines").mkdir(parents=True)
     (root / "images").mkdir()
