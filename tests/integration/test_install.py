@@ -60,7 +60,7 @@ def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_installed_pyinit_initramfs(venv: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     text = run([str(venv / "bin/pyinit"), "initramfs", "--out", str(out), "--drivers", "listed",
-                "--cache", str(REPO / ".cache")], tmp_path, timeout=900)
+                "--zstd-level", "3", "--cache", str(REPO / ".cache")], tmp_path, timeout=900)
     manifest = json.loads((out / "manifest.json").read_text())
     assert (out / "initramfs.cpio.zst").stat().st_size > 1 << 20, text[-2000:]
     files = {f["path"] for f in manifest["files"]} if "files" in manifest else None
