@@ -18,33 +18,15 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import requests
 
-from pyinit import (
-    __version__,
-    coldplug,
-    disks,
-    grow,
-    handoff,
-    identity,
-    inventory,
-    kmod,
-    lldp,
-    log,
-    macaddr,
-    policy,
-    rootfs,
-    tls,
-)
-from pyinit.action import Action
-from pyinit.capture import capture_image
+from pyinit import __version__, coldplug, kmod, log, macaddr, policy, rootfs, tls
 from pyinit.cmdline import BootParams, IpConfig, failure_policy, mask_secrets, parse_cmdline
 from pyinit.errors import ConfigError, PyinitError
 from pyinit.events import ServerSink
 from pyinit.fetch import fetch_action, same_origin, server_base
-from pyinit.ginit import mount_root, run_entrypoint
-from pyinit.image import WriteRequest, wait_for_device, write_image
 from pyinit.network import (
     NetworkResult,
     StaticIP,
@@ -53,7 +35,13 @@ from pyinit.network import (
     nic_inventory_event,
     nic_inventory_lines,
 )
-from pyinit.target import mounted_target
+
+# What only the steps after the action fetch use is imported by those steps, when they run:
+# every module imported here is paid for before the first step, and under emulation that is
+# a tenth of a second or more per module (bench_boot; docs/initramfs.md "Boot time").
+if TYPE_CHECKING:
+    from pyinit import disks, grow, lldp
+    from pyinit.action import Action
 
 MODULES_LIST = Path("/etc/pyinit/modules")
 MODULES_ROOT = Path("/lib/modules")
@@ -212,9 +200,9 @@ def step_network(ctx: Context) -> None:
 
 def step_action(ctx: Context) -> None:
     """Fetch this machine's action by MAC and validate it before any disk is touched. The
-    server's event sink exists from here on, so the LLDP listener starts here and the hardware
-    inventory once the fetch is over, both in the background (:func:`start_lldp`,
-    :func:`start_inventory`)."""
+    server's event sink exists from here on, so the LLDP listener and the hardware inventory
+    start here once the fetch is over, both in the background (:func:`start_lldp`,
+    :func:`start_inventory`); switches send LLDP every 30 s, so nothing is missed."""
     if ctx.params.mode != "provision":
         return
     assert ctx.network is not None
@@ -224,10 +212,10 @@ def step_action(ctx: Context) -> None:
     log.add_sink(ctx.sink)
     for ev in ctx.early_events:  # emitted before the sink existed (the NIC inventory)
         ctx.sink(ev)
-    start_lldp(ctx)
     try:
         fetched = fetch_action(ctx.params, mac, session=ctx.session)
     finally:  # after the fetch, never competing with it for the CPU; after a failed one too
+        start_lldp(ctx)
         start_inventory(ctx)
     ctx.action = fetched.action
     ctx.summary["action_url"] = fetched.url
@@ -237,6 +225,8 @@ def step_action(ctx: Context) -> None:
 def start_lldp(ctx: Context) -> None:
     """The LLDP listener on every physical NIC (the down ones raised for its window): a daemon
     thread that mostly waits, posting each NIC's switch, port and VLAN (docs/inventory.md)."""
+    from pyinit import lldp
+
     listen = list_nics(SYSFS)
     if LLDP_SECONDS > 0 and listen:
         ctx.lldp_listener = lldp.Listener([n.name for n in listen],
@@ -247,6 +237,8 @@ def start_lldp(ctx: Context) -> None:
 def start_inventory(ctx: Context) -> None:
     """The hardware inventory (DMI, CPUs, memory, PCI, disks, NICs) in a daemon thread that
     posts one event. Never blocks and never fails the boot (docs/inventory.md)."""
+    from pyinit import inventory
+
     nics = ctx.network.nics if ctx.network is not None else ()
     drivers, timeout = ctx.background_drivers, ctx.params.disk_timeout
     ctx.hardware = inventory.start(sysfs=SYSFS, procfs=PROCFS, dev=DEV, nics=nics,
@@ -265,6 +257,8 @@ def stop_background(ctx: Context) -> None:
 def wait_for_drivers(ctx: Context) -> None:
     """Until the background coldplug has loaded every present device's driver (bounded by
     ``pyinit.disk_timeout``), then report storage controllers left without one."""
+    from pyinit import disks
+
     if ctx.background_drivers is None:
         return
     if not ctx.background_drivers.wait(ctx.params.disk_timeout):
@@ -284,6 +278,8 @@ def step_disks(ctx: Context) -> None:
     and the choice needs the action. The choice is made here, not in provision, so a hint that
     matches nothing fails this step with one line, before anything opens a disk, and a dry run
     still shows which disk it would have written."""
+    from pyinit import disks
+
     act = ctx.action
     if ctx.params.mode != "provision" or act is None:
         return
@@ -316,6 +312,9 @@ def step_disks(ctx: Context) -> None:
 
 def step_provision(ctx: Context) -> None:
     """Carry out the action: stream the image onto the disk, or capture the disk and upload it."""
+    from pyinit.capture import capture_image
+    from pyinit.image import WriteRequest, wait_for_device, write_image
+
     act = ctx.action
     if act is None:
         return
@@ -368,6 +367,8 @@ def _write_action(ctx: Context) -> Action | None:
 def step_grow(ctx: Context) -> None:
     """growPartition/growDisk: the partition (GPT backup moved to the end), the LVM PV and LV,
     then the filesystem, online — with the target's own tools where it has them."""
+    from pyinit import grow
+
     act = _write_action(ctx)
     if act is None or not act.grows:
         return
@@ -380,6 +381,8 @@ def step_grow(ctx: Context) -> None:
 def _target_root(ctx: Context, act: Action) -> str:
     """The written system's root device, found once (``rootPartition: auto`` may mount each
     candidate to look) for both configure and handoff."""
+    from pyinit import grow
+
     if ctx.target_root is not None:
         return ctx.target_root
     assert ctx.device is not None
@@ -393,6 +396,9 @@ def _target_root(ctx: Context, act: Action) -> str:
 def step_configure(ctx: Context) -> None:
     """The machine's identity in the target: network (its own format, matched by MAC),
     hostname, SSH keys, optionally a cloud-init NoCloud seed."""
+    from pyinit import identity
+    from pyinit.target import mounted_target
+
     act = _write_action(ctx)
     if act is None or not act.configures:
         return
@@ -414,6 +420,10 @@ def step_configure(ctx: Context) -> None:
 def step_prepare(ctx: Context) -> None:
     """kexec: find the target's kernel, initrd(s) and command line (grub.cfg, BLS, /boot) and
     load them; switch_root: mount the target and check its init. Nothing irreversible here."""
+    from pyinit import handoff
+    from pyinit.ginit import mount_root
+    from pyinit.target import mounted_target
+
     act = _write_action(ctx)
     if act is None or act.drop_to_shell or act.finish not in ("kexec", "switch_root"):
         return
@@ -439,6 +449,9 @@ def step_prepare(ctx: Context) -> None:
 def step_entrypoint(ctx: Context) -> None:
     """ginit mode: mount root= and run entrypoint= inside it, on the console; with
     ``pyinit.exec=1`` it becomes PID 1 instead (switch_root, done by the handoff step)."""
+    from pyinit import handoff
+    from pyinit.ginit import mount_root, run_entrypoint
+
     p = ctx.params
     if p.mode != "ginit" or p.root is None:
         return

@@ -155,9 +155,10 @@ class Rig:
             return real_capture(self.devmap(device), url, allow_regular_file=True, attempts=2,
                                 sleep=lambda s: None, **kw)
 
-        self.mp.setattr(init, "write_image", write)
-        self.mp.setattr(init, "capture_image", capture_image)
-        self.mp.setattr(init, "wait_for_device",
+        # the provision step imports these when it runs: patched where they live
+        self.mp.setattr(image, "write_image", write)
+        self.mp.setattr(capture, "capture_image", capture_image)
+        self.mp.setattr(image, "wait_for_device",
                         lambda dev, timeout: real_wait(self.devmap(dev), timeout))
         self.mp.setattr(policy, "apply", lambda pol, reason: self.policies.append(pol))
         ctx = init.Context()
