@@ -266,7 +266,7 @@ def open_socket(ifname: str) -> socket.socket:
 
 def set_link(ifname: str, up: bool) -> None:
     """Bring ``ifname`` up or down (netlink, pyroute2)."""
-    from pyroute2 import IPRoute
+    from pyinit.netlink import IPRoute
 
     with IPRoute() as ipr:
         index = ipr.link_lookup(ifname=ifname)

@@ -337,8 +337,7 @@ async def apply_address(ifname: str, address: str, prefixlen: int, gateway: str 
                         lifetime: int | None = None) -> None:
     """Put ``address/prefixlen`` on ``ifname`` (kernel lifetime ``lifetime`` s, or forever) and
     the default route via ``gateway``. Idempotent (``replace``)."""
-    from pyroute2 import AsyncIPRoute
-    from pyroute2.netlink.exceptions import NetlinkError
+    from pyinit.netlink import AsyncIPRoute, NetlinkError
 
     async with AsyncIPRoute() as ipr:
         index = await _ifindex(ipr, ifname)
@@ -354,7 +353,7 @@ async def apply_address(ifname: str, address: str, prefixlen: int, gateway: str 
                 if exc.code != errno.ENETUNREACH:
                     raise
                 # A router outside the leased subnet (RFC 3442 setups): reach it on-link.
-                from pyroute2.netlink.rtnl.rtmsg import RTNH_F_ONLINK
+                from pyinit.netlink import RTNH_F_ONLINK
 
                 await ipr.route("replace", dst="0.0.0.0/0", gateway=gateway, oif=index,
                                 flags=RTNH_F_ONLINK)
@@ -362,8 +361,7 @@ async def apply_address(ifname: str, address: str, prefixlen: int, gateway: str 
 
 async def remove_address(ifname: str, address: str, prefixlen: int) -> None:
     """Take ``address`` off ``ifname`` (the kernel drops the routes through it). Idempotent."""
-    from pyroute2 import AsyncIPRoute
-    from pyroute2.netlink.exceptions import NetlinkError
+    from pyinit.netlink import AsyncIPRoute, NetlinkError
 
     async with AsyncIPRoute() as ipr:
         try:
@@ -417,7 +415,7 @@ def _lease_time(seconds: int | None) -> str:
 
 @cache
 def _memory_lease_type() -> type:
-    from pyroute2.dhcp.leases import Lease
+    from pyinit.netlink import Lease
 
     class MemoryLease(Lease):  # type: ignore[misc]
         """A lease that is never written anywhere: the client keeps it, we copy it out."""
@@ -537,8 +535,7 @@ class DhcpThread:
             self._ready.set()
 
     async def _run(self) -> None:
-        from pyroute2.dhcp.client import AsyncDHCPClient, ClientConfig
-        from pyroute2.dhcp.hooks import Hook, Trigger
+        from pyinit.netlink import AsyncDHCPClient, ClientConfig, Hook, Trigger
 
         _quiet_pyroute2()
         self._loop = asyncio.get_running_loop()
@@ -594,9 +591,8 @@ class DhcpThread:
 
 
 def _quiet_pyroute2() -> None:
-    """Importing pyroute2 resets its logger to level 0 (pyroute2/config/log.py), undoing
-    ``pyinit.log.configure``; put it back to WARNING unless we are debugging."""
-    import pyroute2  # noqa: F401
+    """pyroute2's logger at WARNING unless we are debugging (its package __init__, which
+    pyinit.netlink does not run, would set level 0 and undo ``pyinit.log.configure``)."""
 
     logger = logging.getLogger("pyroute2")
     if logger.level == logging.NOTSET and logging.getLogger().getEffectiveLevel() > logging.DEBUG:
@@ -736,7 +732,7 @@ def create_links(ipr: Any, vlans: Sequence[VlanConfig], bonds: Sequence[BondConf
     existing link of the same name is reused (idempotent). Bonds first, so ``vlan=`` can sit
     on a bond. Needs the ``bonding`` and ``8021q`` modules (or built-ins).
     """
-    from pyroute2.netlink.exceptions import NetlinkError
+    from pyinit.netlink import NetlinkError
 
     deadline = time.monotonic() + timeout
 
@@ -844,7 +840,7 @@ def configure(
     if needed:
         (load_modules or load_link_modules)(needed)
     _quiet_pyroute2()
-    from pyroute2 import IPRoute
+    from pyinit.netlink import IPRoute
 
     with IPRoute() as ipr:
         created = create_links(ipr, vlans, bonds, timeout=carrier_timeout, sysfs=sysfs)
@@ -1073,9 +1069,8 @@ async def apply_address6(ifname: str, address: str, *, preferred: int, valid: in
     with systemd-networkd and NetworkManager), with the lease's lifetimes. Idempotent."""
     import socket
 
-    from pyroute2 import AsyncIPRoute
-
     from pyinit.dhcp6 import INFINITY
+    from pyinit.netlink import AsyncIPRoute
 
     async with AsyncIPRoute() as ipr:
         lft: dict[str, int] = {}
@@ -1208,7 +1203,7 @@ def configure_ipv6(nic: Nic, *, mode: str, timeout: float, resolv_conf: Path | N
                    t0: float | None = None, nics: tuple[Nic, ...] = ()) -> NetworkResult:
     """IPv6 on the chosen NIC (already up with carrier): sysctls checked, then
     :func:`wait_for_ipv6` over netlink. The MAC identity is the NIC's, as with IPv4."""
-    from pyroute2 import IPRoute
+    from pyinit.netlink import IPRoute
 
     t0 = time.monotonic() if t0 is None else t0
     fixed = ensure_ipv6_sysctls(nic.name, procfs)
