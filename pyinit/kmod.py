@@ -16,7 +16,6 @@ import fnmatch
 import functools
 import logging
 import os
-import re
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,6 @@ log = logging.getLogger("pyinit.kmod")
 
 COMPRESSED_SUFFIXES = (".ko.xz", ".ko.zst", ".ko.gz")
 _SUFFIXES = (*COMPRESSED_SUFFIXES, ".ko")
-_GLOB_START = re.compile(r"[*?\[]")
 
 
 class ModuleLoadError(PyinitError):
@@ -171,8 +169,7 @@ class AliasTable:
         out: dict[str, list[tuple[int, str, str]]] = {}
         for position, (pattern, module) in enumerate(self.entries):
             if ":" in pattern:
-                prefix = _GLOB_START.split(pattern, maxsplit=1)[0]
-                out.setdefault(prefix, []).append((position, pattern, module))
+                out.setdefault(_literal_prefix(pattern), []).append((position, pattern, module))
         return out
 
     def device_drivers(self) -> frozenset[str]:
@@ -182,13 +179,28 @@ class AliasTable:
                          if ":" in pattern and not pattern.startswith(("devname:", "fs-")))
 
 
+def _literal_prefix(pattern: str) -> str:
+    """The text before a glob's first ``*``, ``?`` or ``[`` (str.find: a regex per line of a
+    6,000-line table cost a tenth of a second at PID 1 under emulation)."""
+    cut = len(pattern)
+    for special in "*?[":
+        found = pattern.find(special, 0, cut)
+        if found >= 0:
+            cut = found
+    return pattern[:cut]
+
+
 def parse_modules_alias(text: str) -> AliasTable:
     """``alias <pattern> <module>`` lines; comments and junk are skipped. Pure."""
     entries: list[tuple[str, str]] = []
+    names: dict[str, str] = {}  # ~6,000 lines name ~1,000 modules: normalise each once
     for line in text.splitlines():
         parts = line.split()
         if len(parts) == 3 and parts[0] == "alias":
-            entries.append((parts[1], module_name(parts[2])))
+            name = names.get(parts[2])
+            if name is None:
+                name = names[parts[2]] = module_name(parts[2])
+            entries.append((parts[1], name))
     return AliasTable(tuple(entries))
 
 

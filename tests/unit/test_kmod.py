@@ -257,3 +257,23 @@ def test_load_builtin_and_missing_dep_file(tmp_path: Path, fake_kernel: FakeKern
                      proc_modules=tmp_path / "none") == []
     with pytest.raises(ConfigError, match=r"modules\.dep not found"):
         kmod.load(["x"], modules_root=tmp_path, release="other")
+
+
+@pytest.mark.parametrize(("pattern", "prefix"), [
+    ("pci:v00008086d000010D3sv*sd*bc*sc*i*", "pci:v00008086d000010D3sv"),
+    ("usb:v0BDAp8153d[2-9]*dc*", "usb:v0BDAp8153d"),
+    ("acpi*:PNP0A08:*", "acpi"),
+    ("virtio:d00000001v?", "virtio:d00000001v"),
+    ("scsi:t-0x00", "scsi:t-0x00"),  # no glob: the whole pattern
+    ("*", ""),
+])
+def test_literal_prefix_stops_at_the_first_glob_character(pattern: str, prefix: str) -> None:
+    assert kmod._literal_prefix(pattern) == prefix
+
+
+def test_alias_module_names_are_normalised_once_per_name() -> None:
+    table = kmod.parse_modules_alias("alias pci:v1* dm-mod\nalias pci:v2* dm-mod\n"
+                                     "alias fs-ext4 ext4\n# comment\nalias broken\n")
+    assert table.entries == (("pci:v1*", "dm_mod"), ("pci:v2*", "dm_mod"), ("fs-ext4", "ext4"))
+    assert table.index == {"pci:v1": [(0, "pci:v1*", "dm_mod")],
+                           "pci:v2": [(1, "pci:v2*", "dm_mod")]}
