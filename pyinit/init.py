@@ -24,7 +24,6 @@ import requests
 from pyinit import (
     __version__,
     coldplug,
-    disks,
     grow,
     handoff,
     identity,
@@ -40,6 +39,11 @@ from pyinit import (
 from pyinit.action import Action
 from pyinit.capture import capture_image
 from pyinit.cmdline import BootParams, IpConfig, failure_policy, mask_secrets, parse_cmdline
+from pyinit.disks.inventory import Disk, make_links, stable_links
+from pyinit.disks.inventory import inventory as disk_inventory
+from pyinit.disks.report import inventory_event, inventory_lines
+from pyinit.disks.selection import choose
+from pyinit.disks.settle import block_names, settle
 from pyinit.errors import ConfigError, PyinitError
 from pyinit.events import ServerSink
 from pyinit.fetch import fetch_action, same_origin, server_base
@@ -88,7 +92,7 @@ class Context:
     # by the last step, the point of no return. Everything that can fail early happened before.
     boot: Callable[[], object] | None = None
     boot_kind: str | None = None
-    inventory: list[disks.Disk] = field(default_factory=list)  # the disks, once taken
+    inventory: list[Disk] = field(default_factory=list)  # the disks, once taken
     # The action's disk resolved to /dev/<kernel name> (hints, by-id link, default rule): what
     # provision, grow, configure and handoff use, never the action's own field.
     device: str | None = None
@@ -271,7 +275,7 @@ def wait_for_drivers(ctx: Context) -> None:
         log.get_logger().warning(f"disks: drivers still loading after "
                                  f"{ctx.params.disk_timeout:.0f} s (pyinit.disk_timeout)")
     elif ctx.background_drivers.finished_at is not None:
-        ctx.block_baseline = (disks.block_names(SYSFS), ctx.background_drivers.finished_at)
+        ctx.block_baseline = (block_names(SYSFS), ctx.background_drivers.finished_at)
     report_unbound(ctx, "storage controller")
 
 
@@ -289,24 +293,23 @@ def step_disks(ctx: Context) -> None:
         return
     logger = log.get_logger()
     wait_for_drivers(ctx)
-    waited = disks.settle(SYSFS, timeout=ctx.params.disk_timeout, quiet=DISK_QUIET,
-                          baseline=ctx.block_baseline)
+    waited = settle(SYSFS, timeout=ctx.params.disk_timeout, quiet=DISK_QUIET,
+                    baseline=ctx.block_baseline)
     if not waited.settled:
         logger.warning(f"disks: still changing after {ctx.params.disk_timeout:.0f} s "
                        f"(pyinit.disk_timeout); USB storage pending: "
                        f"{', '.join(waited.pending) or 'none'}; taking the inventory as it is")
-    ctx.inventory = disks.inventory(SYSFS, DEV)
+    ctx.inventory = disk_inventory(SYSFS, DEV)
     min_size = act.size if act.action == "writeImage" else None
-    for line in disks.inventory_lines(ctx.inventory, min_size=min_size):
+    for line in inventory_lines(ctx.inventory, min_size=min_size):
         logger.info(f"disks: {line}")
     log.event("disks", "inventory", waited=waited.seconds,
-              **disks.inventory_event(ctx.inventory, min_size=min_size))
-    disks.make_links(disks.stable_links(ctx.inventory), DEV)
+              **inventory_event(ctx.inventory, min_size=min_size))
+    make_links(stable_links(ctx.inventory), DEV)
     capture = act.action == "readImage"
-    choice = disks.choose(ctx.inventory, device=act.source_device if capture
-                          else act.destination_device, hints=act.root_device_hints,
-                          min_size=min_size, allow_removable=act.allow_removable,
-                          capture=capture)
+    choice = choose(ctx.inventory, device=act.source_device if capture
+                    else act.destination_device, hints=act.root_device_hints,
+                    min_size=min_size, allow_removable=act.allow_removable, capture=capture)
     ctx.device = choice.device
     ctx.summary.update(disk=choice.device, disk_choice=choice.how)
     logger.info(f"disks: {'source' if capture else 'destination'} {choice.device} "

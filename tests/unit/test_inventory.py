@@ -16,7 +16,7 @@ from pyinit import init, inventory, lldp, log
 from pyinit.network import NetworkResult, list_nics
 from pyinit_server.server import MAX_EVENT_BYTES
 
-from .test_disks import FakeSys
+from .disks.fakes import FakeSys
 from .test_lldp import LLDPD_FRAME
 from .test_network import add_nic
 
