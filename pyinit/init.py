@@ -49,14 +49,9 @@ from pyinit.events import ServerSink
 from pyinit.fetch import fetch_action, same_origin, server_base
 from pyinit.ginit import mount_root, run_entrypoint
 from pyinit.image import WriteRequest, wait_for_device, write_image
-from pyinit.network import (
-    NetworkResult,
-    StaticIP,
-    configure,
-    list_nics,
-    nic_inventory_event,
-    nic_inventory_lines,
-)
+from pyinit.network.configure import StaticIP, configure
+from pyinit.network.links import list_nics, nic_inventory_event, nic_inventory_lines
+from pyinit.network.result import NetworkResult
 from pyinit.target import mounted_target
 
 MODULES_LIST = Path("/etc/pyinit/modules")

@@ -3,7 +3,7 @@
 In the spirit of ironic-python-agent's collectors: the system's DMI identity (vendor, product,
 serial, UUID, BIOS), the CPUs, the memory, the PCI devices with their IDs and bound drivers,
 and — reused, not read again — the disks (:func:`pyinit.disks.inventory.inventory`) and the
-NICs the network step saw (:func:`pyinit.network.nic_inventory_event`). See docs/inventory.md.
+NICs the network step saw (:func:`pyinit.network.links.nic_inventory_event`). See docs/inventory.md.
 
 Readers take their roots (``sysfs``, ``procfs``) so unit tests run on ``tmp_path`` trees; the
 parsing functions (:func:`parse_cpuinfo`, :func:`parse_meminfo`, :func:`smbios_memory`,
@@ -27,7 +27,7 @@ from pyinit import log
 from pyinit.disks.inventory import Disk, human_size
 from pyinit.disks.inventory import inventory as disk_inventory
 from pyinit.errors import PyinitError
-from pyinit.network import Nic, nic_inventory_event
+from pyinit.network.links import Nic, nic_inventory_event
 
 logger = log.get_logger("pyinit.inventory")
 

@@ -11,8 +11,9 @@ resolves a name under the reserved ``.invalid`` TLD through a patched ``getaddri
 leaves the machine. D02, D03, D05 and D06 run :func:`pyinit.disks.selection.select_disk` on a
 list of disks inside the runner (identical serials, USB sticks and mounts are easier to state as
 data); the other disk rows go through the ``disks`` step. ``vlan=``/``bond=`` rows run
-:func:`network.configure` with link lookups answered from the fake sysfs; creating a link would
-fail the test, and ``8021q``/``bonding`` are recorded, never loaded on the host.
+:func:`pyinit.network.configure.configure` with link lookups answered from the fake sysfs;
+creating a link would fail the test, and ``8021q``/``bonding`` are recorded, never loaded on the
+host.
 
 tests/vm/test_bad_inputs.py boots some rows for real and compares with :func:`doc_rows`.
 
@@ -44,11 +45,13 @@ from typing import Any
 import pytest
 import requests
 
-from pyinit import capture, fetch, image, init, log, network, policy
+from pyinit import capture, fetch, image, init, log, policy
 from pyinit.disks.hints import parse_hints
 from pyinit.disks.inventory import Disk
 from pyinit.disks.selection import select_disk
-from pyinit.network import DhcpThread, NetworkResult
+from pyinit.network.configure import configure
+from pyinit.network.dhcp4 import DhcpThread
+from pyinit.network.result import NetworkResult
 from pyinit.units import MIB
 from tests.faultserver import Faults, FaultServer
 from tests.serverkit import ObservedServer
@@ -56,7 +59,7 @@ from tests.tlsfixtures import TLSFiles, tls_files  # noqa: F401 - the fixture
 
 from .disks.fakes import FakeSys
 from .fakes import FakeClock
-from .test_network import add_nic, factory
+from .network.fakes import add_nic, factory
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "bad-inputs.md"
 MAC = "52:54:00:12:34:56"
@@ -211,7 +214,7 @@ class Rig:
             return DhcpThread(name, client_factory=factory(bind_after=None), **kw)
 
         self.network = functools.partial(
-            network.configure, sysfs=self.sysfs, resolv_conf=None, dhcp_factory=dhcp,
+            configure, sysfs=self.sysfs, resolv_conf=None, dhcp_factory=dhcp,
             load_modules=self.modules_wanted.extend)  # never the host's 8021q/bonding
 
     def normalise(self, line: str) -> str:

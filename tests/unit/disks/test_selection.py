@@ -188,7 +188,8 @@ def test_resolve_device_errors(machine: FakeSys, path: str, message: str) -> Non
 def test_choose(machine: FakeSys, device: str | None, hints: dict[str, object] | None,
                 kw: dict[str, object], path: str, how: str) -> None:
     got = selection.choose(inv(machine), device=device,
-                       hints=parse_hints(hints) if hints else None, **kw)  # type: ignore[arg-type]
+                           hints=parse_hints(hints) if hints else None,
+                           **kw)  # type: ignore[arg-type]
     assert (got.device, got.how) == (path, how)
 
 

@@ -47,7 +47,7 @@ def test_settle_is_bounded_and_names_pending_usb_storage(machine: FakeSys) -> No
     write_attr(iface / "host9" / "target9:0:0" / "9:0:0:0" / "block" / "sdd" / "size", "8")
     clock = Clock()
     assert settle(machine.sysfs, timeout=3, quiet=1.0, clock=clock,
-                        sleep=clock.sleep).settled
+                  sleep=clock.sleep).settled
 
 
 def test_settle_ignores_usb_storage_without_a_driver(machine: FakeSys) -> None:
@@ -63,7 +63,7 @@ def test_settle_counts_quiet_from_an_unchanged_baseline(machine: FakeSys) -> Non
     clock.now = 5.0
     before = (block_names(machine.sysfs), 2.0)
     got = settle(machine.sysfs, timeout=10, quiet=1.0, baseline=before, clock=clock,
-                       sleep=clock.sleep)
+                 sleep=clock.sleep)
     assert got.settled and got.seconds == 0
 
 
@@ -72,5 +72,5 @@ def test_settle_waits_when_the_baseline_differs(machine: FakeSys) -> None:
     clock.now = 5.0
     stale = (("vda",), 2.0)  # a disk appeared (or went) since: the quiet period starts now
     got = settle(machine.sysfs, timeout=10, quiet=1.0, baseline=stale, clock=clock,
-                       sleep=clock.sleep)
+                 sleep=clock.sleep)
     assert got.settled and got.seconds == pytest.approx(1.0, abs=0.15)
