@@ -25,7 +25,6 @@ from pyinit import (
     __version__,
     coldplug,
     grow,
-    handoff,
     identity,
     inventory,
     kmod,
@@ -37,6 +36,7 @@ from pyinit import (
     tls,
 )
 from pyinit.action import Action
+from pyinit.bootcfg.find import find_boot_entry
 from pyinit.capture import capture_image
 from pyinit.cmdline import BootParams, IpConfig, failure_policy, mask_secrets, parse_cmdline
 from pyinit.disks.inventory import Disk, make_links, stable_links
@@ -49,9 +49,11 @@ from pyinit.events import ServerSink
 from pyinit.fetch import fetch_action, same_origin, server_base
 from pyinit.ginit import mount_root, run_entrypoint
 from pyinit.image import WriteRequest, wait_for_device, write_image
+from pyinit.kexec import kexec_load, kexec_reboot
 from pyinit.network.configure import StaticIP, configure
 from pyinit.network.links import list_nics, nic_inventory_event, nic_inventory_lines
 from pyinit.network.result import NetworkResult
+from pyinit.switchroot import check_switch_root, exec_entrypoint, switch_root
 from pyinit.target import mounted_target
 
 MODULES_LIST = Path("/etc/pyinit/modules")
@@ -419,19 +421,18 @@ def step_prepare(ctx: Context) -> None:
     logger = log.get_logger()
     if act.finish == "kexec":
         with mounted_target(device, TARGET, binds=(), resolv_conf=None, read_only=True) as t:
-            entry = handoff.find_boot_entry(t.root)
+            entry = find_boot_entry(t.root)
             for note in entry.notes:
                 logger.warning(f"handoff: {note}")
             logger.info(f"handoff: kexec {entry.describe()}")
-            handoff.kexec_load(entry, t.root)
+            kexec_load(entry, t.root)
         ctx.summary["kexec"] = entry.kernel
-        ctx.boot, ctx.boot_kind = handoff.kexec_reboot, "kexec"
+        ctx.boot, ctx.boot_kind = kexec_reboot, "kexec"
         return
     mount_root(device, NEWROOT)
-    init = handoff.check_switch_root(NEWROOT, "/sbin/init")
+    init = check_switch_root(NEWROOT, "/sbin/init")
     logger.info(f"handoff: switch_root into {NEWROOT}, exec {init}")
-    ctx.boot, ctx.boot_kind = (lambda: handoff.switch_root(NEWROOT, "/sbin/init")), \
-        "switch_root"
+    ctx.boot, ctx.boot_kind = (lambda: switch_root(NEWROOT, "/sbin/init")), "switch_root"
 
 
 def step_entrypoint(ctx: Context) -> None:
@@ -443,8 +444,8 @@ def step_entrypoint(ctx: Context) -> None:
     mount_root(p.root, NEWROOT, fstype=p.rootfstype)
     if p.exec_entrypoint:
         argv = list(p.entrypoint)
-        handoff.check_switch_root(NEWROOT, argv[0])
-        ctx.boot = lambda: handoff.exec_entrypoint(NEWROOT, argv)
+        check_switch_root(NEWROOT, argv[0])
+        ctx.boot = lambda: exec_entrypoint(NEWROOT, argv)
         ctx.boot_kind = "exec"
         log.get_logger().info(f"entrypoint: {argv[0]} will run as PID 1 (pyinit.exec=1)")
         return
