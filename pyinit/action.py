@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import urljoin, urlsplit
 
-from pyinit.disks import Hints, parse_hints
+from pyinit.disks.hints import Hints, parse_hints
 from pyinit.errors import ConfigError
 
 ActionKind = Literal["writeImage", "readImage"]

@@ -59,7 +59,8 @@ from typing import Literal, Protocol
 import requests
 import zstandard
 
-from pyinit import disks, macaddr, parttable, syscalls
+from pyinit import macaddr, parttable, syscalls
+from pyinit.disks.usage import Usage, device_usage, kernel_name
 from pyinit.errors import ConfigError, DiskError, FetchError, ImageError, PyinitError
 from pyinit.fetch import USER_AGENT, auth_headers, backoff, tls_failure
 from pyinit.log import event, get_logger
@@ -215,7 +216,7 @@ def _read_text(path: Path) -> str | None:
         return None
 
 
-def source_conflict(usage: disks.Usage) -> str | None:
+def source_conflict(usage: Usage) -> str | None:
     """Why a disk with ``usage`` may not be captured (a read-write mount or swap on it, a
     partition of it or a device stacked on those; read-only mounts are fine), or None. Pure."""
     for use in usage.conflicts("read")[:1]:
@@ -228,7 +229,7 @@ def source_conflict(usage: disks.Usage) -> str | None:
 def check_source(device: str, *, allow_regular_file: bool = False, proc: Path = Path("/proc"),
                  sysfs: Path = Path("/sys")) -> bool:
     """Refuse a missing device, a non-block device and one that is written to while we read
-    (:func:`pyinit.disks.device_usage`). Returns True for a block device, False for an
+    (:func:`pyinit.disks.usage.device_usage`). Returns True for a block device, False for an
     (allowed) regular file."""
     try:
         st = os.stat(device)
@@ -238,8 +239,8 @@ def check_source(device: str, *, allow_regular_file: bool = False, proc: Path = 
         return False
     if not stat.S_ISBLK(st.st_mode):
         raise DiskError(device, "is not a block device")
-    name = disks.kernel_name(device, st.st_rdev, sysfs)
-    problem = source_conflict(disks.device_usage(name, sysfs=sysfs, proc=proc))
+    name = kernel_name(device, rdev=st.st_rdev, sysfs=sysfs)
+    problem = source_conflict(device_usage(name, sysfs=sysfs, proc=proc))
     if problem:
         raise DiskError(device, problem)
     return True

@@ -128,3 +128,7 @@ class MountError(PyinitError):
         self.target = target
         self.reason = reason
         super().__init__(f"mount {target}: {reason}")
+
+
+class HandoffError(PyinitError):
+    """kexec or switch_root cannot proceed; ``str()`` is the one line for the operator."""

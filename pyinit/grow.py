@@ -35,6 +35,7 @@ from typing import Any, Literal
 
 from pyinit import ginit, lvm, parttable, proc, syscalls
 from pyinit.action import Action
+from pyinit.disks.usage import kernel_name
 from pyinit.errors import CommandError, ConfigError, DiskError, MountError, PyinitError
 from pyinit.log import get_logger
 from pyinit.parttable import Partition, PartitionTable
@@ -56,16 +57,6 @@ def partition_path(disk: str, number: int) -> str:
     """``/dev/sda`` + 1 -> ``/dev/sda1``; ``/dev/nvme0n1`` + 1 -> ``/dev/nvme0n1p1``: the kernel
     puts a ``p`` between the two when the disk's name ends in a digit (``disk_name()``). Pure."""
     return f"{disk}p{number}" if disk[-1:].isdigit() else f"{disk}{number}"
-
-
-def kernel_name(disk: str, *, dev: Path = Path("/dev")) -> str:
-    """The kernel's name of a disk given as any path under /dev (``/dev/disk/by-id/…`` -> ``sda``).
-    """
-    host = dev / disk.removeprefix("/dev/")
-    try:
-        return Path(os.path.realpath(host)).relative_to(dev.resolve()).as_posix()
-    except ValueError:
-        return Path(disk).name
 
 
 def wait_for_partitions(disk: str, numbers: Iterable[int], *, timeout: float = 10.0,

@@ -64,7 +64,8 @@ import requests
 import urllib3.exceptions
 import zstandard
 
-from pyinit import disks, grow, syscalls
+from pyinit import grow, syscalls
+from pyinit.disks.usage import Usage, device_usage, kernel_name
 from pyinit.errors import (
     ChecksumMismatch,
     DiskError,
@@ -752,7 +753,7 @@ def _read(path: Path) -> str:
         return ""
 
 
-def destination_conflict(usage: disks.Usage) -> str | None:
+def destination_conflict(usage: Usage) -> str | None:
     """Why a disk with ``usage`` may not be written (every use refuses), or None. Pure."""
     for use in usage.conflicts("write")[:1]:
         if use.kind == "holder":
@@ -764,7 +765,7 @@ def destination_conflict(usage: disks.Usage) -> str | None:
 def check_destination(device: str, *, proc: Path = Path("/proc"), sysfs: Path = Path("/sys"),
                       allow_regular_file: bool = False) -> None:
     """Refuse anything but an existing block device that nothing mounts, swaps on or holds
-    (:func:`pyinit.disks.device_usage`). (Regular files are for tests, with
+    (:func:`pyinit.disks.usage.device_usage`). (Regular files are for tests, with
     ``allow_regular_file``.)"""
     try:
         st = os.stat(device)
@@ -776,8 +777,8 @@ def check_destination(device: str, *, proc: Path = Path("/proc"), sysfs: Path = 
         return
     if not stat.S_ISBLK(st.st_mode):
         raise DiskError(device, "is not a block device")
-    name = disks.kernel_name(device, st.st_rdev, sysfs)
-    problem = destination_conflict(disks.device_usage(name, sysfs=sysfs, proc=proc))
+    name = kernel_name(device, rdev=st.st_rdev, sysfs=sysfs)
+    problem = destination_conflict(device_usage(name, sysfs=sysfs, proc=proc))
     if problem:
         raise DiskError(device, problem)
 

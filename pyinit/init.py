@@ -27,21 +27,17 @@ from pyinit.cmdline import BootParams, IpConfig, failure_policy, mask_secrets, p
 from pyinit.errors import ConfigError, PyinitError
 from pyinit.events import ServerSink
 from pyinit.fetch import fetch_action, same_origin, server_base
-from pyinit.network import (
-    NetworkResult,
-    StaticIP,
-    configure,
-    list_nics,
-    nic_inventory_event,
-    nic_inventory_lines,
-)
+from pyinit.network.configure import StaticIP, configure
+from pyinit.network.links import list_nics, nic_inventory_event, nic_inventory_lines
+from pyinit.network.result import NetworkResult
 
 # What only the steps after the action fetch use is imported by those steps, when they run:
 # every module imported here is paid for before the first step, and under emulation that is
 # a tenth of a second or more per module (bench_boot; docs/initramfs.md "Boot time").
 if TYPE_CHECKING:
-    from pyinit import disks, grow, lldp
+    from pyinit import grow, lldp
     from pyinit.action import Action
+    from pyinit.disks.inventory import Disk
 
 MODULES_LIST = Path("/etc/pyinit/modules")
 MODULES_ROOT = Path("/lib/modules")
@@ -76,7 +72,7 @@ class Context:
     # by the last step, the point of no return. Everything that can fail early happened before.
     boot: Callable[[], object] | None = None
     boot_kind: str | None = None
-    inventory: list[disks.Disk] = field(default_factory=list)  # the disks, once taken
+    inventory: list[Disk] = field(default_factory=list)  # the disks, once taken
     # The action's disk resolved to /dev/<kernel name> (hints, by-id link, default rule): what
     # provision, grow, configure and handoff use, never the action's own field.
     device: str | None = None
@@ -257,7 +253,7 @@ def stop_background(ctx: Context) -> None:
 def wait_for_drivers(ctx: Context) -> None:
     """Until the background coldplug has loaded every present device's driver (bounded by
     ``pyinit.disk_timeout``), then report storage controllers left without one."""
-    from pyinit import disks
+    from pyinit.disks.settle import block_names
 
     if ctx.background_drivers is None:
         return
@@ -265,7 +261,7 @@ def wait_for_drivers(ctx: Context) -> None:
         log.get_logger().warning(f"disks: drivers still loading after "
                                  f"{ctx.params.disk_timeout:.0f} s (pyinit.disk_timeout)")
     elif ctx.background_drivers.finished_at is not None:
-        ctx.block_baseline = (disks.block_names(SYSFS), ctx.background_drivers.finished_at)
+        ctx.block_baseline = (block_names(SYSFS), ctx.background_drivers.finished_at)
     report_unbound(ctx, "storage controller")
 
 
@@ -278,31 +274,34 @@ def step_disks(ctx: Context) -> None:
     and the choice needs the action. The choice is made here, not in provision, so a hint that
     matches nothing fails this step with one line, before anything opens a disk, and a dry run
     still shows which disk it would have written."""
-    from pyinit import disks
+    from pyinit.disks.inventory import inventory as disk_inventory
+    from pyinit.disks.inventory import make_links, stable_links
+    from pyinit.disks.report import inventory_event, inventory_lines
+    from pyinit.disks.selection import choose
+    from pyinit.disks.settle import settle
 
     act = ctx.action
     if ctx.params.mode != "provision" or act is None:
         return
     logger = log.get_logger()
     wait_for_drivers(ctx)
-    waited = disks.settle(SYSFS, timeout=ctx.params.disk_timeout, quiet=DISK_QUIET,
-                          baseline=ctx.block_baseline)
+    waited = settle(SYSFS, timeout=ctx.params.disk_timeout, quiet=DISK_QUIET,
+                    baseline=ctx.block_baseline)
     if not waited.settled:
         logger.warning(f"disks: still changing after {ctx.params.disk_timeout:.0f} s "
                        f"(pyinit.disk_timeout); USB storage pending: "
                        f"{', '.join(waited.pending) or 'none'}; taking the inventory as it is")
-    ctx.inventory = disks.inventory(SYSFS, DEV)
+    ctx.inventory = disk_inventory(SYSFS, DEV)
     min_size = act.size if act.action == "writeImage" else None
-    for line in disks.inventory_lines(ctx.inventory, min_size=min_size):
+    for line in inventory_lines(ctx.inventory, min_size=min_size):
         logger.info(f"disks: {line}")
     log.event("disks", "inventory", waited=waited.seconds,
-              **disks.inventory_event(ctx.inventory, min_size=min_size))
-    disks.make_links(disks.stable_links(ctx.inventory), DEV)
+              **inventory_event(ctx.inventory, min_size=min_size))
+    make_links(stable_links(ctx.inventory), DEV)
     capture = act.action == "readImage"
-    choice = disks.choose(ctx.inventory, device=act.source_device if capture
-                          else act.destination_device, hints=act.root_device_hints,
-                          min_size=min_size, allow_removable=act.allow_removable,
-                          capture=capture)
+    choice = choose(ctx.inventory, device=act.source_device if capture
+                    else act.destination_device, hints=act.root_device_hints,
+                    min_size=min_size, allow_removable=act.allow_removable, capture=capture)
     ctx.device = choice.device
     ctx.summary.update(disk=choice.device, disk_choice=choice.how)
     logger.info(f"disks: {'source' if capture else 'destination'} {choice.device} "
@@ -420,8 +419,10 @@ def step_configure(ctx: Context) -> None:
 def step_prepare(ctx: Context) -> None:
     """kexec: find the target's kernel, initrd(s) and command line (grub.cfg, BLS, /boot) and
     load them; switch_root: mount the target and check its init. Nothing irreversible here."""
-    from pyinit import handoff
+    from pyinit.bootcfg.find import find_boot_entry
     from pyinit.ginit import mount_root
+    from pyinit.kexec import kexec_load, kexec_reboot
+    from pyinit.switchroot import check_switch_root, switch_root
     from pyinit.target import mounted_target
 
     act = _write_action(ctx)
@@ -431,26 +432,25 @@ def step_prepare(ctx: Context) -> None:
     logger = log.get_logger()
     if act.finish == "kexec":
         with mounted_target(device, TARGET, binds=(), resolv_conf=None, read_only=True) as t:
-            entry = handoff.find_boot_entry(t.root)
+            entry = find_boot_entry(t.root)
             for note in entry.notes:
                 logger.warning(f"handoff: {note}")
             logger.info(f"handoff: kexec {entry.describe()}")
-            handoff.kexec_load(entry, t.root)
+            kexec_load(entry, t.root)
         ctx.summary["kexec"] = entry.kernel
-        ctx.boot, ctx.boot_kind = handoff.kexec_reboot, "kexec"
+        ctx.boot, ctx.boot_kind = kexec_reboot, "kexec"
         return
     mount_root(device, NEWROOT)
-    init = handoff.check_switch_root(NEWROOT, "/sbin/init")
+    init = check_switch_root(NEWROOT, "/sbin/init")
     logger.info(f"handoff: switch_root into {NEWROOT}, exec {init}")
-    ctx.boot, ctx.boot_kind = (lambda: handoff.switch_root(NEWROOT, "/sbin/init")), \
-        "switch_root"
+    ctx.boot, ctx.boot_kind = (lambda: switch_root(NEWROOT, "/sbin/init")), "switch_root"
 
 
 def step_entrypoint(ctx: Context) -> None:
     """ginit mode: mount root= and run entrypoint= inside it, on the console; with
     ``pyinit.exec=1`` it becomes PID 1 instead (switch_root, done by the handoff step)."""
-    from pyinit import handoff
     from pyinit.ginit import mount_root, run_entrypoint
+    from pyinit.switchroot import check_switch_root, exec_entrypoint
 
     p = ctx.params
     if p.mode != "ginit" or p.root is None:
@@ -458,8 +458,8 @@ def step_entrypoint(ctx: Context) -> None:
     mount_root(p.root, NEWROOT, fstype=p.rootfstype)
     if p.exec_entrypoint:
         argv = list(p.entrypoint)
-        handoff.check_switch_root(NEWROOT, argv[0])
-        ctx.boot = lambda: handoff.exec_entrypoint(NEWROOT, argv)
+        check_switch_root(NEWROOT, argv[0])
+        ctx.boot = lambda: exec_entrypoint(NEWROOT, argv)
         ctx.boot_kind = "exec"
         log.get_logger().info(f"entrypoint: {argv[0]} will run as PID 1 (pyinit.exec=1)")
         return

@@ -2,8 +2,8 @@
 
 In the spirit of ironic-python-agent's collectors: the system's DMI identity (vendor, product,
 serial, UUID, BIOS), the CPUs, the memory, the PCI devices with their IDs and bound drivers,
-and — reused, not read again — the disks (:func:`pyinit.disks.inventory`) and the NICs the
-network step saw (:func:`pyinit.network.nic_inventory_event`). See docs/inventory.md.
+and — reused, not read again — the disks (:func:`pyinit.disks.inventory.inventory`) and the
+NICs the network step saw (:func:`pyinit.network.links.nic_inventory_event`). See docs/inventory.md.
 
 Readers take their roots (``sysfs``, ``procfs``) so unit tests run on ``tmp_path`` trees; the
 parsing functions (:func:`parse_cpuinfo`, :func:`parse_meminfo`, :func:`smbios_memory`,
@@ -23,9 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pyinit import disks, log
+from pyinit import log
+from pyinit.disks.inventory import Disk, human_size
+from pyinit.disks.inventory import inventory as disk_inventory
 from pyinit.errors import PyinitError
-from pyinit.network import Nic, nic_inventory_event
+from pyinit.network.links import Nic, nic_inventory_event
 
 logger = log.get_logger("pyinit.inventory")
 
@@ -229,9 +231,9 @@ def read_pci(sysfs: Path = Path("/sys")) -> tuple[list[dict[str, str | None]], i
     return out, len(slots)
 
 
-def disk_summary(found: Sequence[disks.Disk]) -> list[dict[str, Any]]:
-    """The inventory's view of :func:`pyinit.disks.inventory`: identity only (the ``disks``
-    step's event has the rest). Pure."""
+def disk_summary(found: Sequence[Disk]) -> list[dict[str, Any]]:
+    """The inventory's view of :func:`pyinit.disks.inventory.inventory`: identity only (the
+    ``disks`` step's event has the rest). Pure."""
     return [{"name": d.name, "size": d.size, "model": d.model, "serial": d.serial,
              "wwn": d.wwn, "rotational": d.rotational, "removable": d.removable,
              "transport": d.transport} for d in found]
@@ -275,7 +277,7 @@ class Inventory:
             parts.append(f"{self.cpus.count} CPUs ({self.cpus.model or 'model unknown'})")
         total = self.memory.get("total")
         if total:
-            parts.append(f"{disks.human_size(total)} memory")
+            parts.append(f"{human_size(total)} memory")
         parts.append(f"{self.pci_total} PCI devices, {len(self.disks)} disks, "
                      f"{len(self.nics)} NICs")
         return "; ".join(parts)
@@ -301,7 +303,7 @@ def collect(*, sysfs: Path = Path("/sys"), procfs: Path = Path("/proc"),
 
     def disk() -> None:
         if (sysfs / "block").is_dir():  # none at all: no block layer to list
-            inv.disks = disk_summary(disks.inventory(sysfs, dev, probe=False))
+            inv.disks = disk_summary(disk_inventory(sysfs, dev, probe=False))
 
     collectors: tuple[tuple[str, Callable[[], None]], ...] = (
         ("dmi", dmi), ("cpu", cpu), ("memory", memory), ("pci", pci), ("disks", disk))

@@ -4,8 +4,9 @@
 parallel runs never collide, links them with veth pairs and runs dnsmasq (dnsmasq-base) in the
 server namespace. ``Lab.run_client`` runs this module inside the client namespace
 (``ip netns exec``: a fresh /sys that shows that namespace's links), which calls
-:func:`pyinit.network.configure` and prints one JSON line. ``Lab.close`` kills every dnsmasq and
-deletes both namespaces, whatever happened before.
+:func:`pyinit.network.configure.configure` (its veth ends as the NICs: :func:`lab_nics`) and
+prints one JSON line. ``Lab.close`` kills every dnsmasq and deletes both namespaces, whatever
+happened before.
 
 No traffic leaves the namespaces.
 """
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from pyinit import proc
+from pyinit.network.links import Nic, list_links
 
 REPO = Path(__file__).resolve().parents[2]
 _serial = itertools.count()
@@ -32,6 +34,12 @@ _serial = itertools.count()
 
 def ip(*args: str) -> str:
     return proc.run(["ip", *args], timeout=20).stdout
+
+
+def lab_nics(sysfs: Path) -> list[Nic]:
+    """The client namespace's NICs for ``configure(nics=…)``: its veth ends, which sysfs shows as
+    virtual (no ``device`` link), so the default listing (physical NICs only) would find none."""
+    return list_links(sysfs)
 
 
 def stop_process(popen: subprocess.Popen[Any], grace: float = 5.0) -> None:
@@ -164,20 +172,21 @@ def lab_in(tmp: Path) -> Iterator[Lab]:
 
 def client_main(args: dict[str, Any]) -> dict[str, Any]:
     """Inside the client namespace: configure, then report (and optionally wait for renewals)."""
-    from pyinit import log, network
+    from pyinit import log
     from pyinit.cmdline import BondConfig, VlanConfig
     from pyinit.errors import NetworkError
+    from pyinit.network.configure import StaticIP, configure
 
     log.configure(debug=bool(args.get("debug")), console=sys.stderr)
     raw = args.get("static")
-    static = network.StaticIP(**{**raw, "dns": tuple(raw.get("dns", ()))}) if raw else None
+    static = StaticIP(**{**raw, "dns": tuple(raw.get("dns", ()))}) if raw else None
     t0 = time.monotonic()
     try:
-        result = network.configure(
+        result = configure(
             bootif=args.get("bootif"), static=static, device=args.get("device"),
             carrier_timeout=args.get("carrier_timeout", 10),
             lease_timeout=args.get("lease_timeout", 30),
-            resolv_conf=Path(args["resolv_conf"]), include_virtual=True,
+            resolv_conf=Path(args["resolv_conf"]), nics=lab_nics,
             vlans=[VlanConfig(**v) for v in args.get("vlans", ())],
             bonds=[BondConfig(**{**b, "slaves": tuple(b["slaves"])})
                    for b in args.get("bonds", ())])

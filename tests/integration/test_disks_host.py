@@ -1,6 +1,7 @@
-"""pyinit.disks against THIS host's real /sys, /dev and /proc (read-only): the inventory must not
-crash, must find the disk that holds ``/`` and mark it mounted, and must agree with util-linux
-``lsblk`` (an independent reader of the same sysfs) on size, rotational, removable and read-only.
+"""pyinit.disks against THIS host's real /sys, /dev and /proc (read-only): the inventory must
+not crash, must find the disk that holds ``/`` and mark it mounted, and must agree with
+util-linux ``lsblk`` (an independent reader of the same sysfs) on size, rotational, removable
+and read-only.
 """
 
 from __future__ import annotations
@@ -13,13 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from pyinit import disks
+from pyinit.disks.inventory import Disk, inventory
+from pyinit.disks.report import inventory_event, inventory_lines
+from pyinit.disks.selection import NoDiskError, refusals, select_disk
 from tests.hostreq import host_limit, need
 
 pytestmark = pytest.mark.integration
 
 
-def _root_disk(found: list[disks.Disk]) -> disks.Disk:
+def _root_disk(found: list[Disk]) -> Disk:
     st = os.stat("/")
     number = f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
     if os.major(st.st_dev) == 0:
@@ -34,19 +37,19 @@ def _root_disk(found: list[disks.Disk]) -> disks.Disk:
 
 
 def test_host_inventory_finds_the_root_disk() -> None:
-    found = disks.inventory(probe=False)
-    for line in disks.inventory_lines(found):
+    found = inventory(probe=False)
+    for line in inventory_lines(found):
         print(line)
     root = _root_disk(found)
     assert root.size > 0
     assert root.mounted, f"{root.name} holds / but is not marked mounted"
-    assert root.name not in {d.name for d in found if not disks.refusals(d)}
+    assert root.name not in {d.name for d in found if not refusals(d)}
     assert Path(root.path).exists()
-    json.dumps(disks.inventory_event(found))
+    json.dumps(inventory_event(found))
     # The default rule never picks the disk the host runs from.
     try:
-        chosen = disks.select_disk(found)
-    except disks.NoDiskError as exc:
+        chosen = select_disk(found)
+    except NoDiskError as exc:
         assert root.name in str(exc)
     else:
         assert chosen.name != root.name
@@ -59,7 +62,7 @@ def test_host_inventory_agrees_with_lsblk() -> None:
     out = subprocess.run([lsblk, "-J", "-b", "-d", "-o", "NAME,SIZE,ROTA,RM,RO"],
                          check=True, capture_output=True, text=True, timeout=30).stdout
     theirs = {d["name"]: d for d in json.loads(out)["blockdevices"]}
-    found = disks.inventory(probe=False)
+    found = inventory(probe=False)
     assert found, "no disks found"
     for disk in found:
         other = theirs[disk.name]

@@ -1,4 +1,4 @@
-"""IPv6 for the server URL (pyinit.network.configure(ipv6=…), pyinit.dhcp6) against real
+"""IPv6 for the server URL (pyinit.network.configure.configure(ipv6=…), pyinit.dhcp6) against real
 dnsmasq router advertisements and DHCPv6, in network namespaces (root only).
 
 The server namespace has ``fd00:77::1/64`` on a veth peer, dnsmasq sending RAs (``enable-ra``)
@@ -23,7 +23,7 @@ import pytest
 
 from pyinit import proc
 from tests.hostreq import need, need_root
-from tests.integration.netns_dhcp import Dnsmasq, Lab, ip, lab_in
+from tests.integration.netns_dhcp import Dnsmasq, Lab, ip, lab_in, lab_nics
 
 pytestmark = pytest.mark.integration
 
@@ -150,16 +150,17 @@ def client_main(args: dict[str, Any]) -> dict[str, Any]:
     """Inside the client namespace: configure(ipv6=…), then fetch ``url`` over it."""
     import requests
 
-    from pyinit import log, network
+    from pyinit import log
     from pyinit.errors import NetworkError
+    from pyinit.network.configure import configure
 
     log.configure(debug=bool(args.get("debug")), console=sys.stderr)
     t0 = time.monotonic()
     try:
-        result = network.configure(
+        result = configure(
             bootif=None, static=None, ipv6=args["ipv6"], carrier_timeout=10,
             lease_timeout=args.get("lease_timeout", 30),
-            resolv_conf=Path(args["resolv_conf"]), include_virtual=True)
+            resolv_conf=Path(args["resolv_conf"]), nics=lab_nics)
     except NetworkError as exc:
         return {"ok": False, "error": str(exc), "type": type(exc).__name__,
                 "elapsed": time.monotonic() - t0}

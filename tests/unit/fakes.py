@@ -1,6 +1,8 @@
-"""Shared fakes for unit tests."""
+"""Shared fakes and helpers for unit tests."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 
 class FakeClock:
@@ -16,3 +18,14 @@ class FakeClock:
     def sleep(self, seconds: float) -> None:
         self.sleeps.append(seconds)
         self.now += seconds
+
+
+def write(root: Path, rel: str, data: str | bytes = "x") -> Path:
+    """``rel`` under ``root`` with ``data`` (directories made as needed)."""
+    path = root / rel.lstrip("/")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(data, bytes):
+        path.write_bytes(data)
+    else:
+        path.write_text(data)
+    return path

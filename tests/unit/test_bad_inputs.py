@@ -8,11 +8,12 @@ mounts (``rootfs.apply``), no modules, ``/proc/cmdline`` from a file, the NICs f
 action fetch's retries, and a recorder instead of reboot(2). Servers are real and in-process
 (:class:`ObservedServer`, :class:`tests.faultserver.FaultServer`) on 127.0.0.1; the DNS row
 resolves a name under the reserved ``.invalid`` TLD through a patched ``getaddrinfo``, so nothing
-leaves the machine. D02, D03, D05 and D06 run :func:`pyinit.disks.select_disk` on a list of
-disks inside the runner (identical serials, USB sticks and mounts are easier to state as data);
-the other disk rows go through the ``disks`` step. ``vlan=``/``bond=`` rows run
-:func:`network.configure` with link lookups answered from the fake sysfs; creating a link would
-fail the test, and ``8021q``/``bonding`` are recorded, never loaded on the host.
+leaves the machine. D02, D03, D05 and D06 run :func:`pyinit.disks.selection.select_disk` on a
+list of disks inside the runner (identical serials, USB sticks and mounts are easier to state as
+data); the other disk rows go through the ``disks`` step. ``vlan=``/``bond=`` rows run
+:func:`pyinit.network.configure.configure` with link lookups answered from the fake sysfs;
+creating a link would fail the test, and ``8021q``/``bonding`` are recorded, never loaded on the
+host.
 
 tests/vm/test_bad_inputs.py boots some rows for real and compares with :func:`doc_rows`.
 
@@ -44,17 +45,22 @@ from typing import Any
 import pytest
 import requests
 
-from pyinit import capture, disks, fetch, image, init, log, network, policy
-from pyinit.disks import Disk
-from pyinit.network import DhcpThread, NetworkResult
+from pyinit import capture, fetch, image, init, log, policy
+from pyinit.disks import settle as disk_settle
+from pyinit.disks.hints import parse_hints
+from pyinit.disks.inventory import Disk
+from pyinit.disks.selection import select_disk
+from pyinit.network.configure import configure
+from pyinit.network.dhcp4 import DhcpThread
+from pyinit.network.result import NetworkResult
 from pyinit.units import MIB
 from tests.faultserver import Faults, FaultServer
 from tests.serverkit import ObservedServer
 from tests.tlsfixtures import TLSFiles, tls_files  # noqa: F401 - the fixture
 
+from .disks.fakes import FakeSys
 from .fakes import FakeClock
-from .test_disks import FakeSys
-from .test_network import add_nic, factory
+from .network.fakes import add_nic, factory
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "bad-inputs.md"
 MAC = "52:54:00:12:34:56"
@@ -133,7 +139,7 @@ class Rig:
         self.mp.setattr(init, "DEVICE_TIMEOUT", 0.3)
         self.mp.setattr(init, "SYSFS", self.sysfs)  # the disks step: never the host's
         self.mp.setattr(init, "DEV", self.tmp / "dev")
-        self.mp.setattr(disks, "settle", functools.partial(disks.settle, quiet=0.0))
+        self.mp.setattr(disk_settle, "settle", functools.partial(disk_settle.settle, quiet=0.0))
         self.mp.setattr(init, "configure", self.network or self._ready_network)
         self.mp.setattr(init, "fetch_action", functools.partial(
             fetch.fetch_action, clock=clock, sleep=clock.sleep))
@@ -210,7 +216,7 @@ class Rig:
             return DhcpThread(name, client_factory=factory(bind_after=None), **kw)
 
         self.network = functools.partial(
-            network.configure, sysfs=self.sysfs, resolv_conf=None, dhcp_factory=dhcp,
+            configure, sysfs=self.sysfs, resolv_conf=None, dhcp_factory=dhcp,
             load_modules=self.modules_wanted.extend)  # never the host's 8021q/bonding
 
     def normalise(self, line: str) -> str:
@@ -606,17 +612,17 @@ ROWS: tuple[Row, ...] = (
              "rootDeviceHints": {"serial": "NOPE"}})),
     Row("D02", "disk hint matching two disks (same serial)", "disks",
         r"^disk selection: rootDeviceHints .* name one disk but match 2",
-        pure("disks", lambda: disks.select_disk(
-            [SDA, SDB], disks.parse_hints({"serial": "S45NNA0M"})))),
+        pure("disks", lambda: select_disk(
+            [SDA, SDB], parse_hints({"serial": "S45NNA0M"})))),
     Row("D03", "only a removable USB stick", "disks", r"removable \(usb\)",
-        pure("disks", lambda: disks.select_disk([USB]))),
+        pure("disks", lambda: select_disk([USB]))),
     Row("D04", "the only disk is too small for the image (`size`, no device named)", "disks",
         r"^disk selection: no usable disk: vdb \(4 MiB\) too small for the image",
         act({"action": "writeImage", "sourceImage": IMG, "size": 8 * MIB})),
     Row("D05", "the only disk has a mounted partition", "disks", r"mounted: /dev/nvme0n1p1",
-        pure("disks", lambda: disks.select_disk([MOUNTED]))),
+        pure("disks", lambda: select_disk([MOUNTED]))),
     Row("D06", "no disk at all (storage driver missing)", "disks", r"no disks found",
-        pure("disks", lambda: disks.select_disk([]))),
+        pure("disks", lambda: select_disk([]))),
     Row("D07", "unknown hint key (`serail`)", "action", r"^rootDeviceHints.serail: unknown hint",
         act({"action": "writeImage", "sourceImage": IMG, "rootDeviceHints": {"serail": "x"}})),
     Row("D08", "size hint with the ambiguous `=` operator", "action",

@@ -24,7 +24,7 @@ import pytest
 import requests
 import zstandard
 
-from pyinit import capture, disks, log
+from pyinit import capture, log
 from pyinit.capture import (
     CaptureResult,
     ReadRange,
@@ -36,6 +36,7 @@ from pyinit.capture import (
     plan_reads,
     upload_filename,
 )
+from pyinit.disks.usage import device_usage
 from pyinit.errors import ConfigError, DiskError, FetchError, ImageError
 from pyinit.parttable import parse
 from tests.serverkit import ObservedServer
@@ -186,7 +187,7 @@ def test_source_conflict(tmp_path: Path, fake_sys: Path, mounts: str, mountinfo:
     (proc / "self" / "mounts").write_text(mounts)
     (proc / "self" / "mountinfo").write_text(mountinfo)
     (proc / "swaps").write_text("Filename Type Size Used Priority\n" + swaps)
-    usage = disks.device_usage("sda", sysfs=fake_sys, proc=proc)
+    usage = device_usage("sda", sysfs=fake_sys, proc=proc)
     assert capture.source_conflict(usage) == (busy and busy + BUSY)
 
 
@@ -194,9 +195,9 @@ def test_source_conflict_without_sysfs_uses_partition_names(tmp_path: Path) -> N
     (tmp_path / "self").mkdir()
     (tmp_path / "self" / "mounts").write_text("/dev/nvme0n1p2 / ext4 rw 0 0\n")
     kwargs: dict[str, Any] = dict(proc=tmp_path, sysfs=tmp_path / "nosys")
-    assert capture.source_conflict(disks.device_usage("nvme0n1", **kwargs)) == \
+    assert capture.source_conflict(device_usage("nvme0n1", **kwargs)) == \
         "/dev/nvme0n1p2 is mounted read-write on /" + BUSY
-    assert capture.source_conflict(disks.device_usage("nvme0n", **kwargs)) is None
+    assert capture.source_conflict(device_usage("nvme0n", **kwargs)) is None
 
 
 def test_check_source(tmp_path: Path) -> None:

@@ -47,14 +47,6 @@ def test_partition_path(disk: str, expected: str) -> None:
     assert grow.partition_path(disk, 12) == expected[:-1] + "12"
 
 
-def test_kernel_name_follows_links_under_dev(tmp_path: Path) -> None:
-    (tmp_path / "nvme0n1").write_text("")
-    (tmp_path / "disk" / "by-id").mkdir(parents=True)
-    (tmp_path / "disk" / "by-id" / "nvme-X").symlink_to("../../nvme0n1")
-    assert grow.kernel_name("/dev/disk/by-id/nvme-X", dev=tmp_path) == "nvme0n1"
-    assert grow.kernel_name("/dev/sda", dev=tmp_path) == "sda"
-
-
 def _kernel_shows(dev: Path, sysfs: Path, disk: str, part: str) -> None:
     (sysfs / "class" / "block" / disk / part).mkdir(parents=True, exist_ok=True)
     (dev / part).write_text("")

@@ -15,8 +15,9 @@ from typing import Any
 
 import pytest
 
-from pyinit import handoff, init, log, policy
+from pyinit import init, log, policy
 from pyinit.action import parse_action
+from pyinit.errors import HandoffError
 
 KEXEC_ERROR = ("reboot(LINUX_REBOOT_CMD_KEXEC): Operation not permitted (the kernel was "
                "loaded; filesystems are already unmounted)")
@@ -75,7 +76,7 @@ def test_kexec_that_fails_at_the_last_call_reports_the_handoff_step(
 
     def kexec_reboot() -> None:
         calls.append("kexec")
-        raise handoff.HandoffError(KEXEC_ERROR)
+        raise HandoffError(KEXEC_ERROR)
 
     def prepare(ctx: init.Context) -> None:
         ctx.boot, ctx.boot_kind = kexec_reboot, "kexec"

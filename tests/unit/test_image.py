@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import zstandard
 
-from pyinit.disks import Family, Holder, Partition, disk_usage
+from pyinit.disks.usage import Family, Holder, Partition, disk_usage
 from pyinit.errors import DiskError, FetchError, ImageError
 from pyinit.image import (
     EOF,

@@ -13,12 +13,13 @@ from typing import Any
 import pytest
 
 from pyinit import init, inventory, lldp, log
-from pyinit.network import NetworkResult, list_nics
+from pyinit.network.links import list_nics
+from pyinit.network.result import NetworkResult
 from pyinit_server.server import MAX_EVENT_BYTES
 
-from .test_disks import FakeSys
+from .disks.fakes import FakeSys
+from .network.fakes import add_nic
 from .test_lldp import LLDPD_FRAME
-from .test_network import add_nic
 
 GIB = 1 << 30
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pyinit import handoff, mounts, rootfs
+from pyinit import mounts, rootfs, switchroot
 
 TEXT = (
     "proc /proc proc rw,nosuid 0 0\n"
@@ -27,5 +27,5 @@ def test_every_reader_agrees(tmp_path: Path) -> None:
     path.write_text(TEXT)
     targets = {"/proc", "/mnt/a b", "/mnt/tab\tnl\nbs\\"}
     assert rootfs.mounted_targets(path) == targets  # was: only \040 unescaped
-    assert {t for t, _ in handoff.read_mounts(path)} == targets
+    assert {t for t, _ in switchroot.read_mounts(path)} == targets
     assert mounts.read(tmp_path / "absent") == []

@@ -11,12 +11,13 @@ from typing import Any
 
 import pytest
 
-from pyinit import disks, init, log
+from pyinit import init, log
 from pyinit.action import parse_action
 from pyinit.cmdline import parse_cmdline
+from pyinit.disks import inventory as disk_inventory
 from pyinit.errors import DiskError
 
-from .test_disks import GIB, FakeSys
+from .disks.fakes import GIB, FakeSys
 
 WRITE = {"action": "writeImage", "sourceImage": "http://10.0.2.2/demo.img"}
 
@@ -47,8 +48,9 @@ def machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeSys:
     monkeypatch.setattr(init, "DEV", tmp_path / "dev")
     monkeypatch.setattr(init, "DISK_QUIET", 0.0)
     # nothing mounted: not this host's /proc/self/mounts
-    monkeypatch.setattr(disks, "inventory", functools.partial(
-        disks.inventory, mounts_text="", mountinfo_text="", swaps_text=""))
+    # (the disks step imports it when it runs: patched where it lives)
+    monkeypatch.setattr(disk_inventory, "inventory", functools.partial(
+        disk_inventory.inventory, mounts_text="", mountinfo_text="", swaps_text=""))
     return m
 
 
