@@ -9,6 +9,21 @@ are reported too, so noise shows.
     write_sparse_ratio  2 GiB, ~30 % data / 70 % zero runs, zstd -3:  python -m pyinit.image
                         / curl -sf URL | zstd -dc | dd of=DEV bs=4M iflag=fullblock oflag=direct
                         conv=fsync                                             target <= 0.40
+                        Destination: the loop device below (over ext4 here), where pyinit's
+                        BLKZEROOUT is offloaded (a cheap fallocate ZERO_RANGE of the backing
+                        file) while dd writes real zeros: optimistic for disks without a
+                        write-zeroes offload. The details say how it zeroed (same probe).
+    write_sparse_nooffload_ratio
+                        the same two, same image, onto a destination where zeroing is real: a
+                        loop device over a file on a tmpfs the bench mounts (RAM). tmpfs has no
+                        FALLOC_FL_ZERO_RANGE, so the loop driver drops its write-zeroes limit at
+                        the first BLKZEROOUT and the kernel writes zero pages. Established, not
+                        assumed: a first BLKZEROOUT must take queue/write_zeroes_max_bytes to 0
+                        and grow the backing file's allocation by its length; after every run
+                        the limit must still be 0, and after pyinit's the backing file must be
+                        fully allocated (zero runs written as zero pages, not holes) and pyinit
+                        must not report the zeroing as offloaded. Otherwise the figure is
+                        reported as not measured.                              target <= 1.0
     write_dense_ratio   1 GiB of random data, zstd -3: the same two            target <= 1.05
     write_peak_rss_mb   peak RSS (GNU time %M) of the writer on a 20 GiB, ~1 % data image, in
                         10^6 bytes; also shown for the 2 GiB and 1 GiB runs    target <= 100
@@ -17,8 +32,9 @@ are reported too, so noise shows.
                                                                                target <= 0.6
 
 Real peers: images are served by nginx (sendfile, loopback, access log off) from a generated
-config; the disk is a loop device (direct I/O) over a sparse file under ``.cache/bench``; uploads
-go to ``pyinit serve``'s ``PUT /images/<name>``.
+config; the disk is a loop device (direct I/O) over a sparse file under ``.cache/bench`` (and, for
+the no-offload figure, one over a file on a tmpfs mounted under the run's temp dir, released
+after that figure); uploads go to ``pyinit serve``'s ``PUT /images/<name>``.
 
 Fairness, decided once for both sides:
 - Before every write run (baseline and pyinit alike) the destination range is overwritten with
@@ -62,6 +78,7 @@ import http.client
 import json
 import os
 import platform
+import re
 import shlex
 import shutil
 import signal
@@ -91,6 +108,7 @@ HUGE = ImageSpec("huge", 20 * GiB, 0.01, seed=3)
 
 TARGETS = {
     "write_sparse_ratio": 0.40,
+    "write_sparse_nooffload_ratio": 1.0,
     "write_dense_ratio": 1.05,
     "write_peak_rss_mb": 100.0,
     "capture_ratio": 0.6,
@@ -98,6 +116,7 @@ TARGETS = {
 WRITE_TIMEOUT = 300.0
 HUGE_TIMEOUT = 600.0
 CAPTURE_TIMEOUT = 300.0
+PROBE_BYTES = 256 * MiB  # the BLKZEROOUT that shows how a destination zeroes
 
 
 def say(msg: str) -> None:
@@ -120,10 +139,12 @@ class Figure:
     error: str | None = None  # could not run
     skipped: bool = False  # not selected with --only
     wrong: str | None = None  # ran, result incorrect
+    not_measured: str | None = None  # the destination is not what the figure claims
     extra: dict[str, Any] = field(default_factory=dict)
 
     def finish_ratio(self) -> None:
-        if self.baseline_s and self.pyinit_s and not (self.error or self.wrong):
+        if self.baseline_s and self.pyinit_s and not (self.error or self.wrong
+                                                      or self.not_measured):
             self.value = round(statistics.median(self.pyinit_s)
                                / statistics.median(self.baseline_s), 3)
             self.extra["ratio_of_minima"] = round(min(self.pyinit_s) / min(self.baseline_s), 3)
@@ -134,6 +155,8 @@ class Figure:
             return "WRONG"
         if self.skipped:
             return "skipped"
+        if self.not_measured:
+            return "not measured"
         if self.error or self.value is None:
             return "n/a"
         return "ok" if self.value <= self.target else "MISS"
@@ -150,6 +173,8 @@ class Figure:
             out["error"] = self.error
         if self.wrong:
             out["wrong"] = self.wrong
+        if self.not_measured:
+            out["not_measured"] = self.not_measured
         out.update(self.extra)
         return out
 
@@ -258,6 +283,26 @@ def pyinit_json(run: Run, who: str) -> dict[str, Any]:
     return value
 
 
+class NotMeasured(BenchError):
+    """The destination does not zero the way the figure says: the figure is not reported."""
+
+
+_WRITING = re.compile(r"provision: writing \S+ to (\S+) \((.*)\)\s*$")
+
+
+def pyinit_destination(run: Run) -> str | None:
+    """What ``python -m pyinit.image`` logged about its destination: size, O_DIRECT or buffered,
+    and how it zeroes (``zero runs via BLKZEROOUT, offloaded to the device`` / ``..., the kernel
+    writes the zeros``), plus its warning if BLKZEROOUT failed and it fell back to write()."""
+    found = None
+    for line in run.stderr.splitlines():
+        if m := _WRITING.search(line):
+            found = m.group(2)
+        elif "BLKZEROOUT unsupported" in line:
+            found = f"{found}; {line.split('provision: ', 1)[-1]}"
+    return found
+
+
 def check_rc(run: Run, who: str, *, measured: bool) -> None:
     if run.returncode == 0:
         return
@@ -273,7 +318,10 @@ def alternate(reps: int) -> Iterator[tuple[int, str]]:
             yield i, who
 
 
-def measure_write(b: Bench, fig: Figure, image: Image, loop: Loop) -> None:
+def measure_write(b: Bench, fig: Figure, image: Image, loop: Loop,
+                  check: Callable[[str, Run], None] | None = None) -> None:
+    """``check(who, run)``: called after every run, before the verification (the no-offload
+    figure's evidence that zeroing stayed real)."""
     url = b.serve_image(image)
     rss: list[float] = []
     baseline_verified = False
@@ -287,17 +335,76 @@ def measure_write(b: Bench, fig: Figure, image: Image, loop: Loop) -> None:
         else:
             r = b.measured(b.pyinit_write(url, loop.device, image), WRITE_TIMEOUT)
             check_rc(r, "python -m pyinit.image", measured=True)
-            fig.extra["pyinit_result"] = pyinit_json(r, "python -m pyinit.image")
+            result = fig.extra["pyinit_result"] = pyinit_json(r, "python -m pyinit.image")
             fig.pyinit_s.append(r.seconds)
             rss.append(mb(r.max_rss_kib))
+            # its own clock (open to last fsync): the rest of the wall time is start-up
+            if isinstance(result.get("seconds"), (int, float)):
+                fig.extra.setdefault("pyinit_internal_s", []).append(round(result["seconds"], 3))
+            said = pyinit_destination(r)
+            if said not in fig.extra.setdefault("pyinit_destination", []):
+                fig.extra["pyinit_destination"].append(said)
         fig.extra.setdefault(f"{who}_cpu_s", []).append(round(r.cpu_seconds, 2))
         say(f"bench: {fig.name} rep {i + 1}/{b.reps} {who:8} {r.seconds:7.2f} s "
             f"(cpu {r.cpu_seconds:.1f} s, max rss {mb(r.max_rss_kib)} MB)")
+        if check is not None:
+            check(who, r)
         if who == "pyinit" or not baseline_verified:
             b.verify_device(loop, image, f"{who} write")
             baseline_verified = baseline_verified or who == "baseline"
     fig.extra["pyinit_max_rss_mb"] = max(rss) if rss else None
     fig.finish_ratio()
+
+
+def zeroing_note(probe: harness.ZeroProbe) -> str:
+    """How the destination zeroes, in one line, from what a first BLKZEROOUT did to it."""
+    what = (f"a {probe.length >> 20} MiB BLKZEROOUT took {probe.seconds:.3f} s; "
+            f"queue/write_zeroes_max_bytes {probe.limit_before} before it, "
+            f"{probe.limit_after} after; backing file allocation "
+            f"{probe.allocated_before >> 20} -> {probe.allocated_after >> 20} MiB")
+    if probe.limit_after:
+        return (f"offloaded: {what} (the loop driver turns write-zeroes into fallocate "
+                "ZERO_RANGE on the backing file: no zeros are written)")
+    return (f"real: {what} (no write-zeroes offload: the kernel writes zero pages)")
+
+
+def destination(loop: Loop, where: str) -> str:
+    return (f"{loop.device}: loop device (direct I/O {'on' if loop.direct_io else 'OFF'}) over "
+            f"a {loop.size >> 20} MiB file on {harness.fs_type(loop.backing)} ({where}); both "
+            "sides open it O_DIRECT")
+
+
+def no_offload_problem(probe: harness.ZeroProbe) -> str | None:
+    """Why ``probe`` does not show real zeroing, or None."""
+    if probe.limit_after is None:
+        return "sysfs does not say whether the loop device offloads write-zeroes"
+    if probe.limit_after > 0:
+        return (f"the loop device still advertises write-zeroes after a BLKZEROOUT "
+                f"(queue/write_zeroes_max_bytes {probe.limit_after}): zeroing may be offloaded")
+    grown = probe.allocated_after - probe.allocated_before
+    if grown < probe.length:
+        return (f"a {probe.length}-byte BLKZEROOUT grew the backing file's allocation by only "
+                f"{grown} bytes: the zeros were not written as data")
+    return None
+
+
+def no_offload_check(loop: Loop, image: Image, who: str, run: Run) -> None:
+    """After every run on the no-offload destination: zeroing is still real."""
+    limit = harness.write_zeroes_max_bytes(loop.device)
+    if limit != 0:
+        raise NotMeasured(f"after the {who} write, {loop.device} advertises write-zeroes "
+                          f"(queue/write_zeroes_max_bytes {limit}): zeroing may be offloaded")
+    if who != "pyinit":
+        return
+    allocated = harness.allocated_bytes(loop.backing)
+    if allocated < image.raw_size:
+        raise NotMeasured(f"after pyinit's write only {allocated} of the first {image.raw_size} "
+                          f"bytes of {loop.backing} are allocated: zero runs became holes "
+                          "(discarded or punched), not zeros written")
+    said = pyinit_destination(run) or ""
+    if "offloaded" in said:
+        raise NotMeasured(f"pyinit reports its zeroing as offloaded ({said}) where the device "
+                          "advertises no write-zeroes")
 
 
 def measure_rss(b: Bench, fig: Figure, image: Image, loop: Loop, reps: int) -> None:
@@ -459,8 +566,9 @@ def host_info(loops: list[Loop], drop_ok: bool) -> dict[str, Any]:
 def table(figs: list[Figure]) -> str:
     rows = [("figure", "baseline s", "pyinit s", "value", "target", "")]
     for f in figs:
-        base = f"{statistics.median(f.baseline_s):.2f}" if f.baseline_s else "-"
-        mine = f"{statistics.median(f.pyinit_s):.2f}" if f.pyinit_s else "-"
+        shown = not f.not_measured  # its times are in the JSON details, not beside figures
+        base = f"{statistics.median(f.baseline_s):.2f}" if f.baseline_s and shown else "-"
+        mine = f"{statistics.median(f.pyinit_s):.2f}" if f.pyinit_s and shown else "-"
         if f.value is None:
             value = "-"
         elif f.unit == "MB":
@@ -472,6 +580,14 @@ def table(figs: list[Figure]) -> str:
     lines = harness.format_table(rows)
     notes = []
     for f in figs:
+        for key in ("destination", "zeroing", "pyinit_destination"):
+            if f.extra.get(key):
+                said = f.extra[key]
+                said = "; ".join(map(str, said)) if isinstance(said, list) else said
+                notes.append(f"  {f.name} {key.replace('_', ' ')}: {said}")
+        if f.not_measured:
+            notes.append(f"  {f.name}: NOT MEASURED: {f.not_measured}")
+            continue
         if f.wrong or f.error:
             notes.append(f"  {f.name}: {'WRONG: ' + f.wrong if f.wrong else f.error}")
             continue
@@ -483,6 +599,9 @@ def table(figs: list[Figure]) -> str:
                     runs.append(f"({who} spread x{max(times) / min(times):.1f}: noisy)")
         if "ratio_of_minima" in f.extra:
             runs.append(f"ratio of minima {f.extra['ratio_of_minima']:.3f}")
+        if f.extra.get("pyinit_internal_s"):
+            runs.append("pyinit's own clock " + " ".join(f"{t:.2f}"
+                                                        for t in f.extra["pyinit_internal_s"]))
         if "server_floor_s" in f.extra:
             runs.append(f"server floor {f.extra['server_floor_s']:.2f} s "
                         f"(best possible ratio {f.extra.get('floor_ratio', float('nan')):.3f})")
@@ -516,11 +635,12 @@ def bench_lock() -> Iterator[None]:
 
 def clean_stale() -> None:
     """Under the lock, any run-* directory is a leftover of a killed run: release its loop
-    devices and servers, then remove it."""
+    devices (also those over files in its tmpfs), servers and mounts, then remove it."""
     for run in BENCH.glob("run-*"):
         harness.kill_stale(run)
-        for disk in run.glob("*.disk"):
+        for disk in run.rglob("*.disk"):
             harness.detach_stale(disk)
+        harness.unmount_stale(run)
         shutil.rmtree(run, ignore_errors=True)
 
 
@@ -528,6 +648,9 @@ def guarded(fig: Figure, step: Callable[[], None]) -> None:
     """Run one figure; a wrong result or a failure to run is recorded on it, the others go on."""
     try:
         step()
+    except NotMeasured as exc:
+        fig.not_measured = str(exc)
+        say(f"bench: {fig.name} NOT MEASURED: {exc}")
     except WrongResult as exc:
         fig.wrong = str(exc)
         say(f"bench: FAIL {fig.name}: {exc}")
@@ -542,7 +665,7 @@ def guarded(fig: Figure, step: Callable[[], None]) -> None:
         say(f"bench: {fig.name} could not run: {fig.error}")
 
 
-FIGURES = ("sparse", "dense", "rss", "capture")
+FIGURES = ("sparse", "sparse-nooffload", "dense", "rss", "capture")
 
 
 @dataclass
@@ -563,7 +686,7 @@ def run_figures(args: argparse.Namespace, only: set[str], ses: Session) -> None:
         capture = cli_problem("pyinit.capture")
         images: dict[str, Image] = {}
         for key, spec in (("sparse", SPARSE), ("dense", DENSE), ("rss", HUGE)):
-            if key in only or (key == "sparse" and "capture" in only):
+            if key in only or (key == "sparse" and only & {"capture", "sparse-nooffload"}):
                 images[key] = ensure_image(spec, BENCH / "images", log=say)
         run = Path(tempfile.mkdtemp(prefix="run-", dir=BENCH))
         stack.callback(shutil.rmtree, run, ignore_errors=True)
@@ -581,7 +704,11 @@ def run_figures(args: argparse.Namespace, only: set[str], ses: Session) -> None:
                     fig.skipped = True
                 elif problem:
                     fig.error = problem
-                elif key in ("sparse", "dense"):
+                elif key == "sparse":
+                    sparse_figure(b, fig, images[key], disk)
+                elif key == "sparse-nooffload":
+                    nooffload_figure(b, fig, images["sparse"], ses)
+                elif key == "dense":
                     fig.extra["image"] = describe(images[key])
                     guarded(fig, functools.partial(measure_write, b, fig, images[key], disk))
                 elif key == "rss":
@@ -590,6 +717,63 @@ def run_figures(args: argparse.Namespace, only: set[str], ses: Session) -> None:
                     capture_figure(b, fig, images["sparse"], disk, stack)
         finally:
             ses.drop_caches = b.drop_caches_ok
+
+
+def sparse_figure(b: Bench, fig: Figure, image: Image, disk: Loop) -> None:
+    fig.extra["image"] = describe(image)
+
+    def step() -> None:
+        probe = harness.probe_zeroing(disk, PROBE_BYTES)
+        fig.extra["destination"] = destination(disk, f"under {BENCH}")
+        fig.extra["zeroing"] = zeroing_note(probe)
+        fig.extra["zeroing_probe"] = probe.as_json()
+        say(f"bench: {fig.name} zeroing on {disk.device}: {fig.extra['zeroing']}")
+        measure_write(b, fig, image, disk)
+
+    guarded(fig, step)
+
+
+def nooffload_figure(b: Bench, fig: Figure, image: Image, ses: Session) -> None:
+    """The sparse image again, onto a loop device over a file on a tmpfs of our own (RAM),
+    where zeroing is real; the tmpfs is gone again before the next figure."""
+    need = image.raw_size + 2 * GiB
+    if mem_available() < need:
+        fig.error = (f"needs {need >> 30} GiB of available RAM for a tmpfs to hold the "
+                     f"{image.raw_size >> 30} GiB destination")
+        return
+    fig.extra["image"] = describe(image)
+
+    def step() -> None:
+        with harness.tmpfs(b.run / "tmpfs", image.raw_size + 64 * MiB) as mnt, \
+                harness.loop_device(mnt / "disk-2g-tmpfs.disk", image.raw_size) as loop:
+            ses.loops.append(loop)
+            fig.extra["destination"] = destination(loop, "a tmpfs the bench mounted")
+            # Before any run, on the fresh (all holes) file: the first BLKZEROOUT is where the
+            # loop driver learns that tmpfs has no ZERO_RANGE and drops the offload; it must
+            # show up as zero pages landing in the file.
+            probe = harness.probe_zeroing(loop, PROBE_BYTES)
+            fig.extra["zeroing_probe"] = probe.as_json()
+            fig.extra["zeroing"] = zeroing_note(probe)
+            problem = no_offload_problem(probe)
+            if problem:
+                raise NotMeasured(f"{loop.device} over {harness.fs_type(loop.backing)}: {problem}")
+            say(f"bench: {fig.name} zeroing on {loop.device}: {fig.extra['zeroing']}")
+            measure_write(b, fig, image, loop,
+                          check=functools.partial(no_offload_check, loop, image))
+            fig.extra["zeroing"] += (
+                "; after every run the limit was still 0, and after every pyinit write the "
+                "backing file was fully allocated (the zero runs are zero pages, not holes) "
+                "and read back as the image")
+
+    guarded(fig, step)
+
+
+def mem_available() -> int:
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return 0
 
 
 def rss_figure(b: Bench, fig: Figure, figs: dict[str, Figure], image: Image, reps: int,
@@ -647,6 +831,11 @@ def report(ses: Session, args: argparse.Namespace, started: float, load_start: l
         "baseline_write": Bench.baseline_write("URL", "DEV")[-1],
         "baseline_capture": Bench.baseline_capture("DEV", "URL")[-1],
         "capture_source": "the sparse image written by dd: fully allocated backing file",
+        "nooffload_destination": "loop device over a file on a tmpfs mounted by the bench; "
+                                 "zeroing there shown real by a first BLKZEROOUT (write-zeroes "
+                                 "limit -> 0, allocation grows by its length) and re-checked "
+                                 "after every run (limit 0; after pyinit: file fully allocated, "
+                                 "pyinit not reporting an offload), else not reported",
         "statistic": "median of pyinit / median of baseline, alternating order",
         "rss_unit": "MB = 10^6 bytes of the writer's peak RSS (GNU time %M)",
     }
@@ -710,6 +899,8 @@ def main(argv: list[str] | None = None) -> int:
     load_start = [round(x, 2) for x in os.getloadavg()]
     ses = Session({
         "sparse": Figure("write_sparse_ratio", TARGETS["write_sparse_ratio"]),
+        "sparse-nooffload": Figure("write_sparse_nooffload_ratio",
+                                   TARGETS["write_sparse_nooffload_ratio"]),
         "dense": Figure("write_dense_ratio", TARGETS["write_dense_ratio"]),
         "rss": Figure("write_peak_rss_mb", TARGETS["write_peak_rss_mb"], unit="MB"),
         "capture": Figure("capture_ratio", TARGETS["capture_ratio"]),
@@ -735,7 +926,7 @@ def main(argv: list[str] | None = None) -> int:
     say(json.dumps(result, separators=(",", ":")))
     if fatal_wrong or any(f.wrong for f in figs):
         return 1
-    if fatal or any(f.error for f in figs):
+    if fatal or any(f.error or f.not_measured for f in figs):
         return 2
     return 0
 

@@ -1,7 +1,8 @@
 """The real peers a benchmark needs, each a context manager that always cleans up: a loop device
-over a sparse file, nginx on a free loopback port, ``pyinit serve``; a child runner that
-measures wall time, CPU time (``os.wait4``) and peak RSS (GNU time) of one fresh process tree;
-junk fills and O_DIRECT verification of a device.
+over a sparse file, a tmpfs of our own to put one on, nginx on a free loopback port, ``pyinit
+serve``; a child runner that measures wall time, CPU time (``os.wait4``) and peak RSS (GNU time)
+of one fresh process tree; junk fills and O_DIRECT verification of a device; what a loop device
+does with ``BLKZEROOUT`` (offloaded to its backing file, or zero pages written by the kernel).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from pyinit import mounts, syscalls
 
 MiB = 1 << 20
 
@@ -184,6 +187,110 @@ def loop_device(backing: Path, size: int) -> Iterator[Loop]:
     finally:
         subprocess.run(["losetup", "-d", device], capture_output=True)
         backing.unlink(missing_ok=True)
+
+
+def fs_type(path: Path) -> str:
+    """The type of the filesystem ``path`` is on (its longest mount point in /proc/self/mounts)."""
+    best, fstype = "", "?"
+    resolved = str(path.resolve())
+    for m in mounts.read():
+        if (resolved == m.target or resolved.startswith(m.target.rstrip("/") + "/")) \
+                and len(m.target) >= len(best):
+            best, fstype = m.target, m.fstype
+    return fstype
+
+
+@contextlib.contextmanager
+def tmpfs(mountpoint: Path, size: int) -> Iterator[Path]:
+    """A tmpfs of ``size`` bytes (RAM) of our own at ``mountpoint``; unmounted on the way out,
+    whatever happens (after what is inside it, e.g. a loop device, was released)."""
+    mountpoint.mkdir(mode=0o700)
+    argv = ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "pyinit-bench", str(mountpoint)]
+    out = subprocess.run(argv, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise BenchError(f"{shlex.join(argv)}: {out.stderr.strip()}")
+    try:
+        yield mountpoint
+    finally:
+        unmount(mountpoint)
+
+
+def unmount(mountpoint: Path) -> None:
+    """umount, retried while a just-detached loop device still holds its file; lazily at last."""
+    for _ in range(50):
+        if subprocess.run(["umount", str(mountpoint)], capture_output=True).returncode == 0:
+            return
+        if not any(m.target == str(mountpoint) for m in mounts.read()):
+            return
+        time.sleep(0.1)
+    subprocess.run(["umount", "--lazy", str(mountpoint)], capture_output=True)
+
+
+def unmount_stale(run: Path) -> None:
+    """Unmount what a killed earlier run left mounted under ``run`` (deepest first)."""
+    prefix = str(run.resolve()) + "/"
+    for m in sorted(mounts.read(), key=lambda m: len(m.target), reverse=True):
+        if m.target.startswith(prefix):
+            unmount(Path(m.target))
+
+
+def write_zeroes_max_bytes(device: str) -> int | None:
+    """``queue/write_zeroes_max_bytes`` of a whole-disk device (0: no write-zeroes offload: the
+    kernel answers ``BLKZEROOUT`` by writing zero pages); None when sysfs does not say."""
+    path = Path("/sys/block") / os.path.basename(device) / "queue" / "write_zeroes_max_bytes"
+    try:
+        return int(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def allocated_bytes(path: Path) -> int:
+    """Bytes the filesystem has allocated to ``path`` (st_blocks: holes are not counted)."""
+    return os.stat(path).st_blocks * 512
+
+
+@dataclass(frozen=True)
+class ZeroProbe:
+    """One ``BLKZEROOUT`` of ``[0, length)`` on a loop device, and what it left behind."""
+
+    length: int
+    seconds: float
+    limit_before: int | None  # queue/write_zeroes_max_bytes before the first BLKZEROOUT
+    limit_after: int | None  # ... and after it
+    allocated_before: int  # the backing file's allocated bytes
+    allocated_after: int
+
+    def as_json(self) -> dict[str, Any]:
+        return {"blkzeroout_bytes": self.length, "seconds": round(self.seconds, 4),
+                "write_zeroes_max_bytes_before": self.limit_before,
+                "write_zeroes_max_bytes_after": self.limit_after,
+                "backing_allocated_before": self.allocated_before,
+                "backing_allocated_after": self.allocated_after}
+
+
+def probe_zeroing(loop: Loop, length: int) -> ZeroProbe:
+    """``BLKZEROOUT`` the first ``length`` bytes of ``loop`` and observe how it was done.
+
+    A loop device advertises write-zeroes when its backing file's filesystem has ``fallocate``;
+    whether ``FALLOC_FL_ZERO_RANGE`` really works is only learnt from the first request: if it
+    fails with EOPNOTSUPP (tmpfs), the loop driver clears the limit to 0 and the block layer
+    writes zero pages instead. So the limit is read before and after, and the backing file's
+    allocation shows what landed in it."""
+    limit_before = write_zeroes_max_bytes(loop.device)
+    allocated_before = allocated_bytes(loop.backing)
+    fd = os.open(loop.device, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        start = time.perf_counter()
+        syscalls.blk_zeroout(fd, 0, length)
+        os.fsync(fd)
+        seconds = time.perf_counter() - start
+    except OSError as exc:
+        raise BenchError(f"BLKZEROOUT of {length} bytes on {loop.device}: {exc.strerror}") \
+            from exc
+    finally:
+        os.close(fd)
+    return ZeroProbe(length, seconds, limit_before, write_zeroes_max_bytes(loop.device),
+                     allocated_before, allocated_bytes(loop.backing))
 
 
 def detach_stale(backing: Path) -> None:
