@@ -40,6 +40,7 @@ import argparse
 import bz2
 import contextlib
 import dataclasses
+import enum
 import errno
 import functools
 import hashlib
@@ -57,7 +58,7 @@ import zlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Literal, Protocol, cast
+from typing import IO, Any, Final, Literal, Protocol, cast
 from urllib.parse import unquote, urlsplit
 
 import requests
@@ -65,6 +66,7 @@ import urllib3.exceptions
 import zstandard
 
 from pyinit import disks, grow, syscalls
+from pyinit.channel import END, Aborted, Channel, End
 from pyinit.errors import (
     ChecksumMismatch,
     DiskError,
@@ -212,25 +214,19 @@ class _Reset(Exception):
     """The download restarted from byte 0: decoding starts over."""
 
 
-class _Abort(Exception):
-    """Another stage failed: unwind this one quietly."""
+class Rewind(enum.Enum):
+    """The type of :data:`RESET` (an enum, so that ``item is RESET`` narrows an item's type)."""
+
+    RESET = "reset"
 
 
-class _Marker:
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def __repr__(self) -> str:
-        return f"<{self.name}>"
-
-
-RESET = _Marker("reset")
-EOF = _Marker("eof")
+RESET: Final = Rewind.RESET  # the fetcher starts over from byte 0: so does everything after it
 
 
 class StreamInput:
     """The served bytes as the decoder reads them: the fetcher's chunks in order, with look-ahead
-    for sniffing. :data:`RESET` raises :class:`_Reset`; the end of the stream reads as ``b""``."""
+    for sniffing. :data:`RESET` raises :class:`_Reset`; :data:`~pyinit.channel.END` (the end of
+    the stream) reads as ``b""``."""
 
     def __init__(self, get: Callable[[], object]) -> None:
         self._get = get
@@ -244,7 +240,7 @@ class StreamInput:
         if item is RESET:
             self._buf = b""
             raise _Reset
-        if item is EOF:
+        if item is END:
             self._eof = True
             return b""
         assert isinstance(item, bytes)
@@ -1061,7 +1057,7 @@ class ThreadedIO:
                     self._pending -= 1
                 if ref is not None:
                     ref.release()
-                raise _Abort
+                raise Aborted
             try:
                 self._q.put((fn, ref), timeout=0.1)
                 return
@@ -1072,7 +1068,7 @@ class ThreadedIO:
         with self._cv:
             while self._pending:
                 if self._abort.is_set():
-                    raise _Abort
+                    raise Aborted
                 self._cv.wait(0.1)
 
     def close(self) -> None:
@@ -1228,41 +1224,10 @@ class Writer:
 
 # --- the pipeline ----------------------------------------------------------------------------
 
-class Channel:
-    """A bounded queue whose blocking calls give up (:class:`_Abort`) once ``abort`` is set."""
-
-    def __init__(self, maxsize: int, abort: threading.Event) -> None:
-        self._q: queue.Queue[Any] = queue.Queue(maxsize)
-        self._abort = abort
-
-    def put(self, item: Any) -> None:
-        while True:
-            if self._abort.is_set():
-                raise _Abort
-            try:
-                self._q.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                continue
-
-    def get(self) -> Any:
-        while True:
-            if self._abort.is_set():
-                raise _Abort
-            try:
-                return self._q.get(timeout=0.1)
-            except queue.Empty:
-                continue
-
-    def put_nowait(self, item: Any) -> None:
-        """For returning buffers to a pool that can hold them all: never blocks or aborts."""
-        self._q.put_nowait(item)
-
-
 class Block:
     """A 4 MiB page-aligned buffer from the pool, shared by the writer and the raw hasher."""
 
-    def __init__(self, pool: Channel) -> None:
+    def __init__(self, pool: Channel[Block]) -> None:
         self.buf = _aligned(BLOCK)
         self.view = memoryview(self.buf)
         self.offset = 0
@@ -1311,11 +1276,12 @@ class _Pipeline:
         self.io_threads = io_threads
         self.io: ThreadedIO | None = None
         self.writer = Writer(target, url=req.url, size=req.size)
-        self.dec_ch = Channel(NET_QUEUE, self.abort)
-        self.hash_ch = Channel(NET_QUEUE, self.abort)
-        self.write_ch = Channel(POOL_BLOCKS, self.abort)
-        self.raw_ch = Channel(POOL_BLOCKS, self.abort) if req.verify else None
-        self.pool = Channel(POOL_BLOCKS, self.abort)
+        self.dec_ch: Channel[bytes | Rewind | End] = Channel(NET_QUEUE, self.abort)
+        self.hash_ch: Channel[bytes | Rewind | End] = Channel(NET_QUEUE, self.abort)
+        self.write_ch: Channel[Block | Rewind | End] = Channel(POOL_BLOCKS, self.abort)
+        self.raw_ch: Channel[Block | Rewind | End] | None = \
+            Channel(POOL_BLOCKS, self.abort) if req.verify else None
+        self.pool: Channel[Block] = Channel(POOL_BLOCKS, self.abort)
         self._blocks = [Block(self.pool) for _ in range(POOL_BLOCKS)]
         for blk in self._blocks:
             self.pool.put_nowait(blk)
@@ -1336,7 +1302,7 @@ class _Pipeline:
     def _stage(self, fn: Callable[[], None]) -> None:
         try:
             fn()
-        except _Abort:
+        except Aborted:
             pass
         except BaseException as exc:  # handed to the coordinator
             self.fail(exc)
@@ -1376,7 +1342,7 @@ class _Pipeline:
 
     # -- fetch --------------------------------------------------------------------------------
 
-    def _emit(self, item: object) -> None:
+    def _emit(self, item: bytes | Rewind | End) -> None:
         self.dec_ch.put(item)
         self.hash_ch.put(item)
 
@@ -1400,11 +1366,11 @@ class _Pipeline:
             log.warning(f"provision: {reason}; attempt {failures + 1}/{self.max_attempts} "
                         f"from byte {t.offset} in {delay:.1f} s")
             if self.abort.wait(delay):
-                raise _Abort
+                raise Aborted
 
         while True:
             if self.abort.is_set():
-                raise _Abort
+                raise Aborted
             if t.offset and not t.can_resume():
                 self._restart("the server sent no ETag or Last-Modified to resume against")
             try:
@@ -1457,7 +1423,7 @@ class _Pipeline:
                     failures, delays = 0, self.delays()
                 failed(f"the server ended the body at byte {t.offset} of {t.total}")
                 continue
-            self._emit(EOF)
+            self._emit(END)
             return
 
     # -- hash ---------------------------------------------------------------------------------
@@ -1468,7 +1434,7 @@ class _Pipeline:
             item = self.hash_ch.get()
             if item is RESET:
                 hashes = [hashlib.new(name) for name in self._hash_names]
-            elif item is EOF:
+            elif item is END:
                 self.digests = {h.name: h.hexdigest() for h in hashes}
                 return
             else:
@@ -1477,7 +1443,7 @@ class _Pipeline:
 
     # -- decode -------------------------------------------------------------------------------
 
-    def _send(self, item: object) -> None:
+    def _send(self, item: Block | Rewind | End) -> None:
         if isinstance(item, Block):
             item.share(2 if self.raw_ch is not None else 1)
         self.write_ch.put(item)
@@ -1532,7 +1498,7 @@ class _Pipeline:
                     if n < BLOCK:
                         break
                 decoder.finish()
-                self._send(EOF)
+                self._send(END)
                 return
             except _Reset:
                 self._send(RESET)
@@ -1545,7 +1511,7 @@ class _Pipeline:
             item = self.write_ch.get()
             if item is RESET:
                 w.reset()
-            elif item is EOF:
+            elif item is END:
                 w.finish()
                 return
             else:
@@ -1561,7 +1527,7 @@ class _Pipeline:
             item = self.raw_ch.get()
             if item is RESET:
                 h = hashlib.sha256()
-            elif item is EOF:
+            elif item is END:
                 self.raw_sha256 = h.hexdigest()
                 return
             else:

@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 import zstandard
 
+from pyinit.channel import END
 from pyinit.disks import Family, Holder, Partition, disk_usage
 from pyinit.errors import DiskError, FetchError, ImageError
 from pyinit.image import (
-    EOF,
     GRANULE,
     HEAD,
     MIB,
@@ -106,7 +106,7 @@ def test_refused_formats_are_not_written_raw() -> None:
 # --- decoders ----------------------------------------------------------------------------------
 
 def _source(chunks: Iterable[object]) -> StreamInput:
-    items = iter([*chunks, EOF])
+    items = iter([*chunks, END])
     return StreamInput(lambda: next(items))
 
 
