@@ -1568,11 +1568,12 @@ def readback_sha256(path: str, length: int, *, direct: bool, sector: int = 4096,
         fd = os.open(path, flags)
     except OSError as exc:
         raise DiskError(path, f"cannot open for read-back: {exc.strerror}") from exc
-    free: queue.Queue[mmap.mmap] = queue.Queue()
-    for buf in buffers or [_aligned(BLOCK) for _ in range(3)]:
-        free.put(buf)
-    full: queue.Queue[tuple[mmap.mmap, int] | BaseException | None] = queue.Queue()
+    bufs = buffers or [_aligned(BLOCK) for _ in range(3)]
     stop = threading.Event()
+    free: Channel[mmap.mmap] = Channel(len(bufs), stop)
+    for buf in bufs:
+        free.put_nowait(buf)
+    full: Channel[tuple[mmap.mmap, int] | End] = Channel(len(bufs), stop)
 
     def reader() -> None:
         try:
@@ -1580,31 +1581,28 @@ def readback_sha256(path: str, length: int, *, direct: bool, sector: int = 4096,
                 n = min(BLOCK, length - off)
                 want = -(-n // sector) * sector if direct else n
                 buf = free.get()
-                if stop.is_set():
-                    return
                 got = os.preadv(fd, [memoryview(buf)[:want]], off)
                 if got < n:
                     raise DiskError(path, f"read-back ended at byte {off + got} of {length}")
                 full.put((buf, n))
-            full.put(None)
+            full.put(END)
+        except Aborted:
+            return
         except OSError as exc:
-            full.put(DiskError(path, f"read-back failed: {exc.strerror}"))
+            full.fail(DiskError(path, f"read-back failed: {exc.strerror}"))
         except BaseException as exc:  # handed to the hashing thread
-            full.put(exc)
+            full.fail(exc)
 
     thread = threading.Thread(target=reader, name="pyinit-readback", daemon=True)
     thread.start()
     h = hashlib.sha256()
     try:
-        while (item := full.get()) is not None:
-            if isinstance(item, BaseException):
-                raise item
+        while (item := full.get()) is not END:
             buf, n = item
             h.update(memoryview(buf)[:n])
             free.put(buf)
     finally:
-        stop.set()
-        free.put(_aligned(4096))  # unblock the reader if it waits for a buffer
+        stop.set()  # the reader gives up if it still waits for a buffer
         thread.join()
         os.close(fd)
     return h.hexdigest()
