@@ -44,7 +44,8 @@ from pyinit.errors import ConfigError, PyinitError
 from pyinit.events import ServerSink
 from pyinit.fetch import fetch_action, same_origin, server_base
 from pyinit.ginit import mount_root, run_entrypoint
-from pyinit.image import WriteRequest, wait_for_device, write_image
+from pyinit.image.destination import wait_for_device
+from pyinit.image.write import WriteRequest, write_image
 from pyinit.network import (
     NetworkResult,
     StaticIP,

@@ -44,8 +44,10 @@ from typing import Any
 import pytest
 import requests
 
-from pyinit import capture, disks, fetch, image, init, log, network, policy
+from pyinit import capture, disks, fetch, init, log, network, policy
 from pyinit.disks import Disk
+from pyinit.image.destination import wait_for_device
+from pyinit.image.write import WriteRequest, WriteResult, write_image
 from pyinit.network import DhcpThread, NetworkResult
 from pyinit.units import MIB
 from tests.faultserver import Faults, FaultServer
@@ -137,14 +139,14 @@ class Rig:
         self.mp.setattr(init, "configure", self.network or self._ready_network)
         self.mp.setattr(init, "fetch_action", functools.partial(
             fetch.fetch_action, clock=clock, sleep=clock.sleep))
-        real_write, real_wait = image.write_image, image.wait_for_device
+        real_write, real_wait = write_image, wait_for_device
 
         def delays() -> Iterator[float]:
             while True:
                 self.image_retries += 1
                 yield 0.0
 
-        def write(req: image.WriteRequest, *, session: requests.Session) -> image.WriteResult:
+        def write(req: WriteRequest, *, session: requests.Session) -> WriteResult:
             return real_write(dataclasses.replace(req, device=self.devmap(req.device)),
                               session=session, allow_regular_file=True, delays=delays,
                               max_attempts=3, read_timeout=2.0, progress_interval=60.0)
