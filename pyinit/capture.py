@@ -43,7 +43,6 @@ import errno
 import hashlib
 import json
 import os
-import queue
 import re
 import stat
 import sys
@@ -60,6 +59,7 @@ import requests
 import zstandard
 
 from pyinit import macaddr, parttable, syscalls
+from pyinit.channel import END, Aborted, Channel, End
 from pyinit.disks.usage import Usage, device_usage, kernel_name
 from pyinit.errors import ConfigError, DiskError, FetchError, ImageError, PyinitError
 from pyinit.fetch import USER_AGENT, auth_headers, backoff, tls_failure
@@ -305,19 +305,6 @@ def make_compressor(compression: Compression) -> _Compressor:
     raise ValueError(compression)
 
 
-class _End:
-    pass
-
-
-@dataclass
-class _Failure:
-    exc: BaseException
-
-
-_END = _End()
-Item = bytes | _End | _Failure
-
-
 class _Progress:
     def __init__(self, total: int, clock: Callable[[], float], interval: float = 1.0) -> None:
         self.total = total
@@ -349,9 +336,9 @@ class _Pipeline:
         self.compression = compression
         self.progress = progress
         self.stop = threading.Event()
-        self.raw_q: queue.Queue[Item] = queue.Queue(QUEUE_DEPTH)
-        self.out_q: queue.Queue[Item] = (self.raw_q if compression == "none"
-                                         else queue.Queue(QUEUE_DEPTH))
+        self.raw_q: Channel[bytes | End] = Channel(QUEUE_DEPTH, self.stop)
+        self.out_q: Channel[bytes | End] = (self.raw_q if compression == "none"
+                                            else Channel(QUEUE_DEPTH, self.stop))
         self.sha_raw = hashlib.sha256()
         self.sha_sent = hashlib.sha256()
         self.bytes_read = 0
@@ -369,32 +356,9 @@ class _Pipeline:
         return self
 
     def __exit__(self, *_: object) -> None:
-        self.stop.set()
-        for q in {id(self.raw_q): self.raw_q, id(self.out_q): self.out_q}.values():
-            while True:  # unblock producers
-                try:
-                    q.get_nowait()
-                except queue.Empty:
-                    break
+        self.stop.set()  # a thread blocked in put or get gives up (Aborted)
         for t in self.threads:
             t.join()
-
-    def _put(self, q: queue.Queue[Item], item: Item) -> bool:
-        while not self.stop.is_set():
-            try:
-                q.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def _get(self, q: queue.Queue[Item]) -> Item | None:
-        while not self.stop.is_set():
-            try:
-                return q.get(timeout=0.1)
-            except queue.Empty:
-                continue
-        return None
 
     def _pread(self, length: int, offset: int) -> bytes:
         try:
@@ -424,51 +388,46 @@ class _Pipeline:
                     data = zeros if seg.length == len(zeros) else zeros[:seg.length]
                 self.sha_raw.update(data)  # releases the GIL: overlaps with the compressor
                 self.bytes_read += len(data)
-                if not self._put(self.raw_q, data):
-                    return
-            self._put(self.raw_q, _END)
-        except BaseException as exc:
-            self._put(self.raw_q, _Failure(exc))
+                self.raw_q.put(data)
+            self.raw_q.put(END)
+        except Aborted:
+            return
+        except BaseException as exc:  # handed to the consumer
+            self.raw_q.fail(exc)
 
     def _compress(self) -> None:
         try:
             comp = make_compressor(self.compression)
             pending = bytearray()
-            while True:
-                item = self._get(self.raw_q)
-                if item is None:
-                    return
-                if isinstance(item, _Failure):
-                    self._put(self.out_q, item)
-                    return
-                if isinstance(item, _End):
-                    pending += comp.flush()
-                    if pending:
-                        self._put(self.out_q, bytes(pending))
-                    self._put(self.out_q, _END)
-                    return
+            while (item := self.raw_q.get()) is not END:
                 pending += comp.compress(item)
                 if len(pending) >= OUT_CHUNK:
-                    if not self._put(self.out_q, bytes(pending)):
-                        return
+                    self.out_q.put(bytes(pending))
                     pending.clear()
-        except BaseException as exc:
-            self._put(self.out_q, _Failure(exc))
+            pending += comp.flush()
+            if pending:
+                self.out_q.put(bytes(pending))
+            self.out_q.put(END)
+        except Aborted:
+            return
+        except BaseException as exc:  # the reader's failure, or the compressor's
+            self.out_q.fail(exc)
 
     def chunks(self) -> Iterator[bytes]:
         """The bytes to upload; raises what failed in the reader or compressor."""
         hashing = self.compression != "none"
         while True:
-            item = self._get(self.out_q)
-            if item is None:  # stopped: never end the body normally, or it would look complete
-                raise RuntimeError("capture pipeline stopped before the end of the data")
-            if isinstance(item, _End):
+            try:
+                item = self.out_q.get()
+            except Aborted:  # stopped: never end the body normally, or it would look complete
+                raise RuntimeError("capture pipeline stopped before the end of the data") from None
+            except BaseException as exc:
+                self.error = exc
+                raise
+            if item is END:
                 self.finished = True
                 self.progress.update(self.bytes_read, self.bytes_sent, force=True)
                 return
-            if isinstance(item, _Failure):
-                self.error = item.exc
-                raise item.exc
             if hashing:
                 self.sha_sent.update(item)
             self.bytes_sent += len(item)

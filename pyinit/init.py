@@ -312,7 +312,8 @@ def step_disks(ctx: Context) -> None:
 def step_provision(ctx: Context) -> None:
     """Carry out the action: stream the image onto the disk, or capture the disk and upload it."""
     from pyinit.capture import capture_image
-    from pyinit.image import WriteRequest, wait_for_device, write_image
+    from pyinit.image.destination import wait_for_device
+    from pyinit.image.write import WriteRequest, write_image
 
     act = ctx.action
     if act is None:

@@ -201,7 +201,7 @@ class Bench:
             with path.open("rb") as f:
                 while f.read(8 * MiB):
                     pass
-        for argv in ([PY, "-c", "import pyinit.image, requests, zstandard\n"
+        for argv in ([PY, "-c", "import pyinit.image.write, requests, zstandard\n"
                       "try:\n import pyinit.capture\nexcept Exception:\n pass"],
                      ["zstd", "-V"], ["curl", "-V"], ["dd", "--version"]):
             subprocess.run(argv, capture_output=True, cwd=REPO)
@@ -493,7 +493,8 @@ def measure_capture(b: Bench, fig: Figure, image: Image, loop: Loop) -> None:
 
 def cli_problem(module: str) -> str | None:
     """None when ``python -m MODULE --help`` prints a usage; else what is wrong."""
-    if not (REPO / Path(*module.split("."))).with_suffix(".py").is_file():
+    path = REPO / Path(*module.split("."))
+    if not (path.with_suffix(".py").is_file() or (path / "__main__.py").is_file()):
         return f"{module} does not exist yet"
     out = subprocess.run([PY, "-m", module, "--help"], capture_output=True, text=True, cwd=REPO,
                          timeout=60)
@@ -787,7 +788,7 @@ def rss_figure(b: Bench, fig: Figure, figs: dict[str, Figure], image: Image, rep
     # importing it costs.
     fig.extra["rss_mb_2gib_sparse"] = figs["sparse"].extra.get("pyinit_max_rss_mb")
     fig.extra["rss_mb_1gib_dense"] = figs["dense"].extra.get("pyinit_max_rss_mb")
-    floor = run_measured([PY, "-c", "import pyinit.image"], b.run, timeout=60)
+    floor = run_measured([PY, "-c", "import pyinit.image.write"], b.run, timeout=60)
     fig.extra["rss_mb_python_import_floor"] = mb(floor.max_rss_kib)
 
     def step() -> None:

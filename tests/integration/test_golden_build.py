@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from pyinit import image, parttable
+from pyinit import parttable
+from pyinit.image.sums import find_checksum
 from pyinit.units import MIB
 from pyinit_build import preflight
 from pyinit_build.errors import BuildError, PreflightError
@@ -145,7 +146,7 @@ def test_image_is_what_the_manifest_says(rootfs: Path, shared_dir: Path) -> None
     sums = (shared_dir / "golden.img.SHA256SUMS").read_text()
     assert f"{m.files['zstd']['sha256']}  golden.img.zst" in sums
     # ... which the writer reads as an action's checksumURL
-    assert image.find_checksum(sums, "golden.img.zst") == ("sha256", m.files["zstd"]["sha256"])
+    assert find_checksum(sums, "golden.img.zst") == ("sha256", m.files["zstd"]["sha256"])
 
 
 def _grub_fstest(image: Path, *args: str) -> str:

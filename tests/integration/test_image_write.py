@@ -26,7 +26,7 @@ import requests
 
 from pyinit.errors import ChecksumMismatch, DiskError, FetchError, ImageError, PyinitError
 from pyinit.fetch import backoff
-from pyinit.image import WriteRequest, WriteResult, write_image
+from pyinit.image.write import WriteRequest, WriteResult, write_image
 from pyinit.units import MIB
 from tests.faultserver import Faults, FaultServer
 from tests.hostreq import host_limit, need

@@ -50,7 +50,7 @@ def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     names = zipfile.ZipFile(wheel).namelist()
     for needed in ("pyinit_build/golden/__init__.py", "pyinit_build/data/modules.txt",
                    "pyinit_build/rootfs/etc/passwd", "pyinit_server/server.py",
-                   "pyinit_qemu/vm.py", "pyinit/init.py"):
+                   "pyinit_qemu/vm.py", "pyinit/init.py", "pyinit/image/write.py"):
         assert needed in names, needed
     run([sys.executable, "-m", "venv", str(work / "venv")], work)
     run([str(work / "venv/bin/pip"), "install", "-q", str(wheel)], work, timeout=900)

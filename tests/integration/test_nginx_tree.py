@@ -4,7 +4,7 @@ One nginx serves two exports from one ``http { }``: ``full`` (machines, a defaul
 events answered 204 and discarded) and ``bare`` (one machine, no default, events proxied to an
 in-process ``pyinit serve``). Every action and script nginx answers is compared byte for byte
 with what ``pyinit serve`` answers for the same root, and the runtime's own code
-(:func:`pyinit.fetch.fetch_action`, :func:`pyinit.image.write_image`,
+(:func:`pyinit.fetch.fetch_action`, :func:`pyinit.image.write.write_image`,
 :class:`pyinit.events.ServerSink`) runs against nginx.
 """
 
@@ -29,7 +29,7 @@ import requests
 from pyinit.cmdline import BootParams
 from pyinit.events import ServerSink
 from pyinit.fetch import fetch_action
-from pyinit.image import WriteRequest, write_image
+from pyinit.image.write import WriteRequest, write_image
 from pyinit.units import MIB
 from pyinit_server.export import export
 from tests.hostreq import need_file

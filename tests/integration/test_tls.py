@@ -28,7 +28,7 @@ from pyinit.cmdline import parse_cmdline
 from pyinit.errors import FetchError
 from pyinit.events import ServerSink
 from pyinit.fetch import fetch_action
-from pyinit.image import WriteRequest, write_image
+from pyinit.image.write import WriteRequest, write_image
 from tests.hostreq import fail_or_skip
 from tests.serverkit import ObservedServer
 from tests.tlsfixtures import TLSFiles, tls_files  # noqa: F401 - the fixture

@@ -45,11 +45,15 @@ from typing import Any
 import pytest
 import requests
 
-from pyinit import capture, fetch, image, init, log, policy
+from pyinit import capture, fetch, init, log, policy
 from pyinit.disks import settle as disk_settle
 from pyinit.disks.hints import parse_hints
 from pyinit.disks.inventory import Disk
 from pyinit.disks.selection import select_disk
+from pyinit.image import destination
+from pyinit.image import write as write_module
+from pyinit.image.destination import wait_for_device
+from pyinit.image.write import WriteRequest, WriteResult, write_image
 from pyinit.network.configure import configure
 from pyinit.network.dhcp4 import DhcpThread
 from pyinit.network.result import NetworkResult
@@ -143,14 +147,14 @@ class Rig:
         self.mp.setattr(init, "configure", self.network or self._ready_network)
         self.mp.setattr(init, "fetch_action", functools.partial(
             fetch.fetch_action, clock=clock, sleep=clock.sleep))
-        real_write, real_wait = image.write_image, image.wait_for_device
+        real_write, real_wait = write_image, wait_for_device
 
         def delays() -> Iterator[float]:
             while True:
                 self.image_retries += 1
                 yield 0.0
 
-        def write(req: image.WriteRequest, *, session: requests.Session) -> image.WriteResult:
+        def write(req: WriteRequest, *, session: requests.Session) -> WriteResult:
             return real_write(dataclasses.replace(req, device=self.devmap(req.device)),
                               session=session, allow_regular_file=True, delays=delays,
                               max_attempts=3, read_timeout=2.0, progress_interval=60.0)
@@ -162,9 +166,9 @@ class Rig:
                                 sleep=lambda s: None, **kw)
 
         # the provision step imports these when it runs: patched where they live
-        self.mp.setattr(image, "write_image", write)
+        self.mp.setattr(write_module, "write_image", write)
         self.mp.setattr(capture, "capture_image", capture_image)
-        self.mp.setattr(image, "wait_for_device",
+        self.mp.setattr(destination, "wait_for_device",
                         lambda dev, timeout: real_wait(self.devmap(dev), timeout))
         self.mp.setattr(policy, "apply", lambda pol, reason: self.policies.append(pol))
         ctx = init.Context()

@@ -332,6 +332,16 @@ def test_a_docker_export_tarball_is_one_plain_layer(tmp_path: Path, compress: st
         "/sbin/init symlink 777 0:0 -> /lib/systemd/systemd"]
 
 
+def test_tarballs_are_sniffed_like_images(tmp_path: Path) -> None:
+    """One sniffer for images and tarballs (pyinit.image.formats): a zstd stream that starts
+    with a skippable frame (pzstd writes one) is zstd here too."""
+    skippable = b"\x50\x2a\x4d\x18" + (5).to_bytes(4, "little") + b"hello"
+    path = tmp_path / "export.tar.zst"
+    path.write_bytes(skippable + tar_bytes([member("etc/hostname", data=b"box\n")], "zstd"))
+    tree = gt.load_rootfs(path, tmp_path / "work")
+    assert "/etc/hostname file 644 0:0 b'box\\n'" in describe(tree)
+
+
 def test_a_member_with_dotdot_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "evil.tar"
     path.write_bytes(tar_bytes([member("etc/../../escape", data=b"x")]))

@@ -1,5 +1,6 @@
-"""The whole write pipeline against tests.faultserver (in-process, 127.0.0.1) and regular files:
-formats, checksums, resume, restart, fail-safe wiping, size checks and the CLI."""
+"""The whole write (pyinit.image.write, .pipeline, the CLI) against tests.faultserver (in-process,
+127.0.0.1) and regular files: formats, checksums, resume, restart, fail-safe wiping, size checks
+and the CLI."""
 
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ import zstandard
 from pyinit import log
 from pyinit.errors import ChecksumMismatch, DiskError, FetchError, ImageError
 from pyinit.fetch import backoff
-from pyinit.image import WriteRequest, WriteResult, main, write_image
+from pyinit.image.__main__ import main
+from pyinit.image.write import WriteRequest, WriteResult, write_image
 from pyinit.units import MIB
 from tests.faultserver import Faults, FaultServer
 
@@ -219,7 +221,7 @@ def test_disk_write_error_fails_and_wipes(served: Served, disk: Path,
             raise OSError(errno.EIO, "Input/output error")
         return real(fd, data, offset)
 
-    monkeypatch.setattr("pyinit.image.os.pwrite", flaky)
+    monkeypatch.setattr("pyinit.image.destination.os.pwrite", flaky)
     with pytest.raises(DiskError, match=r"write at byte \d+ failed: Input/output error"):
         write(served.srv.url("a.img"), disk)
     monkeypatch.undo()
@@ -228,7 +230,7 @@ def test_disk_write_error_fails_and_wipes(served: Served, disk: Path,
 
 def test_readback_mismatch_fails_and_wipes(served: Served, disk: Path,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("pyinit.image.readback_sha256", lambda *a, **k: "0" * 64)
+    monkeypatch.setattr("pyinit.image.write.readback_sha256", lambda *a, **k: "0" * 64)
     with pytest.raises(DiskError, match="read-back verification failed"):
         write(served.srv.url("a.img.gz"), disk, verify=True)
     assert_wiped(disk)

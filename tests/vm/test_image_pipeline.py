@@ -149,7 +149,7 @@ def test_power_cut_before_the_checksum_leaves_no_table_at_either_end(
     recovery tools, and parttable.parse, would rebuild a table on a half-written disk."""
     import zstandard
 
-    from pyinit.image import NET_CHUNK
+    from pyinit.image.decode import NET_CHUNK
 
     size = 32 * MIB  # a multiple of the pipeline's 4 MiB blocks: the last one is handed over
     image = gpt_disk_image(tmp_path / "gpt.raw", size)

@@ -41,6 +41,7 @@ from typing import IO, Any, Literal, Protocol, TypeVar
 import zstandard
 
 from pyinit.errors import ConfigError
+from pyinit.image.formats import SNIFF_BYTES, sniff
 from pyinit_build.errors import BuildError
 
 log = logging.getLogger("pyinit_build.golden.tree")
@@ -505,7 +506,6 @@ def _hash_file(host: str) -> tuple[str, int]:
 
 # --- tarballs -------------------------------------------------------------------------------
 
-_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _READ_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError,
                 zstandard.ZstdError)
 
@@ -513,26 +513,27 @@ _READ_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError,
 def _head(f: IO[bytes]) -> bytes:
     peek = getattr(f, "peek", None)
     if peek is not None:
-        return bytes(peek(6)[:6])
+        return bytes(peek(SNIFF_BYTES)[:SNIFF_BYTES])
     position = f.tell()
-    head = f.read(6)
+    head = f.read(SNIFF_BYTES)
     f.seek(position)
     return head
 
 
 def _decompressed(f: IO[bytes]) -> IO[bytes] | io.BufferedIOBase:
-    """``f`` decompressed according to its magic (gzip, bzip2, xz, zstd), or ``f`` itself.
+    """``f`` decompressed according to its magic (gzip, bzip2, xz, zstd: the image writer's
+    :func:`pyinit.image.formats.sniff`), or ``f`` itself.
 
     The decompressor never closes ``f``.
     """
-    head = _head(f)
-    if head.startswith(b"\x1f\x8b"):
+    kind = sniff(_head(f))
+    if kind == "gzip":
         return gzip.GzipFile(fileobj=f, mode="rb")
-    if head.startswith(b"BZh"):
+    if kind == "bzip2":
         return bz2.BZ2File(f)
-    if head.startswith(b"\xfd7zXZ\x00"):
+    if kind == "xz":
         return lzma.LZMAFile(f)
-    if head.startswith(_ZSTD_MAGIC):
+    if kind == "zstd":
         return zstandard.ZstdDecompressor().stream_reader(f, read_across_frames=True,
                                                           closefd=False)
     return f

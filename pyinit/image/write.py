@@ -1,0 +1,173 @@
+"""writeImage: the entry point. :func:`write_image` checks the destination, finds the expected
+checksum, opens the disk, runs the :class:`~pyinit.image.pipeline.Pipeline`, writes the held-back
+head once the checksum matched, verifies by reading back if asked, and wipes the partition
+tables again after any failure (see :mod:`pyinit.image` for the guarantees)."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import requests
+
+from pyinit.errors import DiskError, FetchError, ImageError, PyinitError, unreachable_reason
+from pyinit.fetch import RETRYABLE_STATUS, USER_AGENT, backoff, retry
+from pyinit.image.destination import Target, check_destination
+from pyinit.image.diskio import IO_THREADS
+from pyinit.image.pipeline import Pipeline
+from pyinit.image.progress import Progress
+from pyinit.image.readback import readback_sha256
+from pyinit.image.sums import DIGEST_SIZES, find_checksum, image_name, sums_algorithm
+from pyinit.log import get_logger
+from pyinit.units import MIB
+
+log = get_logger("pyinit.image")
+
+
+@dataclass(frozen=True)
+class WriteRequest:
+    url: str
+    device: str
+    checksum: tuple[str, str] | None = None  # (sha256|sha512, hex) of the file as served
+    checksum_url: str | None = None  # a SHA256SUMS/SHA512SUMS-style file listing the image
+    size: int | None = None  # the raw image's size in bytes, when known
+    verify: bool = False  # read the written range back (O_DIRECT) and compare
+    preserve_on_error: bool = False  # leave the disk as it is after a failure (debugging)
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    device: str
+    url: str
+    format: str
+    bytes_written: int  # raw bytes on the disk (the image's size)
+    bytes_fetched: int  # compressed bytes received, re-fetches included
+    sha256: str  # of the file as served
+    checksum_verified: str | None  # "sha256"/"sha512" when a given checksum matched
+    zero_bytes: int  # zeroed with BLKZEROOUT/fallocate instead of written
+    resumes: int  # Range requests that continued a dropped or stalled transfer
+    restarts: int  # times the stream started over from byte 0
+    seconds: float
+    verified_readback: bool
+
+
+def fetch_text(session: requests.Session, url: str, *, total: float = 60.0,
+               clock: Callable[[], float] = time.monotonic,
+               sleep: Callable[[float], None] = time.sleep, limit: int = 4 * MIB) -> str:
+    """GET a small text file (a SUMS file) with the same retry policy as the action fetch."""
+
+    def once() -> str:
+        try:
+            resp = session.get(url, timeout=(10, 30), headers={"User-Agent": USER_AGENT})
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            why = unreachable_reason(exc, urlsplit(url).hostname)
+            raise FetchError(url, f"unreachable: {why}", retryable=True) from exc
+        if resp.status_code in RETRYABLE_STATUS:
+            raise FetchError(url, f"HTTP {resp.status_code}", retryable=True,
+                             status=resp.status_code)
+        if resp.status_code >= 400:
+            raise FetchError(url, f"HTTP {resp.status_code}", status=resp.status_code)
+        if len(resp.content) > limit:
+            raise FetchError(url, f"more than {limit} bytes: not a checksum file")
+        return resp.text
+
+    text: str = retry(once, what=f"GET {url}", total=total, clock=clock, sleep=sleep)
+    return text
+
+
+def expected_checksum(req: WriteRequest, *, session: requests.Session) -> tuple[str, str] | None:
+    """(algorithm, hex) the served file must match: ``checksum``, else the image's line in
+    ``checksum_url``."""
+    if req.checksum is not None:
+        algo, digest = req.checksum[0].lower(), req.checksum[1].lower()
+        if len(digest) != DIGEST_SIZES.get(algo, -1) or not re.fullmatch(r"[0-9a-f]+", digest):
+            raise ImageError(req.url, f"bad checksum {algo}:{digest} (sha256 or sha512 hex)")
+        return algo, digest
+    if req.checksum_url is None:
+        return None
+    text = fetch_text(session, req.checksum_url)
+    name = image_name(req.url)
+    try:
+        return find_checksum(text, name, algo=sums_algorithm(req.checksum_url))
+    except ValueError as exc:
+        raise ImageError(req.url, f"{req.checksum_url}: {exc}") from exc
+
+
+def write_image(req: WriteRequest, *, session: requests.Session,
+                allow_regular_file: bool = False, proc: Path = Path("/proc"),
+                sysfs: Path = Path("/sys"), direct: bool | None = None,
+                connect_timeout: float = 10.0, read_timeout: float = 30.0,
+                max_attempts: int = 8, delays: Callable[[], Iterator[float]] = backoff,
+                io_threads: int = IO_THREADS, progress_interval: float = 1.0,
+                clock: Callable[[], float] = time.monotonic) -> WriteResult:
+    """Stream ``req.url`` onto ``req.device`` (see :mod:`pyinit.image` for the guarantees).
+
+    ``direct``: O_DIRECT for block devices (default :data:`DIRECT_DEFAULT`: 1 GiB, 30 % data,
+    zstd, onto a loop device with direct I/O: 0.89 s with O_DIRECT, 1.32 s through the page
+    cache, median of 5, and 1.06 vs 1.58 CPU seconds; progress is honest too).
+    ``read_timeout``: seconds without a byte before a connection counts as stalled and is
+    resumed. ``max_attempts``: consecutive failed attempts (without progress) before giving up.
+    """
+    start = clock()
+    check_destination(req.device, proc=proc, sysfs=sysfs, allow_regular_file=allow_regular_file)
+    expected = expected_checksum(req, session=session)
+    target = Target.open(req.device, allow_regular_file=allow_regular_file, direct=direct,
+                         sysfs=sysfs)
+    try:
+        if req.size is not None and target.capacity is not None and req.size > target.capacity:
+            raise DiskError(req.device, f"image is larger than the disk: {req.size} bytes > "
+                            f"{target.capacity} bytes")
+        log.info(f"provision: writing {req.url} to {target.describe()}")
+        pipe = Pipeline(req, session=session, target=target, expected=expected,
+                         connect_timeout=connect_timeout, read_timeout=read_timeout,
+                         max_attempts=max_attempts, delays=delays, io_threads=io_threads)
+        progress = Progress(interval=progress_interval, clock=clock)
+        try:
+            pipe.stream(progress)
+            verified = pipe.check()
+            pipe.writer.write_head()
+            progress.tick(pipe.writer.offset, pipe.transfer.fetched, pipe.raw_total,
+                          pipe.transfer.total, force=True)
+            readback = False
+            if req.verify:
+                assert pipe.raw_sha256 is not None
+                disk = readback_sha256(req.device, pipe.writer.offset, direct=target.direct,
+                                       buffers=pipe.spare_buffers(),
+                                       sector=target.sector)
+                if disk != pipe.raw_sha256:
+                    raise DiskError(req.device, f"read-back verification failed: sha256 "
+                                    f"{disk} on the disk, {pipe.raw_sha256} decoded")
+                readback = True
+                log.info(f"provision: read-back of {pipe.writer.offset} bytes verified")
+        except BaseException as exc:
+            _fail_safe(target, req, exc)
+            raise
+        target.reread_partitions()
+    finally:
+        target.close()
+    t = pipe.transfer
+    return WriteResult(device=req.device, url=req.url, format=pipe.format,
+                       bytes_written=pipe.writer.offset, bytes_fetched=t.fetched,
+                       sha256=pipe.digests["sha256"], checksum_verified=verified,
+                       zero_bytes=pipe.writer.zero_bytes, resumes=t.resumes,
+                       restarts=t.restarts, seconds=clock() - start,
+                       verified_readback=readback)
+
+
+def _fail_safe(target: Target, req: WriteRequest, exc: BaseException) -> None:
+    if not target.touched:
+        return
+    if req.preserve_on_error:
+        log.error(f"provision: write failed ({exc}); preserveOnError: leaving {req.device} "
+                  f"as it is")
+        return
+    log.error(f"provision: write failed; wiping the partition tables on {req.device}")
+    try:
+        target.wipe_tables()
+        target.reread_partitions()  # forget partitions the kernel may have seen
+    except (OSError, PyinitError) as wipe_exc:
+        log.error(f"provision: wiping {req.device} failed too: {wipe_exc}")
