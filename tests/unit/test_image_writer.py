@@ -19,8 +19,9 @@ from pyinit.units import MIB
 class FakeTarget:
     """Records writes and zeroing; ``data`` is the resulting image."""
 
-    def __init__(self, capacity: int | None = None) -> None:
+    def __init__(self, capacity: int | None = None, zero_offload: bool | None = None) -> None:
         self.capacity = capacity
+        self.zero_offload = zero_offload
         self.path = "/dev/fake"
         self.calls: list[tuple[str, int, int]] = []
         self.data = bytearray()
@@ -155,3 +156,37 @@ def test_writer_reset_starts_over() -> None:
     w.finish()
     w.write_head()
     assert bytes(t.data) == b"\x02" * 4 * MIB
+
+
+class RecordingIO:
+    """Records what the writer hands to its I/O threads and when it waits for them."""
+
+    def __init__(self, target: FakeTarget) -> None:
+        self.target = target
+
+    def submit(self, fn: Any, ref: Any = None) -> None:
+        self.target.calls.append(("submit", 0, 0))
+        fn()
+        if ref is not None:
+            ref.release()
+
+    def drain(self) -> None:
+        self.target.calls.append(("drain", 0, 0))
+
+
+@pytest.mark.parametrize("offload", [True, None, False])
+def test_zero_runs_go_to_the_io_threads_only_where_the_kernel_writes_the_zeros(
+        offload: bool | None) -> None:
+    image = b"\x01" * HEAD + bytes(10 * MIB) + b"\x02" * MIB + bytes(6 * MIB) + b"\x03" * MIB
+    t = FakeTarget(zero_offload=offload)
+    w = Writer(t, url="u", io=RecordingIO(t))  # type: ignore[arg-type]
+    feed_writer(w, image)
+    zeros = [c for c in t.calls if c[0] == "zero"]
+    assert zeros == [("zero", HEAD, 10 * MIB), ("zero", 12 * MIB, 6 * MIB)]
+    assert w.zero_bytes == 16 * MIB
+    before = [t.calls[t.calls.index(z) - 1][0] for z in zeros]
+    # offloaded (or unknown): batched, back to back after the writes in flight landed;
+    # the kernel writing zero pages: each submitted like a write, nothing drained for it
+    assert before == (["submit", "submit"] if offload is False else ["drain", "zero"])
+    w.write_head()
+    assert bytes(t.data) == image
