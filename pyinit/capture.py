@@ -14,8 +14,9 @@ How
     runs zstd (level 3, multi-threaded, frame checksum) or gzip (zlib level 6), and the calling
     thread hands the compressed pieces to requests as a generator body (chunked transfer) while
     hashing them. Bounded queues keep memory bounded (a few times 8 MiB plus zstd's buffers).
-    For a loop device (or, in tests, a regular file) the holes of the backing file are found with
-    ``SEEK_DATA``/``SEEK_HOLE`` and produced as zeros without reading them. Without compression
+    A regular file (``python -m pyinit.capture --allow-file`` on a host) has its holes found
+    with ``SEEK_DATA``/``SEEK_HOLE`` and produced as zeros without reading them; a block
+    device is read whole (a disk has no holes to ask for). Without compression
     the size is known in advance and the body is sent with a ``Content-Length``.
 
 Where to
@@ -246,16 +247,6 @@ def check_source(device: str, *, allow_regular_file: bool = False, proc: Path = 
     return True
 
 
-def loop_backing(name: str, sysfs: Path = Path("/sys")) -> tuple[str, int] | None:
-    """A loop device's backing file and offset, or None (not a loop device, file deleted)."""
-    loop = sysfs / "class" / "block" / name / "loop"
-    path = _read_text(loop / "backing_file")
-    offset = _read_text(loop / "offset")
-    if not path or path.endswith("(deleted)") or not (offset or "0").isdigit():
-        return None
-    return path, int(offset or "0")
-
-
 def data_extents(fd: int, start: int, end: int) -> Iterator[tuple[int, int]]:
     """The (start, end) ranges of ``fd`` within [start, end) that hold data, by
     ``SEEK_DATA``/``SEEK_HOLE``; the whole range when the file system cannot tell."""
@@ -276,11 +267,6 @@ def data_extents(fd: int, start: int, end: int) -> Iterator[tuple[int, int]]:
             hole = end
         yield data, min(hole, end)
         pos = hole
-
-
-def _shifted(extents: Iterable[tuple[int, int]], by: int) -> Iterator[tuple[int, int]]:
-    for a, b in extents:
-        yield a - by, b - by
 
 
 # -- the pipeline -----------------------------------------------------------------------------
@@ -580,14 +566,14 @@ def capture_image(device: str, url: str, *, mac: str, method: Method = "multipar
     try:
         return _capture_fd(device, url, fd, is_block, mac=mac, method=method,
                            compression=compression, session=session, attempts=attempts,
-                           timeout=timeout, sysfs=sysfs, clock=clock, sleep=sleep, token=token)
+                           timeout=timeout, clock=clock, sleep=sleep, token=token)
     finally:
         os.close(fd)
 
 
 def _capture_fd(device: str, url: str, fd: int, is_block: bool, *, mac: str, method: Method,
                 compression: Compression, session: requests.Session, attempts: int,
-                timeout: tuple[float, float], sysfs: Path, clock: Callable[[], float],
+                timeout: tuple[float, float], clock: Callable[[], float],
                 sleep: Callable[[float], None], token: str | None = None) -> CaptureResult:
     if is_block:
         size, sector = syscalls.blk_size_bytes(fd), syscalls.blk_sector_size(fd)
@@ -606,7 +592,7 @@ def _capture_fd(device: str, url: str, fd: int, is_block: bool, *, mac: str, met
         log.warning(f"capture: {device}: {note}")
     log.info(f"capture: {device}: reading {rng.length} of {size} bytes ({rng.reason}), "
              f"{compression}, {method} to {url}")
-    with _HoleMap(fd, device, is_block, sysfs) as holes:
+    with _HoleMap(fd, is_block) as holes:
         delays = backoff(initial=1.0, cap=30.0)
         for attempt in range(1, attempts + 1):
             segments = plan_reads(rng.length, holes.extents(rng.length))
@@ -629,28 +615,12 @@ def _capture_fd(device: str, url: str, fd: int, is_block: bool, *, mac: str, met
 
 
 class _HoleMap:
-    """Where the data is: the backing file of a loop device, or the regular file itself."""
+    """Where the data is: a regular file's extents, or all of a block device. (Looking
+    through a loop device to its backing file served only test rigs, so PID 1 does not.)"""
 
-    def __init__(self, fd: int, device: str, is_block: bool, sysfs: Path) -> None:
+    def __init__(self, fd: int, is_block: bool) -> None:
         self.fd = fd
-        self.map_fd: int | None = None
-        self.offset = 0
-        if not is_block:
-            self.map_fd = os.dup(fd)
-            return
-        backing = loop_backing(os.path.basename(os.path.realpath(device)), sysfs)
-        if backing is None:
-            return
-        path, self.offset = backing
-        try:
-            # Writes through the loop device may still sit in its page cache: push them to the
-            # backing file first, or its holes would hide them. fsync needs no write access.
-            os.fsync(fd)
-            self.map_fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as exc:
-            log.debug(f"capture: {device}: not skipping holes of {path}: {exc}")
-            return
-        log.debug(f"capture: {device}: skipping the holes of {path}")
+        self.is_block = is_block
 
     def __enter__(self) -> _HoleMap:
         with contextlib.suppress(OSError):
@@ -658,14 +628,12 @@ class _HoleMap:
         return self
 
     def __exit__(self, *_: object) -> None:
-        if self.map_fd is not None:
-            os.close(self.map_fd)
+        pass
 
     def extents(self, length: int) -> Iterable[tuple[int, int]]:
-        if self.map_fd is None:
+        if self.is_block:
             return [(0, length)]
-        return _shifted(data_extents(self.map_fd, self.offset, self.offset + length),
-                        self.offset)
+        return data_extents(self.fd, 0, length)
 
 
 # -- command line -----------------------------------------------------------------------------

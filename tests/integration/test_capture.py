@@ -2,8 +2,8 @@
 
 Each test makes its own sparse backing file and loop device (``losetup -f --show``) and detaches
 it afterwards. Data is written through the loop device and kept unsynced in its page cache (the
-writer stays open: the last close of a block device flushes it), so a capture that trusted the
-backing file's holes without flushing the device first would miss it.
+writer stays open: the last close of a block device flushes it): the capture reads the device,
+never its backing file, so it must see that data.
 """
 
 from __future__ import annotations

@@ -211,13 +211,6 @@ def test_check_source(tmp_path: Path) -> None:
     assert capture.check_source(str(tmp_path / "file"), allow_regular_file=True) is False
 
 
-def test_loop_backing(fake_sys: Path) -> None:
-    assert capture.loop_backing("loop3", fake_sys) == ("/srv/disk.img", MIB)
-    assert capture.loop_backing("sda", fake_sys) is None
-    (fake_sys / "class/block/loop3/loop/backing_file").write_text("/srv/disk.img (deleted)\n")
-    assert capture.loop_backing("loop3", fake_sys) is None
-
-
 def test_default_mac(tmp_path: Path) -> None:
     net = tmp_path / "class" / "net"
     for name, addr in (("lo", "00:00:00:00:00:00"), ("eth1", "52:54:00:00:00:02"),
