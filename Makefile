@@ -87,22 +87,23 @@ test: initramfs lint
 
 # Issue #3: pyinit's image writer and capture against curl|zstd|dd baselines measured in the same
 # run (nginx, a loop device); prints a table and, as the last line, one JSON object.
-# Boot time first (the default build against --drivers listed, alternating; its own table and
-# JSON line); then issue #6's serve benchmark (32 agents pull
+# Boot time first (the default build, --drivers listed and a busybox + udhcpc baseline on the
+# same kernel, alternating: boot_ratio; its own table and JSON line, also written to
+# $(OUT)/bench-boot.json); then issue #6's serve benchmark (32 agents pull
 # one 256 MiB image from `pyinit serve` and from nginx with worker_processes auto; its own table
 # and JSON line, also written to $(OUT)/bench-serve.json); then issue #13's fleet benchmark
 # (1000 machines GET /<mac> at once vs nginx on `pyinit export`, durable events/s on SQLite and
 # PostgreSQL, RSS and status pages with 20 000 machines; $(OUT)/bench-fleet.json); then the
-# image benchmarks, which fold both files' figures (serve_ratio, serve_peak_rss_mb,
+# image benchmarks, which fold the three files' figures (boot_ratio, serve_ratio, serve_peak_rss_mb,
 # burst_p99_ratio, events_per_s_sqlite, events_per_s_pg, serve_rss_20k_mb, api_page_ms_20k)
 # into their JSON line: the last line printed stays one JSON object holding every figure. A
 # failure of an earlier bench stops the target, as before.
 bench: initramfs
-	$(BIN)/python -m tests.bench.bench_boot --out $(OUT)
+	$(BIN)/python -m tests.bench.bench_boot --out $(OUT) --json-out $(OUT)/bench-boot.json
 	$(BIN)/python -m tests.bench.bench_serve --json-out $(OUT)/bench-serve.json
 	$(BIN)/python -m tests.bench.bench_fleet --json-out $(OUT)/bench-fleet.json
-	$(BIN)/python -m tests.bench.bench_image --merge $(OUT)/bench-serve.json \
-		--merge $(OUT)/bench-fleet.json
+	$(BIN)/python -m tests.bench.bench_image --merge $(OUT)/bench-boot.json \
+		--merge $(OUT)/bench-serve.json --merge $(OUT)/bench-fleet.json
 
 clean:
 	rm -rf $(OUT)

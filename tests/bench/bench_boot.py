@@ -19,6 +19,7 @@ Python (interpreted, import-heavy) more than busybox's C, and decompressing the 
 than real hardware does: on metal both figures are a fraction of these.
 
     python -m tests.bench.bench_boot [--runs 5] [--out out] [--listed-out out/bench-listed]
+                                     [--json-out FILE]
 """
 
 from __future__ import annotations
@@ -117,7 +118,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "out")
     parser.add_argument("--listed-out", type=Path, default=None,
                         help="where the lean build goes (default: OUT/bench-listed)")
+    parser.add_argument("--json-out", type=Path,
+                        help="also write the final JSON object to this file (for bench_image "
+                             "--merge: the last line of make bench holds every figure)")
     args = parser.parse_args(argv)
+    if args.json_out:
+        args.json_out.unlink(missing_ok=True)  # no stale figures for bench_image --merge
     listed_out = args.listed_out or args.out / "bench-listed"
     initramfs.build(initramfs.BuildConfig(out_dir=listed_out, drivers="listed"))
     builds = {"default": args.out, "listed": listed_out}
@@ -164,16 +170,19 @@ def main(argv: list[str] | None = None) -> int:
     print(f"default drivers cost {cost:+.2f} s by median, {cost_min:+.2f} s by fastest run, "
           f"against --drivers listed (goal <= {DRIVERS_GOAL_S:g} s): "
           f"{'ok' if worst <= DRIVERS_GOAL_S else 'MISS'}")
-    print(json.dumps({"boot_ratio": ratio, "boot_ratio_goal": RATIO_GOAL,
-                      "boot_baseline_action_uptime_s": medians["baseline"]["action"],
-                      "boot_baseline_lease_uptime_s": medians["baseline"]["lease"],
-                      "boot_action_uptime_s": action, "boot_goal_s": GOAL_S,
-                      "boot_listed_action_uptime_s": medians["listed"]["action"],
-                      "boot_drivers_cost_s": cost, "boot_drivers_cost_fastest_s": cost_min,
-                      "boot_drivers_goal_s": DRIVERS_GOAL_S,
-                      "boot_initramfs_bytes": {k: v["bytes_compressed"]
-                                               for k, v in sizes.items()},
-                      "boot_medians": medians, "boot_runs": rows}, separators=(",", ":")))
+    figures = {"boot_ratio": ratio, "boot_ratio_goal": RATIO_GOAL,
+               "boot_baseline_action_uptime_s": medians["baseline"]["action"],
+               "boot_baseline_lease_uptime_s": medians["baseline"]["lease"],
+               "boot_action_uptime_s": action, "boot_goal_s": GOAL_S,
+               "boot_listed_action_uptime_s": medians["listed"]["action"],
+               "boot_drivers_cost_s": cost, "boot_drivers_cost_fastest_s": cost_min,
+               "boot_drivers_goal_s": DRIVERS_GOAL_S,
+               "boot_initramfs_bytes": {k: v["bytes_compressed"] for k, v in sizes.items()},
+               "boot_medians": medians, "boot_runs": rows}
+    line = json.dumps(figures, separators=(",", ":"))
+    print(line)
+    if args.json_out:
+        args.json_out.write_text(line + "\n")
     return 0
 
 
