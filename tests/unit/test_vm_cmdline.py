@@ -40,7 +40,7 @@ from pyinit_qemu.vm import (
 
 KERNEL, INITRD = "/k/vmlinuz", "/k/initrd.zst"
 BASE = [
-    "qemu-system-x86_64", "-accel", "tcg", "-cpu", "max", "-m", "1024", "-smp", "1",
+    "qemu-system-x86_64", "-accel", "tcg", "-cpu", "qemu64,+rdrand", "-m", "1024", "-smp", "1",
     "-kernel", KERNEL, "-initrd", INITRD, "-append", "console=ttyS0 panic=-1 quiet",
     "-no-reboot", "-display", "none", "-serial", "stdio", "-monitor", "none",
 ]
@@ -58,9 +58,9 @@ def test_default_command() -> None:
 
 def test_no_initrd_no_append() -> None:
     argv = build_command(VMConfig(kernel=KERNEL))
-    assert argv[:14] == ["qemu-system-x86_64", "-accel", "tcg", "-cpu", "max", "-m", "1024",
-                         "-smp", "1", "-kernel", KERNEL, "-append", "console=ttyS0 panic=-1",
-                         "-no-reboot"]
+    assert argv[:14] == ["qemu-system-x86_64", "-accel", "tcg", "-cpu", "qemu64,+rdrand", "-m",
+                         "1024", "-smp", "1", "-kernel", KERNEL, "-append",
+                         "console=ttyS0 panic=-1", "-no-reboot"]
     assert "-initrd" not in argv
 
 
@@ -69,7 +69,7 @@ def test_hardware_options() -> None:
                    nic_model="e1000", memory_mb=2048, cpus=2, hostfwd=["tcp:127.0.0.1:2222-:22"],
                    extra_args=["-rtc", "base=utc"], qemu="/opt/qemu/bin/qemu-system-x86_64")
     assert build_command(cfg) == [
-        "/opt/qemu/bin/qemu-system-x86_64", "-accel", "tcg", "-cpu", "max", "-m", "2048",
+        "/opt/qemu/bin/qemu-system-x86_64", "-accel", "tcg", "-cpu", "qemu64,+rdrand", "-m", "2048",
         "-smp", "2", *BASE[9:],
         "-netdev", "user,id=n0,hostfwd=tcp:127.0.0.1:2222-:22",
         "-device", "e1000,netdev=n0,mac=52:54:00:aa:bb:cc,romfile=",
@@ -171,7 +171,8 @@ def test_nvme_and_removable_usb_disks() -> None:
 # Firmware boot: no -kernel, SeaBIOS or OVMF boots the first disk
 
 
-FW_HEAD = ["qemu-system-x86_64", "-accel", "tcg", "-cpu", "max", "-m", "1024", "-smp", "1"]
+FW_HEAD = ["qemu-system-x86_64", "-accel", "tcg", "-cpu", "qemu64,+rdrand", "-m", "1024", "-smp",
+           "1"]
 CONSOLE = ["-display", "none", "-serial", "stdio", "-monitor", "none"]
 OVMF = Ovmf(Path("/fw/OVMF_CODE_4M.fd"), Path("/fw/OVMF_VARS_4M.fd"))
 PFLASH = ["-drive", "if=pflash,format=raw,unit=0,readonly=on,file=/fw/OVMF_CODE_4M.fd",
