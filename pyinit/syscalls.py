@@ -46,6 +46,7 @@ MS_REMOUNT = 32
 MS_BIND = 4096
 MS_MOVE = 8192
 MS_REC = 16384
+MS_SLAVE = 1 << 19
 MNT_DETACH = 2
 
 # finit_module flags

@@ -105,6 +105,15 @@ def mounted_target(device: str, mountpoint: Path = Path("/newroot"), *,
             # Detached on the way out: a recursive bind has submounts (/dev/pts) that a plain
             # umount would call busy.
             mount(src, dest, None, syscalls.MS_BIND | syscalls.MS_REC, syscalls.MNT_DETACH)
+            # ... and a slave of the original: where the original is a shared mount (a host's
+            # /run/netns), unmounting the copy's submounts would otherwise unmount the
+            # original's too (a network namespace's name gone from under it)
+            try:
+                syscalls.mount("none", str(dest), None, syscalls.MS_SLAVE | syscalls.MS_REC,
+                               None)
+            except OSError as exc:
+                raise MountError(str(dest), f"mount --make-rslave {dest}: {exc.strerror}") \
+                    from exc
         if resolv_conf is not None and resolv_conf.is_file():
             dest = mountpoint / "etc" / "resolv.conf"
             if dest.is_file() and not dest.is_symlink():

@@ -14,6 +14,7 @@ No traffic leaves the namespaces.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import itertools
 import json
 import os
@@ -34,6 +35,20 @@ _serial = itertools.count()
 
 def ip(*args: str) -> str:
     return proc.run(["ip", *args], timeout=20).stdout
+
+
+NETNS_LOCK = Path("/run/lock/pyinit-tests-netns.lock")
+
+
+def netns_add(name: str) -> None:
+    """``ip netns add``, one at a time across the suite's parallel workers: the first one makes
+    /run/netns a shared mount of itself, and two racing there can hide one's namespace under
+    the other's mount (then ``ip -n NAME`` fails: "setting the network namespace ... failed:
+    Invalid argument")."""
+    NETNS_LOCK.parent.mkdir(parents=True, exist_ok=True)
+    with NETNS_LOCK.open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        ip("netns", "add", name)
 
 
 def lab_nics(sysfs: Path) -> list[Nic]:
@@ -78,7 +93,7 @@ class Lab:
         self.server_ns, self.client_ns = f"{tag}-srv", f"{tag}-cli"
         try:
             for ns in (self.server_ns, self.client_ns):
-                ip("netns", "add", ns)
+                netns_add(ns)
                 ip("-n", ns, "link", "set", "lo", "up")
         except BaseException:
             self.close()

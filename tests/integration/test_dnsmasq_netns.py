@@ -24,7 +24,7 @@ import pytest
 from pyinit import proc
 from pyinit_server.dnsmasq import BIOS_FILE, DEFAULT_TFTP_ROOT, EFI64_FILE, make_spec, render
 from tests.hostreq import need, need_file, need_root
-from tests.integration.netns_dhcp import REPO, Dnsmasq, Lab, ip
+from tests.integration.netns_dhcp import REPO, Dnsmasq, Lab, ip, netns_add
 
 pytestmark = pytest.mark.integration
 
@@ -145,7 +145,7 @@ def test_proxy_mode_next_to_an_existing_dhcp_server(lab: Lab) -> None:
     """A bridge in the 'server' namespace joins the client, a plain dnsmasq (addresses only,
     on the bridge) and, in a third namespace, dnsmasq running the generated proxy file."""
     pxe_ns = f"{lab.server_ns[:-4]}-pxe"
-    ip("netns", "add", pxe_ns)
+    netns_add(pxe_ns)
     try:
         _proxy_checks(lab, pxe_ns)
     finally:

@@ -32,6 +32,7 @@ from pyinit.errors import ConfigError
 from pyinit.target import mounted_target
 from tests import golden_rootfs
 from tests.hostreq import host_limit, need, need_root
+from tests.integration.netns_dhcp import netns_add
 from tests.integration.test_golden_build import fake_kernel
 
 pytestmark = pytest.mark.integration
@@ -214,3 +215,25 @@ def test_lvm_pv_and_lv_grow(images: dict[str, Path], tmp_path: Path, lvm_wrapper
         lv_size, vg_free, extent = (int(float(v)) for v in out.split())
         assert vg_free == 0
         assert plan.new_size - 2 * extent - (1 << 20) < lv_size <= plan.new_size
+
+
+def test_leaving_the_target_leaves_the_hosts_mounts_alone(images: dict[str, Path],
+                                                          tmp_path: Path) -> None:
+    """The target's /run is a recursive bind of the host's: unmounting it on the way out must
+    not unmount what sits under the host's shared /run/netns (a network namespace's name), as
+    an rbind without --make-rslave would."""
+    need("losetup", "ip")
+    need_root("loop devices, mounts and network namespaces")
+    image = doubled(images["xfs"], tmp_path / "disk.img")
+    plan = grow.grow_table(str(image), "last").plan
+    ns = f"pyinit-{os.getpid()}-target"
+    netns_add(ns)
+    try:
+        with partition_loop(image, plan.number) as loop, \
+                mounted_target(loop, tmp_path / "newroot", resolv_conf=None) as target:
+            assert os.path.ismount(target.root / "run")
+        assert not os.path.ismount(tmp_path / "newroot" / "run")
+        assert os.path.ismount(f"/run/netns/{ns}"), "the host's netns mount went with the target"
+        assert "lo" in sh("ip", "-n", ns, "link", "show", "lo")
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=False, capture_output=True)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.hostreq import host_limit, need, need_root
-from tests.integration.netns_dhcp import Lab, ip
+from tests.integration.netns_dhcp import Lab, ip, netns_add
 from tests.integration.test_dhcp_netns import MAC0, MAC1, addresses, in_range
 
 pytestmark = pytest.mark.integration
@@ -34,7 +34,7 @@ def kernel_has(kind: str, *args: str) -> bool:
     """Whether this kernel can make a ``kind`` link (a throwaway namespace, deleted after)."""
     ns = f"pyinit-probe-{os.getpid()}"
     try:
-        ip("netns", "add", ns)
+        netns_add(ns)
         ip("-n", ns, "link", "add", "p0", "type", "veth", "peer", "name", "p1")
         done = subprocess.run(["ip", "-n", ns, "link", "add", *args, "type", kind],
                               capture_output=True, check=False)

@@ -489,8 +489,10 @@ def test_grow_partition_and_ext4(recorder: Recorder, mounts: FakeMounts,
                               ["chroot", str(newroot), "resize2fs", "/dev/vda5"]]
     assert loaded == [["ext4"]]
     assert [c[:3] for c in mounts.calls] == [
-        ("mount", "/dev/vda5", str(newroot)), ("mount", "/dev", str(newroot / "dev")),
-        ("mount", "/proc", str(newroot / "proc")), ("mount", "/sys", str(newroot / "sys")),
+        ("mount", "/dev/vda5", str(newroot)),
+        ("mount", "/dev", str(newroot / "dev")), ("mount", "none", str(newroot / "dev")),
+        ("mount", "/proc", str(newroot / "proc")), ("mount", "none", str(newroot / "proc")),
+        ("mount", "/sys", str(newroot / "sys")), ("mount", "none", str(newroot / "sys")),
         ("umount", str(newroot / "sys"), syscalls.MNT_DETACH),
         ("umount", str(newroot / "proc"), syscalls.MNT_DETACH),
         ("umount", str(newroot / "dev"), syscalls.MNT_DETACH), ("umount", str(newroot), 0)]

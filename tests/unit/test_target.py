@@ -19,6 +19,7 @@ from pyinit.errors import MountError
 from ..conftest import Recorder
 
 BIND = syscalls.MS_BIND | syscalls.MS_REC
+RSLAVE = syscalls.MS_SLAVE | syscalls.MS_REC
 DETACH = syscalls.MNT_DETACH
 
 
@@ -84,9 +85,13 @@ def test_mounts_binds_and_unmounts_in_reverse(monkeypatch: pytest.MonkeyPatch, r
     assert inside == [
         ("mount", "/dev/vda3", str(root), "ext3", 0),
         ("mount", "/dev", str(root / "dev"), None, BIND),
+        ("mount", "none", str(root / "dev"), None, RSLAVE),
         ("mount", "/proc", str(root / "proc"), None, BIND),
+        ("mount", "none", str(root / "proc"), None, RSLAVE),
         ("mount", "/sys", str(root / "sys"), None, BIND),
+        ("mount", "none", str(root / "sys"), None, RSLAVE),
         ("mount", "/run", str(root / "run"), None, BIND),
+        ("mount", "none", str(root / "run"), None, RSLAVE),
         ("mount", str(host_resolv), str(root / "etc" / "resolv.conf"), None, syscalls.MS_BIND),
     ]
     assert fake.calls[len(inside):] == [
@@ -144,7 +149,7 @@ def test_missing_directories_and_a_symlinked_resolv_conf_are_left_alone(
                                load=lambda n: None):
         pass
     assert [c[1:3] for c in fake.calls if c[0] == "mount"] == [
-        ("/dev/vda3", str(root)), ("/dev", str(root / "dev"))]
+        ("/dev/vda3", str(root)), ("/dev", str(root / "dev")), ("none", str(root / "dev"))]
     assert (root / "etc" / "resolv.conf").is_symlink()
     assert sorted(p.name for p in (root / "etc").iterdir()) == ["resolv.conf"]
 
