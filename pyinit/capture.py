@@ -45,7 +45,6 @@ import hashlib
 import json
 import os
 import re
-import stat
 import sys
 import threading
 import time
@@ -61,7 +60,7 @@ import zstandard
 
 from pyinit import macaddr, parttable, syscalls
 from pyinit.channel import END, Aborted, Channel, End
-from pyinit.disks.usage import Usage, device_usage, kernel_name
+from pyinit.disks.usage import Usage, check_device
 from pyinit.errors import ConfigError, DiskError, FetchError, ImageError, PyinitError
 from pyinit.fetch import USER_AGENT, auth_headers, backoff, tls_failure
 from pyinit.log import event, get_logger
@@ -230,21 +229,10 @@ def source_conflict(usage: Usage) -> str | None:
 def check_source(device: str, *, allow_regular_file: bool = False, proc: Path = Path("/proc"),
                  sysfs: Path = Path("/sys")) -> bool:
     """Refuse a missing device, a non-block device and one that is written to while we read
-    (:func:`pyinit.disks.usage.device_usage`). Returns True for a block device, False for an
+    (:func:`pyinit.disks.usage.check_device`). Returns True for a block device, False for an
     (allowed) regular file."""
-    try:
-        st = os.stat(device)
-    except FileNotFoundError as exc:
-        raise DiskError(device, "does not exist") from exc
-    if stat.S_ISREG(st.st_mode) and allow_regular_file:
-        return False
-    if not stat.S_ISBLK(st.st_mode):
-        raise DiskError(device, "is not a block device")
-    name = kernel_name(device, rdev=st.st_rdev, sysfs=sysfs)
-    problem = source_conflict(device_usage(name, sysfs=sysfs, proc=proc))
-    if problem:
-        raise DiskError(device, problem)
-    return True
+    return check_device(device, source_conflict, allow_regular_file=allow_regular_file,
+                        proc=proc, sysfs=sysfs)
 
 
 def data_extents(fd: int, start: int, end: int) -> Iterator[tuple[int, int]]:

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from pyinit.errors import DiskError
 from pyinit.mounts import parse as parse_mounts
 from pyinit.mounts import unescape as _unescape
 
@@ -265,3 +267,27 @@ def device_usage(name: str, *, sysfs: Path = Path("/sys"), proc: Path = Path("/p
                       mounts=proc_text(proc / "self" / "mounts"),
                       mountinfo=proc_text(proc / "self" / "mountinfo"),
                       swaps=proc_text(proc / "swaps"))
+
+
+def check_device(device: str, conflict: Callable[[Usage], str | None], *,
+                 allow_regular_file: bool = False, proc: Path = Path("/proc"),
+                 sysfs: Path = Path("/sys")) -> bool:
+    """Refuse (:class:`~pyinit.errors.DiskError`, one line) a missing device, anything but a
+    block device, and a block device whose :func:`device_usage` ``conflict`` names a reason
+    against (the writer's and the capture's rules differ). Returns True for a block device,
+    False for a regular file that ``allow_regular_file`` lets through (host runs, tests)."""
+    try:
+        st = os.stat(device)
+    except FileNotFoundError as exc:
+        raise DiskError(device, "does not exist") from exc
+    except OSError as exc:
+        raise DiskError(device, f"cannot stat: {exc.strerror}") from exc
+    if allow_regular_file and stat.S_ISREG(st.st_mode):
+        return False
+    if not stat.S_ISBLK(st.st_mode):
+        raise DiskError(device, "is not a block device")
+    name = kernel_name(device, rdev=st.st_rdev, sysfs=sysfs)
+    problem = conflict(device_usage(name, sysfs=sysfs, proc=proc))
+    if problem:
+        raise DiskError(device, problem)
+    return True

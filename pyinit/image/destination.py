@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pyinit import grow, syscalls
-from pyinit.disks.usage import Usage, device_usage, kernel_name
+from pyinit.disks.usage import Usage, check_device
 from pyinit.errors import DiskError
 from pyinit.log import get_logger
 from pyinit.units import MIB
@@ -45,22 +45,10 @@ def destination_conflict(usage: Usage) -> str | None:
 def check_destination(device: str, *, proc: Path = Path("/proc"), sysfs: Path = Path("/sys"),
                       allow_regular_file: bool = False) -> None:
     """Refuse anything but an existing block device that nothing mounts, swaps on or holds
-    (:func:`pyinit.disks.usage.device_usage`). (Regular files are for tests, with
+    (:func:`pyinit.disks.usage.check_device`). (Regular files are for tests, with
     ``allow_regular_file``.)"""
-    try:
-        st = os.stat(device)
-    except FileNotFoundError as exc:
-        raise DiskError(device, "does not exist") from exc
-    except OSError as exc:
-        raise DiskError(device, f"cannot stat: {exc.strerror}") from exc
-    if allow_regular_file and stat.S_ISREG(st.st_mode):
-        return
-    if not stat.S_ISBLK(st.st_mode):
-        raise DiskError(device, "is not a block device")
-    name = kernel_name(device, rdev=st.st_rdev, sysfs=sysfs)
-    problem = destination_conflict(device_usage(name, sysfs=sysfs, proc=proc))
-    if problem:
-        raise DiskError(device, problem)
+    check_device(device, destination_conflict, allow_regular_file=allow_regular_file,
+                 proc=proc, sysfs=sysfs)
 
 
 def wait_for_device(device: str, timeout: float, *, clock: Callable[[], float] = time.monotonic,

@@ -14,11 +14,13 @@ from pyinit.disks.usage import (
     Partition,
     Usage,
     Use,
+    check_device,
     device_usage,
     disk_usage,
     kernel_name,
     read_family,
 )
+from pyinit.errors import DiskError
 
 from .fakes import GIB, FakeSys, write_attr
 
@@ -157,3 +159,16 @@ def test_kernel_name_follows_links_under_dev(tmp_path: Path) -> None:
     (tmp_path / "disk" / "by-id" / "nvme-X").symlink_to("../../nvme0n1")
     assert kernel_name("/dev/disk/by-id/nvme-X", dev=tmp_path) == "nvme0n1"
     assert kernel_name("/dev/sda", dev=tmp_path) == "sda"
+
+
+def test_check_device_refuses_in_one_line_and_lets_allowed_files_through(tmp_path: Path) -> None:
+    never = lambda usage: pytest.fail("no usage check for a non-block device")  # noqa: E731
+    with pytest.raises(DiskError, match=r"nope: does not exist$"):
+        check_device(str(tmp_path / "nope"), never)
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    with pytest.raises(DiskError, match=r"loop: cannot stat: Too many levels of symbolic links$"):
+        check_device(str(tmp_path / "loop"), never)
+    (tmp_path / "file").write_bytes(b"x")
+    with pytest.raises(DiskError, match=r"file: is not a block device$"):
+        check_device(str(tmp_path / "file"), never)
+    assert check_device(str(tmp_path / "file"), never, allow_regular_file=True) is False
