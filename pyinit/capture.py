@@ -580,48 +580,29 @@ def _capture_fd(device: str, url: str, fd: int, is_block: bool, *, mac: str, met
         log.warning(f"capture: {device}: {note}")
     log.info(f"capture: {device}: reading {rng.length} of {size} bytes ({rng.reason}), "
              f"{compression}, {method} to {url}")
-    with _HoleMap(fd, is_block) as holes:
-        delays = backoff(initial=1.0, cap=30.0)
-        for attempt in range(1, attempts + 1):
-            segments = plan_reads(rng.length, holes.extents(rng.length))
-            try:
-                return _capture_once(device, url, fd=fd, segments=segments, length=rng.length,
-                                     mac=mac, method=method, compression=compression,
-                                     session=session, timeout=timeout, clock=clock,
-                                     token=token)
-            except FetchError as exc:
-                if not exc.retryable or attempt == attempts:
-                    if exc.retryable:
-                        raise FetchError(url, f"{exc.reason} (gave up after {attempt} "
-                                              "attempts)", status=exc.status) from exc
-                    raise
-                delay = next(delays)
-                log.warning(f"capture: {exc.reason}; capturing again in {delay:.1f} s "
-                            f"(attempt {attempt + 1} of {attempts})")
-                sleep(delay)
+    with contextlib.suppress(OSError):
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+    delays = backoff(initial=1.0, cap=30.0)
+    for attempt in range(1, attempts + 1):
+        # a regular file's holes are produced as zeros unread; a disk has none to ask for
+        extents = [(0, rng.length)] if is_block else data_extents(fd, 0, rng.length)
+        segments = plan_reads(rng.length, extents)
+        try:
+            return _capture_once(device, url, fd=fd, segments=segments, length=rng.length,
+                                 mac=mac, method=method, compression=compression,
+                                 session=session, timeout=timeout, clock=clock,
+                                 token=token)
+        except FetchError as exc:
+            if not exc.retryable or attempt == attempts:
+                if exc.retryable:
+                    raise FetchError(url, f"{exc.reason} (gave up after {attempt} "
+                                          "attempts)", status=exc.status) from exc
+                raise
+            delay = next(delays)
+            log.warning(f"capture: {exc.reason}; capturing again in {delay:.1f} s "
+                        f"(attempt {attempt + 1} of {attempts})")
+            sleep(delay)
     raise AssertionError("unreachable")
-
-
-class _HoleMap:
-    """Where the data is: a regular file's extents, or all of a block device. (Looking
-    through a loop device to its backing file served only test rigs, so PID 1 does not.)"""
-
-    def __init__(self, fd: int, is_block: bool) -> None:
-        self.fd = fd
-        self.is_block = is_block
-
-    def __enter__(self) -> _HoleMap:
-        with contextlib.suppress(OSError):
-            os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        pass
-
-    def extents(self, length: int) -> Iterable[tuple[int, int]]:
-        if self.is_block:
-            return [(0, length)]
-        return data_extents(self.fd, 0, length)
 
 
 # -- command line -----------------------------------------------------------------------------

@@ -374,8 +374,8 @@ def stage_modules(staging: Path, kern: kernel.Kernel, names: kmod.ModuleList,
         return compressed((kern.modules_dir / rel).read_bytes(), f"zst{compress_level}",
                           cctx.compress, cache)
 
-    plain = [rel for rel in order if rel in listed or rel.endswith(kmod.COMPRESSED_SUFFIXES)]
-    packed = [rel for rel in order if rel not in plain]
+    packed = [rel for rel in order
+              if rel not in listed and not rel.endswith(kmod.COMPRESSED_SUFFIXES)]
     # each module's bytes depend on it alone: compressed on every core (zstd drops the GIL)
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         blobs = dict(zip(packed, pool.map(compress_module, packed), strict=True))
