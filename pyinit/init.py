@@ -31,9 +31,10 @@ from pyinit.network.configure import StaticIP, configure
 from pyinit.network.links import list_nics, nic_inventory_event, nic_inventory_lines
 from pyinit.network.result import NetworkResult
 
-# What only the steps after the action fetch use is imported by those steps, when they run:
-# every module imported here is paid for before the first step, and under emulation that is
-# a tenth of a second or more per module (bench_boot; docs/initramfs.md "Boot time").
+# What only the steps after the action fetch use is imported by those steps, when they run
+# and only once they apply (ginit boots none of the provisioning modules): every module
+# imported here is paid for before the first step, and under emulation that is a tenth of a
+# second or more per module (bench_boot; docs/initramfs.md "Boot time").
 if TYPE_CHECKING:
     from pyinit import grow, lldp
     from pyinit.action import Action
@@ -253,10 +254,10 @@ def stop_background(ctx: Context) -> None:
 def wait_for_drivers(ctx: Context) -> None:
     """Until the background coldplug has loaded every present device's driver (bounded by
     ``pyinit.disk_timeout``), then report storage controllers left without one."""
-    from pyinit.disks.settle import block_names
-
     if ctx.background_drivers is None:
         return
+    from pyinit.disks.settle import block_names
+
     if not ctx.background_drivers.wait(ctx.params.disk_timeout):
         log.get_logger().warning(f"disks: drivers still loading after "
                                  f"{ctx.params.disk_timeout:.0f} s (pyinit.disk_timeout)")
@@ -274,15 +275,15 @@ def step_disks(ctx: Context) -> None:
     and the choice needs the action. The choice is made here, not in provision, so a hint that
     matches nothing fails this step with one line, before anything opens a disk, and a dry run
     still shows which disk it would have written."""
+    act = ctx.action
+    if ctx.params.mode != "provision" or act is None:
+        return
     from pyinit.disks.inventory import inventory as disk_inventory
     from pyinit.disks.inventory import make_links, stable_links
     from pyinit.disks.report import inventory_event, inventory_lines
     from pyinit.disks.selection import choose
     from pyinit.disks.settle import settle
 
-    act = ctx.action
-    if ctx.params.mode != "provision" or act is None:
-        return
     logger = log.get_logger()
     wait_for_drivers(ctx)
     waited = settle(SYSFS, timeout=ctx.params.disk_timeout, quiet=DISK_QUIET,
@@ -311,10 +312,6 @@ def step_disks(ctx: Context) -> None:
 
 def step_provision(ctx: Context) -> None:
     """Carry out the action: stream the image onto the disk, or capture the disk and upload it."""
-    from pyinit.capture import capture_image
-    from pyinit.image.destination import wait_for_device
-    from pyinit.image.write import WriteRequest, write_image
-
     act = ctx.action
     if act is None:
         return
@@ -323,7 +320,11 @@ def step_provision(ctx: Context) -> None:
         logger.info(f"provision: dryRun set, not running {act.summary()}")
         return
     assert ctx.device is not None  # chosen by step_disks
+    from pyinit.image.destination import wait_for_device
+
     if act.action == "readImage":
+        from pyinit.capture import capture_image
+
         assert act.destination_address and ctx.network is not None
         wait_for_device(ctx.device, timeout=DEVICE_TIMEOUT)
         # the token is the provisioning server's: never sent to an upload URL elsewhere
@@ -341,6 +342,8 @@ def step_provision(ctx: Context) -> None:
                     f"{cap.seconds:.1f} s")
         return
     assert act.source_image
+    from pyinit.image.write import WriteRequest, write_image
+
     wait_for_device(ctx.device, timeout=DEVICE_TIMEOUT)
     req = WriteRequest(url=act.source_image, device=ctx.device,
                        checksum=act.checksum, checksum_url=act.checksum_url, size=act.size,
@@ -367,11 +370,11 @@ def _write_action(ctx: Context) -> Action | None:
 def step_grow(ctx: Context) -> None:
     """growPartition/growDisk: the partition (GPT backup moved to the end), the LVM PV and LV,
     then the filesystem, online — with the target's own tools where it has them."""
-    from pyinit import grow
-
     act = _write_action(ctx)
     if act is None or not act.grows:
         return
+    from pyinit import grow
+
     assert ctx.device is not None
     ctx.grown = grow.grow(ctx.device, act)
     ctx.summary["grow"] = ctx.grown.summary()
@@ -381,10 +384,10 @@ def step_grow(ctx: Context) -> None:
 def _target_root(ctx: Context, act: Action) -> str:
     """The written system's root device, found once (``rootPartition: auto`` may mount each
     candidate to look) for both configure and handoff."""
-    from pyinit import grow
-
     if ctx.target_root is not None:
         return ctx.target_root
+    from pyinit import grow
+
     assert ctx.device is not None
     grown = ctx.grown.partition if ctx.grown is not None else None
     choice = grow.find_root(ctx.device, act, grown=grown, mountpoint=TARGET)
@@ -396,12 +399,12 @@ def _target_root(ctx: Context, act: Action) -> str:
 def step_configure(ctx: Context) -> None:
     """The machine's identity in the target: network (its own format, matched by MAC),
     hostname, SSH keys, optionally a cloud-init NoCloud seed."""
-    from pyinit import identity
-    from pyinit.target import mounted_target
-
     act = _write_action(ctx)
     if act is None or not act.configures:
         return
+    from pyinit import identity
+    from pyinit.target import mounted_target
+
     device = _target_root(ctx, act)
     mac = ctx.network.mac if ctx.network is not None else ""
     interface = ctx.network.interface if ctx.network is not None else ""
@@ -420,18 +423,16 @@ def step_configure(ctx: Context) -> None:
 def step_prepare(ctx: Context) -> None:
     """kexec: find the target's kernel, initrd(s) and command line (grub.cfg, BLS, /boot) and
     load them; switch_root: mount the target and check its init. Nothing irreversible here."""
-    from pyinit.bootcfg.find import find_boot_entry
-    from pyinit.ginit import mount_root
-    from pyinit.kexec import kexec_load, kexec_reboot
-    from pyinit.switchroot import check_switch_root, switch_root
-    from pyinit.target import mounted_target
-
     act = _write_action(ctx)
     if act is None or act.drop_to_shell or act.finish not in ("kexec", "switch_root"):
         return
     device = _target_root(ctx, act)
     logger = log.get_logger()
     if act.finish == "kexec":
+        from pyinit.bootcfg.find import find_boot_entry
+        from pyinit.kexec import kexec_load, kexec_reboot
+        from pyinit.target import mounted_target
+
         with mounted_target(device, TARGET, binds=(), resolv_conf=None, read_only=True) as t:
             entry = find_boot_entry(t.root)
             for note in entry.notes:
@@ -441,6 +442,9 @@ def step_prepare(ctx: Context) -> None:
         ctx.summary["kexec"] = entry.kernel
         ctx.boot, ctx.boot_kind = kexec_reboot, "kexec"
         return
+    from pyinit.ginit import mount_root
+    from pyinit.switchroot import check_switch_root, switch_root
+
     mount_root(device, NEWROOT)
     init = check_switch_root(NEWROOT, "/sbin/init")
     logger.info(f"handoff: switch_root into {NEWROOT}, exec {init}")
@@ -450,14 +454,15 @@ def step_prepare(ctx: Context) -> None:
 def step_entrypoint(ctx: Context) -> None:
     """ginit mode: mount root= and run entrypoint= inside it, on the console; with
     ``pyinit.exec=1`` it becomes PID 1 instead (switch_root, done by the handoff step)."""
-    from pyinit.ginit import mount_root, run_entrypoint
-    from pyinit.switchroot import check_switch_root, exec_entrypoint
-
     p = ctx.params
     if p.mode != "ginit" or p.root is None:
         return
+    from pyinit.ginit import mount_root, run_entrypoint
+
     mount_root(p.root, NEWROOT, fstype=p.rootfstype)
     if p.exec_entrypoint:
+        from pyinit.switchroot import check_switch_root, exec_entrypoint
+
         argv = list(p.entrypoint)
         check_switch_root(NEWROOT, argv[0])
         ctx.boot = lambda: exec_entrypoint(NEWROOT, argv)
