@@ -132,13 +132,22 @@ def uptime(path: str = "/proc/uptime") -> float | None:
         return None
 
 
-def parse_event(line: str) -> Event | None:
-    """The event carried by a console line, or None (used by tests and the harness)."""
+def find_event(line: str) -> tuple[Event, int] | None:
+    """The event carried by a console line and the index just past its JSON, or None. Text
+    after the JSON is allowed: on a serial console the kernel's own messages can land between
+    an event and its newline."""
     idx = line.find(EVENT_PREFIX)
     if idx < 0:
         return None
+    start = idx + len(EVENT_PREFIX)
     try:
-        value = json.loads(line[idx + len(EVENT_PREFIX):])
+        value, end = json.JSONDecoder().raw_decode(line, start)
     except json.JSONDecodeError:
         return None
-    return value if isinstance(value, dict) else None
+    return (value, end) if isinstance(value, dict) else None
+
+
+def parse_event(line: str) -> Event | None:
+    """The event carried by a console line, or None (used by tests and the harness)."""
+    found = find_event(line)
+    return found[0] if found is not None else None

@@ -45,7 +45,7 @@ from types import TracebackType
 from typing import IO, Any, Literal, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-from pyinit.log import parse_event
+from pyinit.log import EVENT_PREFIX, find_event, parse_event
 
 log = logging.getLogger("pyinit_qemu")
 serial_log = logging.getLogger("pyinit_qemu.serial")
@@ -465,6 +465,65 @@ def clean_line(raw: bytes) -> str:
     return _CTRL_RE.sub("", _ANSI_RE.sub("", text))
 
 
+_KMSG_RE = re.compile(r"\[\s*\d+\.\d{6}\] ")  # a kernel message's timestamp on the console
+
+
+class Unsplicer:
+    """Serial lines with the kernel's console messages taken back out of pyinit's event lines.
+
+    printk writes to the UART directly while a process's write to the console tty drains in
+    chunks, so a kernel message can land inside an event line: after its JSON (``...}[ 15.6]
+    sd 3:0:0:0: ...``) or in the middle of it, where the kernel message's own newline splits
+    the event over two lines. Each is given back as the event line and the kernel line."""
+
+    MAX_PARTS = 4  # lines an event may be spread over before it is given up as broken
+
+    def __init__(self) -> None:
+        self._head = ""  # an event's text so far, waiting for the rest of its line
+        self._parts = 0
+
+    def feed(self, line: str) -> list[str]:
+        """The lines that ``line`` completes, in console order."""
+        out: list[str] = []
+        if self._head:
+            joined = self._head + line
+            if find_event(joined) is not None:
+                self._head, self._parts = "", 0
+                return self._split_tail(joined)
+            cut = self._kernel_cut(joined)
+            self._parts += 1
+            if cut is not None and self._parts < self.MAX_PARTS:
+                self._head, kmsg = joined[:cut], joined[cut:]
+                return [kmsg]
+            out.append(self._head)  # never completed: given back as it came
+            self._head, self._parts = "", 0
+        if EVENT_PREFIX in line and find_event(line) is None:
+            cut = self._kernel_cut(line)
+            if cut is not None:
+                self._head, self._parts = line[:cut], 1
+                return [*out, line[cut:]]
+        return out + self._split_tail(line)
+
+    def flush(self) -> list[str]:
+        """What is still held back (at the end of the output)."""
+        head, self._head, self._parts = self._head, "", 0
+        return [head] if head else []
+
+    @staticmethod
+    def _kernel_cut(line: str) -> int | None:
+        """Where the last kernel message after the event prefix starts, or None."""
+        start = line.find(EVENT_PREFIX)
+        cuts = [m.start() for m in _KMSG_RE.finditer(line, start + len(EVENT_PREFIX))]
+        return cuts[-1] if cuts else None
+
+    @staticmethod
+    def _split_tail(line: str) -> list[str]:
+        found = find_event(line)
+        if found is None or not line[found[1]:].strip():
+            return [line]
+        return [line[:found[1]], line[found[1]:]]
+
+
 def _pdeathsig() -> Callable[[], None] | None:
     """A preexec_fn making QEMU receive SIGTERM when the test process dies (Linux only)."""
     try:
@@ -529,6 +588,7 @@ class VM:
         self._cond = threading.Condition()
         self._lines: list[str] = []
         self._events: list[dict[str, Any]] = []
+        self._unsplicer = Unsplicer()  # used by the reader thread only
         self._stderr: list[str] = []
         self._cursor = 0
         self._eof = False
@@ -659,13 +719,18 @@ class VM:
                     pending = b""
             if pending:
                 self._add_line(pending)
+            for line in self._unsplicer.flush():
+                self._add_clean(line)
         finally:
             with self._cond:
                 self._eof = True
                 self._cond.notify_all()
 
     def _add_line(self, raw: bytes) -> None:
-        line = clean_line(raw)
+        for line in self._unsplicer.feed(clean_line(raw)):
+            self._add_clean(line)
+
+    def _add_clean(self, line: str) -> None:
         serial_log.info("vm: %s", line)
         ev = parse_event(line)
         with self._cond:

@@ -77,6 +77,9 @@ def test_event_line_is_json_after_a_fixed_prefix(capsys: pytest.CaptureFixture[s
     assert ev["step"] == "network" and ev["mac"] == "52:54:00:12:34:56"
     assert log.parse_event("vm: " + line) == ev
     assert log.parse_event("PYINIT-EVENT {broken") is None
+    # a kernel console message after the JSON (before the newline) leaves the event readable
+    assert log.parse_event(line + "[   15.655886] sd 3:0:0:0: [sdb] 65536 blocks") == ev
+    assert log.find_event(line + "[ 1.0] x") == (ev, len(line))
 
 
 def test_rootfs_apply_is_idempotent(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from pyinit.log import parse_event
 from pyinit.units import parse_size
 from pyinit_qemu import cli as vm_cli
 from pyinit_qemu import vm as vm_mod
@@ -25,6 +26,7 @@ from pyinit_qemu.vm import (
     ExpectTimeout,
     Ovmf,
     UnexpectedOutput,
+    Unsplicer,
     VMConfig,
     VMError,
     build_command,
@@ -806,3 +808,36 @@ def test_server_hbas_one_adapter_per_kind() -> None:
         "pvscsi,id=pvscsi", "scsi-hd,drive=d3,bus=pvscsi.0",
         "scsi-hd,drive=d4,bus=megasas.0",
         "megasas-gen2,id=megasasgen2", "scsi-hd,drive=d5,bus=megasasgen2.0"]
+
+
+EVENT = 'PYINIT-EVENT {"step": "hardware", "status": "inventory", "pci": [1, 2], "uptime": 15.6}'
+KMSG = "[   15.655886] sd 3:0:0:0: [sdb] 65536 512-byte logical blocks: (33.6 MB/32.0 MiB)"
+
+
+def _unspliced(lines: list[str]) -> list[str]:
+    u = Unsplicer()
+    out = [o for line in lines for o in u.feed(line)]
+    return out + u.flush()
+
+
+def test_unsplicer_takes_a_kernel_message_off_the_end_of_an_event_line() -> None:
+    """Seen in CI: the kernel's message landed between the event's JSON and its newline."""
+    assert _unspliced([EVENT + KMSG, "next"]) == [EVENT, KMSG, "next"]
+
+
+def test_unsplicer_joins_an_event_the_kernel_split_in_two() -> None:
+    cut = EVENT.index('"pci"')
+    out = _unspliced([EVENT[:cut] + KMSG, EVENT[cut:], "after"])
+    assert out == [KMSG, EVENT, "after"]
+    assert parse_event(out[1]) == parse_event(EVENT)
+
+
+def test_unsplicer_leaves_other_lines_and_broken_events_alone() -> None:
+    broken = "PYINIT-EVENT {broken"
+    assert _unspliced(["plain", KMSG, EVENT, broken]) == ["plain", KMSG, EVENT, broken]
+    # a split event whose rest never comes is given back as it came, kernel line first
+    cut = EVENT.index('"pci"')
+    lines = [EVENT[:cut] + KMSG] + ["noise"] * 5
+    out = _unspliced(lines)
+    assert out[0] == KMSG and EVENT[:cut] in out and out.count("noise") == 5
+    assert all(parse_event(line) is None for line in out)
