@@ -99,6 +99,7 @@ test: initramfs lint
 # into their JSON line: the last line printed stays one JSON object holding every figure. A
 # failure of an earlier bench stops the target, as before.
 bench: initramfs
+	export PYINIT_MODULES=$$(ls -d $(CURDIR)/.cache/kernel/*/lib/modules/* | head -n 1); \
 	$(BIN)/python -m tests.bench.bench_boot --out $(OUT) --json-out $(OUT)/bench-boot.json
 	$(BIN)/python -m tests.bench.bench_serve --json-out $(OUT)/bench-serve.json
 	$(BIN)/python -m tests.bench.bench_fleet --json-out $(OUT)/bench-fleet.json

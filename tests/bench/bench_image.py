@@ -30,6 +30,10 @@ are reported too, so noise shows.
     capture_ratio       python -m pyinit.capture DEV URL --method put --compression zstd
                         / dd if=DEV bs=4M | zstd -T0 -3 | curl -sf -H 'Expect:' -T - URL
                                                                                target <= 0.6
+                        Also printed beside it, no target: the same against the baseline with
+                        dd iflag=direct (ratio_vs_direct_dd): dd's buffered reads are how it
+                        is run, but they cost it the page cache's copy and readahead limits,
+                        which pyinit's O_DIRECT reads do not pay.
 
 Real peers: images are served by nginx (sendfile, loopback, access log off) from a generated
 config; the disk is a loop device (direct I/O) over a sparse file under ``.cache/bench`` (and, for
@@ -233,6 +237,14 @@ class Bench:
                 f"curl -sf -H 'Expect:' -T - {shlex.quote(url)}"]
 
     @staticmethod
+    def direct_capture(device: str, url: str) -> list[str]:
+        """The baseline with ``iflag=direct``: not how dd is usually run, but what pyinit's
+        O_DIRECT reads are compared with when the rig's page cache is taken out."""
+        return ["bash", "-o", "pipefail", "-c",
+                f"dd if={shlex.quote(device)} bs=4M iflag=direct status=none | "
+                f"zstd -q -c -T0 -3 | curl -sf -H 'Expect:' -T - {shlex.quote(url)}"]
+
+    @staticmethod
     def pyinit_capture(device: str, url: str) -> list[str]:
         return [PY, "-m", "pyinit.capture", device, url, "--method", "put",
                 "--compression", "zstd"]
@@ -312,9 +324,12 @@ def check_rc(run: Run, who: str, *, measured: bool) -> None:
 
 # ---- the figures --------------------------------------------------------------------------------
 
-def alternate(reps: int) -> Iterator[tuple[int, str]]:
+def alternate(reps: int, sides: tuple[str, ...] = ("baseline", "pyinit")
+              ) -> Iterator[tuple[int, str]]:
+    """Each rep runs every side once, the order rotated by one each rep (drift cancels)."""
     for i in range(reps):
-        for who in (("baseline", "pyinit") if i % 2 == 0 else ("pyinit", "baseline")):
+        k = i % len(sides)
+        for who in sides[k:] + sides[:k]:
             yield i, who
 
 
@@ -450,9 +465,10 @@ def measure_capture(b: Bench, fig: Figure, image: Image, loop: Loop) -> None:
         f"{floor:.2f} s")
     for name in (floor_name, floor_name + ".sha256"):
         (b.srv / "images" / name).unlink(missing_ok=True)
-    sizes: dict[str, list[int]] = {"baseline": [], "pyinit": []}
-    baseline_verified = False
-    for i, who in alternate(b.capture_reps):
+    sizes: dict[str, list[int]] = {"baseline": [], "pyinit": [], "direct": []}
+    direct_s: list[float] = []
+    verified: set[str] = set()
+    for i, who in alternate(b.capture_reps, ("baseline", "pyinit", "direct")):
         name = f"capture-{who}-{i + 1}.img.zst"
         upload = b.srv / "images" / name
         url = f"{b.serve_url}/images/{name}"
@@ -461,6 +477,10 @@ def measure_capture(b: Bench, fig: Figure, image: Image, loop: Loop) -> None:
             r = b.measured(b.baseline_capture(loop.device, url), CAPTURE_TIMEOUT)
             check_rc(r, "baseline capture pipeline", measured=False)
             fig.baseline_s.append(r.seconds)
+        elif who == "direct":
+            r = b.measured(b.direct_capture(loop.device, url), CAPTURE_TIMEOUT)
+            check_rc(r, "baseline capture pipeline with iflag=direct", measured=False)
+            direct_s.append(r.seconds)
         else:
             r = b.measured(b.pyinit_capture(loop.device, url), CAPTURE_TIMEOUT)
             check_rc(r, "python -m pyinit.capture", measured=True)
@@ -474,9 +494,9 @@ def measure_capture(b: Bench, fig: Figure, image: Image, loop: Loop) -> None:
         fig.extra.setdefault(f"{who}_cpu_s", []).append(round(r.cpu_seconds, 2))
         say(f"bench: {fig.name} rep {i + 1}/{b.capture_reps} {who:8} {r.seconds:7.2f} s "
             f"(cpu {r.cpu_seconds:.1f} s, max rss {mb(r.max_rss_kib)} MB)")
-        if who == "pyinit" or not baseline_verified:
+        if who == "pyinit" or who not in verified:
             sizes[who].append(b.verify_upload(upload, disk_sha, f"{who} capture"))
-            baseline_verified = baseline_verified or who == "baseline"
+            verified.add(who)
         elif upload.is_file():
             sizes[who].append(upload.stat().st_size)
         upload.unlink(missing_ok=True)
@@ -487,6 +507,11 @@ def measure_capture(b: Bench, fig: Figure, image: Image, loop: Loop) -> None:
     if fig.baseline_s:
         # No capture can beat the time the server takes to receive it: the best ratio possible.
         fig.extra["floor_ratio"] = round(floor / statistics.median(fig.baseline_s), 3)
+    if direct_s and fig.pyinit_s:
+        # What dd's page-cache reads flatter: the same ratio against dd iflag=direct.
+        fig.extra["baseline_direct_s"] = [round(x, 3) for x in direct_s]
+        fig.extra["ratio_vs_direct_dd"] = round(statistics.median(fig.pyinit_s)
+                                                / statistics.median(direct_s), 3)
 
 
 # ---- preconditions ------------------------------------------------------------------------------
@@ -606,6 +631,10 @@ def table(figs: list[Figure]) -> str:
         if "server_floor_s" in f.extra:
             runs.append(f"server floor {f.extra['server_floor_s']:.2f} s "
                         f"(best possible ratio {f.extra.get('floor_ratio', float('nan')):.3f})")
+        if "ratio_vs_direct_dd" in f.extra:
+            runs.append("against dd iflag=direct (what page-cache reads flatter) "
+                        + " ".join(f"{t:.2f}" for t in f.extra["baseline_direct_s"])
+                        + f": ratio {f.extra['ratio_vs_direct_dd']:.3f}")
         rss = [f"{k.removeprefix('rss_mb_')} {v}" for k, v in f.extra.items()
                if k.startswith("rss_mb_") and v is not None]
         if rss:

@@ -22,7 +22,7 @@ import pytest
 import requests
 import zstandard
 
-from pyinit import parttable
+from pyinit import capture, parttable
 from pyinit.capture import capture_image
 from pyinit.errors import DiskError, FetchError
 from pyinit.units import MIB
@@ -156,6 +156,9 @@ def test_capture_gpt_zstd_multipart(loop: Callable[..., str], server: ObservedSe
     assert (result.bytes_read, result.sha256_raw) == (GPT_END, hashlib.sha256(expected).hexdigest())
     assert (result.bytes_sent, result.sha256_sent) == (len(stored),
                                                        hashlib.sha256(stored).hexdigest())
+    # read with O_DIRECT, and still the bytes written through the page cache a moment ago
+    # (the kernel writes a range back before a direct read of it)
+    assert result.direct_io
     print(f"captured {GPT_END / MIB:.0f} MiB to {len(stored) / MIB:.1f} MiB "
           f"in {result.seconds:.2f} s")
     # the image holds the primary GPT only: the writer puts the backup at its disk's end
@@ -186,8 +189,31 @@ def test_capture_without_partition_table_is_the_whole_device(
         write(16 * MIB - 4096, os.urandom(4096))
         result = capture_image(dev, f"{server.url}/images/whole.img", mac=MAC, method="put",
                                compression="none", session=session)
-    assert result.bytes_read == 16 * MIB
+    assert result.bytes_read == 16 * MIB and result.direct_io  # Content-Length from views
     assert (server.root / "images" / "whole.img").read_bytes() == device_bytes(dev, 16 * MIB)
+
+
+@pytest.mark.parametrize("compression", ["zstd", "gzip"])
+def test_capture_larger_than_its_buffers_reuses_them_without_mixing_bytes(
+        loop: Callable[..., str], server: ObservedServer, session: requests.Session,
+        compression: capture.Compression) -> None:
+    """The O_DIRECT buffers go round (READ_AHEAD + QUEUE_DEPTH + 2 of them): 160 MiB with a
+    different pattern in every CHUNK shows a buffer is never refilled before the compressor
+    took its bytes in."""
+    size = 160 * MIB
+    assert size > (capture.READ_AHEAD + capture.QUEUE_DEPTH + 2) * capture.CHUNK * 1.5
+    dev = loop(size // MIB)
+    with unsynced(dev) as write:
+        for i, offset in enumerate(range(0, size, capture.CHUNK)):
+            write(offset, os.urandom(MIB // 2) + f"chunk {i} ".encode() * 4096)
+        result = capture_image(dev, f"{server.url}/images/big", mac=MAC, method="put",
+                               compression=compression, session=session)
+        expected = device_bytes(dev, size)
+    stored = (server.root / "images" / "big").read_bytes()
+    raw = (zstandard.ZstdDecompressor().decompressobj().decompress(stored)
+           if compression == "zstd" else gzip.decompress(stored))
+    assert raw == expected and result.direct_io
+    assert result.sha256_raw == hashlib.sha256(expected).hexdigest()
 
 
 def test_capture_refuses_a_mounted_device(loop: Callable[..., str], tmp_path: Path,

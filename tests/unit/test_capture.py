@@ -294,6 +294,48 @@ def test_capture_whole_file_without_table(tmp_path: Path, server: ObservedServer
     assert decompress(stored, "zstd") == data
 
 
+class _SlowCopy:
+    """A compressor that takes its time before it copies its input: the pipeline must not hand
+    the buffer back for the next read until ``compress`` returned."""
+
+    def compress(self, data: bytes | memoryview) -> bytes:
+        time.sleep(0.1)  # the next read meanwhile waits for the buffer
+        return bytes(data)
+
+    def flush(self) -> bytes:
+        return b""
+
+
+def test_direct_read_buffers_go_back_only_after_the_compressor_took_their_bytes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # one buffer, one read at a time: the next read waits for the buffer, so one handed back
+    # too early is overwritten while the compressor still reads it
+    monkeypatch.setattr(capture, "DIRECT_BUFFERS", 1)
+    monkeypatch.setattr(capture, "READ_AHEAD", 1)
+    chunks = 6
+    path = tmp_path / "disk"
+    with open(path, "wb") as f:
+        for i in range(chunks):
+            f.write(bytes([i]) * capture.CHUNK)
+    size = chunks * capture.CHUNK
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        direct = capture.DirectReads.open(str(path), 512)
+        if direct is None:
+            pytest.skip(f"{tmp_path}'s file system refuses O_DIRECT")  # tmpfs
+        monkeypatch.setattr(capture, "make_compressor", lambda compression: _SlowCopy())
+        progress = capture._Progress(size, time.monotonic)
+        with capture._Pipeline(fd, str(path), capture.plan_reads(size, [(0, size)]), "zstd",
+                               progress, direct=direct) as pipe:
+            out = b"".join(bytes(c) for c in pipe.chunks())
+        direct.close()
+    finally:
+        os.close(fd)
+    assert pipe.buffers is not None and pipe.buffered_reads == 0
+    assert [out[i * capture.CHUNK] for i in range(chunks)] == list(range(chunks))
+    assert out == path.read_bytes()
+
+
 def test_holes_are_not_read(tmp_path: Path, server: ObservedServer,
                             session: requests.Session, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "sparse"
