@@ -36,7 +36,7 @@ MAC = "52:54:00:5e:00:05"
 def golden(artifacts: Artifacts, tmp_path: Path, **options: Any) -> tuple[Path, build.Manifest]:
     rootfs = busybox.busybox_rootfs(tmp_path / "rootfs")
     spec = build.ImageSpec(rootfs=rootfs, output=tmp_path / "golden.img", kernel=artifacts.kernel,
-                           initrds=(artifacts.initrd,), cmdline=CMDLINE, hostname="golden",
+                           initrds=(artifacts.archive,), cmdline=CMDLINE, hostname="golden",
                            headroom=32 * MIB, source_date_epoch=busybox.EPOCH, **options)
     manifest = build.build_image(spec)
     return spec.output, manifest

@@ -26,7 +26,7 @@ CMDLINE = "entrypoint=/sbin/marker pyinit.on_failure=poweroff"
 def _image(artifacts: Artifacts, tmp_path: Path, rootfs: Path, name: str,
            **options: object) -> tuple[Path, build.Manifest]:
     spec = build.ImageSpec(rootfs=rootfs, output=tmp_path / name, kernel=artifacts.kernel,
-                           initrds=(artifacts.initrd,), cmdline=CMDLINE, hostname="golden",
+                           initrds=(artifacts.archive,), cmdline=CMDLINE, hostname="golden",
                            compress="none", headroom=32 * build.MIB,
                            **options)  # type: ignore[arg-type]
     manifest = build.build_image(spec)

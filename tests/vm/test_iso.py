@@ -47,7 +47,7 @@ def _serve(server: Server, demo: DemoImage, mac: str, **action: object) -> None:
 
 
 def _iso(artifacts: Artifacts, server: Server, out: Path) -> iso.IsoResult:
-    spec = iso.IsoSpec(output=out, kernel=artifacts.kernel, initrd=artifacts.initrd,
+    spec = iso.IsoSpec(output=out, kernel=artifacts.kernel, initrd=artifacts.archive,
                        cmdline=iso.compose(url=server.guest_url,
                                            append=["pyinit.on_failure=poweroff panic=-1"]))
     return iso.build_iso(spec)

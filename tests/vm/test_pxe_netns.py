@@ -161,7 +161,7 @@ def provision(lab: Lab, tap: str, artifacts: Artifacts, demo_image: DemoImage,
     for d in (root / "machines", root / "images", boot):
         d.mkdir(parents=True)
     (boot / "vmlinuz").symlink_to(artifacts.kernel)
-    (boot / "initramfs.cpio.zst").symlink_to(artifacts.initrd)
+    (boot / "initramfs.cpio.zst").symlink_to(artifacts.archive)
     (root / "images" / "demo.img.gz").symlink_to(demo_image.gz)
     (root / "machines" / f"{MAC_DASHES}.json").write_text(json.dumps({
         "action": "writeImage", "sourceImage": "images/demo.img.gz",
