@@ -53,6 +53,7 @@ BIND_WAIT = 2.0  # seconds a matched driver gets to bind (async probe) before "n
 KERNEL_ALIASES = Path("/etc/pyinit/kernel-aliases")
 PROCFS = Path("/proc")  # where the hardware inventory reads cpuinfo and meminfo
 LLDP_SECONDS = 60.0  # how long the LLDP listener waits for a switch (frames every 30 s)
+INVENTORY_GRACE = 5.0  # seconds the result waits for a hardware inventory still being taken
 
 
 @dataclass
@@ -235,18 +236,30 @@ def start_inventory(ctx: Context) -> None:
     """The hardware inventory (DMI, CPUs, memory, PCI, disks, NICs) in a daemon thread that
     posts one event. Never blocks and never fails the boot (docs/inventory.md)."""
     from pyinit import inventory
+    from pyinit.disks.settle import settle
 
     nics = ctx.network.nics if ctx.network is not None else ()
     drivers, timeout = ctx.background_drivers, ctx.params.disk_timeout
-    ctx.hardware = inventory.start(sysfs=SYSFS, procfs=PROCFS, dev=DEV, nics=nics,
-                                   wait=(lambda: drivers.wait(timeout)) if drivers else None)
+
+    def wait() -> None:
+        """Every driver loaded, then the disks settled as the disks step waits for them (a USB
+        disk appears a second or more after its driver): the inventory lists what is there."""
+        if drivers is not None:
+            drivers.wait(timeout)
+        settle(SYSFS, timeout=timeout, quiet=DISK_QUIET)
+
+    ctx.hardware = inventory.start(sysfs=SYSFS, procfs=PROCFS, dev=DEV, nics=nics, wait=wait)
 
 
 def stop_background(ctx: Context) -> None:
-    """Before the result and the hand-off: the inventory gets a moment to finish, the LLDP
-    window ends (links it raised go down again)."""
+    """Before the result and the hand-off: the inventory gets a few seconds to finish (a boot
+    that failed early, at an unknown MAC say, still tells the server what the machine is), the
+    LLDP window ends (links it raised go down again)."""
     if ctx.hardware is not None:
-        ctx.hardware.join(1.0)
+        ctx.hardware.join(INVENTORY_GRACE)
+        if ctx.hardware.is_alive():
+            log.get_logger().warning(f"inventory: not taken within {INVENTORY_GRACE:.0f} s of "
+                                     "the end; going on without it")
     if ctx.lldp_listener is not None:
         ctx.lldp_listener.stop()
 

@@ -108,6 +108,9 @@ def test_provision_through_each_controller_and_nic(artifacts: Artifacts, server:
     sizes = sorted(d["size"] for d in disks_event["disks"])
     assert sizes == sorted([2 * demo_image.size] + [demo_image.size // 2] * case.other_seen), \
         disks_event
+    # the hardware inventory waits for the disks to settle too: a USB disk that appears a
+    # second after its driver is listed (it was missing once)
+    assert sorted(d["size"] for d in hardware["disks"]["disks"]) == sizes, hardware["disks"]
     # every network and storage controller of the machine is bound to a driver
     bound = {d["id"]: d["driver"] for d in hardware["pci"]["devices"]
              if d["class"][:2] in ("01", "02", "0c")}

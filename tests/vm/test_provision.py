@@ -67,8 +67,10 @@ def test_unknown_mac_fails_without_touching_the_disk(artifacts: Artifacts, serve
     assert result["policy"] == "poweroff"
     assert result["failed_step"] == "action"
     assert is_all_zero(disk)
-    assert ("result", "failed") in [(e.get("step"), e.get("status"))
-                                    for e in server.events(mac)]
+    kinds = [(e.get("step"), e.get("status")) for e in server.events(mac)]
+    assert ("result", "failed") in kinds
+    # an unknown machine still tells the server what it is, before its result
+    assert kinds.index(("hardware", "inventory")) < kinds.index(("result", "failed")), kinds
 
 
 def test_malformed_action_fails_without_touching_the_disk(artifacts: Artifacts, server: Server,
