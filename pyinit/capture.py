@@ -70,6 +70,7 @@ from pyinit.disks.usage import Usage, check_device
 from pyinit.errors import ConfigError, DiskError, FetchError, ImageError, PyinitError
 from pyinit.fetch import USER_AGENT, auth_headers, backoff, tls_failure
 from pyinit.log import event, get_logger
+from pyinit.sysfs import read_attr
 
 log = get_logger("pyinit.capture")
 
@@ -219,13 +220,6 @@ def _coalesce(length: int, extents: Iterable[tuple[int, int]],
 
 
 # -- the source -------------------------------------------------------------------------------
-
-
-def _read_text(path: Path) -> str | None:
-    try:
-        return path.read_text().strip()
-    except OSError:
-        return None
 
 
 def source_conflict(usage: Usage) -> str | None:
@@ -735,7 +729,7 @@ def default_mac(sysfs: Path = Path("/sys")) -> str:
     except OSError:
         names = []
     for name in names:
-        addr = _read_text(sysfs / "class" / "net" / name / "address") or ""
+        addr = read_attr(sysfs / "class" / "net" / name / "address") or ""
         if name != "lo" and re.fullmatch(r"([0-9a-f]{2}:){5}[0-9a-f]{2}", addr) and \
                 addr != "00:00:00:00:00:00":
             return addr.replace(":", "-")

@@ -37,8 +37,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from pyinit.disks.usage import SECTOR, Partition, disk_usage, proc_text, read_attr, read_family
+from pyinit.disks.usage import SECTOR, Partition, disk_usage, proc_text, read_family
 from pyinit.errors import DiskError
+from pyinit.sysfs import read_attr
 
 ISO9660_MAGIC_OFFSET = 32769     # "CD001" in the first volume descriptor (sector 16 + 1)
 _SKIP_PREFIXES = ("loop", "ram", "zram", "nbd", "sr", "fd", "dm-", "md")

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pyinit.disks.usage import read_attr
+from pyinit.sysfs import read_attr
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,8 @@ any use unless ``allow_mounted`` (:attr:`pyinit.disks.inventory.Disk.mounted` an
 rendered from the same record).
 
 :func:`disk_usage` is pure; :func:`read_family`, :func:`kernel_name` and :func:`device_usage`
-read sysfs, /dev and /proc, and so do the two small readers the other disk modules share
-(:func:`read_attr`, :func:`proc_text`).
+read sysfs (:func:`pyinit.sysfs.read_attr`), /dev and /proc (:func:`proc_text`, which the other
+disk modules share).
 """
 
 from __future__ import annotations
@@ -24,17 +24,9 @@ from typing import Literal
 from pyinit.errors import DiskError
 from pyinit.mounts import parse as parse_mounts
 from pyinit.mounts import unescape as _unescape
+from pyinit.sysfs import read_attr
 
 SECTOR = 512                     # sysfs ``size`` is in 512-byte sectors whatever the disk's blocks
-
-
-def read_attr(path: Path) -> str | None:
-    """A sysfs attribute, stripped; None when absent, unreadable or empty."""
-    try:
-        text = path.read_bytes().decode("utf-8", "replace").strip().strip("\0").strip()
-    except OSError:
-        return None
-    return text or None
 
 
 def proc_text(path: Path) -> str:

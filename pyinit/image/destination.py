@@ -17,6 +17,7 @@ from pyinit import grow, syscalls
 from pyinit.disks.usage import Usage, check_device
 from pyinit.errors import DiskError
 from pyinit.log import get_logger
+from pyinit.sysfs import read_attr
 from pyinit.units import MIB
 
 log = get_logger("pyinit.image")
@@ -24,13 +25,6 @@ log = get_logger("pyinit.image")
 HEAD = MIB  # held back and written last
 MAX_ZERO_CALL = 1 << 30  # one BLKZEROOUT/fallocate call zeroes at most this much
 DIRECT_DEFAULT = True  # O_DIRECT for block devices: measured faster (see write_image)
-
-
-def _read(path: Path) -> str:
-    try:
-        return path.read_text()
-    except OSError:
-        return ""
 
 
 def destination_conflict(usage: Usage) -> str | None:
@@ -66,7 +60,7 @@ def zeroes_offloaded(sysfs: Path, rdev: int) -> bool | None:
     partition's queue is its disk's). None when sysfs does not say."""
     node = sysfs / "dev" / "block" / f"{os.major(rdev)}:{os.minor(rdev)}"
     for queue_dir in (node / "queue", node / ".." / "queue"):
-        value = _read(queue_dir / "write_zeroes_max_bytes").strip()
+        value = read_attr(queue_dir / "write_zeroes_max_bytes") or ""
         if value.isdigit():
             return int(value) > 0
     return None
@@ -96,6 +90,7 @@ class Target:
         self.touched = False
         self.zero_method = "BLKZEROOUT" if block_device else "fallocate ZERO_RANGE"
         self.zero_offload: bool | None = None  # queue/write_zeroes_max_bytes > 0
+        self._offload_source: tuple[Path, int] | None = None  # (sysfs, rdev): to look again
 
     @classmethod
     def open(cls, path: str, *, allow_regular_file: bool = False,
@@ -138,7 +133,19 @@ class Target:
                      direct=use_direct, sector=sector, buffered_fd=buffered_fd)
         if block_device:
             target.zero_offload = zeroes_offloaded(sysfs, st.st_rdev)
+            target._offload_source = (sysfs, st.st_rdev)
         return target
+
+    def offload_refused(self) -> bool:
+        """After the zeroing: whether a device that advertised Write Zeroes refused them (the
+        kernel then drops its limit to 0 and writes zero pages itself, as loop devices over a
+        file system without ZERO_RANGE do). :attr:`zero_offload` is updated to match."""
+        if self.zero_offload is not True or self._offload_source is None:
+            return False
+        if zeroes_offloaded(*self._offload_source) is not False:
+            return False
+        self.zero_offload = False
+        return True
 
     def close(self) -> None:
         if self.buffered_fd != self.fd:

@@ -146,6 +146,9 @@ def write_image(req: WriteRequest, *, session: requests.Session,
         except BaseException as exc:
             _fail_safe(target, req, exc)
             raise
+        if pipe.writer.zero_bytes and target.offload_refused():
+            log.info("provision: the device advertised Write Zeroes and then refused them: "
+                     "the kernel wrote the zero runs itself")
         target.reread_partitions()
     finally:
         target.close()

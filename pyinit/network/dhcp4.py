@@ -31,7 +31,8 @@ from typing import Any
 
 from pyinit.errors import NetworkError
 from pyinit.log import get_logger
-from pyinit.network.links import ifindex, one_line, quiet_pyroute2, read_attr
+from pyinit.network.links import ifindex, one_line, quiet_pyroute2
+from pyinit.sysfs import read_attr
 
 log = get_logger("pyinit.network")
 

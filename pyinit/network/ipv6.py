@@ -21,8 +21,9 @@ from typing import Any
 from pyinit.errors import NetworkError
 from pyinit.log import get_logger
 from pyinit.network.dhcp4 import write_resolv_conf
-from pyinit.network.links import Nic, ifindex, one_line, read_attr, set_link_up
+from pyinit.network.links import Nic, ifindex, one_line, set_link_up
 from pyinit.network.result import NetworkResult
+from pyinit.sysfs import read_attr
 
 log = get_logger("pyinit.network")
 

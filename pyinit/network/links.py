@@ -3,7 +3,7 @@
 and the NIC inventory for the console and the server.
 
 :func:`choose_nic` and the inventory lines and event are pure; the readers take ``sysfs``. Also
-the small helpers every network module shares (:func:`read_attr`, :func:`one_line`,
+the small helpers every network module shares (:func:`one_line`,
 :func:`set_link_up`, :func:`ifindex`, :func:`quiet_pyroute2`).
 """
 
@@ -21,6 +21,7 @@ from pyinit import macaddr
 from pyinit.cmdline import BondConfig, VlanConfig
 from pyinit.errors import NetworkError
 from pyinit.log import get_logger
+from pyinit.sysfs import read_attr
 
 log = get_logger("pyinit.network")
 
@@ -51,14 +52,6 @@ class Nic:
 
 # ---------------------------------------------------------------------------------------------
 # NIC discovery and choice
-
-
-def read_attr(path: Path) -> str | None:
-    """A sysfs or /proc attribute (a small text file), stripped; None when it cannot be read."""
-    try:
-        return path.read_text().strip()
-    except OSError:  # missing file, or EINVAL (carrier of a down link)
-        return None
 
 
 def _read_int(path: Path, base: int = 10) -> int | None:

@@ -222,6 +222,39 @@ def test_zero_runs_are_zeroed_on_the_device(images: Images,
     assert bytes([JUNK]) * 16 not in content[:IMAGE_SIZE]
 
 
+def test_a_device_that_refuses_write_zeroes_is_not_reported_as_offloading(
+        images: Images, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A loop device over a tmpfs file advertises Write Zeroes, and the first BLKZEROOUT fails
+    inside (tmpfs has no ZERO_RANGE): the kernel drops the limit to 0 and writes zero pages.
+    pyinit said "offloaded" from sysfs at open; it looks again after the write and says so."""
+    need("losetup")
+    mnt = tmp_path / "tmpfs"
+    mnt.mkdir()
+    sh("mount", "-t", "tmpfs", "-o", f"size={DISK_SIZE + MIB}", "tmpfs", str(mnt))
+    try:
+        backing = mnt / "disk.img"
+        with backing.open("wb") as f:
+            f.truncate(DISK_SIZE)
+        loop = Loop(sh("losetup", "-f", "--show", str(backing)).strip(), backing, DISK_SIZE)
+        try:
+            queue = Path("/sys/block") / Path(loop.device).name / "queue"
+            if int((queue / "write_zeroes_max_bytes").read_text()) == 0:
+                pytest.fail(f"{loop.device} over tmpfs does not advertise Write Zeroes: this "
+                            "kernel's loop driver is not the one the test was written for")
+            loop.fill()
+            r = write(images, "disk.img.zst", loop.device)
+            assert r.zero_bytes > 4 * MIB
+            assert loop.content()[:IMAGE_SIZE] == images.raw
+            assert int((queue / "write_zeroes_max_bytes").read_text()) == 0
+            console = capsys.readouterr().out
+            assert "offloaded to the device" in console  # what sysfs said at open
+            assert "refused them: the kernel wrote the zero runs itself" in console
+        finally:
+            subprocess.run(["losetup", "-d", loop.device], capture_output=True)
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
 def test_checksum_url(images: Images, make_loop: Callable[..., Loop]) -> None:
     loop = make_loop()
     r = write(images, "disk.img.zst", loop.device, checksum_url=images.url("SHA256SUMS"))
