@@ -3,7 +3,7 @@
 
     fetch ──chunks──► decode ──4 MiB aligned blocks (pool of 8)──► write ──4 I/O threads──► disk
       │                                 │
-      └──chunks──► hash                 └──blocks──► raw hash (only with verify: the read-back compares it)
+      └──chunks──► hash                 └──blocks──► raw hash (only with verify: for the read-back)
                    (the file as served)
 
 zlib, lzma, bz2, zstandard, hashlib, socket reads and pwrite all release the GIL, so the stages
