@@ -9,6 +9,7 @@ when the failure came before any write) and that the error is one line naming th
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import mmap
 import os
@@ -24,6 +25,7 @@ from typing import Any
 import pytest
 import requests
 
+from pyinit import log
 from pyinit.errors import ChecksumMismatch, DiskError, FetchError, ImageError, PyinitError
 from pyinit.fetch import backoff
 from pyinit.image.write import WriteRequest, WriteResult, write_image
@@ -223,7 +225,7 @@ def test_zero_runs_are_zeroed_on_the_device(images: Images,
 
 
 def test_a_device_that_refuses_write_zeroes_is_not_reported_as_offloading(
-        images: Images, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        images: Images, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A loop device over a tmpfs file advertises Write Zeroes, and the first BLKZEROOUT fails
     inside (tmpfs has no ZERO_RANGE): the kernel drops the limit to 0 and writes zero pages.
     pyinit said "offloaded" from sysfs at open; it looks again after the write and says so."""
@@ -242,13 +244,16 @@ def test_a_device_that_refuses_write_zeroes_is_not_reported_as_offloading(
                 pytest.fail(f"{loop.device} over tmpfs does not advertise Write Zeroes: this "
                             "kernel's loop driver is not the one the test was written for")
             loop.fill()
+            console = io.StringIO()  # pyinit's console, whatever earlier tests set it to
+            monkeypatch.setattr(log, "_console", console)
+            log.configure()
             r = write(images, "disk.img.zst", loop.device)
             assert r.zero_bytes > 4 * MIB
             assert loop.content()[:IMAGE_SIZE] == images.raw
             assert int((queue / "write_zeroes_max_bytes").read_text()) == 0
-            console = capsys.readouterr().out
-            assert "offloaded to the device" in console  # what sysfs said at open
-            assert "refused them: the kernel wrote the zero runs itself" in console
+            lines = console.getvalue()
+            assert "offloaded to the device" in lines  # what sysfs said at open
+            assert "refused them: the kernel wrote the zero runs itself" in lines
         finally:
             subprocess.run(["losetup", "-d", loop.device], capture_output=True)
     finally:
