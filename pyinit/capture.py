@@ -295,17 +295,23 @@ class DirectReads:
         """The bytes as a view of ``into`` (a buffer of at least ``length``), or of a fresh
         buffer (unmapped once the last user drops it)."""
         view = memoryview(into if into is not None else mmap.mmap(-1, length))[:length]
-        got = 0
-        try:
-            while got < length:  # short reads are legal; EOF is not
-                n = os.preadv(self.fd, [view[got:]], offset + got)
-                if n == 0:
-                    raise DiskError(device, f"unexpected end of device at offset {offset + got}")
-                got += n
-        except OSError as exc:
-            raise DiskError(device, f"read error at offset {offset + got}: "
-                                    f"{exc.strerror}") from exc
+        read_fully(self.fd, view, offset, device)
         return view
+
+
+def read_fully(fd: int, view: memoryview, offset: int, device: str) -> None:
+    """Fill ``view`` from ``offset``: short reads are legal, the end of the device is not;
+    both failures one :class:`DiskError` line naming the offset."""
+    got = 0
+    try:
+        while got < len(view):
+            n = os.preadv(fd, [view[got:]], offset + got)
+            if n == 0:
+                raise DiskError(device, f"unexpected end of device at offset {offset + got}")
+            got += n
+    except OSError as exc:
+        raise DiskError(device, f"read error at offset {offset + got}: "
+                                f"{exc.strerror}") from exc
 
 
 class _Compressor(Protocol):
@@ -398,18 +404,10 @@ class _Pipeline:
             t.join()
 
     def _pread(self, length: int, offset: int) -> Chunk:
-        try:
-            data = os.pread(self.fd, length, offset)
-            while len(data) < length:  # short reads are legal; EOF is not
-                more = os.pread(self.fd, length - len(data), offset + len(data))
-                if not more:
-                    raise DiskError(self.device, f"unexpected end of device at offset "
-                                                 f"{offset + len(data)}")
-                data += more
-        except OSError as exc:
-            raise DiskError(self.device, f"read error at offset {offset}: "
-                                         f"{exc.strerror}") from exc
-        return data
+        """A read through the page cache (a regular file, or a device without O_DIRECT)."""
+        view = memoryview(bytearray(length))
+        read_fully(self.fd, view, offset, self.device)
+        return view
 
     def _reads(self) -> Iterator[Chunk]:
         """Every segment's bytes in disk order: data read ``READ_AHEAD`` at a time by a pool,

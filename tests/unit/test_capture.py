@@ -523,17 +523,17 @@ def test_read_error_mid_capture_leaves_nothing(tmp_path: Path, server: ObservedS
                                                session: requests.Session,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "disk").write_bytes(os.urandom(4 * capture.CHUNK))
-    real_pread = os.pread
+    real_preadv = os.preadv
     calls = 0
 
-    def failing_pread(fd: int, n: int, off: int) -> bytes:
+    def failing_preadv(fd: int, buffers: list[memoryview], off: int) -> int:
         nonlocal calls
         calls += 1
         if calls == 3:
             raise OSError(errno.EIO, "Input/output error")
-        return real_pread(fd, n, off)
+        return real_preadv(fd, buffers, off)
 
-    monkeypatch.setattr("pyinit.capture.os.pread", failing_pread)
+    monkeypatch.setattr("pyinit.capture.os.preadv", failing_preadv)
     for method in ("put", "multipart"):
         calls = 0
         with pytest.raises(DiskError, match=r"read error at offset \d+: Input/output error"):
