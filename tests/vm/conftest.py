@@ -11,7 +11,6 @@ demo`` boot.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Iterator
@@ -22,7 +21,7 @@ from typing import Any
 import pytest
 import zstandard
 
-from pyinit_build.demoimage import DemoImage, build_demo_image
+from pyinit_build.demoimage import DemoImage, build_demo_image, sha256_file
 from pyinit_qemu.vm import VM, Disk, Interface, VMConfig, create_disk, guest_url
 from tests.serverkit import ObservedServer
 
@@ -53,7 +52,7 @@ class Artifacts:
 def uncompressed(archive: Path, cache: Path) -> Path:
     """``archive`` inflated once into ``cache`` (named by its sha256: a rebuilt archive gets a
     new file; written to a temporary name and renamed, so parallel workers never see half)."""
-    digest = hashlib.sha256(archive.read_bytes()).hexdigest()[:16]
+    digest = sha256_file(archive)[:16]
     path = cache / f"initramfs-{digest}.cpio"
     if not path.exists():
         cache.mkdir(parents=True, exist_ok=True)
