@@ -91,8 +91,9 @@ def make_loop(tmp_path: Path) -> Iterator[Callable[..., Loop]]:
     need("losetup")
     loops: list[Loop] = []
 
-    def make(size: int = DISK_SIZE, *, partscan: bool = False) -> Loop:
-        backing = tmp_path / f"disk{len(loops)}.img"
+    def make(size: int = DISK_SIZE, *, partscan: bool = False, under: Path | None = None) -> Loop:
+        """``under``: the directory for the backing file (default: the test's tmp_path)."""
+        backing = (under or tmp_path) / f"disk{len(loops)}.img"
         with backing.open("wb") as f:
             f.truncate(size)
         argv = ["losetup", "-f", "--show", *(["-P"] if partscan else []), str(backing)]
@@ -225,38 +226,32 @@ def test_zero_runs_are_zeroed_on_the_device(images: Images,
 
 
 def test_a_device_that_refuses_write_zeroes_is_not_reported_as_offloading(
-        images: Images, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        images: Images, tmp_path: Path, make_loop: Callable[..., Loop],
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """A loop device over a tmpfs file advertises Write Zeroes, and the first BLKZEROOUT fails
     inside (tmpfs has no ZERO_RANGE): the kernel drops the limit to 0 and writes zero pages.
     pyinit said "offloaded" from sysfs at open; it looks again after the write and says so."""
-    need("losetup")
     mnt = tmp_path / "tmpfs"
     mnt.mkdir()
     sh("mount", "-t", "tmpfs", "-o", f"size={DISK_SIZE + MIB}", "tmpfs", str(mnt))
     try:
-        backing = mnt / "disk.img"
-        with backing.open("wb") as f:
-            f.truncate(DISK_SIZE)
-        loop = Loop(sh("losetup", "-f", "--show", str(backing)).strip(), backing, DISK_SIZE)
-        try:
-            queue = Path("/sys/block") / Path(loop.device).name / "queue"
-            if int((queue / "write_zeroes_max_bytes").read_text()) == 0:
-                pytest.fail(f"{loop.device} over tmpfs does not advertise Write Zeroes: this "
-                            "kernel's loop driver is not the one the test was written for")
-            loop.fill()
-            console = io.StringIO()  # pyinit's console, whatever earlier tests set it to
-            monkeypatch.setattr(log, "_console", console)
-            log.configure()
-            r = write(images, "disk.img.zst", loop.device)
-            assert r.zero_bytes > 4 * MIB
-            assert loop.content()[:IMAGE_SIZE] == images.raw
-            assert int((queue / "write_zeroes_max_bytes").read_text()) == 0
-            lines = console.getvalue()
-            assert "offloaded to the device" in lines  # what sysfs said at open
-            assert "refused them: the kernel wrote the zero runs itself" in lines
-        finally:
-            subprocess.run(["losetup", "-d", loop.device], capture_output=True)
+        loop = make_loop(under=mnt)  # filled with junk by writes, no zeroing yet
+        queue = Path("/sys/block") / Path(loop.device).name / "queue"
+        if int((queue / "write_zeroes_max_bytes").read_text()) == 0:
+            pytest.fail(f"{loop.device} over tmpfs does not advertise Write Zeroes: this "
+                        "kernel's loop driver is not the one the test was written for")
+        console = io.StringIO()  # pyinit's console, whatever earlier tests set it to
+        monkeypatch.setattr(log, "_console", console)
+        log.configure()
+        r = write(images, "disk.img.zst", loop.device)
+        assert r.zero_bytes > 4 * MIB
+        assert loop.content()[:IMAGE_SIZE] == images.raw
+        assert int((queue / "write_zeroes_max_bytes").read_text()) == 0
+        lines = console.getvalue()
+        assert "offloaded to the device" in lines  # what sysfs said at open
+        assert "refused them: the kernel wrote the zero runs itself" in lines
     finally:
+        # lazily: make_loop detaches the loop device after the test
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
