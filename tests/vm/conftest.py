@@ -23,6 +23,7 @@ import zstandard
 
 from pyinit_build.demoimage import DemoImage, build_demo_image, sha256_file
 from pyinit_qemu.vm import VM, Disk, Interface, VMConfig, create_disk, guest_url
+from tests import debian_root
 from tests.serverkit import ObservedServer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -76,6 +77,15 @@ def artifacts() -> Artifacts:
             pytest.fail(msg)
         pytest.skip(msg)
     return Artifacts(kernel, archive, uncompressed(archive, out / "test"))
+
+
+@pytest.fixture(scope="session")
+def debian_bookworm() -> debian_root.DebianRoot:
+    """A Debian bookworm root (systemd, openssh-server, an older cloud kernel) and the newest
+    cloud kernel's .deb: built once per run under ``$PYINIT_OUT/test``
+    (:mod:`tests.debian_root`)."""
+    out = Path(os.environ.get("PYINIT_OUT", REPO / "out"))
+    return debian_root.bookworm(out / "test")
 
 
 @pytest.fixture(scope="session")

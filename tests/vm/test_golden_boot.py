@@ -8,14 +8,15 @@ the target's root filesystem → the marker the target's own /sbin/marker prints
 from __future__ import annotations
 
 import io
+import shutil
 import tarfile
 from pathlib import Path
 
 import pytest
 
-from pyinit_build.golden import build, debian
+from pyinit_build.golden import build
 from pyinit_qemu.vm import VM, Disk, VMConfig
-from tests import golden_rootfs
+from tests import debian_root, golden_rootfs
 from tests.vm.conftest import NEVER, Artifacts
 
 pytestmark = pytest.mark.vm
@@ -99,11 +100,13 @@ sleep 60
 """
 
 
-def test_debian_bootstrap_boots_with_its_own_kernel_and_initramfs(tmp_path: Path) -> None:
-    """The slow path: ``debian:bookworm`` (mmdebstrap from the host's apt sources, with
-    linux-image-cloud-amd64 and initramfs-tools) — Debian's own kernel and initramfs-tools
-    find the root filesystem by UUID; the marker runs as init."""
-    tarball = debian.bootstrap("bookworm", tmp_path / "bookworm.tar")
+def test_debian_bootstrap_boots_with_its_own_kernel_and_initramfs(
+        tmp_path: Path, debian_bookworm: debian_root.DebianRoot) -> None:
+    """The slow path: ``debian:bookworm`` (mmdebstrap from the host's apt sources, with a cloud
+    kernel and initramfs-tools) — Debian's own kernel and initramfs-tools find the root
+    filesystem by UUID; the marker runs as init."""
+    tarball = tmp_path / "bookworm.tar"
+    shutil.copyfile(debian_bookworm.tarball, tarball)
     with tarfile.open(tarball, "a") as tar:  # /sbin is merged-/usr's link to usr/sbin
         info = tarfile.TarInfo("./sbin/pyinit-marker")
         info.mode, info.size, info.mtime = 0o755, len(DEBIAN_MARKER), golden_rootfs.EPOCH
