@@ -60,6 +60,7 @@ _FIELDS: dict[str, tuple[str, tuple[type, ...]]] = {
     "sshKeys": ("ssh_keys", (list,)),
     "network": ("network", (str,)),
     "cloudInit": ("cloud_init", (bool,)),
+    "keepIdentity": ("keep_identity", (bool,)),
     "rootDeviceHints": ("root_device_hints", (dict,)),
     "allowRemovable": ("allow_removable", (bool,)),
 }
@@ -105,6 +106,10 @@ class Action:
     network: NetworkMode = "none"
     nameservers: tuple[str, ...] = ()
     cloud_init: bool = False
+    # Per-machine identity (issue #15, docs/identity.md): configure makes fresh SSH host keys,
+    # machine-id, random seed ... in every written target unless this is set (restoring a
+    # machine's own captured disk onto the same machine).
+    keep_identity: bool = False
     # Which disk (issue #7, docs/disks.md): ironic-style hints instead of a device path, for
     # writeImage (the destination) or readImage (the source). Neither hints nor a device on a
     # writeImage: the default rule (smallest usable disk that fits). Removable disks (USB

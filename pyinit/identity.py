@@ -492,7 +492,8 @@ def _is_mount_point(path: Path) -> bool:
         return False
 
 
-def write_file(root: Path, path: str, content: str, mode: int, *, dir_mode: int = 0o755) -> Path:
+def write_file(root: Path, path: str, content: str | bytes, mode: int, *,
+               dir_mode: int = 0o755) -> Path:
     """Atomically write ``content`` to ``path`` inside the target, owned by root (when run as
     root), with ``mode``. Refused: a final symlink (it points at something the target manages
     elsewhere, such as ``/run``), a path that resolves into /dev, /proc, /sys, /run or /tmp, and a
@@ -513,8 +514,8 @@ def write_file(root: Path, path: str, content: str, mode: int, *, dir_mode: int 
     tmp.unlink(missing_ok=True)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(content)
+        with os.fdopen(fd, "wb") as f:
+            f.write(content.encode() if isinstance(content, str) else content)
             f.flush()
             os.fchmod(f.fileno(), mode)
             if os.geteuid() == 0:

@@ -11,6 +11,7 @@ everything catches every error, reports it, and applies the failure policy
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import threading
 import time
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import requests
 
-from pyinit import __version__, coldplug, kmod, log, macaddr, policy, rootfs, tls
+from pyinit import __version__, coldplug, kmod, log, macaddr, policy, proc, rootfs, tls
 from pyinit.cmdline import BootParams, IpConfig, failure_policy, mask_secrets, parse_cmdline
 from pyinit.errors import ConfigError, PyinitError
 from pyinit.events import ServerSink
@@ -36,7 +37,7 @@ from pyinit.network.result import NetworkResult
 # imported here is paid for before the first step, and under emulation that is a tenth of a
 # second or more per module (bench_boot; docs/initramfs.md "Boot time").
 if TYPE_CHECKING:
-    from pyinit import grow, lldp
+    from pyinit import grow, lldp, unique
     from pyinit.action import Action
     from pyinit.disks.inventory import Disk
 
@@ -411,26 +412,60 @@ def _target_root(ctx: Context, act: Action) -> str:
 
 def step_configure(ctx: Context) -> None:
     """The machine's identity in the target: network (its own format, matched by MAC),
-    hostname, SSH keys, optionally a cloud-init NoCloud seed."""
+    hostname, SSH keys, optionally a cloud-init NoCloud seed; and, unless ``keepIdentity``,
+    everything that must be unique per machine made fresh (docs/identity.md)."""
     act = _write_action(ctx)
-    if act is None or not act.configures:
+    if act is None or not (act.configures or not act.keep_identity):
         return
-    from pyinit import identity
+    from pyinit import identity, unique
     from pyinit.target import mounted_target
 
-    device = _target_root(ctx, act)
+    logger = log.get_logger()
+    try:
+        device = _target_root(ctx, act)
+    except PyinitError as exc:
+        if act.configures:
+            raise
+        logger.warning(f"configure: no Linux root on the written disk ({exc}); per-machine "
+                       "identity not made fresh")
+        return
     mac = ctx.network.mac if ctx.network is not None else ""
     interface = ctx.network.interface if ctx.network is not None else ""
-    # No binds: nothing runs in the target here, and the target's own /run and resolv.conf
+    # Only /dev is bound (ssh-keygen opens /dev/null): the target's own /run and resolv.conf
     # must be written, not the installer's.
-    with mounted_target(device, TARGET, binds=(), resolv_conf=None) as t:
-        res = identity.apply_identity(t.root, act, mac=mac, interface=interface)
-    ctx.summary["network_system"] = res.network_system or "none"
-    ctx.summary["configured"] = ",".join(res.written)
-    for note in res.notes:
-        log.get_logger().warning(f"configure: {note}")
-    log.get_logger().info(f"configure: {res.network_system or 'no network system found'}; "
-                          f"wrote {', '.join(res.written) or 'nothing'}")
+    with mounted_target(device, TARGET, binds=("/dev",), resolv_conf=None) as t:
+        if act.configures:
+            res = identity.apply_identity(t.root, act, mac=mac, interface=interface)
+            ctx.summary["network_system"] = res.network_system or "none"
+            ctx.summary["configured"] = ",".join(res.written)
+            for note in res.notes:
+                logger.warning(f"configure: {note}")
+            logger.info(f"configure: {res.network_system or 'no network system found'}; "
+                        f"wrote {', '.join(res.written) or 'nothing'}")
+        if act.keep_identity:
+            logger.info("configure: keepIdentity: the image's SSH host keys, machine-id and "
+                        "the rest of docs/identity.md are kept")
+            return
+        fresh = unique.refresh(t.root, hostname=act.hostname, write=identity.write_file,
+                               initramfs_keygen=shutil.which("ssh-keygen", path=proc.SAFE_PATH))
+    _report_identity(ctx, fresh)
+
+
+def _report_identity(ctx: Context, fresh: unique.Refreshed) -> None:
+    logger = log.get_logger()
+    for item, paths in sorted(fresh.removed.items()):
+        logger.info(f"configure: the image carried {item} ({', '.join(paths)}): removed")
+    for line in fresh.shared_secrets:
+        logger.warning(f"configure: the image carries {line}; every machine shares it "
+                       "(left in place: docs/identity.md)")
+    for note in fresh.notes:
+        logger.warning(f"configure: {note}")
+    for key in fresh.host_keys:
+        logger.info(f"configure: SSH host key {key.type.upper()} {key.fingerprint} "
+                    f"({key.path}.pub)")
+    logger.info(f"configure: per-machine identity: {fresh.summary()}")
+    ctx.summary["identity"] = fresh.summary()
+    log.event("configure", "identity", **fresh.event())
 
 
 def step_prepare(ctx: Context) -> None:

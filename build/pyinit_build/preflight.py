@@ -38,6 +38,7 @@ PACKAGES: dict[str, str] = {
     "resize2fs": "e2fsprogs",
     "qemu-system-x86_64": "qemu-system-x86",
     "sfdisk": "fdisk",
+    "ssh-keygen": "openssh-client",
     "xfs_db": "xfsprogs",
     "xfs_growfs": "xfsprogs",
     "xorriso": "xorriso",
@@ -49,7 +50,7 @@ PACKAGES: dict[str, str] = {
 # What `pyinit initramfs` runs, or copies into the initramfs (lvm, resize2fs, xfs_growfs:
 # data/binaries.txt).
 BUILD_TOOLS: tuple[str, ...] = ("busybox", "depmod", "dpkg-deb", "strip", "objcopy", "lvm",
-                                "resize2fs", "xfs_growfs", "python:PyInstaller")
+                                "resize2fs", "xfs_growfs", "ssh-keygen", "python:PyInstaller")
 # Needed only to fetch the kernel package (not with --kernel-deb).
 KERNEL_FETCH_TOOLS: tuple[str, ...] = ("apt-cache", "apt-get")
 # What `pyinit iso` runs: GRUB's images, the El Torito EFI image (FAT), the ISO itself. The GRUB

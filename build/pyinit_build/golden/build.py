@@ -33,7 +33,7 @@ from pyinit.units import MIB
 from pyinit_build import preflight
 from pyinit_build.digest import sha256_file
 from pyinit_build.errors import BuildError
-from pyinit_build.golden import debian, fs, grub, layout, lvm, tree
+from pyinit_build.golden import debian, fs, grub, identity, layout, lvm, tree
 
 log = logging.getLogger("pyinit_build.golden")
 
@@ -94,6 +94,9 @@ class Manifest:
     rootfs_digest: str
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
     action: dict[str, Any] = field(default_factory=dict)
+    # What the build took out of the rootfs because it must be unique per machine
+    # (golden/identity.py, docs/identity.md).
+    identity: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=False) + "\n"
@@ -249,6 +252,9 @@ def _build(spec: ImageSpec, out: Path, work: Path,
     t = tree.load_rootfs(source, work / "tree")
     epoch = spec.source_date_epoch if spec.source_date_epoch is not None else t.newest_mtime()
     t.clamp_mtimes(epoch)
+    cleaned = identity.clean(t, mtime=epoch)
+    for line in cleaned.lines():
+        progress(line)
     if spec.hostname:
         tree.set_hostname(t, spec.hostname)
     if spec.root_password_hash:
@@ -390,7 +396,8 @@ def _build(spec: ImageSpec, out: Path, work: Path,
         root={"device": root_arg, "fs": spec.filesystem, "fs_uuid": fs_uuid,
               "partition": root_part.number},
         kernel={"release": release, "path": kpath, "initrd": ipath, "cmdline": cmdline},
-        source_date_epoch=epoch, rootfs_digest=t.digest(), files=files, action=action)
+        source_date_epoch=epoch, rootfs_digest=t.digest(), files=files, action=action,
+        identity=cleaned.manifest())
     sums = work / (out.name + ".SHA256SUMS")
     sums.write_text("".join(f"{f['sha256']}  {f['path']}\n" for f in files.values()))
     mpath = work / (out.name + ".json")
