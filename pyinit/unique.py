@@ -217,7 +217,8 @@ class Refreshed:
     def summary(self) -> str:
         parts = []
         if self.host_keys:
-            parts.append(f"{len(self.host_keys)} SSH host keys from the {self.keygen}'s "
+            n = len(self.host_keys)
+            parts.append(f"{n} SSH host key{'s' if n != 1 else ''} from the {self.keygen}'s "
                          "ssh-keygen")
         if self.machine_id:
             parts.append(f"machine-id {self.machine_id}")

@@ -10,11 +10,16 @@ from pathlib import Path
 import pytest
 
 from pyinit import identity, unique
+from tests import hostreq
 from tests.unit.test_unique import put
 
-SSH_KEYGEN = shutil.which("ssh-keygen")
-pytestmark = [pytest.mark.integration,
-              pytest.mark.skipif(SSH_KEYGEN is None, reason="needs ssh-keygen (openssh-client)")]
+pytestmark = pytest.mark.integration
+SSH_KEYGEN = shutil.which("ssh-keygen", path=hostreq.SEARCH)
+
+
+@pytest.fixture(autouse=True)
+def _keygen() -> None:
+    hostreq.need("ssh-keygen")
 
 
 def test_fingerprint_is_what_ssh_keygen_prints(tmp_path: Path) -> None:

@@ -525,6 +525,9 @@ ROWS: tuple[Row, ...] = (
     Row("A19", "wrong type: `\"allowRemovable\": \"yes\"`", "action",
         r"^allowRemovable: must be a boolean, got str 'yes'$",
         act({"action": "writeImage", "sourceImage": IMG, "allowRemovable": "yes"})),
+    Row("A20", "wrong type: `\"keepIdentity\": \"yes\"`", "action",
+        r"^keepIdentity: must be a boolean, got str 'yes'$",
+        act({"action": "writeImage", "sourceImage": IMG, "keepIdentity": "yes"})),
     # -- server
     Row("S01", "no machine file for this MAC (HTTP 404)", "action",
         r"HTTP 404: the server has no action for this machine$", provisioning_server(None)),

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from pyinit import parttable
+from pyinit import parttable, unique
 from pyinit_build.demoimage import sha256_file
 from pyinit_build.golden import build, busybox
 from pyinit_qemu.vm import VM, Disk, VMConfig, create_disk
@@ -33,8 +33,12 @@ CMDLINE = "entrypoint=/sbin/marker pyinit.on_failure=poweroff"
 MAC = "52:54:00:5e:00:05"
 
 
-def golden(artifacts: Artifacts, tmp_path: Path, **options: Any) -> tuple[Path, build.Manifest]:
+def golden(artifacts: Artifacts, tmp_path: Path, *, sshd_config: str | None = None,
+           **options: Any) -> tuple[Path, build.Manifest]:
     rootfs = busybox.busybox_rootfs(tmp_path / "rootfs")
+    if sshd_config is not None:  # an SSH server's configuration, and no ssh-keygen
+        (rootfs / "etc/ssh").mkdir(parents=True, exist_ok=True)
+        (rootfs / "etc/ssh/sshd_config").write_text(sshd_config)
     spec = build.ImageSpec(rootfs=rootfs, output=tmp_path / "golden.img", kernel=artifacts.kernel,
                            initrds=(artifacts.archive,), cmdline=CMDLINE, hostname="golden",
                            headroom=32 * MIB, source_date_epoch=busybox.EPOCH, **options)
@@ -138,10 +142,16 @@ IDENTITY = {"hostname": "grown", "address": "10.0.2.15/24", "gateway": "10.0.2.2
 
 def test_mbr_ext4_grow_configure_reboot_into_the_disk(artifacts: Artifacts, tmp_path: Path,
                                                       server: Server) -> None:
-    image, manifest = golden(artifacts, tmp_path, table="mbr", firmware="bios")
+    image, manifest = golden(artifacts, tmp_path, table="mbr", firmware="bios",
+                             sshd_config="HostKey /etc/ssh/ssh_host_ed25519_key\n")
     disk = create_disk(tmp_path / "disk.raw", 2 * manifest.virtual_size)
     with provision(artifacts, tmp_path, server, image, manifest, disk, growPartition="last",
                    finish="reboot", **IDENTITY) as vm:
+        # The target has an SSH server's configuration but no ssh-keygen: the initramfs's
+        # makes the one key its sshd_config names (docs/identity.md).
+        printed = vm.expect(r"configure: SSH host key ED25519 (SHA256:\S+) ", timeout=300)
+        vm.expect(r"configure: per-machine identity: 1 SSH host key from the initramfs's "
+                  r"ssh-keygen", timeout=60)
         result = vm.expect_event(step="result", timeout=300)
         vm.wait_exit(timeout=60)  # the guest's reboot ends QEMU (-no-reboot)
         vm.assert_never(*NEVER)
@@ -150,6 +160,8 @@ def test_mbr_ext4_grow_configure_reboot_into_the_disk(artifacts: Artifacts, tmp_
     assert abs(fs_size(disk, root.start, "ext4") - root.size) < 4 * MIB
     assert "10.0.2.15" in network_file(disk, "(loop0,msdos1)")
     assert grub_cat(disk, "(loop0,msdos1)/etc/hostname") == "grown\n"
+    pub = grub_cat(disk, "(loop0,msdos1)/etc/ssh/ssh_host_ed25519_key.pub")
+    assert unique.fingerprint(pub) == printed.group(1) and pub.split()[-1] == "root@grown"
     line = boot_disk(disk, tmp_path, "bios")
     assert "hostname=grown" in line.split() and "net=pyinit" in line.split(), line
 
