@@ -277,6 +277,11 @@ def _remove(root: Path, rel: str) -> None:
         path.unlink(missing_ok=True)
 
 
+def _is_empty(root: Path, rel: str) -> bool:
+    path = _resolve(root, rel, follow_last=False)
+    return path.is_file() and not path.is_symlink() and path.stat().st_size == 0
+
+
 def _exists(root: Path, *rels: str) -> bool:
     return any(_resolve(root, rel).exists() for rel in rels)
 
@@ -341,8 +346,10 @@ def refresh(root: Path, *, hostname: str | None, write: Writer,
         if item.configure == "generate" and item.name != "ssh-host-keys":
             continue  # regenerated in place by its own tool below
         for rel in find(root, item.paths, item.kind):
+            carried = not (item.configure == "write" and _is_empty(root, rel))
             _remove(root, rel)
-            out.removed.setdefault(item.name, []).append("/" + rel)
+            if carried:  # an empty machine-id is how a clean image leaves it: nothing to say
+                out.removed.setdefault(item.name, []).append("/" + rel)
     for pattern, what in SHARED_SECRETS:
         out.shared_secrets += [f"/{rel}: {what}" for rel in find(root, (pattern,))]
 

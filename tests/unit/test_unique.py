@@ -133,6 +133,14 @@ def test_refresh_makes_a_debian_root_its_own(tmp_path: Path) -> None:
     assert "3 SSH host keys from the target's ssh-keygen" in fresh.summary()
 
 
+def test_refresh_says_nothing_of_the_empty_machine_id_a_clean_image_has(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    put(root, "etc/machine-id", "")
+    fresh = unique.refresh(root, hostname=None, write=identity.write_file)
+    assert fresh.removed == {} and fresh.written == ["machine-id"]
+    assert (root / "etc/machine-id").read_text() == fresh.machine_id + "\n"
+
+
 def test_refresh_without_any_keygen_says_so(tmp_path: Path) -> None:
     root = tmp_path / "root"
     put(root, "usr/sbin/sshd", "")
