@@ -666,11 +666,14 @@ class ProvisioningServer:
         try:
             machine = self.machines.lookup(key, files)
         except MachineError as exc:
-            return {"file": None, "file_error": exc.message, "file_warning": None}
+            return {"file": None, "file_error": exc.message, "file_warning": None,
+                    "hostname": None}
         if machine is None:
-            return {"file": None, "file_error": None, "file_warning": None}
+            return {"file": None, "file_error": None, "file_warning": None, "hostname": None}
+        hostname = machine.action.get("hostname")
         return {"file": f"{machine.path.parent.name}/{machine.path.name}", "file_error": None,
-                "file_warning": machine.warning}
+                "file_warning": machine.warning,
+                "hostname": hostname if isinstance(hostname, str) else None}
 
     def observe(self, request: web.BaseRequest, status: int) -> None:
         """Called once per request with the status it is answered with, before the answer is

@@ -25,6 +25,13 @@ the console of each machine keeps the full record) and folds every event into a 
     switch its last ``lldp neighbour`` event named (system name, chassis, port, VLAN), and
     ``heard: false`` for the NICs an ``lldp done`` event lists as silent.
 
+``identity``
+    from the last ``configure identity`` event (docs/identity.md): the target's fresh SSH host
+    keys (type, fingerprint, public key: at most :data:`MAX_HOST_KEYS`, each checked to be one
+    OpenSSH public key line) and machine-id. It survives a new run until the next deployment
+    replaces it. The host name for ``known_hosts`` is the server's own (the machine file's
+    ``hostname``), never the machine's word.
+
 An event that arrives after a ``result`` starts a new run: the summary is reset (the history is
 kept). ``hardware`` and ``lldp`` events come from background threads: they neither move the
 phase nor start a new run, and the hardware they describe survives a new run.
@@ -35,6 +42,7 @@ never interpreted; the CLI and the dashboard escape it on output.
 
 from __future__ import annotations
 
+import re
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
@@ -43,6 +51,13 @@ from typing import Any
 MAX_EVENTS = 1000  # per MAC
 MAX_TEXT = 200  # characters kept of a machine-supplied string in the summary
 MAX_NICS = 32  # LLDP entries kept per machine
+MAX_HOST_KEYS = 8  # SSH host keys kept per machine
+MAX_PUBLIC_KEY = 2048  # characters of one public key line (RSA 4096 is ~750)
+_PUBLIC_KEY = re.compile(r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(?:256|384|521)|"
+                         r"sk-ssh-ed25519@openssh\.com|sk-ecdsa-sha2-nistp256@openssh\.com) "
+                         r"([A-Za-z0-9+/]+={0,2})(?: [\x21-\x7e]{1,100})?$")
+_FINGERPRINT = re.compile(r"^SHA256:[A-Za-z0-9+/]{43}$")
+_MACHINE_ID = re.compile(r"^[0-9a-f]{32}$")
 BACKGROUND_STEPS = frozenset({"hardware", "lldp"})  # events of background threads
 
 
@@ -62,6 +77,7 @@ class Summary:
     last_seen: float | None = None
     hardware: dict[str, Any] | None = None
     lldp: dict[str, dict[str, Any]] = field(default_factory=dict)
+    identity: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """A shallow copy (``asdict`` deep-copies: 70 % of an /api/machines page's time);
@@ -117,6 +133,34 @@ def neighbour(event: dict[str, Any]) -> dict[str, Any]:
             "port_description": _text(event.get("port_description")), "vlan": vlan}
 
 
+def host_key(value: Any) -> dict[str, str] | None:
+    """One ``host_keys`` entry of an identity event, or None when it is not an OpenSSH public
+    key line with its SHA256 fingerprint: the line may end up in an operator's known_hosts, so
+    nothing else (markers, options, a second line) gets through. Pure."""
+    if not isinstance(value, dict):
+        return None
+    public, fp = value.get("public"), value.get("fingerprint")
+    if not (isinstance(public, str) and isinstance(fp, str) and len(public) <= MAX_PUBLIC_KEY):
+        return None
+    m = _PUBLIC_KEY.match(public)
+    if m is None or not _FINGERPRINT.match(fp):
+        return None
+    return {"type": _text(value.get("type")) or m.group(1), "fingerprint": fp,
+            "public": f"{m.group(1)} {m.group(2)}"}
+
+
+def identity(event: dict[str, Any]) -> dict[str, Any]:
+    """The summary of a ``configure identity`` event: the checked host keys and the
+    machine-id. Pure."""
+    raw = event.get("host_keys")
+    keys = [k for k in (host_key(v) for v in (raw if isinstance(raw, list) else [])[:32])
+            if k is not None][:MAX_HOST_KEYS]
+    machine_id = event.get("machine_id")
+    return {"host_keys": keys,
+            "machine_id": machine_id if isinstance(machine_id, str)
+            and _MACHINE_ID.match(machine_id) else None}
+
+
 def _fold_background(summary: Summary, event: dict[str, Any]) -> None:
     step, status = event.get("step"), event.get("status")
     if step == "hardware" and status == "inventory":
@@ -154,6 +198,8 @@ def fold(summary: Summary, event: dict[str, Any], now: float) -> None:
         if status == "ok" and summary.percent is not None:
             summary.percent, summary.eta = 100.0, None
         return
+    if step == "configure" and status == "identity":
+        summary.identity = identity(event)
     if isinstance(step, str):
         summary.phase, summary.state = step, None if status is None else str(status)
     if status == "failed" and event.get("error"):

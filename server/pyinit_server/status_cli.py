@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from typing import Any
 
@@ -21,6 +22,8 @@ DEFAULT_SERVER = "http://127.0.0.1:8080"
 COLUMNS = ("MAC", "PHASE", "PROGRESS", "RATE", "ETA", "RESULT", "AGE", "ERROR")
 MAX_ERROR = 60
 _SKIP = ("step", "status", "time", "uptime", "received")
+_HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})$")
+_KEY_LINE = re.compile(r"^[a-z0-9@.-]+ [A-Za-z0-9+/]+={0,2}$")
 
 
 def age(seconds: float | None) -> str:
@@ -137,6 +140,41 @@ def hardware_lines(data: dict[str, Any]) -> list[str]:
     return lines
 
 
+def identity_lines(data: dict[str, Any]) -> list[str]:
+    """The target's SSH host keys and machine-id from its last deployment (``identity`` of its
+    summary), for ``pyinit status MAC``. Pure."""
+    ident = data.get("identity")
+    if not isinstance(ident, dict):
+        return []
+    lines = [f"ssh:      {safe(str(k.get('type', '?')).upper())} {safe(k.get('fingerprint'))}"
+             if i == 0 else
+             f"          {safe(str(k.get('type', '?')).upper())} {safe(k.get('fingerprint'))}"
+             for i, k in enumerate(ident.get("host_keys") or [])]
+    if ident.get("machine_id"):
+        lines.append(f"machine-id: {safe(ident['machine_id'])}")
+    return lines
+
+
+def known_hosts(data: dict[str, Any]) -> str:
+    """``known_hosts`` lines for every machine whose last deployment reported host keys and
+    whose machine file names a ``hostname``: the name is the server's, the keys the machine's
+    (checked by the server when they arrived). Machines without a name get a comment. Pure."""
+    lines = []
+    for m in data.get("machines", []):
+        ident = m.get("identity")
+        if not isinstance(ident, dict) or not ident.get("host_keys"):
+            continue
+        name = m.get("hostname")
+        if not isinstance(name, str) or not _HOSTNAME.match(name):
+            lines.append(f"# {safe(m.get('mac'))}: host keys reported, but its machine file "
+                         "names no hostname")
+            continue
+        lines += [f"{name} {k['public']}" for k in ident["host_keys"]
+                  if isinstance(k, dict) and isinstance(k.get("public"), str)
+                  and _KEY_LINE.match(k["public"])]
+    return "".join(line + "\n" for line in lines)
+
+
 def event_log(data: dict[str, Any], now: float) -> str:
     """One machine's summary line and its events, oldest first, timed from the first. Pure."""
     head = table({"now": now, "machines": [data]})
@@ -144,6 +182,7 @@ def event_log(data: dict[str, Any], now: float) -> str:
     if data.get("file"):
         lines.append(f"file: {data['file']}")
     lines += hardware_lines(data)
+    lines += identity_lines(data)
     events = data.get("log") or []
     if not events:
         lines.append("no events")
@@ -165,7 +204,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                     "machine files and the events the machines posted): phase, progress, "
                     "rate, ETA, result, age of the last event and the last error. With MAC, "
                     "that machine's hardware (DMI, CPUs, memory, PCI; each NIC's LLDP "
-                    "switch, port and VLAN) and its event log.")
+                    "switch, port and VLAN), its SSH host keys and its event log. "
+                    "--known-hosts prints known_hosts lines for the deployed machines.")
     p.add_argument("--server", default=os.environ.get("PYINIT_SERVER", DEFAULT_SERVER),
                    help="the server's URL (default: $PYINIT_SERVER or %(default)s)")
     p.add_argument("--json", action="store_true", help="print the server's JSON instead")
@@ -173,6 +213,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                    help="only machines in this state (filtered by the server)")
     p.add_argument("--limit", type=int, default=None, metavar="N",
                    help="at most N machines (default: all, fetched a page at a time)")
+    p.add_argument("--known-hosts", action="store_true",
+                   help="print known_hosts lines (machine file's hostname, the SSH host keys "
+                        "the machine reported at its last deployment) instead of the table")
     p.add_argument("mac", nargs="?",
                    help="one machine: its hardware, LLDP neighbours and event log")
     p.set_defaults(func=run)
@@ -211,6 +254,8 @@ def run(args: argparse.Namespace, out: Any = None) -> int:
         data["machines"] = data["machines"][:limit]
     if args.json:
         out.write(json.dumps(data, indent=2) + "\n")
+    elif getattr(args, "known_hosts", False):
+        out.write(known_hosts({"machines": [data]} if args.mac else data))
     elif args.mac:
         out.write(event_log(data, data["now"]))
     else:

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from pyinit import unique
+from pyinit_build.cli import build_parser
 from pyinit_build.golden import build
 from pyinit_qemu.vm import create_disk
 from tests import debian_root
@@ -168,6 +169,17 @@ def test_two_machines_from_one_debian_image_share_no_identity(
             assert pub.decode().split()[-1] == f"root@node-{'ab'[n]}"
         if n == 0:
             assert booted["machine_id"] == ident["machine_id"]
+
+    # The server kept what each machine reported: known_hosts lines under the names its own
+    # machine files give, with exactly the keys on each disk.
+    out = io.StringIO()
+    args = build_parser().parse_args(["status", "--server", server.srv.url, "--known-hosts"])
+    assert args.func(args, out=out) == 0
+    want = sorted(f"node-{'ab'[n]} {' '.join(pub.decode().split()[:2])}"
+                  for n, disk in enumerate(disks)
+                  for pub in (read(disk, part, f"/etc/ssh/ssh_host_{t}_key.pub")
+                              for t in unique.DEFAULT_KEY_TYPES) if pub is not None)
+    assert sorted(out.getvalue().splitlines()) == want and len(want) == 6
 
     first, second = identity_of(disks[0], part), identity_of(disks[1], part)
     for item in ("rsa", "ecdsa", "ed25519", "rsa.pub", "ecdsa.pub", "ed25519.pub",
