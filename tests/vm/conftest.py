@@ -143,8 +143,8 @@ def blank_disk(path: Path, size: int) -> Path:
 # The modules whose tests take longest (40-80 s each on the CI machine, from --durations), run
 # first: the two xdist workers take tests in collection order and steal from each other when idle
 # (--dist worksteal), so a long test started last would leave one core idle for most of it.
-LONGEST_FIRST = ("test_golden_boot.py", "test_after_write.py", "test_image_pipeline.py",
-                 "test_iso.py", "test_fleet.py", "test_pxe_netns.py")
+LONGEST_FIRST = ("test_identity.py", "test_golden_boot.py", "test_after_write.py",
+                 "test_image_pipeline.py", "test_iso.py", "test_fleet.py", "test_pxe_netns.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
