@@ -18,6 +18,7 @@ them (:mod:`pyinit.rootpath`), so a symlink in the image never leads outside it.
 from __future__ import annotations
 
 import base64
+import contextlib
 import fnmatch
 import hashlib
 import os
@@ -53,10 +54,10 @@ class Item:
     kind: Kind = "any"
 
 
+HOST_KEY_PATHS = ("etc/ssh/ssh_host_*_key", "etc/ssh/ssh_host_*_key.pub",
+                  "etc/ssh/ssh_host_*_key-cert.pub")
 ITEMS: tuple[Item, ...] = (
-    Item("ssh-host-keys", "OpenSSH host keys",
-         ("etc/ssh/ssh_host_*_key", "etc/ssh/ssh_host_*_key.pub",
-          "etc/ssh/ssh_host_*_key-cert.pub"), "remove", "generate"),
+    Item("ssh-host-keys", "OpenSSH host keys", HOST_KEY_PATHS, "remove", "generate"),
     Item("machine-id", "systemd/D-Bus machine ID", ("etc/machine-id",), "empty", "write"),
     Item("dbus-machine-id", "D-Bus's own copy of the machine ID",
          ("var/lib/dbus/machine-id",), "remove", "remove", kind="file"),
@@ -290,6 +291,7 @@ _SSHD = ("usr/sbin/sshd", "sbin/sshd")
 _SYSTEMD = ("usr/lib/systemd/systemd", "lib/systemd/systemd")
 _SSH_KEYGEN = ("usr/bin/ssh-keygen", "bin/ssh-keygen")
 _MAKE_SSL_CERT = ("usr/sbin/make-ssl-cert", "sbin/make-ssl-cert")
+_SELINUX = "security.selinux"
 
 Writer = Callable[[Path, str, "str | bytes", int], Path]
 Runner = Callable[..., proc.Completed]
@@ -308,11 +310,31 @@ def _sshd_configs(root: Path) -> list[str]:
 
 
 def _keygen(root: Path, kind: str, path: str, comment: str, run: Runner,
-            initramfs_keygen: str | None) -> str:
-    """Make one host key pair; returns where ssh-keygen came from."""
+            initramfs_keygen: str | None, label: bytes | None) -> str:
+    """Make one host key pair; returns where ssh-keygen came from. ``label``: the SELinux label
+    the image's keys had (sshd_key_t on an enforcing target), given to the new files."""
     argv = ["-q", "-t", kind, "-N", "", "-C", comment]
     for rel in (path, path + ".pub"):  # ssh-keygen would ask before overwriting
         _remove(root, rel.lstrip("/"))
+    where = _keygen_run(root, argv, path, run, initramfs_keygen)
+    if label is not None:
+        for rel in (path, path + ".pub"):
+            with contextlib.suppress(OSError):
+                os.setxattr(_resolve(root, rel, follow_last=False), _SELINUX, label,
+                            follow_symlinks=False)
+    return where
+
+
+def _label(root: Path, rel: str) -> bytes | None:
+    try:
+        return os.getxattr(_resolve(root, rel, follow_last=False), _SELINUX,
+                           follow_symlinks=False)
+    except OSError:
+        return None
+
+
+def _keygen_run(root: Path, argv: list[str], path: str, run: Runner,
+                initramfs_keygen: str | None) -> str:
     if _exists(root, *_SSH_KEYGEN):
         try:
             run(["ssh-keygen", *argv, "-f", path], chroot=root, timeout=300)
@@ -342,6 +364,8 @@ def refresh(root: Path, *, hostname: str | None, write: Writer,
     had_iscsi = _resolve(root, "etc/iscsi/initiatorname.iscsi")
     iscsi_text = had_iscsi.read_text(errors="replace") if had_iscsi.is_file() else None
     snakeoil = _resolve(root, "etc/ssl/private/ssl-cert-snakeoil.key").exists()
+    key_label = next((label for rel in find(root, HOST_KEY_PATHS)
+                      if (label := _label(root, rel)) is not None), None)
     for item in ITEMS:
         if item.configure == "generate" and item.name != "ssh-host-keys":
             continue  # regenerated in place by its own tool below
@@ -369,7 +393,7 @@ def refresh(root: Path, *, hostname: str | None, write: Writer,
     if _exists(root, *_SSHD) or _resolve(root, "etc/ssh/sshd_config").is_file():
         comment = f"root@{hostname or 'localhost'}"
         for kind, path in host_keys(_sshd_configs(root)):
-            out.keygen = _keygen(root, kind, path, comment, run, initramfs_keygen)
+            out.keygen = _keygen(root, kind, path, comment, run, initramfs_keygen, key_label)
             pub = _resolve(root, path + ".pub").read_text().strip()
             out.host_keys.append(HostKey(kind, path, fingerprint(pub), pub))
     if snakeoil:

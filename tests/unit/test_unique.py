@@ -223,3 +223,18 @@ def test_golden_clean_removes_the_iscsi_name_where_nothing_regenerates_it(
     cleaned = golden_identity.clean(t, mtime=0)
     assert t.get("/etc/iscsi/initiatorname.iscsi") is None
     assert cleaned.removed == {"iscsi-initiator": ["/etc/iscsi/initiatorname.iscsi"]}
+
+
+def test_new_host_keys_get_the_selinux_label_the_images_keys_had(tmp_path: Path) -> None:
+    """On an enforcing target sshd reads only sshd_key_t files; the installer has no policy."""
+    root = debian_like(tmp_path / "root")
+    put(root, "usr/bin/ssh-keygen", "")
+    label = b"system_u:object_r:sshd_key_t:s0"
+    try:
+        os.setxattr(root / "etc/ssh/ssh_host_rsa_key", "security.selinux", label)
+    except OSError as exc:  # a filesystem without security xattrs: nothing to prove here
+        pytest.skip(f"security.selinux cannot be set in {tmp_path}: {exc}")
+    unique.refresh(root, hostname="node-a", write=identity.write_file, run=fake_keygen([]))
+    for kind in unique.DEFAULT_KEY_TYPES:
+        for name in (f"ssh_host_{kind}_key", f"ssh_host_{kind}_key.pub"):
+            assert os.getxattr(root / "etc/ssh" / name, "security.selinux") == label, name
