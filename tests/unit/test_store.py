@@ -494,7 +494,9 @@ def test_index_of_20000_machines_is_fast(tmp_path: Path) -> None:
         reload = time.perf_counter() - began
     print(f"index() of 20000 machines: {copy * 1000:.1f} ms from the copy, "
           f"{reload * 1000:.1f} ms reloading the columns")
-    assert copy < 0.3 and reload < 0.3
+    # A guard against quadratic behaviour, not a speed target (make bench measures the page):
+    # 56 ms alone here, 1.3 s while two VMs kept both cores busy.
+    assert copy < 3.0 and reload < 3.0
 
 
 CHILD = """
