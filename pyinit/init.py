@@ -392,6 +392,7 @@ def step_grow(ctx: Context) -> None:
     ctx.grown = grow.grow(ctx.device, act)
     ctx.summary["grow"] = ctx.grown.summary()
     log.get_logger().info(f"grow: {ctx.grown.summary()}")
+    log.event("grow", "sizes", **ctx.grown.event())
 
 
 def _target_root(ctx: Context, act: Action) -> str:
