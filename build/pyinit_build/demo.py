@@ -153,6 +153,6 @@ def _main(args: argparse.Namespace) -> int:
           f"{s['server_events']} events on the server, {s['seconds']} s total")
     print(f"demo: grow: {s['grow']}")
     print(f"demo: the provisioned disk booted: {s['marker']}")
-    print(f"demo: OK image sha256 {s['sha256']} (of {s['sha256_of']}) verified while writing; "
+    print(f"demo: OK image sha256 {s['sha256']} of {s['sha256_of']}, verified while writing; "
           "disk grown, configured and booted")
     return 0
