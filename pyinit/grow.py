@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pyinit import ginit, lvm, parttable, proc, syscalls
+from pyinit import ginit, lvm, parttable, proc, superblock, syscalls
 from pyinit.action import Action
 from pyinit.disks.usage import kernel_name
 from pyinit.errors import CommandError, ConfigError, DiskError, MountError, PyinitError
@@ -489,8 +489,7 @@ class FsGrowth:
     fstype: str
     tool: str | None       # "resize2fs", "xfs_growfs", None: not a type that grows here
     source: str            # "target", "initramfs" or "" (nothing run)
-    size_before: int | None = None  # statvfs f_blocks * f_frsize of the mounted filesystem
-    size_after: int | None = None
+    free_after: int | None = None  # statvfs f_bavail * f_frsize once grown: what df shows free
 
 
 _FS_TOOLS = {"ext2": "resize2fs", "ext3": "resize2fs", "ext4": "resize2fs",
@@ -519,12 +518,25 @@ def grow_fs_argv(tool: str, fstype: str, device: str, mountpoint: str) -> list[s
     return [tool, device]  # resize2fs grows a mounted ext3/ext4 online
 
 
-def _fs_size(mountpoint: Path) -> int | None:
+def _free_space(mountpoint: Path) -> int | None:
+    """Bytes free for unprivileged users on the filesystem mounted at ``mountpoint`` (df's
+    "Avail"); not its size, which statvfs gives net of the filesystem's own metadata."""
     try:
         st = os.statvfs(mountpoint)
     except OSError:
         return None
-    return st.f_blocks * st.f_frsize
+    return st.f_bavail * st.f_frsize
+
+
+def fs_size(device: str, fstype: str) -> int | None:
+    """The size of the (unmounted) filesystem on ``device`` as its own tools report it, from its
+    superblock (:mod:`pyinit.superblock`); None, with a warning, when it cannot be read: a
+    figure in a log line never fails the boot."""
+    try:
+        return superblock.read_size(device, fstype)
+    except DiskError as exc:
+        log.warning(f"grow: no size for {device}: {exc.reason}")
+        return None
 
 
 def grow_fs(device: str, fstype: str, mountpoint: Path, *, chroot: Path | None = None,
@@ -543,7 +555,6 @@ def grow_fs(device: str, fstype: str, mountpoint: Path, *, chroot: Path | None =
     where = find_tool(tool, chroot, path=path)
     if where is None:
         raise DiskError(device, f"cannot grow {fstype}: no {tool} in the target or the initramfs")
-    before = _fs_size(mountpoint)
     binary, source = where
     log.info(f"grow: {tool} from the {source}")
     if source == "target":
@@ -561,7 +572,7 @@ def grow_fs(device: str, fstype: str, mountpoint: Path, *, chroot: Path | None =
             proc.run(grow_fs_argv(binary, fstype, device, str(mountpoint)), timeout=600)
     else:
         proc.run(grow_fs_argv(binary, fstype, device, str(mountpoint)), timeout=600)
-    return FsGrowth(device, fstype, tool, source, before, _fs_size(mountpoint))
+    return FsGrowth(device, fstype, tool, source, _free_space(mountpoint))
 
 
 # --- the whole step ------------------------------------------------------------------------------
@@ -575,33 +586,41 @@ def which_partition(action: Action) -> Which | None:
 
 @dataclass(frozen=True)
 class GrowResult:
+    """What the grow step did; :meth:`event` is the ``grow sizes`` event (bytes throughout)."""
+
     disk: str
     partition: int | None = None
     partition_device: str | None = None
     table: str = ""                   # "gpt" / "mbr"
-    old_size: int | None = None       # partition, bytes
-    new_size: int | None = None
+    partition_size_before: int | None = None
+    partition_size_after: int | None = None
     table_changed: bool = False
     reread: str = ""                  # BLKRRPART, BLKPG, unchanged, ...
     lv: str | None = None             # "vg/lv"
     lv_extended: bool = False
     root_device: str | None = None    # what holds the grown filesystem
     fstype: str | None = None
+    # the filesystem's size as its superblock declares it (what dumpe2fs, xfs_info, btrfs say)
     fs_size_before: int | None = None
     fs_size_after: int | None = None
+    fs_free_after: int | None = None  # statvfs f_bavail: what df shows as available
     fs_tool: str | None = None        # "resize2fs from the target"
 
     def summary(self) -> str:
+        """``partition 3 66 MiB -> 200 MiB, ext4 61 MiB -> 194 MiB (resize2fs from the
+        initramfs), 180 MiB free``. Pure."""
         if self.partition is None:
             return "nothing to grow"
         parts = [f"partition {self.partition} "
-                 + (f"{_mib(self.old_size)} -> {_mib(self.new_size)}" if self.table_changed
-                    else "already fills the disk")]
+                 + (f"{_mib(self.partition_size_before)} -> {_mib(self.partition_size_after)}"
+                    if self.table_changed else "already fills the disk")]
         if self.lv:
             parts.append(f"LV {self.lv} " + ("extended" if self.lv_extended else "unchanged"))
         if self.fs_tool:
             parts.append(f"{self.fstype} {_mib(self.fs_size_before)} -> "
                          f"{_mib(self.fs_size_after)} ({self.fs_tool})")
+            if self.fs_free_after is not None:
+                parts.append(f"{_mib(self.fs_free_after)} free")
         elif self.fstype:
             parts.append(f"{self.fstype} not grown")
         return ", ".join(parts)
@@ -618,10 +637,11 @@ def grow(disk: str, action: Action, *, mountpoint: Path = Path("/newroot"),
          dev: Path = Path("/dev"), sysfs: Path = Path("/sys"),
          lvm_binary: str | None = None, load: ginit.Loader = ginit.load_modules,
          sleep: Callable[[float], None] = time.sleep,
-         clock: Callable[[], float] = time.monotonic) -> GrowResult:
+         clock: Callable[[], float] = time.monotonic,
+         size_of: Callable[[str, str], int | None] = fs_size) -> GrowResult:
     """The ``grow`` step after the write: table, then LVM (when the partition is a PV), then the
     filesystem (mounted at ``mountpoint`` with /dev, /proc, /sys, /run bound in, and unmounted
-    again). Returns what was done."""
+    again; its size read by ``size_of`` before and after). Returns what was done."""
 
     which = which_partition(action)
     if which is None:
@@ -632,7 +652,8 @@ def grow(disk: str, action: Action, *, mountpoint: Path = Path("/newroot"),
                                      sleep=sleep)
     result: dict[str, Any] = dict(
         disk=disk, partition=plan.number, partition_device=part_dev, table=plan.kind,
-        old_size=plan.old_size, new_size=plan.new_size, table_changed=plan.changed,
+        partition_size_before=plan.old_size, partition_size_after=plan.new_size,
+        table_changed=plan.changed,
         reread=grown.reread)
     tags = ginit.blkid_tags(part_dev)
     root, fstype = part_dev, tags.get("TYPE")
@@ -659,9 +680,13 @@ def grow(disk: str, action: Action, *, mountpoint: Path = Path("/newroot"),
     if fstype not in _FS_TOOLS:
         log.info(f"grow: {root} holds {fstype or 'no filesystem'}: nothing to grow")
         return GrowResult(**result)
+    # Sizes from the superblock, read unmounted: a mounted XFS keeps its newest one in its own
+    # buffers (pyinit.superblock.read_size).
+    before = size_of(root, fstype)
     with mounted_target(root, mountpoint, fstype=fstype, load=load) as target:
         fs = grow_fs(root, fstype, target.root, chroot=target.root)
-    result.update(fs_size_before=fs.size_before, fs_size_after=fs.size_after,
+    result.update(fs_size_before=before, fs_size_after=size_of(root, fstype),
+                  fs_free_after=fs.free_after,
                   fs_tool=f"{fs.tool} from the {fs.source}" if fs.tool else None)
     return GrowResult(**result)
 

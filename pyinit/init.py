@@ -11,6 +11,7 @@ everything catches every error, reports it, and applies the failure policy
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import sys
 import threading
@@ -19,7 +20,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import requests
 
@@ -364,12 +365,14 @@ def step_provision(ctx: Context) -> None:
                        verify=act.verify == "full", preserve_on_error=act.preserve_on_error)
     res = write_image(req, session=ctx.session)
     ctx.summary.update(image=res.url, device=res.device, format=res.format,
-                       bytes=res.bytes_written, sha256=res.sha256,
+                       bytes_written=res.bytes_written, bytes_downloaded=res.bytes_fetched,
+                       sha256=res.sha256, sha256_of=res.sha256_of(),
                        checksum_verified=res.checksum_verified, zero_bytes=res.zero_bytes,
                        resumes=res.resumes, restarts=res.restarts,
                        verified_readback=res.verified_readback, seconds=round(res.seconds, 2))
-    logger.info(f"provision: wrote {res.bytes_written} bytes ({res.format}) to {res.device} in "
-                f"{res.seconds:.1f} s; sha256 {res.sha256}"
+    logger.info(f"provision: wrote {res.bytes_written} bytes to {res.device} in "
+                f"{res.seconds:.1f} s ({res.bytes_fetched} bytes downloaded, {res.format}); "
+                f"sha256 {res.sha256} of {res.sha256_of()}"
                 + (f", {res.checksum_verified} verified" if res.checksum_verified else ""))
 
 
@@ -393,6 +396,7 @@ def step_grow(ctx: Context) -> None:
     ctx.grown = grow.grow(ctx.device, act)
     ctx.summary["grow"] = ctx.grown.summary()
     log.get_logger().info(f"grow: {ctx.grown.summary()}")
+    log.event("grow", "sizes", **ctx.grown.event())
 
 
 def _target_root(ctx: Context, act: Action) -> str:
@@ -538,6 +542,13 @@ def handoff_kind(ctx: Context) -> str:
     return what
 
 
+def result_fields(summary: dict[str, Any]) -> str:
+    """``key=value`` for the RESULT line, each value quoted as a shell would need it
+    (``sha256_of='the downloaded file (compressed zstd, 312 MB)'``): the line splits back into
+    its fields with ``shlex.split``. Pure."""
+    return " ".join(f"{k}={shlex.quote(str(v))}" for k, v in summary.items())
+
+
 def step_handoff(ctx: Context) -> None:
     """The point of no return, the last step: say what happens now (``handoff now how=kexec``),
     report the result (the machine is gone after), then kexec, switch_root, exec the
@@ -549,7 +560,7 @@ def step_handoff(ctx: Context) -> None:
     # new run; the result stays the last word unless the last call fails
     log.event("handoff", "now", how=what)
     log.event("result", "ok", handoff=what, **ctx.summary)
-    log.console("pyinit: RESULT ok " + " ".join(f"{k}={v}" for k, v in ctx.summary.items()))
+    log.console("pyinit: RESULT ok " + result_fields(ctx.summary))
     log.console(f"pyinit: {what} now")
     if ctx.sink is not None:
         ctx.sink.flush()

@@ -31,7 +31,8 @@ PACKAGES = {
     "grub-mkimage": "grub-common", "ip": "iproute2", "dnsmasq": "dnsmasq-base",
     "curl": "curl", "nginx": "nginx-light", "lldpd": "lldpd", "lldpcli": "lldpd",
     "xorriso": "xorriso", "faketime": "faketime", "mmdebstrap": "mmdebstrap",
-    "zstd": "zstd", "cpio": "cpio", "mkfs.ext4": "e2fsprogs",
+    "zstd": "zstd", "cpio": "cpio", "mkfs.ext4": "e2fsprogs", "dumpe2fs": "e2fsprogs",
+    "xfs_db": "xfsprogs",
 }
 
 

@@ -110,8 +110,11 @@ def run_demo(out: Path, *, keep: bool = False, timeout: float = 300.0) -> dict[s
         target.assert_never(r"Traceback", r"Kernel panic")
     if not {f"hostname={MACHINE_HOSTNAME}", "net=pyinit"} <= set(marker.split()):
         raise PyinitError(f"demo: the provisioned disk booted but printed {marker!r}")
-    summary = {"machine": DEMO_MAC, "image": compressed.name, "bytes": result.get("bytes"),
-               "sha256": result.get("sha256"), "seconds": round(provisioned, 1),
+    summary = {"machine": DEMO_MAC, "image": compressed.name,
+               "bytes_written": result.get("bytes_written"),
+               "bytes_downloaded": result.get("bytes_downloaded"),
+               "sha256": result.get("sha256"), "sha256_of": result.get("sha256_of"),
+               "seconds": round(provisioned, 1),
                "grow": result.get("grow"),
                "action_fetched_at_uptime": fetched.get("uptime"),
                "server_events": len(events), "marker": marker.strip(), "workdir": str(work)}
@@ -144,11 +147,12 @@ def _main(args: argparse.Namespace) -> int:
     # The console is streamed raw by _echo; don't log every serial line a second time.
     logging.getLogger("pyinit_qemu.serial").setLevel(logging.WARNING)
     s = run_demo(args.out, keep=args.keep, timeout=args.timeout)
-    print(f"demo: machine {s['machine']} image {s['image']} bytes {s['bytes']} "
+    print(f"demo: machine {s['machine']} image {s['image']}: {s['bytes_written']} bytes written, "
+          f"{s['bytes_downloaded']} downloaded; "
           f"action fetched at {s['action_fetched_at_uptime']} s uptime, "
           f"{s['server_events']} events on the server, {s['seconds']} s total")
     print(f"demo: grow: {s['grow']}")
     print(f"demo: the provisioned disk booted: {s['marker']}")
-    print(f"demo: OK image sha256 {s['sha256']} verified while writing; disk grown, "
-          f"configured and booted")
+    print(f"demo: OK image sha256 {s['sha256']} of {s['sha256_of']}, verified while writing; "
+          "disk grown, configured and booted")
     return 0

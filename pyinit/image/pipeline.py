@@ -114,6 +114,7 @@ class Pipeline:
         self.format = "raw"
         self.raw_total: int | None = req.size
         self.digests: dict[str, str] = {}
+        self.hashed = 0  # bytes of the file as served that the digests cover
         self.raw_sha256: str | None = None
         self._hash_names = sorted({"sha256", *([expected[0]] if expected else [])})
 
@@ -256,16 +257,20 @@ class Pipeline:
 
     def _hash(self) -> None:
         hashes = [hashlib.new(name) for name in self._hash_names]
+        hashed = 0
         while True:
             item = self.hash_ch.get()
             if item is RESET:
                 hashes = [hashlib.new(name) for name in self._hash_names]
+                hashed = 0
             elif item is END:
                 self.digests = {h.name: h.hexdigest() for h in hashes}
+                self.hashed = hashed
                 return
             else:
                 for h in hashes:
                     h.update(item)
+                hashed += len(item)
 
     # -- decode -------------------------------------------------------------------------------
 
@@ -277,23 +282,40 @@ class Pipeline:
             self.raw_ch.put(item)
 
     def _check_declared_size(self, kind: str, head: bytes) -> None:
-        """Refuse an image known to be larger than the disk before its first byte is written."""
+        """Learn the raw size (progress is measured against it) and refuse an image known to be
+        larger than the disk before its first byte is written."""
+        frame: int | None = None
+        if kind == "zstd":
+            try:
+                frame = zstandard.frame_content_size(head)  # -1: the frame does not say
+            except zstandard.ZstdError:
+                frame = None
+            frame = frame if frame is not None and frame >= 0 else None
+        if self.req.size is not None:
+            self.raw_total, source = self.req.size, "the action's size"
+        elif kind == "raw" and self.transfer.total is not None:
+            self.raw_total, source = self.transfer.total, "its Content-Length"
+        elif frame is not None:
+            self.raw_total, source = frame, "its zstd frame header"
+        else:
+            self.raw_total = None
+            source = ("no Content-Length" if kind == "raw" else
+                      "the zstd frame does not declare it" if kind == "zstd" else
+                      f"{kind} does not declare it")
+        if self.raw_total is not None:
+            log.info(f"provision: raw size {self.raw_total} bytes ({source})")
+        else:
+            log.info(f"provision: raw size unknown ({source}; no size in the action): "
+                     f"progress in bytes written")
         cap = self.target.capacity
-        if kind == "raw" and self.req.size is None:
-            self.raw_total = self.transfer.total
         if cap is None:
             return
         if kind == "raw" and self.transfer.total is not None and self.transfer.total > cap:
             raise DiskError(self.target.path, f"image is larger than the disk: "
                             f"{self.transfer.total} bytes > {cap} bytes")
-        if kind == "zstd":
-            try:
-                frame = zstandard.frame_content_size(head)
-            except zstandard.ZstdError:
-                return
-            if frame > cap:
-                raise DiskError(self.target.path, f"image is larger than the disk: its first "
-                                f"zstd frame alone is {frame} bytes > {cap} bytes")
+        if frame is not None and frame > cap:
+            raise DiskError(self.target.path, f"image is larger than the disk: its first "
+                            f"zstd frame alone is {frame} bytes > {cap} bytes")
 
     def _decode(self) -> None:
         src = StreamInput(self.dec_ch.get)

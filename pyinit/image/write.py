@@ -19,7 +19,7 @@ from pyinit.fetch import RETRYABLE_STATUS, USER_AGENT, backoff, retry
 from pyinit.image.destination import Target, check_destination
 from pyinit.image.diskio import IO_THREADS
 from pyinit.image.pipeline import Pipeline
-from pyinit.image.progress import Progress
+from pyinit.image.progress import Progress, megabytes
 from pyinit.image.readback import readback_sha256
 from pyinit.image.sums import DIGEST_SIZES, find_checksum, image_name, sums_algorithm
 from pyinit.log import get_logger
@@ -45,14 +45,22 @@ class WriteResult:
     url: str
     format: str
     bytes_written: int  # raw bytes on the disk (the image's size)
-    bytes_fetched: int  # compressed bytes received, re-fetches included
+    bytes_fetched: int  # bytes downloaded (compressed, as served), re-fetches included
     sha256: str  # of the file as served
+    file_size: int  # bytes of the file as served: what sha256 covers
     checksum_verified: str | None  # "sha256"/"sha512" when a given checksum matched
     zero_bytes: int  # zeroed with BLKZEROOUT/fallocate instead of written
     resumes: int  # Range requests that continued a dropped or stalled transfer
     restarts: int  # times the stream started over from byte 0
     seconds: float
     verified_readback: bool
+
+    def sha256_of(self) -> str:
+        """Which bytes :attr:`sha256` covers: ``the downloaded file (compressed zstd, 312 MB)``,
+        or for a raw image ``the 762 MB written (the raw file as downloaded)``. Pure."""
+        if self.format == "raw":
+            return f"the {megabytes(self.bytes_written)} written (the raw file as downloaded)"
+        return f"the downloaded file (compressed {self.format}, {megabytes(self.file_size)})"
 
 
 def fetch_text(session: requests.Session, url: str, *, total: float = 60.0,
@@ -131,7 +139,7 @@ def write_image(req: WriteRequest, *, session: requests.Session,
             verified = pipe.check()
             pipe.writer.write_head()
             progress.tick(pipe.writer.offset, pipe.transfer.fetched, pipe.raw_total,
-                          pipe.transfer.total, force=True)
+                          pipe.transfer.total, done=True)  # the last byte is on the disk
             readback = False
             if req.verify:
                 assert pipe.raw_sha256 is not None
@@ -155,7 +163,8 @@ def write_image(req: WriteRequest, *, session: requests.Session,
     t = pipe.transfer
     return WriteResult(device=req.device, url=req.url, format=pipe.format,
                        bytes_written=pipe.writer.offset, bytes_fetched=t.fetched,
-                       sha256=pipe.digests["sha256"], checksum_verified=verified,
+                       sha256=pipe.digests["sha256"], file_size=pipe.hashed,
+                       checksum_verified=verified,
                        zero_bytes=pipe.writer.zero_bytes, resumes=t.resumes,
                        restarts=t.restarts, seconds=clock() - start,
                        verified_readback=readback)

@@ -253,8 +253,9 @@ def progress_event(n: int) -> bytes:
     written = min(total, (n + 1) * 200_000_000 % total)
     elapsed = 1.0 + n
     frac = written / total
-    return json.dumps({"step": "provision", "status": "progress", "bytes": written,
-                       "fetched": written // 3, "total": total,
+    return json.dumps({"step": "provision", "status": "progress", "bytes_written": written,
+                       "bytes_downloaded": written // 3, "size": total,
+                       "download_size": total // 3,
                        "percent": round(100 * frac, 1), "rate": round(written / elapsed),
                        "eta": round(elapsed * (1 - frac) / frac, 1) if frac else None},
                       separators=(", ", ": ")).encode()

@@ -227,8 +227,9 @@ def history(mac: str, i: int) -> list[dict[str, Any]]:
         if step == "provision":
             for n in range(1, PROGRESS_EVENTS + 1):
                 written = total * n // PROGRESS_EVENTS
-                out.append({"step": "provision", "status": "progress", "bytes": written,
-                            "fetched": written // 3, "total": total,
+                out.append({"step": "provision", "status": "progress",
+                            "bytes_written": written, "bytes_downloaded": written // 3,
+                            "size": total, "download_size": total // 3,
                             "percent": round(100 * n / PROGRESS_EVENTS, 1),
                             "rate": 400_000_000, "eta": round((total - written) / 4e8, 1)})
         out.append({"step": step, "status": "ok", "elapsed": round(0.1 + (i % 7) * 0.3, 2)})

@@ -8,6 +8,7 @@ tmp_path; /dev and /sys are trees in tmp_path; mount/umount are faked; commands 
 from __future__ import annotations
 
 import errno
+import io
 import os
 import struct
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from pyinit import grow, parttable, proc, syscalls
+from pyinit import grow, log, parttable, proc, syscalls
 from pyinit.action import parse_action
 from pyinit.errors import CommandError, ConfigError, DiskError
 from pyinit.grow import GrowPlan, plan_grow
@@ -387,7 +388,8 @@ def test_grow_fs_prefers_the_targets_tool(recorder: Recorder, tmp_path: Path, fs
     got = grow.grow_fs("/dev/vda3", fstype, root, chroot=root, path=str(tmp_path / "nowhere"))
     assert recorder.calls == [["chroot", str(root), *inner]]
     assert (got.tool, got.source) == (rel.rsplit("/", 1)[1], "target")
-    assert got.size_before is not None and got.size_after is not None
+    st = os.statvfs(root)  # free space is df's "Avail", never the size (the superblock's)
+    assert got.free_after is not None and abs(got.free_after - st.f_bavail * st.f_frsize) < MIB
 
 
 @pytest.mark.parametrize(("fstype", "tool", "args"), [
@@ -482,9 +484,18 @@ def test_grow_partition_and_ext4(recorder: Recorder, mounts: FakeMounts,
     dev, sysfs, newroot = machine
     recorder.responses["blkid"] = blkid_answers({"/dev/vda5": "ext4"})
     loaded: list[list[str]] = []
+    measured: list[tuple[str, str, int]] = []
+    sizes = iter([3 * MIB, 11 * MIB])
+
+    def size_of(device: str, fstype: str) -> int:
+        measured.append((device, fstype, len(mounts.calls)))
+        return next(sizes)
+
     result = grow.grow(str(dev / "vda"), action(growPartition="last"), mountpoint=newroot,
                        dev=dev, sysfs=sysfs, load=lambda names: loaded.append(list(names)),
-                       sleep=lambda s: None)
+                       sleep=lambda s: None, size_of=size_of)
+    # the superblock is read before the mount and after the last umount, never mounted
+    assert measured == [("/dev/vda5", "ext4", 0), ("/dev/vda5", "ext4", len(mounts.calls))]
     assert recorder.calls == [["blkid", "-c", "/dev/null", "/dev/vda5"],
                               ["chroot", str(newroot), "resize2fs", "/dev/vda5"]]
     assert loaded == [["ext4"]]
@@ -498,15 +509,22 @@ def test_grow_partition_and_ext4(recorder: Recorder, mounts: FakeMounts,
         ("umount", str(newroot / "dev"), syscalls.MNT_DETACH), ("umount", str(newroot), 0)]
     assert (result.partition, result.partition_device, result.table, result.table_changed) == \
         (5, "/dev/vda5", "gpt", True)
-    assert result.new_size is not None and result.old_size is not None
-    assert result.new_size - result.old_size == 8 * MIB
+    assert result.partition_size_before is not None and result.partition_size_after is not None
+    assert result.partition_size_after - result.partition_size_before == 8 * MIB
     assert (result.root_device, result.fstype, result.fs_tool) == \
         ("/dev/vda5", "ext4", "resize2fs from the target")
-    assert result.summary().startswith("partition 5 3 MiB -> 11 MiB, ext4 ")
-    assert result.event()["fs_tool"] == "resize2fs from the target"
+    assert (result.fs_size_before, result.fs_size_after) == (3 * MIB, 11 * MIB)
+    free = result.fs_free_after
+    assert free is not None
+    assert result.summary() == ("partition 5 3 MiB -> 11 MiB, ext4 3 MiB -> 11 MiB (resize2fs "
+                                f"from the target), {free / MIB:.0f} MiB free")
+    event = result.event()
+    assert (event["fs_tool"], event["fs_size_after"], event["partition_size_after"]) == \
+        ("resize2fs from the target", 11 * MIB, result.partition_size_after)
 
     again = grow.grow(str(dev / "vda"), action(growPartition=5), mountpoint=newroot, dev=dev,
-                      sysfs=sysfs, load=lambda names: None, sleep=lambda s: None)
+                      sysfs=sysfs, load=lambda names: None, sleep=lambda s: None,
+                      size_of=lambda device, fstype: 11 * MIB)
     assert not again.table_changed
     assert again.summary().startswith("partition 5 already fills the disk")
 
@@ -519,9 +537,12 @@ def test_grow_lvm_root(recorder: Recorder, mounts: FakeMounts,
     recorder.responses[LVM] = lvm_answers()
     tool_in(newroot, "usr/sbin/xfs_growfs")
     loaded: list[list[str]] = []
+    measured: list[tuple[str, str]] = []
     result = grow.grow(str(dev / "vda"), action(growDisk=True, lvmRootName="vg0/root"),
                        mountpoint=newroot, dev=dev, sysfs=sysfs, lvm_binary=LVM,
-                       load=lambda names: loaded.append(list(names)), sleep=lambda s: None)
+                       load=lambda names: loaded.append(list(names)), sleep=lambda s: None,
+                       size_of=lambda device, fstype: measured.append((device, fstype)) or None)
+    assert measured == [("/dev/mapper/vg0-root", "xfs")] * 2  # the LV's filesystem, not the PV
     assert recorder.calls == [
         ["blkid", "-c", "/dev/null", "/dev/vda5"],
         grow.lvm.activate_argv(LVM),
@@ -552,6 +573,41 @@ def test_grow_nothing_requested() -> None:
     result = grow.grow("/dev/vda", action())
     assert result == grow.GrowResult("/dev/vda")
     assert result.summary() == "nothing to grow"
+
+
+def test_grow_line_gives_the_superblock_size_and_the_free_space_apart() -> None:
+    """The console line of #15: the filesystem's size as dumpe2fs gives it (4029 MiB), not
+    statvfs's 3956 MiB after metadata; the free space labelled as free."""
+    result = grow.GrowResult("/dev/sda", partition=3, table="gpt",
+                             partition_size_before=640 * MIB, partition_size_after=4030 * MIB,
+                             table_changed=True, root_device="/dev/sda3", fstype="ext4",
+                             fs_size_before=632 * MIB, fs_size_after=4029 * MIB,
+                             fs_free_after=3701 * MIB + 1234, fs_tool="resize2fs from the target")
+    assert result.summary() == ("partition 3 640 MiB -> 4030 MiB, ext4 632 MiB -> 4029 MiB "
+                                "(resize2fs from the target), 3701 MiB free")
+    unknown = grow.GrowResult("/dev/sda", partition=3, table_changed=False, fstype="xfs",
+                              fs_tool="xfs_growfs from the initramfs")
+    assert unknown.summary() == ("partition 3 already fills the disk, xfs ? -> ? "
+                                 "(xfs_growfs from the initramfs)")
+    assert set(unknown.event()) == {"disk", "partition", "table_changed", "lv_extended",
+                                    "fstype", "fs_tool"}
+
+
+def test_fs_size_that_cannot_be_read_is_a_warning_not_a_failure(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    console = io.StringIO()
+    monkeypatch.setattr(log, "_console", console)
+    log.configure()
+    blank = tmp_path / "blank"
+    blank.write_bytes(bytes(8192))
+    assert grow.fs_size(str(blank), "ext4") is None
+    assert grow.fs_size(str(tmp_path / "missing"), "xfs") is None
+    assert grow.fs_size(str(blank), "vfat") is None  # no superblock parser: no size
+    lines = [line.removeprefix("pyinit: WARNING: ") for line in console.getvalue().splitlines()]
+    assert lines == [
+        f"grow: no size for {blank}: no ext2/3/4 superblock (magic 0xEF53 at byte 1080)",
+        f"grow: no size for {tmp_path}/missing: cannot read its xfs superblock: No such file or "
+        "directory"]
 
 
 # --- which partition is the root ---------------------------------------------------------------

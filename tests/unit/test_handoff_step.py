@@ -135,3 +135,62 @@ def test_the_servers_summary_of_a_handoff_is_the_result(boot: Callable[..., Boot
     for i, ev in enumerate(b.events[:-1]):  # the last: the runner's "ok" the real shell never
         fold(summary, ev, float(i))         # reaches
     assert (summary.result, summary.phase, summary.state) == ("ok", "handoff", "now")
+
+
+class Gone(BaseException):
+    """reboot(2) that worked: the machine is gone, nothing after it runs."""
+
+
+@pytest.mark.parametrize(("how", "cmd"), [
+    ("kexec", "LINUX_REBOOT_CMD_KEXEC"), ("reboot", "LINUX_REBOOT_CMD_RESTART"),
+    ("poweroff", "LINUX_REBOOT_CMD_POWER_OFF")])
+def test_each_handoff_line_once_down_to_reboot2(monkeypatch: pytest.MonkeyPatch, how: str,
+                                                cmd: str) -> None:
+    """#15: ``pyinit: kexec now`` was seen twice. The real path, down to reboot(2) (the real
+    kexec_reboot and policy.power, only the syscall and the unmount faked), says each line
+    once."""
+    from pyinit import kexec, syscalls
+
+    buf = io.StringIO()
+    monkeypatch.setattr(log, "_console", buf)
+    log.configure()
+    log.clear_sinks()
+    calls: list[object] = []
+
+    def reboot(command: int) -> None:
+        calls.append(command)
+        raise Gone
+
+    monkeypatch.setattr(syscalls, "reboot", reboot)
+    monkeypatch.setattr(policy, "quiesce", lambda *a, **kw: calls.append("quiesce"))
+    ctx = init.Context()
+    ctx.action = parse_action({"action": "writeImage", "sourceImage": "images/a.img",
+                               "destinationDevice": "/dev/vda", "finish": how},
+                              base_url="http://server.invalid")
+    if how == "kexec":  # what the prepare step leaves once the kernel is loaded
+        ctx.boot, ctx.boot_kind = kexec.kexec_reboot, "kexec"
+    try:
+        with pytest.raises(Gone):
+            init.step_handoff(ctx)
+    finally:
+        ctx.session.close()
+    assert calls == ["quiesce", getattr(syscalls, cmd)]
+    console = buf.getvalue()
+    assert console.count(f"{how} now") == 1, console
+    assert console.count("pyinit: RESULT ok ") == 1
+    assert console.count('"status": "now"') == 1
+
+
+def test_result_line_quotes_what_has_spaces() -> None:
+    """The RESULT line names what the sha256 covers; each field reads back with shlex."""
+    import shlex
+
+    summary = {"image": "http://10.0.2.2:8080/images/golden.img.zst", "format": "zstd",
+               "bytes_written": 762_000_000, "bytes_downloaded": 312_000_000,
+               "sha256": "ab" * 32, "sha256_of": "the downloaded file (compressed zstd, 312 MB)",
+               "checksum_verified": None, "grow": "partition 3 640 MiB -> 4030 MiB"}
+    line = init.result_fields(summary)
+    assert "sha256_of='the downloaded file (compressed zstd, 312 MB)'" in line
+    assert "bytes_written=762000000 bytes_downloaded=312000000" in line
+    assert dict(f.split("=", 1) for f in shlex.split(line)) == \
+        {k: str(v) for k, v in summary.items()}

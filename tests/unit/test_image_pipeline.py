@@ -27,6 +27,7 @@ from pyinit import log
 from pyinit.errors import ChecksumMismatch, DiskError, FetchError, ImageError
 from pyinit.fetch import backoff
 from pyinit.image.__main__ import main
+from pyinit.image.progress import megabytes
 from pyinit.image.write import WriteRequest, WriteResult, write_image
 from pyinit.units import MIB
 from tests.faultserver import Faults, FaultServer
@@ -128,6 +129,13 @@ def test_formats_round_trip_with_checksum_and_readback(served: Served, disk: Pat
     assert_image(disk, served.raw)
     assert (r.format, r.bytes_written, r.sha256) == (kind, len(served.raw), digest)
     assert r.checksum_verified == "sha256"
+    # which bytes the sha256 covers: the file as downloaded, of its own size
+    size = (served.root / name).stat().st_size
+    assert r.file_size == r.bytes_fetched == size
+    if kind == "raw":
+        assert r.sha256_of() == "the 13 MB written (the raw file as downloaded)"
+    else:
+        assert r.sha256_of() == f"the downloaded file (compressed {kind}, {megabytes(size)})"
     assert r.verified_readback
     assert r.zero_bytes >= 4 * MIB
     assert (r.resumes, r.restarts) == (0, 0)
@@ -183,6 +191,8 @@ def test_server_ignoring_range_restarts_cleanly(served: Served, disk: Path) -> N
     assert_image(disk, served.raw)
     assert (r.resumes, r.restarts, r.sha256) == (0, 1, digest)
     assert r.bytes_fetched > size
+    assert r.file_size == size  # what the sha256 covers: the file once, not what was fetched
+    assert r.sha256_of() == f"the downloaded file (compressed xz, {megabytes(size)})"
 
 
 def test_changed_etag_restarts(served: Served, disk: Path) -> None:
@@ -385,16 +395,66 @@ def test_small_image_inside_the_first_mib(served: Served, disk: Path) -> None:
     assert content[:1000] == b"\x01" * 1000 and content[-MIB:] == bytes(MIB)
 
 
-def test_progress_events(served: Served, disk: Path) -> None:
+def zstd_two_frames(raw: bytes) -> bytes:
+    """Two frames: the first's header declares only its own 4 MiB."""
+    c = zstandard.ZstdCompressor()
+    return c.compress(raw[:4 * MIB]) + c.compress(raw[4 * MIB:])
+
+
+@pytest.mark.parametrize(("name", "size", "source"), [
+    ("a.img.xz", True, "the action's size"),
+    ("a.img", False, "its Content-Length"),
+    ("a.img.zst", False, "its zstd frame header"),
+    ("a.img.gz", False, None),
+    ("two-frames.img.zst", False, "its zstd frame header"),
+])
+def test_progress_follows_the_raw_bytes_written(served: Served, disk: Path,
+                                                monkeypatch: pytest.MonkeyPatch, name: str,
+                                                size: bool, source: str | None) -> None:
+    """The percentage is of raw bytes written against the raw size where one is known, 100
+    only on the last line; without a size (gzip, or a zstd stream longer than its first frame
+    declared) the lines say "of unknown size" and give no percentage and no ETA."""
+    if name == "two-frames.img.zst":
+        served.put(name, zstd_two_frames(served.raw))
+    console = io.StringIO()
+    monkeypatch.setattr(log, "_console", console)
+    log.configure()
     events: list[dict[str, Any]] = []
     log.add_sink(events.append)
     try:
-        write(served.srv.url("a.img.xz"), disk, size=len(served.raw), progress_interval=0.05)
+        r = write(served.srv.url(name), disk, size=len(served.raw) if size else None,
+                  progress_interval=0.0)
     finally:
         log.clear_sinks()
+    assert r.bytes_written == len(served.raw)
     progress = [e for e in events if e.get("status") == "progress"]
-    assert progress and progress[-1]["bytes"] == len(served.raw)
-    assert progress[-1]["percent"] == 100.0 and progress[-1]["total"] == len(served.raw)
+    lines = [line.removeprefix("pyinit: ") for line in console.getvalue().splitlines()
+             if line.startswith("pyinit: provision: ") and " MB written" in line]
+    assert len(progress) == len(lines) >= 2
+    last, before = progress[-1], progress[:-1]
+    assert (last["bytes_written"], last["bytes_downloaded"]) == (
+        len(served.raw), (served.root / name).stat().st_size)
+    if source is None:
+        assert all(e["percent"] is None and e["eta"] is None for e in progress)
+        assert all(" MB written of unknown size (" in line and "%" not in line
+                   and "ETA" not in line for line in lines)
+    if name == "two-frames.img.zst":  # sized by its first frame, until it went past it
+        assert all(e["percent"] is None or e["percent"] < 100 for e in progress)
+        assert all(e["percent"] is None for e in progress if e["bytes_written"] > 4 * MIB)
+    if source is None or name == "two-frames.img.zst":
+        assert last["size"] is None and " MB written of unknown size (" in lines[-1]
+    else:
+        assert (last["size"], last["percent"], last["eta"]) == (len(served.raw), 100.0, None)
+        assert lines[-1].startswith("provision: 13 of 13 MB written (100%), ")
+        assert all(e["percent"] is not None and e["percent"] < 100 for e in before)
+        assert all("(100%)" not in line and "ETA 0 s" not in line for line in lines[:-1])
+    said = console.getvalue()
+    if source is None:
+        assert "provision: raw size unknown (gzip does not declare it; no size in the action)" \
+            in said
+    else:
+        first = 4 * MIB if name == "two-frames.img.zst" else len(served.raw)
+        assert f"provision: raw size {first} bytes ({source})" in said
 
 
 def test_cli_prints_one_json_line(served: Served, disk: Path) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,6 +139,33 @@ def boot(artifacts: Artifacts, tmp_path: Path, append: str, *, mac: str,
 
 def blank_disk(path: Path, size: int) -> Path:
     return create_disk(path, size)
+
+
+# --- what tests read off the console (#15) ---------------------------------------------------
+
+def result_line(lines: list[str]) -> dict[str, str]:
+    """The fields of the console's ``pyinit: RESULT ok`` line."""
+    [line] = [s for s in lines if s.startswith("pyinit: RESULT ok ")]
+    return dict(f.split("=", 1) for f in shlex.split(line.removeprefix("pyinit: RESULT ok ")))
+
+
+def assert_progress(lines: list[str], events: list[dict[str, Any]], raw_size: int,
+                    known: bool) -> None:
+    """#15: the write's progress follows the raw bytes written; its last line agrees with the
+    raw image's size on the host (100 % only there), or says "of unknown size" throughout."""
+    progress = [e for e in events if (e["step"], e["status"]) == ("provision", "progress")]
+    said = [s for s in lines if s.startswith("pyinit: provision: ") and " MB written" in s]
+    assert len(progress) == len(said) >= 2, said
+    assert progress[-1]["bytes_written"] == raw_size
+    if known:
+        assert (progress[-1]["size"], progress[-1]["percent"]) == (raw_size, 100.0)
+        assert all(e["percent"] < 100 for e in progress[:-1]), progress
+        mb = f"{raw_size / 1e6:.0f}"
+        assert said[-1].startswith(f"pyinit: provision: {mb} of {mb} MB written (100%), "), said
+        assert not any("(100%)" in s or "ETA 0 s" in s for s in said[:-1]), said
+    else:
+        assert all(e["percent"] is None and e["eta"] is None for e in progress), progress
+        assert all(" MB written of unknown size (" in s and "%" not in s for s in said), said
 
 
 # The modules whose tests take longest (40-80 s each on the CI machine, from --durations), run

@@ -11,10 +11,11 @@ partition table, filesystem size, the network file.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
-import struct
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -83,19 +84,40 @@ def table(disk: Path) -> parttable.PartitionTable:
     return parsed
 
 
-def fs_size(disk: Path, offset: int, fstype: str) -> int:
-    """The filesystem's size from its superblock, read straight off the disk image."""
-    with disk.open("rb") as f:
-        if fstype == "ext4":
-            f.seek(offset + 1024)
-            sb = f.read(1024)
-            lo, hi = struct.unpack_from("<I", sb, 4)[0], struct.unpack_from("<I", sb, 0x150)[0]
-            blocks = lo | hi << 32
-            return int(blocks * (1024 << struct.unpack_from("<I", sb, 24)[0]))
-        f.seek(offset)
-        sb = f.read(512)
-        assert sb[:4] == b"XFSB"
-        return int(struct.unpack_from(">I", sb, 4)[0] * struct.unpack_from(">Q", sb, 8)[0])
+def fs_size(disk: Path, part: parttable.Partition, fstype: str) -> int:
+    """The filesystem's size as the host's own tools report it: dumpe2fs's block count x block
+    size (at the partition's offset in the disk file), xfs_db's dblocks x blocksize (through a
+    read-only loop device)."""
+    if fstype == "ext4":
+        out = subprocess.run(["dumpe2fs", "-h", f"{disk}?offset={part.start}"],
+                             capture_output=True, text=True, check=True).stdout
+        fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
+        return int(fields["Block count"]) * int(fields["Block size"])
+    with read_only_loop(disk, part) as loop:
+        out = subprocess.run(["xfs_db", "-r", "-c", "sb 0", "-c", "p dblocks blocksize", loop],
+                             capture_output=True, text=True, check=True).stdout
+    fields = dict(line.split(" = ") for line in out.splitlines())
+    return int(fields["dblocks"]) * int(fields["blocksize"])
+
+
+GROW_LINE = re.compile(r"^pyinit: grow: partition (\d+) .*, (\w+) (\d+) MiB -> (\d+) MiB "
+                       r"\(\w+ from the (?:target|initramfs)\), (\d+) MiB free$")
+
+
+def assert_grow_line(vm: VM, fstype: str, size: int, partition_size: int | None = None) -> None:
+    """The grow line and event give the filesystem's size as the host's tools read it off the
+    written disk (``size``, bytes): the event to the byte, the line to the MiB."""
+    # the step's summary, not grow_table's "grow: partition 3 of /dev/vda: N -> M bytes"
+    [line] = [s for s in vm.lines if re.match(r"pyinit: grow: partition \d+ (?!of )", s)]
+    m = GROW_LINE.match(line)
+    assert m is not None and m.group(2) == fstype, line
+    assert abs(int(m.group(4)) * MIB - size) <= MIB // 2, (line, size)
+    [ev] = [e for e in vm.events if (e["step"], e["status"]) == ("grow", "sizes")]
+    assert ev["fs_size_after"] == size, ev
+    assert ev["fs_size_before"] < size and 0 < ev["fs_free_after"] < size, ev
+    assert abs(int(m.group(5)) * MIB - ev["fs_free_after"]) <= MIB // 2, (line, ev)
+    if partition_size is not None:
+        assert ev["partition_size_after"] == partition_size, ev
 
 
 def grub_cat(disk: Path, path: str) -> str:
@@ -105,18 +127,26 @@ def grub_cat(disk: Path, path: str) -> str:
     return done.stdout
 
 
-def lvs(disk: Path, part: parttable.Partition) -> dict[str, Any]:
-    """The LVs of the PV in ``part``, as LVM reads them (a read-only loop device; no
-    device-mapper needed)."""
+@contextlib.contextmanager
+def read_only_loop(disk: Path, part: parttable.Partition) -> Iterator[str]:
+    """A read-only loop device over ``part`` of ``disk`` (this host's loop devices show no
+    partitions of their own)."""
     loop = subprocess.run(["losetup", "--find", "--show", "--read-only", "--offset",
                            str(part.start), "--sizelimit", str(part.size), str(disk)],
                           capture_output=True, text=True, check=True).stdout.strip()
     try:
+        yield loop
+    finally:
+        subprocess.run(["losetup", "-d", loop], check=False)
+
+
+def lvs(disk: Path, part: parttable.Partition) -> dict[str, Any]:
+    """The LVs of the PV in ``part``, as LVM reads them (a read-only loop device; no
+    device-mapper needed)."""
+    with read_only_loop(disk, part) as loop:
         out = subprocess.run(["lvs", "--devices", loop, "--reportformat", "json", "--units",
                               "b", "--nosuffix", "-o", "vg_name,lv_name,lv_size"],
                              capture_output=True, text=True, check=True).stdout
-    finally:
-        subprocess.run(["losetup", "-d", loop], check=False)
     lv: dict[str, Any] = json.loads(out)["report"][0]["lv"][0]
     return lv
 
@@ -156,8 +186,11 @@ def test_mbr_ext4_grow_configure_reboot_into_the_disk(artifacts: Artifacts, tmp_
         vm.wait_exit(timeout=60)  # the guest's reboot ends QEMU (-no-reboot)
         vm.assert_never(*NEVER)
     assert result["status"] == "ok" and result["handoff"] == "reboot", result
+    assert sum("reboot now" in s for s in vm.lines) == 1
     root = assert_grown(disk, manifest)
-    assert abs(fs_size(disk, root.start, "ext4") - root.size) < 4 * MIB
+    size = fs_size(disk, root, "ext4")
+    assert abs(size - root.size) < 4 * MIB
+    assert_grow_line(vm, "ext4", size, root.size)
     assert "10.0.2.15" in network_file(disk, "(loop0,msdos1)")
     assert grub_cat(disk, "(loop0,msdos1)/etc/hostname") == "grown\n"
     pub = grub_cat(disk, "(loop0,msdos1)/etc/ssh/ssh_host_ed25519_key.pub")
@@ -179,8 +212,12 @@ def test_gpt_ext4_grow_then_kexec_into_the_target(artifacts: Artifacts, tmp_path
         vm.assert_never(*NEVER)
     assert result["status"] == "ok" and result["handoff"] == "kexec", result
     assert "hostname=grown" in line.split(), line
+    # #15: the hand-off said once (it was seen twice), counted over the whole console
+    assert sum("kexec now" in s for s in vm.lines) == 1, [s for s in vm.lines if "now" in s]
     root = assert_grown(disk, manifest)
-    assert abs(fs_size(disk, root.start, "ext4") - root.size) < 4 * MIB
+    size = fs_size(disk, root, "ext4")
+    assert abs(size - root.size) < 4 * MIB
+    assert_grow_line(vm, "ext4", size, root.size)
     assert "10.0.2.15" in network_file(disk, f"(loop0,gpt{root.number})")
 
 
@@ -198,8 +235,11 @@ def test_gpt_xfs_grow_then_switch_root(artifacts: Artifacts, tmp_path: Path,
         vm.assert_never(*NEVER)
     assert result["status"] == "ok" and result["handoff"] == "switch_root", result
     assert "hostname=grown" in line.split() and "rootfs=xfs" in line.split(), line
+    assert sum("switch_root now" in s for s in vm.lines) == 1
     root = assert_grown(disk, manifest)
-    assert abs(fs_size(disk, root.start, "xfs") - root.size) < 8 * MIB
+    size = fs_size(disk, root, "xfs")
+    assert abs(size - root.size) < 8 * MIB
+    assert_grow_line(vm, "xfs", size, root.size)
     assert "10.0.2.15" in network_file(disk, f"(loop0,gpt{root.number})")
 
 
@@ -219,6 +259,7 @@ def test_gpt_lvm_ext4_grows_pv_lv_and_filesystem(artifacts: Artifacts, tmp_path:
     lv = lvs(disk, root)
     assert (lv["vg_name"], lv["lv_name"]) == ("vg0", "root")
     assert int(lv["lv_size"]) > root.size - 8 * MIB
+    assert_grow_line(vm, "ext4", int(lv["lv_size"]))  # the filesystem fills its LV
     assert "10.0.2.15" in network_file(disk, "(lvm/vg0-root)")
 
 

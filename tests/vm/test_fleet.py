@@ -115,7 +115,7 @@ def test_three_vms_at_once_from_one_server(artifacts: Artifacts, server: Server,
         assert result["status"] == "ok", (mac, result)
         assert result["mac"] == mac
         assert result["sha256"] == image.served_sha256
-        assert result["bytes"] == IMAGE_SIZE
+        assert result["bytes_written"] == IMAGE_SIZE
         # the host's own check: this machine's disk holds this machine's image
         assert disk_sha256(disks[mac], IMAGE_SIZE) == hashlib.sha256(image.raw).hexdigest(), mac
         # and the server recorded this machine's result under its own MAC

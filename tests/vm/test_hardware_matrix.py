@@ -117,4 +117,4 @@ def test_provision_through_each_controller_and_nic(artifacts: Artifacts, server:
     assert all(bound.values()), bound
     assert sha256_file(target, demo_image.size) == demo_image.sha256
     assert sha256_file(other) == other_before
-    assert result["bytes"] == demo_image.size
+    assert result["bytes_written"] == demo_image.size

@@ -11,28 +11,31 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from pyinit import parttable
+from pyinit.image.progress import megabytes
 from pyinit.units import MIB
 from pyinit_build.demoimage import DemoImage, compressed_copy, sha256_file
 from pyinit_qemu.vm import guest_url
 from tests.faultserver import FaultServer
 
-from .conftest import NEVER, Artifacts, Server, blank_disk, boot
+from .conftest import NEVER, Artifacts, Server, assert_progress, blank_disk, boot, result_line
 
 pytestmark = pytest.mark.vm
 
 
 def provision(artifacts: Artifacts, tmp_path: Path, server: Server, mac: str,
-              action: dict[str, object], disk: Path) -> tuple[dict[str, object], list[str]]:
+              action: dict[str, object], disk: Path
+              ) -> tuple[dict[str, object], list[str], list[dict[str, Any]]]:
     server.machine(mac, action)
     with boot(artifacts, tmp_path, f"MYURL={server.guest_url}", mac=mac, disks=[disk]) as vm:
         result = vm.expect_event(step="result", timeout=240)
         assert vm.wait_exit(timeout=60) == 0
         vm.assert_never(*NEVER)
-        return result, vm.lines
+        return result, vm.lines, vm.events
 
 
 @pytest.mark.parametrize("kind", ["zstd", "xz"])
@@ -44,7 +47,7 @@ def test_compressed_image_with_checksum(artifacts: Artifacts, server: Server,
     digest = sha256_file(image)
     disk = blank_disk(tmp_path / "disk.raw", 2 * demo_image.size)
     mac = {"zstd": "52:54:00:00:05:01", "xz": "52:54:00:00:05:02"}[kind]
-    result, _ = provision(artifacts, tmp_path, server, mac, {
+    result, lines, events = provision(artifacts, tmp_path, server, mac, {
         "action": "writeImage", "sourceImage": f"images/{image.name}",
         "destinationDevice": "/dev/vda", "checksum": f"sha256:{digest}", "finish": "poweroff"},
         disk)
@@ -52,6 +55,16 @@ def test_compressed_image_with_checksum(artifacts: Artifacts, server: Server,
     assert result["format"] == kind
     assert result["checksum_verified"] == "sha256"
     assert sha256_file(disk, demo_image.size) == demo_image.sha256
+    # the RESULT line and event say which bytes the sha256 covers, and label the counts
+    served = image.stat().st_size
+    scope = f"the downloaded file (compressed {kind}, {megabytes(served)})"
+    assert (result["bytes_written"], result["bytes_downloaded"], result["sha256_of"]) == (
+        demo_image.size, served, scope)
+    fields = result_line(lines)
+    assert (fields["bytes_written"], fields["bytes_downloaded"], fields["sha256"],
+            fields["sha256_of"]) == (str(demo_image.size), str(served), digest, scope)
+    # zstd's frame header declares the raw size; xz does not
+    assert_progress(lines, events, demo_image.size, known=kind == "zstd")
 
 
 def test_wrong_checksum_leaves_no_valid_partition_table(artifacts: Artifacts, server: Server,
@@ -64,7 +77,7 @@ def test_wrong_checksum_leaves_no_valid_partition_table(artifacts: Artifacts, se
     shutil.copyfile(demo_image.raw, disk)
     with disk.open("r+b") as f:
         f.truncate(2 * demo_image.size)
-    result, _ = provision(artifacts, tmp_path, server, "52:54:00:00:05:03", {
+    result, _, _ = provision(artifacts, tmp_path, server, "52:54:00:00:05:03", {
         "action": "writeImage", "sourceImage": f"images/{image.name}",
         "destinationDevice": "/dev/vda", "checksum": "sha256:" + "0" * 64}, disk)
     assert result["status"] == "failed"
@@ -85,7 +98,7 @@ def test_dropped_connection_resumes_inside_the_vm(artifacts: Artifacts, server: 
     with FaultServer(tmp_path / "faulty") as faulty:
         faulty.set_faults(image.name, drop_at=[size // 2])
         disk = blank_disk(tmp_path / "disk.raw", 2 * demo_image.size)
-        result, _ = provision(artifacts, tmp_path, server, "52:54:00:00:05:04", {
+        result, _, _ = provision(artifacts, tmp_path, server, "52:54:00:00:05:04", {
             "action": "writeImage", "sourceImage": guest_url(faulty.url(image.name)),
             "destinationDevice": "/dev/vda", "checksum": f"sha256:{sha256_file(image)}",
             "finish": "poweroff"}, disk)
@@ -106,7 +119,7 @@ def test_capture_then_write_back_to_a_second_machine(artifacts: Artifacts, serve
         f.write(b"JUNK" * 1024)
         f.truncate(2 * demo_image.size)
     mac1, mac2 = "52:54:00:00:06:01", "52:54:00:00:06:02"
-    first, _ = provision(artifacts, tmp_path / "vm1", server, mac1, {
+    first, _, _ = provision(artifacts, tmp_path / "vm1", server, mac1, {
         "action": "readImage", "sourceDevice": "/dev/vda", "compression": "zstd",
         "desintationAddress": "image", "finish": "poweroff"}, source)
     assert first["status"] == "ok", first
@@ -115,7 +128,7 @@ def test_capture_then_write_back_to_a_second_machine(artifacts: Artifacts, serve
     assert first["sha256_sent"] == sha256_file(uploaded)
 
     target = blank_disk(tmp_path / "target.raw", 2 * demo_image.size)
-    second, _ = provision(artifacts, tmp_path / "vm2", server, mac2, {
+    second, _, _ = provision(artifacts, tmp_path / "vm2", server, mac2, {
         "action": "writeImage", "sourceImage": f"images/{uploaded.name}",
         "destinationDevice": "/dev/vda", "checksum": f"sha256:{first['sha256_sent']}",
         "finish": "poweroff"}, target)

@@ -49,7 +49,7 @@ def test_provision_over_slaac_from_slirp(artifacts: Artifacts, server6: Server,
     assert result["status"] == "ok", result
     assert result["mac"] == MAC
     assert result["address"].startswith("fec0::")  # SLAAC from slirp's RA, no IPv4 at all
-    assert result["bytes"] == demo_image.size
+    assert result["bytes_written"] == demo_image.size
     assert sha256_file(disk, demo_image.size) == demo_image.sha256
     seen = [(e.get("step"), e.get("status")) for e in server6.events(MAC)]
     assert ("result", "ok") in seen

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from pyinit.image.progress import megabytes
 from pyinit_build.demoimage import DemoImage, sha256_file
 from pyinit_qemu.vm import Interface
 
-from .conftest import NEVER, Artifacts, Server, blank_disk, boot, is_all_zero
+from .conftest import NEVER, Artifacts, Server, assert_progress, blank_disk, boot, is_all_zero
 
 pytestmark = pytest.mark.vm
 
@@ -43,8 +44,14 @@ def test_provision_writes_the_image(artifacts: Artifacts, server: Server, demo_i
     assert result["mac"] == mac
     assert result["device"] == device
     assert result["address"].startswith("10.0.2.")
-    assert result["bytes"] == demo_image.size
-    assert result["sha256"] == demo_image.gz_sha256  # of the file as served
+    # the counts labelled, and the sha256 said to be of the file as served, not of the disk
+    served = demo_image.gz.stat().st_size
+    assert (result["bytes_written"], result["bytes_downloaded"]) == (demo_image.size, served)
+    assert result["sha256"] == demo_image.gz_sha256
+    assert result["sha256_of"] == f"the downloaded file (compressed gzip, {megabytes(served)})"
+    # gzip declares no raw size (and the action gives none): no percentage, no ETA, ever
+    assert_progress(vm.lines, vm.events, demo_image.size, known=False)
+    assert sum("poweroff now" in s for s in vm.lines) == 1
     assert lease["uptime"] < fetched["uptime"]
     # The host's own check: the disk holds the image, byte for byte.
     assert sha256_file(disk, demo_image.size) == demo_image.sha256
