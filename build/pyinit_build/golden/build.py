@@ -33,7 +33,7 @@ from pyinit.units import MIB
 from pyinit_build import preflight
 from pyinit_build.digest import sha256_file
 from pyinit_build.errors import BuildError
-from pyinit_build.golden import debian, fs, grub, layout, lvm, tree
+from pyinit_build.golden import debian, fs, grub, kernelboot, layout, lvm, tree
 
 log = logging.getLogger("pyinit_build.golden")
 
@@ -45,6 +45,7 @@ COMPRESSIONS: tuple[str, ...] = ("zstd", "gzip", "xz", "none")
 SUFFIX = {"zstd": ".zst", "gzip": ".gz", "xz": ".xz"}
 XFS_MIN = 300 * MIB
 MANIFEST_FORMAT = "pyinit-image/1"
+TITLE = "pyinit golden image"  # grub.cfg's default menu entry
 
 
 @dataclass(frozen=True)
@@ -256,6 +257,11 @@ def _build(spec: ImageSpec, out: Path, work: Path,
     if spec.ssh_keys:
         tree.add_ssh_keys(t, list(spec.ssh_keys))
     kpath, ipath, release = install_kernel(t, spec, epoch, work)
+    # grub.cfg names the kernel through what the distribution keeps current, when it can.
+    boot = kernelboot.choose(kernelboot.read_facts(t), kpath, ipath, title=TITLE)
+    progress(f"image: {boot.line}")
+    if boot.warning:
+        progress(f"image: warning: {boot.warning}")
     bios = spec.firmware in ("bios", "both")
     uefi = spec.firmware in ("uefi", "both")
 
@@ -285,8 +291,10 @@ def _build(spec: ImageSpec, out: Path, work: Path,
         t.mkdir("/boot/efi", mode=0o755, mtime=epoch)
     t.write_file("/etc/fstab", ("\n".join(fstab) + "\n").encode(), mode=0o644, mtime=epoch)
     cmdline = default_cmdline(root_arg, spec)
-    entry = grub.BootEntry(fs_uuid, kpath, ipath, cmdline, serial=spec.serial)
-    t.write_file("/boot/grub/grub.cfg", grub.grub_cfg(entry).encode(), mode=0o644, mtime=epoch)
+    entries = [grub.BootEntry(fs_uuid, e.kernel, e.initrd, cmdline, title=e.title,
+                              serial=spec.serial) for e in boot.entries]
+    t.write_file("/boot/grub/grub.cfg", grub.grub_cfg(*entries).encode(), mode=0o644,
+                 mtime=epoch)
 
     # Sizes and the partition plan.
     fs_size = _fs_size(spec, t)
@@ -389,7 +397,8 @@ def _build(spec: ImageSpec, out: Path, work: Path,
         firmware=[f for f, on in (("bios", bios), ("uefi", uefi)) if on], partitions=parts,
         root={"device": root_arg, "fs": spec.filesystem, "fs_uuid": fs_uuid,
               "partition": root_part.number},
-        kernel={"release": release, "path": kpath, "initrd": ipath, "cmdline": cmdline},
+        kernel={"release": release, "path": kpath, "initrd": ipath, "cmdline": cmdline,
+                "boot": boot.boot, "entries": [asdict(e) for e in boot.entries]},
         source_date_epoch=epoch, rootfs_digest=t.digest(), files=files, action=action)
     sums = work / (out.name + ".SHA256SUMS")
     sums.write_text("".join(f"{f['sha256']}  {f['path']}\n" for f in files.values()))
