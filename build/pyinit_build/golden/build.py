@@ -20,7 +20,6 @@ import json
 import logging
 import lzma
 import os
-import re
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -28,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pyinit import proc
+from pyinit import bzimage, proc
 from pyinit.units import MIB
 from pyinit_build import preflight
 from pyinit_build.digest import sha256_file
@@ -152,12 +151,7 @@ def validate(spec: ImageSpec) -> None:
 
 def kernel_release(image: bytes) -> str | None:
     """The release string in a bzImage's setup header (``6.1.0-9-amd64``), or None. Pure."""
-    if len(image) < 0x210 or image[0x202:0x206] != b"HdrS":
-        return None
-    offset = int.from_bytes(image[0x20E:0x210], "little") + 0x200
-    text = image[offset:offset + 256].split(b"\0", 1)[0].decode("ascii", "replace")
-    release = text.split(" ", 1)[0]
-    return release if re.fullmatch(r"[\w.+~-]+", release) else None
+    return bzimage.image_release(image)
 
 
 def install_kernel(t: tree.Tree, spec: ImageSpec, epoch: int,
