@@ -70,7 +70,8 @@ def bookworm(cache: Path) -> DebianRoot:
         key = hashlib.sha256(",".join(include).encode()).hexdigest()[:12]
         tarball = cache / f"bookworm-{key}.tar"
         if not tarball.exists():
-            partial = tarball.with_name(f".{tarball.name}.partial")
+            # mmdebstrap picks its output format from the name: keep the .tar suffix
+            partial = tarball.with_name(f".partial-{tarball.name}")
             partial.unlink(missing_ok=True)
             debian.bootstrap("bookworm", partial, include=include)
             partial.rename(tarball)
