@@ -5,7 +5,9 @@ else the newest BLS entry (:func:`parse_bls`), else ``/boot/vmlinuz*``
 (:func:`find_plain_kernels`), and rewrites its paths to where they exist in the root
 (:func:`locate`; a separate /boot partition lacks the ``/boot`` prefix). Paths are resolved as
 a chroot sees them (:func:`resolve_in`), also for :mod:`pyinit.kexec` and
-:mod:`pyinit.switchroot`.
+:mod:`pyinit.switchroot`; the entry returned names the files its links lead to (grub.cfg's
+``/vmlinuz``, which the distribution repoints at each kernel upgrade, becomes
+``/boot/vmlinuz-<release>``), and the log says which kernel release that is.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 
-from pyinit import rootpath
+from pyinit import bzimage, rootpath
 from pyinit.bootcfg.bls import parse_bls_entry, version_key
 from pyinit.bootcfg.entry import BootEntry
 from pyinit.bootcfg.grub import parse_grub_cfg, parse_grubenv
@@ -50,6 +52,19 @@ def locate(root: Path, path: str) -> str | None:
         if resolve_in(root, candidate).is_file():
             return candidate
     return None
+
+
+def followed(root: Path, entry: BootEntry) -> BootEntry:
+    """``entry`` with its kernel and initrds named by the files their paths lead to inside
+    ``root`` (``/vmlinuz`` → ``/boot/vmlinuz-6.1.0-57-cloud-amd64``)."""
+    def real(path: str) -> str:
+        return "/" + resolve_in(root, path).relative_to(root).as_posix()
+    return replace(entry, kernel=real(entry.kernel), initrds=tuple(map(real, entry.initrds)))
+
+
+def _links(before: BootEntry, after: BootEntry) -> str:
+    pairs = zip((before.kernel, *before.initrds), (after.kernel, *after.initrds), strict=True)
+    return ", ".join(a if a == b else f"{a} -> {b}" for a, b in pairs)
 
 
 # ---- Boot Loader Specification entries ------------------------------------------------------
@@ -151,7 +166,9 @@ def _located(root: Path, entry: BootEntry) -> BootEntry | str:
 
 def find_boot_entry(root: Path) -> BootEntry:
     """The kernel the target at ``root`` (mounted) would boot: grub.cfg's default entry, else
-    the newest BLS entry, else /boot/vmlinuz*. Raises :class:`HandoffError` when none is there.
+    the newest BLS entry, else /boot/vmlinuz*, its paths :func:`followed` to the files. Logs the
+    entry as configured and the kernel release it leads to. Raises :class:`HandoffError` when
+    none is there.
     """
     env: dict[str, str] = {}
     for rel in GRUBENVS:
@@ -177,7 +194,10 @@ def find_boot_entry(root: Path) -> BootEntry:
             for note in (*problems, *located.notes):
                 log.warning(f"handoff: {note}")
             log.info(f"handoff: boot entry {located.title!r}: {located.describe()}")
-            return located
+            real = followed(root, located)
+            release = bzimage.read_release(resolve_in(root, real.kernel)) or "unknown"
+            log.info(f"handoff: kernel {release}: {_links(located, real)}")
+            return real
         problems.append(located)
     detail = f"; {problems[0]}" if problems else ""
     raise HandoffError(f"kexec: no kernel found in {root} (looked at {LOOKED_AT}){detail}")

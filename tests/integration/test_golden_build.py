@@ -214,3 +214,48 @@ def test_kernel_deb_installs_kernel_and_modules_with_depmod(shared_dir: Path) ->
         _grub_fstest(out, "cat", f"{root}/boot/grub/grub.cfg")
     dep = _grub_fstest(out, "cat", f"{root}/lib/modules/{release}/modules.dep")
     assert "kernel/fs/ext4/ext4.ko: " in dep  # depmod ran on the package's modules
+
+
+def test_debian_kernel_links_name_the_kernel_in_grub_cfg(rootfs: Path, shared_dir: Path) -> None:
+    """A Debian root whose linux-update-symlinks links point at its kernel: grub.cfg boots
+    /vmlinuz (and /vmlinuz.old as the previous kernel), so a kernel upgrade inside the target
+    is what GRUB boots next (issue #15). Without the tool the build warns and names the file."""
+    (rootfs / "etc" / "os-release").write_text("ID=debian\nVERSION_ID=12\n")
+    tool = rootfs / "usr" / "bin" / "linux-update-symlinks"
+    tool.parent.mkdir(parents=True, exist_ok=True)
+    tool.write_text("#!/usr/bin/perl\n")
+    for link, target in (("vmlinuz", "vmlinuz-6.1.0-fake-amd64"),
+                         ("initrd.img", "initrd.img-6.1.0-fake-amd64")):
+        (rootfs / link).symlink_to(f"boot/{target}")
+        (rootfs / f"{link}.old").symlink_to(f"boot/{target}")
+    lines: list[str] = []
+    out = shared_dir / "golden.img"
+    m = build.build_image(build.ImageSpec(rootfs=rootfs, output=out, firmware="bios",
+                                          compress="none", headroom=16 * MIB),
+                          progress=lines.append)
+    assert "image: kernel boot: stable-links (/vmlinuz -> /boot/vmlinuz-6.1.0-fake-amd64, kept " \
+           "current by linux-update-symlinks; previous kernel through /vmlinuz.old)" in lines
+    assert not [line for line in lines if "warning" in line]
+    assert m.kernel["boot"] == "stable-links"
+    assert m.kernel["path"] == "/boot/vmlinuz-6.1.0-fake-amd64"
+    assert [(e["kernel"], e["initrd"]) for e in m.kernel["entries"]] == [
+        ("/vmlinuz", "/initrd.img"), ("/vmlinuz.old", "/initrd.img.old")]
+    root = f"(loop0,gpt{m.root['partition']})"
+    cfg = _grub_fstest(out, "cat", f"{root}/boot/grub/grub.cfg")
+    assert "linux /vmlinuz root=UUID=" in cfg and "initrd /initrd.img\n" in cfg
+    assert "linux /vmlinuz.old root=UUID=" in cfg and "initrd /initrd.img.old\n" in cfg
+    # GRUB follows the link on the root filesystem to the kernel itself
+    assert _grub_fstest(out, "cat", f"{root}/vmlinuz").encode("latin-1")[0x202:0x206] == b"HdrS"
+
+    tool.unlink()
+    lines.clear()
+    m = build.build_image(build.ImageSpec(rootfs=rootfs, output=out, firmware="bios",
+                                          compress="none", headroom=16 * MIB),
+                          progress=lines.append)
+    assert m.kernel["boot"] == "versioned"
+    assert "image: kernel boot: versioned (/boot/vmlinuz-6.1.0-fake-amd64)" in lines
+    assert "image: warning: grub.cfg names /boot/vmlinuz-6.1.0-fake-amd64: kernel upgrades " \
+           "inside the target will not be booted until its own tooling rewrites grub.cfg (no " \
+           "/usr/bin/linux-update-symlinks in the root (package linux-base))" in lines
+    cfg = _grub_fstest(out, "cat", f"{root}/boot/grub/grub.cfg")
+    assert "linux /boot/vmlinuz-6.1.0-fake-amd64 root=UUID=" in cfg and "vmlinuz.old" not in cfg

@@ -20,7 +20,6 @@ import json
 import logging
 import lzma
 import os
-import re
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -28,12 +27,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pyinit import proc
+from pyinit import bzimage, proc
 from pyinit.units import MIB
 from pyinit_build import preflight
 from pyinit_build.digest import sha256_file
 from pyinit_build.errors import BuildError
-from pyinit_build.golden import debian, fs, grub, identity, layout, lvm, tree
+from pyinit_build.golden import debian, fs, grub, identity, kernelboot, layout, lvm, tree
 
 log = logging.getLogger("pyinit_build.golden")
 
@@ -45,6 +44,7 @@ COMPRESSIONS: tuple[str, ...] = ("zstd", "gzip", "xz", "none")
 SUFFIX = {"zstd": ".zst", "gzip": ".gz", "xz": ".xz"}
 XFS_MIN = 300 * MIB
 MANIFEST_FORMAT = "pyinit-image/1"
+TITLE = "pyinit golden image"  # grub.cfg's default menu entry
 
 
 @dataclass(frozen=True)
@@ -154,12 +154,7 @@ def validate(spec: ImageSpec) -> None:
 
 def kernel_release(image: bytes) -> str | None:
     """The release string in a bzImage's setup header (``6.1.0-9-amd64``), or None. Pure."""
-    if len(image) < 0x210 or image[0x202:0x206] != b"HdrS":
-        return None
-    offset = int.from_bytes(image[0x20E:0x210], "little") + 0x200
-    text = image[offset:offset + 256].split(b"\0", 1)[0].decode("ascii", "replace")
-    release = text.split(" ", 1)[0]
-    return release if re.fullmatch(r"[\w.+~-]+", release) else None
+    return bzimage.image_release(image)
 
 
 def install_kernel(t: tree.Tree, spec: ImageSpec, epoch: int,
@@ -262,6 +257,11 @@ def _build(spec: ImageSpec, out: Path, work: Path,
     if spec.ssh_keys:
         tree.add_ssh_keys(t, list(spec.ssh_keys))
     kpath, ipath, release = install_kernel(t, spec, epoch, work)
+    # grub.cfg names the kernel through what the distribution keeps current, when it can.
+    boot = kernelboot.choose(kernelboot.read_facts(t), kpath, ipath, title=TITLE)
+    progress(f"image: {boot.line}")
+    if boot.warning:
+        progress(f"image: warning: {boot.warning}")
     bios = spec.firmware in ("bios", "both")
     uefi = spec.firmware in ("uefi", "both")
 
@@ -291,8 +291,10 @@ def _build(spec: ImageSpec, out: Path, work: Path,
         t.mkdir("/boot/efi", mode=0o755, mtime=epoch)
     t.write_file("/etc/fstab", ("\n".join(fstab) + "\n").encode(), mode=0o644, mtime=epoch)
     cmdline = default_cmdline(root_arg, spec)
-    entry = grub.BootEntry(fs_uuid, kpath, ipath, cmdline, serial=spec.serial)
-    t.write_file("/boot/grub/grub.cfg", grub.grub_cfg(entry).encode(), mode=0o644, mtime=epoch)
+    entries = [grub.BootEntry(fs_uuid, e.kernel, e.initrd, cmdline, title=e.title,
+                              serial=spec.serial) for e in boot.entries]
+    t.write_file("/boot/grub/grub.cfg", grub.grub_cfg(*entries).encode(), mode=0o644,
+                 mtime=epoch)
 
     # Sizes and the partition plan.
     fs_size = _fs_size(spec, t)
@@ -395,7 +397,8 @@ def _build(spec: ImageSpec, out: Path, work: Path,
         firmware=[f for f, on in (("bios", bios), ("uefi", uefi)) if on], partitions=parts,
         root={"device": root_arg, "fs": spec.filesystem, "fs_uuid": fs_uuid,
               "partition": root_part.number},
-        kernel={"release": release, "path": kpath, "initrd": ipath, "cmdline": cmdline},
+        kernel={"release": release, "path": kpath, "initrd": ipath, "cmdline": cmdline,
+                "boot": boot.boot, "entries": [asdict(e) for e in boot.entries]},
         source_date_epoch=epoch, rootfs_digest=t.digest(), files=files, action=action,
         identity=cleaned.manifest())
     sums = work / (out.name + ".SHA256SUMS")

@@ -48,7 +48,7 @@ class BootEntry:
     """What grub.cfg boots: paths inside the root filesystem and the kernel command line."""
 
     root_uuid: str
-    kernel: str  # "/boot/vmlinuz-6.1.0-9-amd64"
+    kernel: str  # "/boot/vmlinuz-6.1.0-9-amd64", "/vmlinuz"
     initrd: str | None
     cmdline: str
     title: str = "pyinit golden image"
@@ -63,8 +63,9 @@ def early_config(root_uuid: str) -> str:
             "set prefix=($root)/boot/grub\n")
 
 
-def grub_cfg(entry: BootEntry) -> str:
-    """``/boot/grub/grub.cfg``: one menu entry, shown on the serial console as well. Pure."""
+def grub_cfg(entry: BootEntry, *more: BootEntry) -> str:
+    """``/boot/grub/grub.cfg``: ``entry`` as the default menu entry, then ``more`` (e.g. the
+    previous kernel), shown on the serial console as well. Pure."""
     lines = [f"# {entry.comment}", f"set timeout={entry.timeout}", "set default=0"]
     if entry.serial:
         port, _, speed = entry.serial.partition(",")
@@ -73,13 +74,14 @@ def grub_cfg(entry: BootEntry) -> str:
             raise BuildError("grub", f"serial console {entry.serial!r}: expected ttyS<N>[,speed]")
         lines += [f"serial --unit={unit} --speed={speed or 115200}",
                   "terminal_input serial console", "terminal_output serial console"]
-    lines += [f"menuentry '{entry.title}' {{",
-              f"    search --no-floppy --fs-uuid --set=root {entry.root_uuid}",
-              f"    echo 'Loading {entry.kernel}'",
-              f"    linux {entry.kernel} {entry.cmdline}".rstrip()]
-    if entry.initrd:
-        lines.append(f"    initrd {entry.initrd}")
-    lines.append("}")
+    for e in (entry, *more):
+        lines += [f"menuentry '{e.title}' {{",
+                  f"    search --no-floppy --fs-uuid --set=root {e.root_uuid}",
+                  f"    echo 'Loading {e.kernel}'",
+                  f"    linux {e.kernel} {e.cmdline}".rstrip()]
+        if e.initrd:
+            lines.append(f"    initrd {e.initrd}")
+        lines.append("}")
     return "\n".join(lines) + "\n"
 
 

@@ -40,6 +40,7 @@ from typing import IO, Any, Literal, Protocol, TypeVar
 
 import zstandard
 
+from pyinit import bzimage
 from pyinit.errors import ConfigError
 from pyinit.image.formats import SNIFF_BYTES, sniff
 from pyinit_build.errors import BuildError
@@ -1062,20 +1063,6 @@ def _initrd(tree: Tree, version: str, *more: str) -> str | None:
                        f"/boot/initramfs-{version}", *more)
 
 
-def _bzimage_version(source: Path) -> str:
-    """The version in an x86 bzImage header ("" if it is not one)."""
-    with source.open("rb") as f:
-        header = f.read(0x210)
-        if len(header) < 0x210 or header[0x202:0x206] != b"HdrS":
-            return ""
-        pointer = int.from_bytes(header[0x20E:0x210], "little")
-        if not pointer:
-            return ""
-        f.seek(pointer + 0x200)
-        text = f.read(256)
-    return text.split(b"\0", 1)[0].split(b" ", 1)[0].decode("ascii", "replace")
-
-
 def find_kernel(tree: Tree) -> tuple[str, str | None, str]:
     """(kernel path, initrd path or None, version) of the newest kernel in the tree.
 
@@ -1096,7 +1083,7 @@ def find_kernel(tree: Tree) -> tuple[str, str | None, str]:
     if entry is not None and entry.source is not None:
         name = _basename(tree.resolve("/boot/vmlinuz"))
         version = (name.removeprefix("vmlinuz-") if name.startswith("vmlinuz-")
-                   else _bzimage_version(entry.source))
+                   else bzimage.read_release(entry.source) or "")
         initrd = _first_file(tree, "/boot/initrd.img") or (
             _initrd(tree, version) if version else None)
         return entry.path, initrd, version
