@@ -217,6 +217,12 @@ class Store:
     def _lock_schema(self, conn: Any) -> None:
         """Keep other processes out of the schema check (PostgreSQL: an advisory lock)."""
 
+    def _lock_forget(self, conn: Any) -> None:
+        """One transaction at a time counts and forgets machines (PostgreSQL: an advisory lock
+        held to the commit; SQLite has one writer anyway). Without it, two replicas that both
+        count one machine too many each forget a different one: one more than the bound asks.
+        No deadlock: whoever holds it waits on no row (``SKIP LOCKED``) before it commits."""
+
     def _sql(self, text: str) -> str:
         """``text`` in the backend's placeholder style."""
         return text
@@ -490,6 +496,7 @@ class Store:
         ``max_machines`` are kept (PostgreSQL: not those other transactions hold; a later batch
         that makes a machine catches up). Returns their MACs and their events' count and
         bytes."""
+        self._lock_forget(conn)
         (count,) = conn.execute("SELECT count(*) FROM machines").fetchone()
         if count <= self.max_machines:
             return [], 0, 0

@@ -32,6 +32,7 @@ except ImportError:  # a dependency of pyinit; named in the error below if missi
 
 CONNECT_TIMEOUT = 5  # seconds; libpq waits this long for an unreachable host
 SCHEMA_LOCK = 0x7079696E6974  # pg_advisory_xact_lock key of the schema check ("pyinit")
+FORGET_LOCK = SCHEMA_LOCK + 1  # ... and of forgetting machines over max_machines
 SECRET_PARAMS = frozenset({"password", "passfile", "sslpassword"})
 
 
@@ -116,6 +117,9 @@ class PostgresStore(Store):
 
     def _lock_schema(self, conn: Any) -> None:
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+
+    def _lock_forget(self, conn: Any) -> None:
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (FORGET_LOCK,))
 
     def _sql(self, text: str) -> str:
         # The shared statements use "?"; psycopg wants "%s". They contain no literal ? or %.
