@@ -219,6 +219,11 @@ def step_action(ctx: Context) -> None:
         start_inventory(ctx)
     ctx.action = fetched.action
     ctx.summary["action_url"] = fetched.url
+    ctx.summary["action"] = fetched.action.action
+    # What the server's lifecycle moves on (docs/lifecycle.md): this machine starts a run of
+    # this kind now.
+    log.event("action", "fetched", action=fetched.action.action,
+              dry_run=fetched.action.dry_run)
     log.get_logger().info(f"action: {fetched.action.summary()} (from {fetched.url})")
 
 

@@ -78,7 +78,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
-from pyinit_server import auth, dashboard, files
+from pyinit_server import auth, dashboard, files, lifecycle
 from pyinit_server import uploads as receiving
 from pyinit_server.files import (  # re-exported: tests and bench import them from here
     ByteRange as ByteRange,
@@ -93,6 +93,7 @@ from pyinit_server.files import (
     parse_range as parse_range,
 )
 from pyinit_server.ipxe import chain_script, machine_script
+from pyinit_server.lifecycle import Lifecycle
 from pyinit_server.machines import Machine, MachineError, MachineStore
 from pyinit_server.machines import normalize_mac as normalize_mac  # re-exported
 from pyinit_server.status import MAX_EVENTS, Summary
@@ -658,7 +659,10 @@ class ProvisioningServer:
 
     def _summary_json(self, summary: Summary, key: str,
                       files: dict[str, list[str]] | None = None) -> dict[str, Any]:
+        now = time.time()
         return {**summary.to_json(), "state_name": machine_state(summary.result, summary.events),
+                "lifecycle_warning": lifecycle.warning(Lifecycle.from_json(summary.lifecycle),
+                                                       now),
                 **self._file_info(key, files)}
 
     def _file_info(self, key: str, files: dict[str, list[str]] | None = None) -> dict[str, Any]:

@@ -25,6 +25,9 @@ the console of each machine keeps the full record) and folds every event into a 
     switch its last ``lldp neighbour`` event named (system name, chassis, port, VLAN), and
     ``heard: false`` for the NICs an ``lldp done`` event lists as silent.
 
+``lifecycle``
+    the machine's state (new, deploying, deployed, booted, ...; :mod:`pyinit_server.lifecycle`,
+    docs/lifecycle.md), since when and the event that moved it there.
 ``identity``
     from the last ``configure identity`` event (docs/identity.md): the target's fresh SSH host
     keys (type, fingerprint, public key: at most :data:`MAX_HOST_KEYS`, each checked to be one
@@ -47,6 +50,8 @@ import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from pyinit_server.lifecycle import Lifecycle, advance
 
 MAX_EVENTS = 1000  # per MAC
 MAX_TEXT = 200  # characters kept of a machine-supplied string in the summary
@@ -78,6 +83,7 @@ class Summary:
     hardware: dict[str, Any] | None = None
     lldp: dict[str, dict[str, Any]] = field(default_factory=dict)
     identity: dict[str, Any] | None = None
+    lifecycle: dict[str, Any] | None = None  # lifecycle.Lifecycle.to_json()
 
     def to_json(self) -> dict[str, Any]:
         """A shallow copy (``asdict`` deep-copies: 70 % of an /api/machines page's time);
@@ -185,6 +191,9 @@ def fold(summary: Summary, event: dict[str, Any], now: float) -> None:
         summary.last_seen = now
         _fold_background(summary, event)
         return
+    moved = advance(Lifecycle.from_json(summary.lifecycle), event, now)
+    if moved is not None:
+        summary.lifecycle = moved.to_json()
     if summary.result is not None:  # a new run after the last one's result
         summary.phase = summary.state = summary.error = summary.result = None
         summary.percent = summary.rate = summary.eta = None

@@ -155,6 +155,20 @@ def identity_lines(data: dict[str, Any]) -> list[str]:
     return lines
 
 
+def lifecycle_lines(data: dict[str, Any], now: float) -> list[str]:
+    """The machine's lifecycle state, since when, the evidence and any warning. Pure."""
+    lc = data.get("lifecycle")
+    if not isinstance(lc, dict) or not lc.get("state"):
+        return []
+    since = lc.get("since")
+    ago = age(now - since) if isinstance(since, int | float) else "-"
+    line = f"state:    {safe(lc['state'])} for {ago} ({safe(lc.get('evidence') or '-')})"
+    lines = [line]
+    if data.get("lifecycle_warning"):
+        lines.append(f"          warning: {safe(data['lifecycle_warning'])}")
+    return lines
+
+
 def known_hosts(data: dict[str, Any]) -> str:
     """``known_hosts`` lines for every machine whose last deployment reported host keys and
     whose machine file names a ``hostname``: the name is the server's, the keys the machine's
@@ -181,6 +195,7 @@ def event_log(data: dict[str, Any], now: float) -> str:
     lines = [head.rstrip("\n")]
     if data.get("file"):
         lines.append(f"file: {data['file']}")
+    lines += lifecycle_lines(data, now)
     lines += hardware_lines(data)
     lines += identity_lines(data)
     events = data.get("log") or []

@@ -1,0 +1,93 @@
+"""A machine's lifecycle on the server (issue #16, first step): states moved only by what the
+machine reported, since when, with the evidence; the warning for an unconfirmed deployment."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from pyinit_build.cli import build_parser
+from pyinit_server.lifecycle import CONFIRM_TIMEOUT, Lifecycle, advance, warning
+from pyinit_server.status import Summary, fold
+from tests.serverkit import ObservedServer
+
+MAC = "52:54:00:5e:16:01"
+FETCHED = {"step": "action", "status": "fetched", "action": "writeImage", "dry_run": False}
+OK = {"step": "result", "status": "ok", "handoff": "kexec", "action": "writeImage"}
+BOOTED = {"step": "firstboot", "status": "booted", "kernel": "6.1.0-57-cloud-amd64"}
+
+
+def run(events: list[tuple[float, dict[str, Any]]]) -> list[str | None]:
+    state: Lifecycle | None = None
+    seen = []
+    for now, event in events:
+        state = advance(state, event, now)
+        seen.append(state.state if state else None)
+    return seen
+
+
+def test_a_deployment_and_its_first_boot() -> None:
+    assert run([(1.0, {"step": "rootfs", "status": "start"}), (2.0, FETCHED),
+                (3.0, {"step": "provision", "status": "progress"}), (4.0, OK), (9.0, BOOTED)]) \
+        == [None, "deploying", "deploying", "deployed", "booted"]
+    state = None
+    for now, ev in ((2.0, FETCHED), (4.0, OK), (9.0, BOOTED)):
+        state = advance(state, ev, now)
+    assert state == Lifecycle("booted", 9.0, "first boot confirmed by the target (kernel "
+                              "6.1.0-57-cloud-amd64)", "deployed")
+
+
+def test_failures_dry_runs_and_captures() -> None:
+    failed = {"step": "result", "status": "failed", "failed_step": "provision",
+              "error": "sha256 mismatch\nsecond line"}
+    assert run([(1.0, FETCHED), (2.0, failed)]) == ["deploying", "failed"]
+    state = advance(advance(None, FETCHED, 1.0), failed, 2.0)
+    assert state is not None and state.evidence == "provision: sha256 mismatch second line"
+    assert run([(1.0, {**FETCHED, "dry_run": True}), (2.0, OK)]) == [None, None]
+    booted = advance(advance(advance(None, FETCHED, 1.0), OK, 2.0), BOOTED, 3.0)
+    capture = {**FETCHED, "action": "readImage"}
+    assert advance(booted, capture, 4.0) == booted  # a capture moves no state
+    assert advance(booted, OK, 5.0) == booted       # nor a result of a run that deployed none
+
+
+def test_a_repeated_event_keeps_the_clock_and_a_late_deployment_warns() -> None:
+    state = advance(None, FETCHED, 1.0)
+    assert advance(state, FETCHED, 50.0) is state
+    deployed = advance(state, OK, 100.0)
+    assert warning(deployed, 100.0 + CONFIRM_TIMEOUT - 1) is None
+    assert warning(deployed, 100.0 + CONFIRM_TIMEOUT + 120) == \
+        "deployed 17 min ago and no first boot confirmed"
+    assert warning(advance(deployed, BOOTED, 200.0), 1e9) is None
+
+
+def test_stored_lifecycles_that_do_not_parse_are_none() -> None:
+    assert Lifecycle.from_json({"state": "pwned", "since": 1}) is None
+    assert Lifecycle.from_json("deployed") is None
+    back = Lifecycle.from_json({"state": "deployed", "since": "x", "evidence": 5,
+                                "previous": "nonsense"})
+    assert back == Lifecycle("deployed", 0.0, "5", None)
+
+
+def test_the_summary_carries_it_and_status_shows_it(tmp_path: Path) -> None:
+    s = Summary(MAC)
+    for now, ev in ((1.0, FETCHED), (2.0, OK)):
+        fold(s, ev, now)
+    assert s.lifecycle is not None and s.lifecycle["state"] == "deployed"
+    fold(s, {"step": "rootfs", "status": "start"}, 3.0)  # the target's own boot is no new run
+    assert s.lifecycle["state"] == "deployed"
+    (tmp_path / "machines").mkdir()
+    with ObservedServer(tmp_path, open_writes=True) as srv:
+        for ev in (FETCHED, OK, BOOTED):
+            assert requests.post(f"{srv.url}/events/{MAC}", json=ev, timeout=10).status_code \
+                == 204
+        one = requests.get(f"{srv.url}/api/machines/{MAC}", timeout=10).json()
+        out = io.StringIO()
+        args = build_parser().parse_args(["status", "--server", srv.url, MAC])
+        assert args.func(args, out=out) == 0
+    assert one["lifecycle"]["state"] == "booted" and one["lifecycle"]["previous"] == "deployed"
+    assert one["lifecycle_warning"] is None
+    [line] = [x for x in out.getvalue().splitlines() if x.startswith("state:")]
+    assert line.startswith("state:    booted for ") and "first boot confirmed" in line
