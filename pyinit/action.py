@@ -61,6 +61,7 @@ _FIELDS: dict[str, tuple[str, tuple[type, ...]]] = {
     "network": ("network", (str,)),
     "cloudInit": ("cloud_init", (bool,)),
     "keepIdentity": ("keep_identity", (bool,)),
+    "confirmFirstBoot": ("confirm_first_boot", (bool,)),
     "rootDeviceHints": ("root_device_hints", (dict,)),
     "allowRemovable": ("allow_removable", (bool,)),
 }
@@ -110,6 +111,9 @@ class Action:
     # machine-id, random seed ... in every written target unless this is set (restoring a
     # machine's own captured disk onto the same machine).
     keep_identity: bool = False
+    # The lifecycle (issue #16, docs/lifecycle.md): a one-shot in the target tells the server
+    # the deployed system came up.
+    confirm_first_boot: bool = True
     # Which disk (issue #7, docs/disks.md): ironic-style hints instead of a device path, for
     # writeImage (the destination) or readImage (the source). Neither hints nor a device on a
     # writeImage: the default rule (smallest usable disk that fits). Removable disks (USB

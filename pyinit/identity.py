@@ -534,6 +534,21 @@ def write_file(root: Path, path: str, content: str | bytes, mode: int, *,
     return dest
 
 
+def write_symlink(root: Path, path: str, target: str) -> Path:
+    """A symlink ``path`` -> ``target`` inside the target (its directory made as for
+    :func:`write_file`); an existing symlink there is replaced, anything else refused."""
+    parent_rel = str(PurePosixPath(path).parent)
+    parent = _make_dirs(root, parent_rel, 0o755)
+    dest = parent / PurePosixPath(path).name
+    if dest.exists() and not dest.is_symlink():
+        raise IdentityError("/" + path.lstrip("/"), "exists and is not a symlink; not replacing")
+    tmp = parent / f".{dest.name}.pyinit-tmp"
+    tmp.unlink(missing_ok=True)
+    os.symlink(target, tmp)
+    os.replace(tmp, dest)
+    return dest
+
+
 def _enable_networkd(root: Path) -> list[str]:
     """``systemctl enable systemd-networkd`` by hand: the symlinks it makes. Debian installs
     networkd disabled; a .network file alone would not bring the NIC up."""

@@ -424,7 +424,7 @@ def step_configure(ctx: Context) -> None:
     hostname, SSH keys, optionally a cloud-init NoCloud seed; and, unless ``keepIdentity``,
     everything that must be unique per machine made fresh (docs/identity.md)."""
     act = _write_action(ctx)
-    if act is None or not (act.configures or not act.keep_identity):
+    if act is None or not (act.configures or not act.keep_identity or act.confirm_first_boot):
         return
     from pyinit import identity, unique
     from pyinit.target import mounted_target
@@ -451,6 +451,8 @@ def step_configure(ctx: Context) -> None:
                 logger.warning(f"configure: {note}")
             logger.info(f"configure: {res.network_system or 'no network system found'}; "
                         f"wrote {', '.join(res.written) or 'nothing'}")
+        if act.confirm_first_boot and ctx.params.mode == "provision" and mac:
+            _install_firstboot(ctx, t.root, mac)
         if act.keep_identity:
             logger.info("configure: keepIdentity: the image's SSH host keys, machine-id and "
                         "the rest of docs/identity.md are kept")
@@ -458,6 +460,35 @@ def step_configure(ctx: Context) -> None:
         fresh = unique.refresh(t.root, hostname=act.hostname, write=identity.write_file,
                                initramfs_keygen=shutil.which("ssh-keygen", path=proc.SAFE_PATH))
     _report_identity(ctx, fresh)
+
+
+def _install_firstboot(ctx: Context, root: Path, mac: str) -> None:
+    """The one-shot that tells the server the deployed system came up (docs/lifecycle.md)."""
+    from pyinit import firstboot, identity, rootpath
+
+    logger = log.get_logger()
+    url = f"{server_base(ctx.params)}/events/{macaddr.dashes(mac)}"
+    plan = firstboot.plan(**firstboot.detect(root), url=url, token=ctx.params.token)
+    if plan.method is None:
+        logger.warning("configure: the target has no systemd, /etc/init.d/rcS or /etc/rc.local: "
+                       "no first-boot confirmation (the server will show it deployed, never "
+                       "booted)")
+        return
+    for rel, (text, mode) in plan.files.items():
+        identity.write_file(root, rel, text, mode)
+    for rel, target in plan.symlinks.items():
+        identity.write_symlink(root, rel, target)
+    if plan.rc_local:
+        current = rootpath.resolve(root, firstboot.RC_LOCAL).read_text()
+        if firstboot.RC_LOCAL_LINE not in current:
+            lines = current.splitlines()
+            at = next((i for i in range(len(lines) - 1, -1, -1)
+                       if lines[i].strip() == "exit 0"), len(lines))  # before a final exit 0
+            lines.insert(at, firstboot.RC_LOCAL_LINE)
+            identity.write_file(root, firstboot.RC_LOCAL, "\n".join(lines) + "\n", 0o755)
+    ctx.summary["firstboot"] = plan.method
+    logger.info(f"configure: first-boot confirmation: {plan.method}; the target will post to "
+                f"{url} once it is up")
 
 
 def _report_identity(ctx: Context, fresh: unique.Refreshed) -> None:

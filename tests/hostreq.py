@@ -22,7 +22,8 @@ SEARCH = "/usr/sbin:/usr/bin:/sbin:/bin"
 
 # the Debian package of each tool the tests call (the Makefile's APT_PACKAGES installs them)
 PACKAGES = {
-    "ssh-keygen": "openssh-client",
+    "ssh-keygen": "openssh-client", "wget": "wget", "busybox": "busybox-static",
+    "bash": "bash",
     "losetup": "mount", "mount": "mount", "umount": "mount", "blockdev": "util-linux",
     "lsblk": "util-linux", "setpriv": "util-linux", "sfdisk": "fdisk", "mke2fs": "e2fsprogs",
     "resize2fs": "e2fsprogs", "e2fsck": "e2fsprogs", "mkfs.xfs": "xfsprogs",

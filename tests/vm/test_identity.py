@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 from pyinit import unique
 from pyinit_build.cli import build_parser
@@ -39,6 +40,9 @@ for i in $(seq 120); do systemctl is-active --quiet ssh.service && break; sleep 
 key=$(ssh-keyscan -t ed25519 127.0.0.1 2>/dev/null | ssh-keygen -l -f - | awk '{print $2}')
 echo "PYINIT-CHECK ssh=$(systemctl is-active ssh.service) hostkey=$key" \
      "machine_id=$(cat /etc/machine-id) hostname=$(hostname)"
+# pyinit's first-boot confirmation (docs/lifecycle.md) removes itself once the server has it
+for i in $(seq 120); do [ -e /usr/local/sbin/pyinit-firstboot ] || break; sleep 1; done
+echo "PYINIT-FIRSTBOOT gone=$([ -e /usr/local/sbin/pyinit-firstboot ] && echo no || echo yes)"
 systemctl poweroff
 """
 UNIT = """[Unit]
@@ -138,6 +142,8 @@ def test_two_machines_from_one_debian_image_share_no_identity(
                              "destinationDevice": "/dev/vda",
                              "checksum": manifest.action["checksum"],
                              "hostname": f"node-{'ab'[n]}",
+                             # the first machine boots Debian and reaches the server from it
+                             **({"network": "dhcp"} if n == 0 else {}),
                              "finish": "kexec" if n == 0 else "poweroff"})
         with boot(artifacts, tmp_path / f"vm{n}", f"MYURL={server.guest_url}", mac=mac,
                   disks=[disk], timeout=600) as vm:
@@ -155,6 +161,7 @@ def test_two_machines_from_one_debian_image_share_no_identity(
                 assert booted["ssh"] == "active", check
                 assert booted["hostkey"] == printed["ed25519"], (check, printed)
                 assert booted["hostname"] == "node-a"
+                assert vm.expect(r"PYINIT-FIRSTBOOT gone=(\w+)", timeout=150).group(1) == "yes"
             else:
                 vm.wait_exit(timeout=60)
             vm.assert_never(*NEVER)
@@ -167,8 +174,17 @@ def test_two_machines_from_one_debian_image_share_no_identity(
             pub = on_disk[f"{kind}.pub"]
             assert pub is not None and unique.fingerprint(pub.decode()) == printed[kind]
             assert pub.decode().split()[-1] == f"root@node-{'ab'[n]}"
+        state = requests.get(f"{server.srv.url}/api/machines/{mac}", timeout=10).json()
         if n == 0:
             assert booted["machine_id"] == ident["machine_id"]
+            # docs/lifecycle.md: deployed by pyinit's result, booted on the target's own word
+            [first] = [e for e in events if e.get("step") == "firstboot"]
+            assert first["status"] == "booted" and first["hostname"] == "node-a"
+            assert first["machine_id"] == ident["machine_id"]
+            assert state["lifecycle"]["state"] == "booted", state["lifecycle"]
+            assert state["lifecycle"]["previous"] == "deployed"
+        else:  # powered off after the write: deployed, and nothing claims it booted
+            assert state["lifecycle"]["state"] == "deployed", state["lifecycle"]
 
     # The server kept what each machine reported: known_hosts lines under the names its own
     # machine files give, with exactly the keys on each disk.
