@@ -16,6 +16,7 @@ what was trusted.
 
 from __future__ import annotations
 
+import hashlib
 import random
 import time
 from collections.abc import Callable, Iterator
@@ -151,6 +152,7 @@ class Fetched:
     url: str
     action: Action
     attempts_seconds: float
+    sha256: str = ""  # of the action as served: the server's deploy-once check compares it
 
 
 def fetch_action(params: BootParams, mac: str, *, session: requests.Session,
@@ -161,4 +163,4 @@ def fetch_action(params: BootParams, mac: str, *, session: requests.Session,
     resp = retry(lambda: get(session, url, token=params.token), what=f"GET {url}",
                  total=params.fetch_timeout, clock=clock, sleep=sleep)
     action = parse_action_json(resp.content, base_url=server_base(params))
-    return Fetched(url, action, clock() - start)
+    return Fetched(url, action, clock() - start, hashlib.sha256(resp.content).hexdigest())

@@ -223,7 +223,7 @@ def step_action(ctx: Context) -> None:
     # What the server's lifecycle moves on (docs/lifecycle.md): this machine starts a run of
     # this kind now.
     log.event("action", "fetched", action=fetched.action.action,
-              dry_run=fetched.action.dry_run)
+              dry_run=fetched.action.dry_run, action_sha256=fetched.sha256)
     log.get_logger().info(f"action: {fetched.action.summary()} (from {fetched.url})")
 
 

@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     dnsmasq_cli.register(sub)
     export_cli.register(sub)
     status_cli.register(sub)
+    status_cli.register_redeploy(sub)
     vm_cli.register(sub)
     demo.register(sub)
     return parser

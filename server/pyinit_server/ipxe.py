@@ -43,3 +43,19 @@ def machine_script(base: str, mac: str, machine: Machine, default_args: str, *,
             f"kernel {base}/boot/{KERNEL_NAME} {cmdline}\n"
             f"initrd {base}/boot/{INITRD_NAME}\n"
             "boot\n")
+
+
+def local_disk_script(mac: str, machine: Machine, reason: str) -> str:
+    """Deploy once (docs/lifecycle.md): boot the machine's local disk instead of provisioning
+    it again. ``sanboot`` of the first BIOS disk where iPXE runs under BIOS; ``exit`` hands the
+    boot back to the firmware, whose next boot entry is the disk (UEFI, and BIOS when sanboot
+    fails). Pure."""
+    source = f"{machine.path.parent.name}/{machine.path.name}"
+    return ("#!ipxe\n"
+            f"# pyinit: {mac} ({source}) is {reason}: booting its local disk\n"
+            f"# (pyinit redeploy {mac}, or a changed machine file, provisions it again)\n"
+            f"echo pyinit: {mac} deployed: booting the local disk\n"
+            "iseq ${platform} pcbios || goto firmware\n"
+            "sanboot --no-describe --drive 0x80 ||\n"
+            ":firmware\n"
+            "exit\n")

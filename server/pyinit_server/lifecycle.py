@@ -15,7 +15,8 @@ word; their fields are cut and never interpreted beyond these few names.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 State = Literal["new", "inspected", "deploying", "deployed", "booted", "cleaning", "available",
@@ -24,6 +25,10 @@ STATES: tuple[State, ...] = ("new", "inspected", "deploying", "deployed", "boote
                              "available", "failed")
 CONFIRM_TIMEOUT = 15 * 60.0  # seconds a deployment may wait for its first boot before a warning
 MAX_EVIDENCE = 200
+PENDING = ("redeploy",)
+#: The states whose machine boots its local disk from PXE (deploy once), until a redeploy.
+LOCAL_BOOT: tuple[State, ...] = ("deployed", "booted")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 #: What an ``action fetched`` event's ``action`` moves the machine into.
 _RUNS: dict[str, State] = {"writeImage": "deploying", "erase": "cleaning"}
@@ -37,10 +42,13 @@ class Lifecycle:
     since: float        # the server's clock when the machine entered ``state``
     evidence: str       # the event that moved it, in words
     previous: State | None = None
+    action_sha256: str | None = None  # the action its last run fetched (deploy once)
+    pending: str | None = None        # "redeploy": the operator asked; the next boot provisions
 
     def to_json(self) -> dict[str, Any]:
         return {"state": self.state, "since": self.since, "evidence": self.evidence,
-                "previous": self.previous}
+                "previous": self.previous, "action_sha256": self.action_sha256,
+                "pending": self.pending}
 
     @staticmethod
     def from_json(value: Any) -> Lifecycle | None:
@@ -48,9 +56,13 @@ class Lifecycle:
             return None
         since = value.get("since")
         previous = value.get("previous")
+        sha = value.get("action_sha256")
+        pending = value.get("pending")
         return Lifecycle(value["state"], float(since) if isinstance(since, int | float) else 0.0,
                          str(value.get("evidence") or "")[:MAX_EVIDENCE],
-                         previous if previous in STATES else None)
+                         previous if previous in STATES else None,
+                         sha if isinstance(sha, str) and _SHA256.match(sha) else None,
+                         pending if pending in PENDING else None)
 
 
 def _text(value: Any, limit: int = 80) -> str:
@@ -58,11 +70,14 @@ def _text(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
-def _move(current: Lifecycle | None, state: State, now: float, evidence: str) -> Lifecycle:
+def _move(current: Lifecycle | None, state: State, now: float, evidence: str, *,
+          action_sha256: str | None = None) -> Lifecycle:
     if current is not None and current.state == state:
         return current  # a repeated event does not restart the clock
+    sha = action_sha256 or (current.action_sha256 if current is not None else None)
+    pending = current.pending if current is not None and state not in ("deploying",) else None
     return Lifecycle(state, now, evidence[:MAX_EVIDENCE],
-                     current.state if current is not None else None)
+                     current.state if current is not None else None, sha, pending)
 
 
 def advance(current: Lifecycle | None, event: dict[str, Any], now: float) -> Lifecycle | None:
@@ -74,8 +89,18 @@ def advance(current: Lifecycle | None, event: dict[str, Any], now: float) -> Lif
             return current
         target = _RUNS.get(kind) if isinstance(kind, str) else None
         if target is not None:
-            return _move(current, target, now, f"action {kind} fetched")
+            sha = event.get("action_sha256")
+            sha = sha if isinstance(sha, str) and _SHA256.match(sha) else None
+            if current is not None and current.state == target:  # a retried boot: new hash
+                return replace(current, action_sha256=sha or current.action_sha256)
+            return _move(current, target, now, f"action {kind} fetched", action_sha256=sha)
         return current
+    if step == "operator" and status == "redeploy":  # only the server writes these
+        if current is None:
+            return None
+        return replace(current, pending="redeploy",
+                       evidence=f"{current.evidence}; redeploy requested by the operator"
+                       [:MAX_EVIDENCE])
     if step == "result" and status == "ok":
         kind = event.get("action")
         if kind == "inspect":
@@ -103,4 +128,23 @@ def warning(current: Lifecycle | None, now: float,
             now - current.since > confirm_timeout:
         minutes = int((now - current.since) // 60)
         return f"deployed {minutes} min ago and no first boot confirmed"
+    return None
+
+
+def local_boot(current: Lifecycle | None, served_sha256: str) -> str | None:
+    """Why this machine's next PXE boot should boot its local disk instead of provisioning
+    (deploy once), or None. ``served_sha256``: the action the server would serve now; a
+    changed machine file provisions again, as does a redeploy. Pure."""
+    if current is None or current.state not in LOCAL_BOOT or current.pending is not None:
+        return None
+    if current.action_sha256 is None or current.action_sha256 != served_sha256:
+        return None
+    return f"{current.state} since {current.since:.0f} with this machine file's action"
+
+
+def redeploy_refusal(current: Lifecycle | None) -> str | None:
+    """Why a redeploy cannot be asked now, or None. Pure."""
+    if current is not None and current.state in ("deploying", "cleaning"):
+        return (f"it is {current.state} now ({current.evidence}); ask again once that run "
+                "has its result")
     return None

@@ -62,6 +62,7 @@ import asyncio
 import collections
 import contextlib
 import errno
+import hashlib
 import json
 import logging
 import re
@@ -92,7 +93,7 @@ from pyinit_server.files import (
 from pyinit_server.files import (
     parse_range as parse_range,
 )
-from pyinit_server.ipxe import chain_script, machine_script
+from pyinit_server.ipxe import chain_script, local_disk_script, machine_script
 from pyinit_server.lifecycle import Lifecycle
 from pyinit_server.machines import Machine, MachineError, MachineStore
 from pyinit_server.machines import normalize_mac as normalize_mac  # re-exported
@@ -767,6 +768,8 @@ class ProvisioningServer:
             return True, auth.capture_mac(path[len("/images/"):])
         if request.method == "POST" and path == "/image":
             return True, None
+        if request.method == "POST" and path.startswith("/api/machines/"):
+            return True, None  # redeploy: the operator's
         return False, None
 
     def _precheck(self, request: web.BaseRequest) -> auth.Denied | None:
@@ -852,6 +855,10 @@ class ProvisioningServer:
         if isinstance(machine, web.Response):
             return machine
         if kind == "ipxe":
+            local = await self._in_thread(self._local_boot, mac, machine)
+            if local is not None:
+                log.info("%s: deployed, iPXE boots its local disk (%s)", mac, local)
+                return self._text(local_disk_script(mac, machine, local))
             token = None if self.open_writes else self.machine_token(mac)
             return self._text(machine_script(self._base_url(request), mac, machine,
                                              self.kernel_args,
@@ -861,6 +868,26 @@ class ProvisioningServer:
             headers["X-Pyinit-Warning"] = clean(machine.warning, 500)
         return web.Response(body=machine.action_json(), content_type="application/json",
                             headers=headers)
+
+    def _local_boot(self, mac: str, machine: Machine) -> str | None:
+        """Deploy once: why ``mac``'s PXE boot should boot its disk, or None (provision)."""
+        summary = self._store().summary(mac)
+        current = Lifecycle.from_json(summary.lifecycle) if summary is not None else None
+        return lifecycle.local_boot(current, hashlib.sha256(machine.action_json()).hexdigest())
+
+    def redeploy(self, mac: str) -> tuple[int, dict[str, Any]]:
+        """``pyinit redeploy``: the machine's next boot provisions again (docs/lifecycle.md)."""
+        summary = self._store().summary(mac)
+        if summary is None and mac not in self.machines.known():
+            return 404, {"error": f"no events and no machine file for {mac}", "status": 404}
+        current = Lifecycle.from_json(summary.lifecycle) if summary is not None else None
+        refusal = lifecycle.redeploy_refusal(current)
+        if refusal is not None:
+            return 409, {"error": f"{mac}: not redeployed: {refusal}", "status": 409}
+        self._store().submit(mac, {"step": "operator", "status": "redeploy"},
+                             time.time()).result(timeout=30)
+        after = self._store().summary(mac)
+        return 200, {"mac": mac, "lifecycle": after.lifecycle if after else None}
 
     async def _in_thread(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run a blocking store read in a worker thread, not in the event loop."""
@@ -939,6 +966,17 @@ class ProvisioningServer:
             if denied is not None:
                 return self._denied(request, denied)
             return await self._upload(request, lambda: self._multipart_upload(request))
+        if path is not None and path.startswith("/api/machines/") and \
+                path.endswith("/redeploy"):
+            mac = normalize_mac(path[len("/api/machines/"):-len("/redeploy")])
+            if mac is None:
+                return self._refuse(400, "not a MAC address")
+            denied = self._auth(request, None)  # the operator's alone
+            if denied is not None:
+                return self._denied(request, denied)
+            status, body = await self._in_thread(self.redeploy, mac)
+            log.info("redeploy %s: %s", mac, body.get("error") or "the next boot provisions")
+            return _json(status, body)
         if path is None or not path.startswith("/events/"):
             return self._refuse(404, f"no such endpoint: POST {clean(path or '?', 100)}")
         mac = normalize_mac(path[len("/events/"):])
@@ -1046,6 +1084,9 @@ class ProvisioningServer:
             return _error(400, "bad JSON: nested too deep")
         if not isinstance(event, dict):
             return _error(400, "an event is a JSON object")
+        if event.get("step") == "operator":
+            return _error(400, "step 'operator' is the server's own (pyinit redeploy), not a "
+                               "machine's")
         try:
             await asyncio.wrap_future(self._store().submit(mac, event, time.time()))
         except StoreError as exc:

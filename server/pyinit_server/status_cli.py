@@ -12,6 +12,7 @@ import json
 import os
 import re
 import sys
+from pathlib import Path
 from typing import Any
 
 import requests
@@ -164,6 +165,11 @@ def lifecycle_lines(data: dict[str, Any], now: float) -> list[str]:
     ago = age(now - since) if isinstance(since, int | float) else "-"
     line = f"state:    {safe(lc['state'])} for {ago} ({safe(lc.get('evidence') or '-')})"
     lines = [line]
+    if lc.get("pending") == "redeploy":
+        lines.append("          redeploy requested: its next boot provisions it again")
+    elif lc.get("state") in ("deployed", "booted"):
+        lines.append("          its PXE boots go to its local disk until `pyinit redeploy` or a "
+                     "changed machine file")
     if data.get("lifecycle_warning"):
         lines.append(f"          warning: {safe(data['lifecycle_warning'])}")
     return lines
@@ -235,6 +241,57 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                    help="one machine: its hardware, LLDP neighbours and event log")
     p.set_defaults(func=run)
     return p
+
+
+def register_redeploy(subparsers: Any) -> argparse.ArgumentParser:
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "redeploy", help="provision a deployed machine again at its next boot",
+        description="Ask a running `pyinit serve` to provision MAC again: after a deployment "
+                    "its PXE boots go to its local disk (deploy once, docs/lifecycle.md) until "
+                    "this, or a change of its machine file. Refused while it is deploying. "
+                    "Needs the operator token.")
+    p.add_argument("--server", default=os.environ.get("PYINIT_SERVER", DEFAULT_SERVER),
+                   help="the server's URL (default: $PYINIT_SERVER or %(default)s)")
+    p.add_argument("--token-file", type=Path, default=None,
+                   help="the operator token (default: $PYINIT_TOKEN, else "
+                        "ROOT/.pyinit/operator-token of a server on this machine: give it)")
+    p.add_argument("mac")
+    p.set_defaults(func=redeploy)
+    return p
+
+
+def redeploy(args: argparse.Namespace, out: Any = None) -> int:
+    out = out or sys.stdout
+    mac = normalize_mac(args.mac)
+    if mac is None:
+        print(f"pyinit redeploy: not a MAC address: {args.mac!r}", file=sys.stderr)
+        return 2
+    token = os.environ.get("PYINIT_TOKEN")
+    if args.token_file is not None:
+        try:
+            token = args.token_file.read_text().strip()
+        except OSError as exc:
+            print(f"pyinit redeploy: --token-file {args.token_file}: {exc.strerror}",
+                  file=sys.stderr)
+            return 2
+    base = args.server.rstrip("/")
+    try:
+        resp = requests.post(f"{base}/api/machines/{mac}/redeploy", timeout=30,
+                             headers={"Authorization": f"Bearer {token}"} if token else {})
+    except requests.RequestException as exc:
+        print(f"pyinit redeploy: cannot reach {base}: {type(exc).__name__}", file=sys.stderr)
+        return 1
+    try:
+        body = resp.json()
+    except ValueError:
+        body = {}
+    if resp.status_code != 200:
+        detail = body.get("error") if isinstance(body, dict) else None
+        print(f"pyinit redeploy: HTTP {resp.status_code}: {safe(detail or resp.reason)}",
+              file=sys.stderr)
+        return 1
+    out.write(f"{mac}: redeploy requested; its next boot provisions it again\n")
+    return 0
 
 
 def run(args: argparse.Namespace, out: Any = None) -> int:

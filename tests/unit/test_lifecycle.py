@@ -3,7 +3,9 @@ machine reported, since when, with the evidence; the warning for an unconfirmed 
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +57,7 @@ def test_failures_dry_runs_and_captures() -> None:
 
 def test_a_repeated_event_keeps_the_clock_and_a_late_deployment_warns() -> None:
     state = advance(None, FETCHED, 1.0)
-    assert advance(state, FETCHED, 50.0) is state
+    assert advance(state, FETCHED, 50.0) == state
     deployed = advance(state, OK, 100.0)
     assert warning(deployed, 100.0 + CONFIRM_TIMEOUT - 1) is None
     assert warning(deployed, 100.0 + CONFIRM_TIMEOUT + 120) == \
@@ -91,3 +93,54 @@ def test_the_summary_carries_it_and_status_shows_it(tmp_path: Path) -> None:
     assert one["lifecycle_warning"] is None
     [line] = [x for x in out.getvalue().splitlines() if x.startswith("state:")]
     assert line.startswith("state:    booted for ") and "first boot confirmed" in line
+
+
+# --- deploy once -------------------------------------------------------------------------------
+
+def test_deploy_once_boots_the_local_disk_until_a_redeploy_or_a_new_file(tmp_path: Path) -> None:
+    (tmp_path / "machines").mkdir()
+    machine_file = tmp_path / "machines" / (MAC.replace(":", "-") + ".json")
+    machine_file.write_text(json.dumps({"action": "writeImage", "sourceImage": "http://x/i.img",
+                                        "destinationDevice": "/dev/vda"}))
+    with ObservedServer(tmp_path) as srv:
+        mine = {"Authorization": f"Bearer {srv.machine_token(MAC)}"}
+        operator = {"Authorization": f"Bearer {srv.token}"}
+
+        def ipxe() -> str:
+            return requests.get(f"{srv.url}/{MAC}.ipxe", timeout=10).text
+
+        def post(ev: dict[str, Any], headers: dict[str, str] = mine) -> int:
+            return requests.post(f"{srv.url}/events/{MAC}", json=ev, headers=headers,
+                                 timeout=10).status_code
+
+        def redeploy(headers: dict[str, str]) -> requests.Response:
+            return requests.post(f"{srv.url}/api/machines/{MAC}/redeploy", headers=headers,
+                                 timeout=10)
+
+        served = hashlib.sha256(requests.get(f"{srv.url}/{MAC}.bty", timeout=10).content)
+        assert "kernel " in ipxe()                              # new: provision
+        assert post({**FETCHED, "action_sha256": served.hexdigest()}) == 204
+        assert redeploy(operator).status_code == 409            # mid-deployment: refused
+        assert "deploying now" in redeploy(operator).json()["error"]
+        assert post(OK) == 204
+        script = ipxe()
+        assert "sanboot --no-describe --drive 0x80" in script and "kernel " not in script
+        assert post({"step": "operator", "status": "redeploy"}) == 400  # not a machine's word
+        assert redeploy(mine).status_code == 403                # the operator's alone
+        assert "kernel " not in ipxe()
+        assert redeploy(operator).status_code == 200
+        assert "kernel " in ipxe()                              # provisions again
+        assert post({**FETCHED, "action_sha256": served.hexdigest()}) == 204
+        assert post(OK) == 204
+        assert "sanboot" in ipxe()
+        machine_file.write_text(json.dumps({"action": "writeImage",
+                                            "sourceImage": "http://x/other.img",
+                                            "destinationDevice": "/dev/vda"}))
+        assert "kernel " in ipxe()                              # a changed file: provision
+        out = io.StringIO()
+        args = build_parser().parse_args(["status", "--server", srv.url, MAC])
+        assert args.func(args, out=out) == 0
+        unknown = requests.post(f"{srv.url}/api/machines/52:54:00:00:00:99/redeploy",
+                                headers=operator, timeout=10)
+    assert unknown.status_code == 404
+    assert "its PXE boots go to its local disk" in out.getvalue()
