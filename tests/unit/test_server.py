@@ -671,7 +671,9 @@ def test_concurrent_uploads_of_one_name(root: Path, server: ObservedServer) -> N
     final = (root / "images" / "same.img").read_bytes()
     assert final in payloads
     check_upload(root, "same.img", final)  # the sidecar belongs to the same upload
-    assert server.uploads["same.img"]["sha256"] == sha(final)
+    # Each 201 named one of the payloads; which answer the harness recorded last need not be
+    # the last rename (the handlers resume in any order), so it is not compared with the file.
+    assert server.uploads["same.img"]["sha256"] in {sha(p) for p in payloads}
     assert stored(root) == ["same.img", "same.img.sha256"]
 
 
