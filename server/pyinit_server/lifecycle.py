@@ -115,10 +115,31 @@ def advance(current: Lifecycle | None, event: dict[str, Any], now: float) -> Lif
         return _move(current, "failed", now,
                      f"{where}: {_text(event.get('error') or 'failed', 150)}")
     if step == "firstboot" and status == "booted":
+        if not confirms(current):
+            return current  # no deployment on record: the server says so (firstboot_refusal)
         kernel = _text(event.get("kernel") or "?", 60)
         return _move(current, "booted", now, f"first boot confirmed by the target "
                                              f"(kernel {kernel})")
     return current
+
+
+#: The states a first-boot confirmation can move: a deployment on record (``failed`` too: a
+#: step after the write failed and the policy rebooted into the written disk anyway).
+CONFIRMABLE: tuple[State, ...] = ("deployed", "booted", "failed")
+
+
+def confirms(current: Lifecycle | None) -> bool:
+    """Whether a ``firstboot booted`` event moves a machine in ``current``. Pure."""
+    return current is not None and current.state in CONFIRMABLE
+
+
+def firstboot_refusal(current: Lifecycle | None) -> str | None:
+    """The server's one line for a confirmation it does not count, or None. Pure."""
+    if confirms(current):
+        return None
+    where = current.state if current is not None else "no state"
+    return (f"a first-boot confirmation without a deployment on record ({where}): kept as an "
+            "event, the state is unchanged")
 
 
 def warning(current: Lifecycle | None, now: float,

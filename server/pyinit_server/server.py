@@ -1087,6 +1087,12 @@ class ProvisioningServer:
         if event.get("step") == "operator":
             return _error(400, "step 'operator' is the server's own (pyinit redeploy), not a "
                                "machine's")
+        if event.get("step") == "firstboot":
+            summary = await self._in_thread(self._store().summary, mac)
+            why = lifecycle.firstboot_refusal(
+                Lifecycle.from_json(summary.lifecycle) if summary is not None else None)
+            if why is not None:
+                log.warning("event %s: %s", mac, why)
         try:
             await asyncio.wrap_future(self._store().submit(mac, event, time.time()))
         except StoreError as exc:

@@ -47,6 +47,14 @@ def install(root: Path, url: str, token: str | None) -> Path:
     return root / firstboot.SCRIPT
 
 
+def deployed(url: str, token: str) -> None:
+    """What pyinit posts when it deploys: the run's start and its result."""
+    for ev in ({"step": "action", "status": "fetched", "action": "writeImage", "dry_run": False},
+               {"step": "result", "status": "ok", "handoff": "reboot"}):
+        assert requests.post(url, json=ev, headers={"Authorization": f"Bearer {token}"},
+                             timeout=10).status_code == 204
+
+
 # busybox's wget is not among them: Debian's busybox-static resolves names through static
 # glibc's NSS and crashes when it cannot load it (on the host; a busybox target has its own).
 @pytest.mark.parametrize("client", ["curl", "wget", "bash"])
@@ -56,6 +64,7 @@ def test_the_one_shot_confirms_and_removes_itself(tmp_path: Path, client: str) -
     root = tmp_path / "target"
     with ObservedServer(tmp_path / "srv") as srv:  # writes need the machine's token
         url = f"{srv.url}/events/{MAC.replace(':', '-')}"
+        deployed(url, srv.machine_token(MAC))
         one = install(root, url, srv.machine_token(MAC))
         path = toolbox(tmp_path, client)
         done = subprocess.run(["sh", str(one)], env={"PATH": path,
@@ -103,3 +112,18 @@ def test_a_url_a_shell_must_not_carry_is_refused() -> None:
         firstboot.script("http://10.0.2.2/events/x", "m1.a'b")
     assert firstboot.plan(systemd=False, rcs=False, rc_local=False, url="http://x/e",
                           token=None).method is None
+
+
+def test_a_confirmation_without_a_deployment_moves_nothing_and_says_so(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    (tmp_path / "srv" / "machines").mkdir(parents=True)
+    with ObservedServer(tmp_path / "srv") as srv:
+        url = f"{srv.url}/events/{MAC.replace(':', '-')}"
+        mine = {"Authorization": f"Bearer {srv.machine_token(MAC)}"}
+        assert requests.post(url, json={"step": "firstboot", "status": "booted",
+                                        "kernel": "6.1"}, headers=mine,
+                             timeout=10).status_code == 204
+        one = requests.get(f"{srv.url}/api/machines/{MAC}", timeout=10).json()
+    assert one["lifecycle"] is None  # kept as an event, no state claimed
+    assert any("a first-boot confirmation without a deployment on record (no state)" in
+               r.getMessage() for r in caplog.records if r.levelname == "WARNING")

@@ -42,6 +42,16 @@ def test_a_deployment_and_its_first_boot() -> None:
                               "6.1.0-57-cloud-amd64)", "deployed")
 
 
+def test_a_first_boot_counts_only_after_a_deployment() -> None:
+    assert advance(None, BOOTED, 1.0) is None
+    deploying = advance(None, FETCHED, 1.0)
+    assert advance(deploying, BOOTED, 2.0) == deploying
+    failed = advance(deploying, {"step": "result", "status": "failed", "failed_step": "grow",
+                                 "error": "resize2fs failed"}, 3.0)
+    booted = advance(failed, BOOTED, 4.0)  # the written disk booted after a later step failed
+    assert booted is not None and booted.state == "booted" and booted.previous == "failed"
+
+
 def test_failures_dry_runs_and_captures() -> None:
     failed = {"step": "result", "status": "failed", "failed_step": "provision",
               "error": "sha256 mismatch\nsecond line"}
