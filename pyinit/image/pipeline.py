@@ -113,6 +113,10 @@ class Pipeline:
             self.pool.put_nowait(blk)
         self.format = "raw"
         self.raw_total: int | None = req.size
+        # Set once the decoder has decided what the raw size is (or is not): no progress line
+        # before that, so the first one cannot say "of unknown size" for an image whose zstd
+        # frame declares its size a moment later.
+        self.size_decided = threading.Event()
         self.digests: dict[str, str] = {}
         self.hashed = 0  # bytes of the file as served that the digests cover
         self.raw_sha256: str | None = None
@@ -152,8 +156,9 @@ class Pipeline:
             while alive and not self.abort.is_set():
                 alive[0].join(0.2)
                 alive = [t for t in alive if t.is_alive()]
-                progress.tick(self.writer.offset, self.transfer.fetched, self.raw_total,
-                              self.transfer.total)
+                if self.size_decided.is_set():
+                    progress.tick(self.writer.offset, self.transfer.fetched, self.raw_total,
+                                  self.transfer.total)
         except BaseException as exc:  # KeyboardInterrupt, SystemExit: stop the stages
             self.fail(exc)
         if self.error is not None:
@@ -302,6 +307,7 @@ class Pipeline:
             source = ("no Content-Length" if kind == "raw" else
                       "the zstd frame does not declare it" if kind == "zstd" else
                       f"{kind} does not declare it")
+        self.size_decided.set()
         if self.raw_total is not None:
             log.info(f"provision: raw size {self.raw_total} bytes ({source})")
         else:
