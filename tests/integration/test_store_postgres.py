@@ -244,7 +244,12 @@ def test_replicas_share_machine_bound(postgres: Any, tmp_path: Path) -> None:
         a.add("52-54-00-02-00-00", {"step": "n"})  # nothing held now: back to the bound
         stats = a.stats()
         assert stats["machines"] == limit
-        assert stats["machines_dropped"] == threads * each // 2 + 2 - limit
+        # Every machine made beyond the bound is forgotten once: the 240 new ones, the final one
+        # and the shared MAC, less the ten kept. The shared MAC itself is forgotten (and made
+        # again by its next event) when ten new machines arrive between two of its events,
+        # which a starved thread allows on a loaded host: each time, one more.
+        least = threads * each // 2 + 2 - limit
+        assert least <= stats["machines_dropped"] <= least + 3, stats
         assert_counters_match_rows(a, posted=threads * each + 1)
         assert a.index() == b.index() and len(a.index()) == limit
         assert "52-54-00-02-00-00" in a.index() and MAC in a.index()
