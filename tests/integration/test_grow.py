@@ -34,6 +34,7 @@ from tests import golden_rootfs
 from tests.hostreq import host_limit, need, need_root
 from tests.integration.netns_dhcp import netns_add
 from tests.integration.test_golden_build import fake_kernel
+from tests.mountns import private_mounts
 
 pytestmark = pytest.mark.integration
 
@@ -168,7 +169,8 @@ def test_filesystem_grows_online(images: dict[str, Path], tmp_path: Path, kind: 
     mp = tmp_path / "newroot"
     with partition_loop(image, plan.number) as loop:
         before = grow.fs_size(loop, fstype)  # as grow.grow reads it: unmounted
-        with mounted_target(loop, mp, resolv_conf=None) as target:
+        # private: a namespace copied meanwhile (ip netns exec) would keep the fs mounted
+        with private_mounts(), mounted_target(loop, mp, resolv_conf=None) as target:
             assert target.fstype == fstype
             assert os.path.ismount(mp / "proc") and (mp / "proc" / "self").exists()
             first = grow.grow_fs(loop, fstype, target.root, chroot=target.root)
