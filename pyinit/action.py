@@ -20,7 +20,8 @@ from urllib.parse import urljoin, urlsplit
 from pyinit.disks.hints import Hints, parse_hints
 from pyinit.errors import ConfigError
 
-ActionKind = Literal["writeImage", "readImage"]
+ActionKind = Literal["writeImage", "readImage", "erase", "inspect"]
+ACTION_KINDS: tuple[str, ...] = ("writeImage", "readImage", "erase", "inspect")
 Finish = Literal["reboot", "poweroff", "shell", "kexec", "switch_root"]
 NetworkMode = Literal["dhcp", "static", "none"]
 Verify = Literal["none", "full"]
@@ -64,6 +65,10 @@ _FIELDS: dict[str, tuple[str, tuple[type, ...]]] = {
     "confirmFirstBoot": ("confirm_first_boot", (bool,)),
     "rootDeviceHints": ("root_device_hints", (dict,)),
     "allowRemovable": ("allow_removable", (bool,)),
+    # the lifecycle's erase action (issue #16, docs/lifecycle.md "Clean")
+    "eraseMode": ("erase_mode", (str,)),
+    "eraseDevices": ("erase_devices", (list,)),
+    "allowBootMedium": ("allow_boot_medium", (bool,)),
 }
 
 _TYPE_NAMES = {bool: "a boolean", str: "a string", int: "an integer", list: "a list",
@@ -120,6 +125,11 @@ class Action:
     # sticks) are never chosen by hints or the default unless allowRemovable.
     root_device_hints: Hints | None = None
     allow_removable: bool = False
+    # erase (issue #16): the mode, and which disks (paths, else every disk rootDeviceHints
+    # matches, else every disk but removable media and the boot medium)
+    erase_mode: str = "metadata"
+    erase_devices: tuple[str, ...] = ()
+    allow_boot_medium: bool = False
 
     @property
     def grows(self) -> bool:
@@ -147,6 +157,13 @@ class Action:
         return "the default disk"
 
     def summary(self) -> str:
+        if self.action == "erase":
+            which = (", ".join(self.erase_devices) if self.erase_devices
+                     else f"rootDeviceHints {self.root_device_hints.describe()}"
+                     if self.root_device_hints is not None else "every disk")
+            return f"erase ({self.erase_mode}) {which}"
+        if self.action == "inspect":
+            return "inspect (hardware inventory, then " + self.finish + ")"
         if self.action == "writeImage":
             return f"writeImage {self.source_image} -> {self.disk_wanted}"
         return f"readImage {self.disk_wanted} -> {self.destination_address}"
@@ -247,8 +264,11 @@ def parse_action(data: Mapping[str, Any], *, base_url: str | None = None) -> Act
     kind = values.get("action")
     if kind is None:
         raise ConfigError("action", "missing")
-    if kind not in ("writeImage", "readImage"):
-        raise ConfigError("action", f"unknown action {kind!r} (writeImage, readImage)")
+    if kind not in ACTION_KINDS:
+        raise ConfigError("action", f"unknown action {kind!r} ({', '.join(ACTION_KINDS)})")
+    if kind in ("erase", "inspect"):
+        # nothing to hand off to; rebooting would PXE-boot into the same action again
+        values.setdefault("finish", "poweroff")
 
     gp = values.get("grow_partition")
     if isinstance(gp, str) and gp != "last":
@@ -272,6 +292,8 @@ def parse_action(data: Mapping[str, Any], *, base_url: str | None = None) -> Act
     if values.get("checksum_url"):
         values["checksum_url"] = _url("checksumURL", values["checksum_url"], base_url)
 
+    if kind in ("erase", "inspect"):
+        return _erase_or_inspect(values, kind)
     _which_disk(values, kind)
     if kind == "writeImage":
         if not values.get("source_image"):
@@ -282,6 +304,43 @@ def parse_action(data: Mapping[str, Any], *, base_url: str | None = None) -> Act
             raise ConfigError("desintationAddress", "required for readImage")
         values["destination_address"] = _url("desintationAddress",
                                              values["destination_address"], base_url)
+    return Action(**values)
+
+
+_WRITE_ONLY = ("source_image", "destination_device", "source_device", "destination_address",
+               "grow_partition", "lvm_root_name", "checksum", "checksum_url")
+
+
+def _erase_or_inspect(values: dict[str, Any], kind: str) -> Action:
+    """erase: eraseMode, eraseDevices or rootDeviceHints (not both); inspect: nothing to
+    choose. A field of another action (sourceImage, destinationDevice ...) is refused: an
+    erase that was meant to be a write must not run. Pure."""
+    wire = {attr: name for name, (attr, _) in _FIELDS.items()}
+    for attr in _WRITE_ONLY:
+        if values.get(attr):
+            raise ConfigError(wire[attr], f"not a field of the {kind} action")
+    if kind == "inspect":
+        for attr in ("erase_mode", "erase_devices", "root_device_hints"):
+            if attr in values:
+                raise ConfigError(wire[attr], "not a field of the inspect action")
+        return Action(**values)
+    from pyinit.erase import MODES
+    _choice(values, "erase_mode", MODES, wire="eraseMode")
+    devices = values.pop("erase_devices", [])
+    for i, device in enumerate(devices):
+        if not isinstance(device, str):
+            raise ConfigError(f"eraseDevices[{i}]", f"must be a string, got {device!r}")
+        _device(f"eraseDevices[{i}]", device)
+    hints = values.pop("root_device_hints", None)
+    if devices and hints is not None:
+        raise ConfigError("rootDeviceHints", "give eraseDevices or rootDeviceHints, not both")
+    if hints is not None:
+        parsed = parse_hints(hints)
+        if parsed.empty:
+            raise ConfigError("rootDeviceHints", "is empty: give at least one hint, or leave "
+                                                 "it out to erase every disk")
+        values["root_device_hints"] = parsed
+    values["erase_devices"] = tuple(devices)
     return Action(**values)
 
 

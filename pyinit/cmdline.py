@@ -93,6 +93,7 @@ class BootParams:
     dhcp_timeout: float = 45.0
     fetch_timeout: float = 120.0
     disk_timeout: float = 10.0
+    lldp_seconds: float = 60.0
     init_args: tuple[str, ...] = ()
     # the bearer token for the server's write endpoints; kept out of repr, never logged
     token: str | None = field(default=None, repr=False)
@@ -329,7 +330,8 @@ def parse_cmdline(text: str, env: Mapping[str, str] | None = None) -> BootParams
     for key, attr in (("pyinit.carrier_timeout", "carrier_timeout"),
                       ("pyinit.dhcp_timeout", "dhcp_timeout"),
                       ("pyinit.fetch_timeout", "fetch_timeout"),
-                      ("pyinit.disk_timeout", "disk_timeout")):
+                      ("pyinit.disk_timeout", "disk_timeout"),
+                      ("pyinit.lldp_seconds", "lldp_seconds")):
         if kv.get(key):
             out[attr] = _seconds(kv[key] or "", key)
     return BootParams(**out)  # type: ignore[arg-type]

@@ -38,7 +38,7 @@ from pyinit.network.result import NetworkResult
 # imported here is paid for before the first step, and under emulation that is a tenth of a
 # second or more per module (bench_boot; docs/initramfs.md "Boot time").
 if TYPE_CHECKING:
-    from pyinit import grow, lldp, unique
+    from pyinit import erase, grow, lldp, unique
     from pyinit.action import Action
     from pyinit.disks.inventory import Disk
 
@@ -80,6 +80,7 @@ class Context:
     # The action's disk resolved to /dev/<kernel name> (hints, by-id link, default rule): what
     # provision, grow, configure and handoff use, never the action's own field.
     device: str | None = None
+    erase_plan: erase.Plan | None = None  # the erase action's disks, chosen by step_disks
     # /sys/block and the time once the drivers are loaded: the disks step's settle wait counts
     # its quiet period from here when nothing changed since
     block_baseline: tuple[tuple[str, ...], float] | None = None
@@ -233,10 +234,11 @@ def start_lldp(ctx: Context) -> None:
     from pyinit import lldp
 
     listen = list_nics(SYSFS)
-    if LLDP_SECONDS > 0 and listen:
+    seconds = min(LLDP_SECONDS, ctx.params.lldp_seconds) if LLDP_SECONDS > 0 else 0
+    if seconds > 0 and listen:
         ctx.lldp_listener = lldp.Listener([n.name for n in listen],
                                           down=[n.name for n in listen if not n.up],
-                                          timeout=LLDP_SECONDS).start()
+                                          timeout=seconds).start()
 
 
 def start_inventory(ctx: Context) -> None:
@@ -296,7 +298,7 @@ def step_disks(ctx: Context) -> None:
     matches nothing fails this step with one line, before anything opens a disk, and a dry run
     still shows which disk it would have written."""
     act = ctx.action
-    if ctx.params.mode != "provision" or act is None:
+    if ctx.params.mode != "provision" or act is None or act.action == "inspect":
         return
     from pyinit.disks.inventory import inventory as disk_inventory
     from pyinit.disks.inventory import make_links, stable_links
@@ -319,6 +321,9 @@ def step_disks(ctx: Context) -> None:
     log.event("disks", "inventory", waited=waited.seconds,
               **inventory_event(ctx.inventory, min_size=min_size))
     make_links(stable_links(ctx.inventory), DEV)
+    if act.action == "erase":
+        _plan_erase(ctx, act)
+        return
     capture = act.action == "readImage"
     choice = choose(ctx.inventory, device=act.source_device if capture
                     else act.destination_device, hints=act.root_device_hints,
@@ -330,6 +335,50 @@ def step_disks(ctx: Context) -> None:
                 f"by {choice.how}")
 
 
+def _plan_erase(ctx: Context, act: Action) -> None:
+    """Which disks the erase action takes, every refusal before any disk is touched."""
+    from pyinit import erase
+
+    logger = log.get_logger()
+    ctx.erase_plan = erase.plan(ctx.inventory, devices=act.erase_devices,
+                                hints=act.root_device_hints,
+                                allow_removable=act.allow_removable,
+                                allow_boot_medium=act.allow_boot_medium)
+    for line in ctx.erase_plan.skipped:
+        logger.info(f"disks: not erased: {line}")
+    names = ", ".join(d.name for d in ctx.erase_plan.disks)
+    ctx.summary.update(disks=names, disk_choice=ctx.erase_plan.how)
+    logger.info(f"disks: to erase ({act.erase_mode}): {names} by {ctx.erase_plan.how}")
+
+
+def _run_erase(ctx: Context, act: Action) -> None:
+    from pyinit import erase
+
+    assert ctx.erase_plan is not None  # planned by step_disks
+    start = time.monotonic()
+    reports = erase.erase(ctx.erase_plan, act.erase_mode, sysfs=SYSFS)  # type: ignore[arg-type]
+    ctx.summary.update(erase_mode=act.erase_mode,
+                       erased=",".join(f"{r.disk}:{r.method}" for r in reports),
+                       seconds=round(time.monotonic() - start, 2))
+    log.get_logger().info(f"provision: erased and verified {len(reports)} disk(s) in "
+                          f"{time.monotonic() - start:.1f} s")
+
+
+def _run_inspect(ctx: Context) -> None:
+    """The hardware inventory (started by the action step) and the LLDP window, waited for:
+    the inspection is what the server stores. A missing inventory fails the action."""
+    logger = log.get_logger()
+    if ctx.hardware is not None:
+        ctx.hardware.join(ctx.params.disk_timeout * 2 + 60)
+    if ctx.hardware is None or ctx.hardware.is_alive():
+        raise PyinitError("inspect: the hardware inventory was not taken")
+    if ctx.lldp_listener is not None:
+        logger.info(f"inspect: listening for LLDP up to {ctx.params.lldp_seconds:.0f} s "
+                    "(pyinit.lldp_seconds)")
+        ctx.lldp_listener.join(ctx.params.lldp_seconds + 5)
+    ctx.summary["inspected"] = "hardware inventory" + (", lldp" if ctx.lldp_listener else "")
+
+
 def step_provision(ctx: Context) -> None:
     """Carry out the action: stream the image onto the disk, or capture the disk and upload it."""
     act = ctx.action
@@ -338,6 +387,12 @@ def step_provision(ctx: Context) -> None:
     logger = log.get_logger()
     if act.dry_run:
         logger.info(f"provision: dryRun set, not running {act.summary()}")
+        return
+    if act.action == "erase":
+        _run_erase(ctx, act)
+        return
+    if act.action == "inspect":
+        _run_inspect(ctx)
         return
     assert ctx.device is not None  # chosen by step_disks
     from pyinit.image.destination import wait_for_device

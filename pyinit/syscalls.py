@@ -153,6 +153,17 @@ def blk_zeroout(fd: int, offset: int, length: int) -> None:
     fcntl.ioctl(fd, BLKZEROOUT, struct.pack("=QQ", offset, length))
 
 
+# <linux/fs.h>: BLKDISCARD = _IO(0x12, 119), BLKSECDISCARD = _IO(0x12, 125); uint64_t[2] too.
+BLKDISCARD = 0x1277
+BLKSECDISCARD = 0x127D
+
+
+def blk_discard(fd: int, offset: int, length: int, *, secure: bool = False) -> None:
+    """BLKDISCARD (BLKSECDISCARD with ``secure``) over a byte range of the device open for
+    writing on ``fd`` (the erase action, issue #16). EOPNOTSUPP where the device has none."""
+    fcntl.ioctl(fd, BLKSECDISCARD if secure else BLKDISCARD, struct.pack("=QQ", offset, length))
+
+
 def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
     """fallocate(2) with ``mode`` flags (``os.posix_fallocate`` has none)."""
     _check(_libc.fallocate(fd, mode, offset, length), "fallocate")
