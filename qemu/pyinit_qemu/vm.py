@@ -101,11 +101,18 @@ class Disk:
     format: str = "raw"
     serial: str | None = None
     removable: bool = False
+    #: What a guest's discard does: None, QEMU's default (virtio advertises discard, the host
+    #: ignores it); "unmap": the host punches the file; "ignore": advertised and ignored, said
+    #: outright (a device that keeps its data after a discard); "off": not advertised at all
+    #: (virtio only).
+    discard: Literal["unmap", "ignore", "off"] | None = None
 
     def __post_init__(self) -> None:
         if self.interface not in INTERFACES:
             raise ValueError(f"disk {self.path}: interface {self.interface!r} is not one of "
                              f"{', '.join(INTERFACES)}")
+        if self.discard == "off" and self.interface != "virtio":
+            raise ValueError(f"disk {self.path}: discard off needs interface virtio")
 
 
 @dataclass(frozen=True)
@@ -275,8 +282,12 @@ def _disk_args(disks: Sequence[Disk], *, boot_first: bool = False) -> list[str]:
     hbas: set[str] = set()
     for i, disk in enumerate(disks):
         drive = f"d{i}"
-        argv += ["-drive", f"file={_opt(str(disk.path))},format={disk.format},if=none,id={drive}"]
+        host_discard = f",discard={disk.discard}" if disk.discard in ("unmap", "ignore") else ""
+        argv += ["-drive", f"file={_opt(str(disk.path))},format={disk.format},if=none,id={drive}"
+                 f"{host_discard}"]
         props = f",serial={_opt(disk.serial)}" if disk.serial else ""
+        if disk.discard == "off":
+            props += ",discard=off"
         if boot_first and i == 0:
             props += ",bootindex=0"
         if disk.removable and disk.interface not in ("usb", *SCSI_HBAS):

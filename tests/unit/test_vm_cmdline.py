@@ -117,6 +117,22 @@ def test_virtio_disks_with_serial() -> None:
     ]
 
 
+def test_discard_settings() -> None:
+    cfg = VMConfig(kernel=KERNEL, initrd=INITRD, append="quiet", disks=[
+        Disk("/d/a", discard="unmap"), Disk("/d/b", "nvme", discard="ignore"),
+        Disk("/d/c", discard="off")])
+    assert build_command(cfg)[len(BASE) + len(NET):] == [
+        "-drive", "file=/d/a,format=raw,if=none,id=d0,discard=unmap",
+        "-device", "virtio-blk-pci,drive=d0",
+        "-drive", "file=/d/b,format=raw,if=none,id=d1,discard=ignore",
+        "-device", "nvme,drive=d1,serial=nvme1",
+        "-drive", "file=/d/c,format=raw,if=none,id=d2",
+        "-device", "virtio-blk-pci,drive=d2,discard=off",
+    ]
+    with pytest.raises(ValueError, match="discard off needs interface virtio"):
+        Disk("/d/d", "ahci", discard="off")
+
+
 def test_mixed_interfaces_add_each_controller_once() -> None:
     cfg = VMConfig(kernel=KERNEL, initrd=INITRD, append="quiet", disks=[
         Disk("/d/0", "ahci"), Disk("/d/1", "ahci", serial="S1"), Disk("/d/2", "ide"),
