@@ -366,7 +366,7 @@ def read_caps(disk: Disk, mode: Mode, *, sysfs: Path = Path("/sys")) -> Caps:
     discard = int(read_attr(queue / "discard_max_bytes") or "0") > 0
     nvme = disk.name.startswith("nvme") and "n" in disk.name[4:]
     ata = None
-    if mode == "ata" or (mode == "auto" and not nvme and disk.transport in ("sata", "ata")):
+    if mode == "ata" or (mode == "auto" and not nvme and disk.transport == "sata"):
         done = proc.run(["hdparm", "-I", disk.path], check=False, timeout=60)
         ata = parse_ata_security(done.stdout) if done.rc == 0 else None
     return Caps(discard=discard, nvme=nvme, ata=ata)

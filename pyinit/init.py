@@ -298,7 +298,7 @@ def step_disks(ctx: Context) -> None:
     matches nothing fails this step with one line, before anything opens a disk, and a dry run
     still shows which disk it would have written."""
     act = ctx.action
-    if ctx.params.mode != "provision" or act is None or act.action == "inspect":
+    if ctx.params.mode != "provision" or act is None:
         return
     from pyinit.disks.inventory import inventory as disk_inventory
     from pyinit.disks.inventory import make_links, stable_links
@@ -321,6 +321,8 @@ def step_disks(ctx: Context) -> None:
     log.event("disks", "inventory", waited=waited.seconds,
               **inventory_event(ctx.inventory, min_size=min_size))
     make_links(stable_links(ctx.inventory), DEV)
+    if act.action == "inspect":  # the inventory is the point; no disk is chosen
+        return
     if act.action == "erase":
         _plan_erase(ctx, act)
         return

@@ -11,7 +11,7 @@ by_path, hctl) is an error (it was meant to name one disk) while the other hints
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -234,3 +234,21 @@ def parse_hints(data: Mapping[str, Any] | None, *, field_name: str = "rootDevice
                                         f"{value!r}")
             values[key] = _parse_expr(name, key, value)
     return Hints(**values)
+
+
+def suggest(disks: Sequence[Mapping[str, Any]]) -> list[dict[str, str] | None]:
+    """For each disk of a stored inventory (the ``disks inventory`` event's ``disks``), the
+    shortest ``rootDeviceHints`` naming it alone: its serial, else its WWN, else its by-path
+    name, whichever no other disk shares (two disks with one serial: multipath, or a cloning
+    accident). None when nothing names it alone. Pure."""
+    out: list[dict[str, str] | None] = []
+    for disk in disks:
+        pick = None
+        for key in ("serial", "wwn", "by_path"):
+            value = disk.get(key)
+            if isinstance(value, str) and value and \
+                    sum(1 for d in disks if d.get(key) == value) == 1:
+                pick = {key: value}
+                break
+        out.append(pick)
+    return out

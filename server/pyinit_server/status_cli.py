@@ -12,6 +12,7 @@ import json
 import os
 import re
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -237,6 +238,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--known-hosts", action="store_true",
                    help="print known_hosts lines (machine file's hostname, the SSH host keys "
                         "the machine reported at its last deployment) instead of the table")
+    p.add_argument("--disks", action="store_true",
+                   help="with MAC: the disks of its last inventory (an inspect action's, or "
+                        "any boot's), each with the rootDeviceHints that name it alone")
     p.add_argument("mac", nargs="?",
                    help="one machine: its hardware, LLDP neighbours and event log")
     p.set_defaults(func=run)
@@ -328,11 +332,49 @@ def run(args: argparse.Namespace, out: Any = None) -> int:
         out.write(json.dumps(data, indent=2) + "\n")
     elif getattr(args, "known_hosts", False):
         out.write(known_hosts({"machines": [data]} if args.mac else data))
+    elif args.mac and getattr(args, "disks", False):
+        text = disk_hints(data)
+        if text is None:
+            print(f"pyinit status: {args.mac}: no disk inventory on record (an inspect "
+                  "action, or any provisioning boot, posts one)", file=sys.stderr)
+            return 1
+        out.write(text)
     elif args.mac:
         out.write(event_log(data, data["now"]))
     else:
         out.write(table(data))
     return 0
+
+
+def disk_hints(data: dict[str, Any]) -> str | None:
+    """The disks of the machine's last ``disks inventory`` event, one per line, each with the
+    rootDeviceHints that name it alone (:func:`pyinit.disks.hints.suggest`); None without one.
+    Every string from the machine is escaped. Pure."""
+    from pyinit.disks.hints import suggest
+    from pyinit.disks.inventory import human_size
+
+    last = None
+    for ev in data.get("log") or []:
+        if isinstance(ev, dict) and ev.get("step") == "disks" and \
+                ev.get("status") == "inventory" and isinstance(ev.get("disks"), list):
+            last = ev
+    if last is None:
+        return None
+    disks = [d for d in last["disks"] if isinstance(d, dict)]
+    when = last.get("received") or last.get("time")
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(when)) + " UTC" \
+        if isinstance(when, (int, float)) else "unknown time"
+    lines = [f"disks of {safe(str(data.get('mac', '?')))}, inventory of {stamp}:"]
+    for disk, hint in zip(disks, suggest(disks), strict=True):
+        size = disk.get("size")
+        what = ", ".join(safe(str(disk[k])) for k in ("transport", "model", "serial", "wwn",
+                                                        "by_path") if disk.get(k))
+        lines.append(f"  {safe(str(disk.get('name', '?')))}  "
+                     f"{human_size(size) if isinstance(size, int) else '?'}  {what}")
+        lines.append("      rootDeviceHints "
+                     + (json.dumps(hint) if hint else "(nothing names it alone: use size, "
+                                                       "model, rotational together)"))
+    return "\n".join(lines) + "\n"
 
 
 def _get(url: str, params: dict[str, Any], base: str) -> dict[str, Any] | None:

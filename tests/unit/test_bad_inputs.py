@@ -45,7 +45,7 @@ from typing import Any
 import pytest
 import requests
 
-from pyinit import capture, fetch, init, log, policy
+from pyinit import capture, erase, fetch, init, log, policy
 from pyinit.disks import settle as disk_settle
 from pyinit.disks.hints import parse_hints
 from pyinit.disks.inventory import Disk
@@ -394,6 +394,7 @@ SDB = Disk("sdb", 480 * GIB, model="SAMSUNG MZ7LH480", serial="S45NNA0M", transp
 USB = Disk("sdc", 32 * GIB, model="Cruzer", serial="4C53", removable=True, transport="usb")
 MOUNTED = Disk("nvme0n1", 960 * GIB, serial="N1", transport="nvme",
                mounted=("/dev/nvme0n1p1 on /mnt",))
+HELD = Disk("sdb", 480 * GIB, serial="S2", transport="sata", holders=("md127",))
 
 HTML = "<!DOCTYPE html>\n<html><head><title>Welcome to nginx!</title></head></html>\n"
 IMG = "http://127.0.0.1:9/x.img"  # never fetched: the action is refused first
@@ -654,6 +655,22 @@ ROWS: tuple[Row, ...] = (
         r"^rootDeviceHints.rotational: must be a boolean, got str 'maybe'$",
         act({"action": "writeImage", "sourceImage": IMG,
              "rootDeviceHints": {"rotational": "maybe"}})),
+    # -- the erase action (issue #16): erase.plan / erase.choose_mode on data in the runner
+    Row("D14", "erase of a disk in use (an md array holds it)", "disks",
+        r"^erase: refused, nothing erased: sdb in use: held by md127",
+        pure("disks", lambda: erase.plan([SDA, HELD]))),
+    Row("D15", "`eraseMode: ata` on a frozen drive", "provision",
+        r"^disk /dev/sda: eraseMode ata: the drive is frozen",
+        pure("provision", lambda: erase.choose_mode(
+            "ata", SDA, erase.Caps(ata=erase.AtaSecurity(supported=True, frozen=True))))),
+    Row("D16", "`eraseMode: discard` on a device without discard", "provision",
+        r"^disk /dev/sda: eraseMode discard: the device does not support discard",
+        pure("provision", lambda: erase.choose_mode("discard", SDA, erase.Caps()))),
+    Row("D17", "`eraseMode: shred`", "action", r"^eraseMode: 'shred' is not one of",
+        act({"action": "erase", "eraseMode": "shred"})),
+    Row("D18", "erase of every disk when the only one is a USB stick", "disks",
+        r"^erase: no disk to erase: left out sdc",
+        pure("disks", lambda: erase.plan([USB]))),
     # -- TLS and token
     Row("T01", "https server whose certificate is not from `pyinit.ca=`", "action",
         r"TLS error: certificate verify failed: .* \(trusting the CA .* from pyinit.ca=\)$",

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,6 +114,20 @@ class Server:
 
     def events(self, mac: str) -> list[dict[str, Any]]:
         return self.srv.events(mac)
+
+    def events_through(self, mac: str, step: str, status: str,
+                       timeout: float = 20) -> list[dict[str, Any]]:
+        """The events of ``mac`` once one with ``step``/``status`` arrived (the guest's last
+        posts may still be in flight when QEMU exits); an AssertionError after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            got = self.events(mac)
+            if any(e.get("step") == step and e.get("status") == status for e in got):
+                return got
+            assert time.monotonic() < deadline, \
+                f"no {step} {status} event from {mac} within {timeout:.0f} s: " \
+                f"{[(e.get('step'), e.get('status')) for e in got]}"
+            time.sleep(0.2)
 
 
 @pytest.fixture

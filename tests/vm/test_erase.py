@@ -2,8 +2,9 @@
 disks with and without a working discard, QEMU's NVMe controller (Format NVM), a disk holding
 an md array and an LVM volume group; then the disk files read on the host.
 
-- ``auto`` over four disks: an NVMe namespace gets Format NVM, a virtio disk whose discard
-  punches the host file gets BLKDISCARD, a virtio disk without discard gets BLKZEROOUT, and a
+- ``auto`` over five disks: an NVMe namespace gets Format NVM, a virtio disk whose discard
+  punches the host file gets BLKDISCARD, a virtio disk without discard gets BLKZEROOUT, an
+  AHCI disk is asked for ATA security by hdparm (QEMU has none) and gets a discard, and a
   virtio disk that advertises discard but ignores it (``discard=ignore``: a device that keeps
   its data) fails its verification — the erase fails naming it, and says which disks were
   erased and verified; the others read back as the report says.
@@ -50,27 +51,29 @@ def lifecycle(server: Server, mac: str) -> dict[str, Any]:
 def test_auto_erase_picks_nvme_discard_zero_and_catches_a_discard_that_keeps_the_data(
         artifacts: Artifacts, server: Server, tmp_path: Path) -> None:
     mac = "52:54:00:00:16:01"
-    unmap, nvme, plain, liar = (noisy(tmp_path / f"{n}.raw", seed=i) for i, n in
-                                enumerate(("unmap", "nvme", "plain", "liar")))
+    unmap, nvme, plain, liar, sata = (noisy(tmp_path / f"{n}.raw", seed=i) for i, n in
+                                      enumerate(("unmap", "nvme", "plain", "liar", "sata")))
     old_nvme = nvme.read_bytes()
     server.machine(mac, {"action": "erase", "eraseMode": "auto"})
     cfg = VMConfig(kernel=artifacts.kernel, initrd=artifacts.initrd, mac=mac, timeout=240,
                    append=f"BOOTYURL={server.guest_url} pyinit.on_failure=poweroff "
                           "pyinit.lldp_seconds=1",
                    disks=[Disk(unmap, discard="unmap"), Disk(nvme, "nvme", discard="unmap"),
-                          Disk(plain, discard="off"), Disk(liar, discard="ignore")],
+                          Disk(plain, discard="off"), Disk(liar, discard="ignore"),
+                          Disk(sata, "ahci", discard="unmap")],
                    workdir=tmp_path / "vm")
     with VM(cfg) as vm:
-        vm.expect(r"disks: to erase \(auto\): nvme0n1, vda, vdb, vdc by every disk", timeout=120)
+        vm.expect(r"disks: to erase \(auto\): nvme0n1, sda, vda, vdb, vdc by every disk",
+                  timeout=120)
         failed = vm.expect_event(step="result", status="failed", timeout=180)
         assert vm.wait_exit(timeout=60) == 0
         vm.assert_never(*NEVER)
         lines = vm.lines
-    done = {e["disk"]: e for e in server.events(mac)
+    done = {e["disk"]: e for e in server.events_through(mac, "result", "failed")
             if e.get("step") == "erase" and e.get("status") == "disk"}
-    assert sorted(done) == ["nvme0n1", "vda", "vdb"]
-    assert (done["nvme0n1"]["mode"], done["vda"]["mode"], done["vdb"]["mode"]) == (
-        "nvme", "discard", "zero")
+    assert sorted(done) == ["nvme0n1", "sda", "vda", "vdb"]
+    assert {k: v["mode"] for k, v in done.items()} == {
+        "nvme0n1": "nvme", "sda": "discard", "vda": "discard", "vdb": "zero"}
     assert done["nvme0n1"]["how"].startswith("nvme format --ses=1")
     assert done["vda"]["how"] in ("BLKSECDISCARD", "BLKDISCARD")
     assert done["vdb"]["how"].startswith("BLKZEROOUT (")
@@ -79,16 +82,18 @@ def test_auto_erase_picks_nvme_discard_zero_and_catches_a_discard_that_keeps_the
         assert done[name]["verified"] == f"{sampled} sampled 4 KiB blocks read back: " \
                                          f"{sampled} zero"
     # on the host: what each report says is so
-    assert is_all_zero(unmap) and is_all_zero(plain)
+    assert is_all_zero(unmap) and is_all_zero(plain) and is_all_zero(sata)
+    # the SATA disk was asked about ATA security first; QEMU's AHCI disk has none
+    assert "pyinit: + hdparm -I /dev/sda" in lines
     after = nvme.read_bytes()
     assert all(after[o:o + 4096] != old_nvme[o:o + 4096] for o in range(0, SIZE, 1 << 16))
     assert liar.read_bytes() == noisy(tmp_path / "again.raw", seed=3).read_bytes()
     error = failed["error"]
     assert error.startswith("erase: disk /dev/vdc: erase discard by BLK"), error
     assert "verification failed:" in error and "still the old data (the device does not " \
-           "erase on discard; use eraseMode zero) (erased and verified: nvme0n1, vda, vdb)" \
+           "erase on discard; use eraseMode zero) (erased and verified: nvme0n1, sda, vda, vdb)" \
            in error, error
-    assert sum(1 for s in lines if s.startswith("pyinit: erase: ") and " verified: " in s) == 3
+    assert sum(1 for s in lines if s.startswith("pyinit: erase: ") and " verified: " in s) == 4
     state = lifecycle(server, mac)
     assert state["state"] == "failed", state
 
@@ -121,7 +126,7 @@ def test_metadata_erase_leaves_no_md_lvm_or_table_behind(artifacts: Artifacts, s
         vm.expect_event(step="result", status="ok", timeout=120)
         assert vm.wait_exit(timeout=60) == 0
         vm.assert_never(*NEVER)
-    reports = {e["disk"]: e for e in server.events(mac)
+    reports = {e["disk"]: e for e in server.events_through(mac, "result", "ok")
                if e.get("step") == "erase" and e.get("status") == "disk"}
     assert sorted(reports) == ["vda", "vdb"]
     for name, part in (("vda", "vda"), ("vdb", "vdb")):
