@@ -307,6 +307,15 @@ def parse_action(data: Mapping[str, Any], *, base_url: str | None = None) -> Act
     return Action(**values)
 
 
+def _hints(data: Any, otherwise: str) -> Hints:
+    """rootDeviceHints parsed, and not empty (``otherwise``: what leaving them out does)."""
+    parsed = parse_hints(data)
+    if parsed.empty:
+        raise ConfigError("rootDeviceHints", f"is empty: give at least one hint, or leave it "
+                                             f"out {otherwise}")
+    return parsed
+
+
 _WRITE_ONLY = ("source_image", "destination_device", "source_device", "destination_address",
                "grow_partition", "lvm_root_name", "checksum", "checksum_url")
 
@@ -335,11 +344,7 @@ def _erase_or_inspect(values: dict[str, Any], kind: str) -> Action:
     if devices and hints is not None:
         raise ConfigError("rootDeviceHints", "give eraseDevices or rootDeviceHints, not both")
     if hints is not None:
-        parsed = parse_hints(hints)
-        if parsed.empty:
-            raise ConfigError("rootDeviceHints", "is empty: give at least one hint, or leave "
-                                                 "it out to erase every disk")
-        values["root_device_hints"] = parsed
+        values["root_device_hints"] = _hints(hints, "to erase every disk")
     values["erase_devices"] = tuple(devices)
     return Action(**values)
 
@@ -361,11 +366,7 @@ def _which_disk(values: dict[str, Any], kind: str) -> None:
     if device is not None:
         values[attr] = _device(wire, device)
     elif hints is not None:
-        parsed = parse_hints(hints)
-        if parsed.empty:
-            raise ConfigError("rootDeviceHints", "is empty: give at least one hint, or leave "
-                                                 "it out for the default disk")
-        values["root_device_hints"] = parsed
+        values["root_device_hints"] = _hints(hints, "for the default disk")
     elif kind == "readImage":
         raise ConfigError(wire, "required for readImage (or rootDeviceHints)")
 

@@ -427,21 +427,26 @@ class _Progress:
 
 
 def _ranges(path: str, size: int, call: Callable[[int, int, int], None], what: str) -> None:
+    """``call(fd, offset, length)`` over the whole device, a CHUNK at a time, with progress
+    lines; an OSError from it names the ioctl (``what``) and the byte."""
     fd = _open(path, os.O_WRONLY | os.O_EXCL)
     progress = _Progress(os.path.basename(path), what, size)
+    pos = 0
     try:
-        pos = 0
         while pos < size:
             n = min(CHUNK, size - pos)
             call(fd, pos, n)
             pos += n
             progress.tick(pos)
         os.fsync(fd)
+    except OSError as exc:
+        raise DiskError(path, f"{what} at byte {pos} failed: {exc.strerror}") from exc
     finally:
         os.close(fd)
 
 
 def _discard(disk: Disk) -> str:
+    """BLKSECDISCARD, else (refused at the first call) BLKDISCARD."""
     secure = [True]
 
     def call(fd: int, pos: int, n: int) -> None:
@@ -451,28 +456,16 @@ def _discard(disk: Disk) -> str:
                 return
             except OSError as exc:
                 if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOTTY) or pos:
-                    raise DiskError(disk.path, f"BLKSECDISCARD at byte {pos} failed: "
-                                    f"{exc.strerror}") from exc
+                    raise
                 secure[0] = False
-        try:
-            syscalls.blk_discard(fd, pos, n)
-        except OSError as exc:
-            raise DiskError(disk.path, f"BLKDISCARD at byte {pos} failed: "
-                            f"{exc.strerror}") from exc
+        syscalls.blk_discard(fd, pos, n)
 
     _ranges(disk.path, disk.size, call, "discard")
     return "BLKSECDISCARD" if secure[0] else "BLKDISCARD"
 
 
 def _zero(disk: Disk, sysfs: Path) -> str:
-    def call(fd: int, pos: int, n: int) -> None:
-        try:
-            syscalls.blk_zeroout(fd, pos, n)
-        except OSError as exc:
-            raise DiskError(disk.path, f"BLKZEROOUT at byte {pos} failed: "
-                            f"{exc.strerror}") from exc
-
-    _ranges(disk.path, disk.size, call, "zero")
+    _ranges(disk.path, disk.size, syscalls.blk_zeroout, "BLKZEROOUT")
     offload = int(read_attr(sysfs / "block" / disk.name / "queue" / "write_zeroes_max_bytes")
                   or "0") > 0
     return "BLKZEROOUT (" + ("offloaded to the device: Write Zeroes" if offload

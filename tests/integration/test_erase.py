@@ -9,15 +9,17 @@ reads of it return zeros; a device that keeps the old data after a discard is th
 
 from __future__ import annotations
 
+import io
 import os
 import random
+import re
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from pyinit import erase
+from pyinit import erase, log
 from pyinit.disks.inventory import Disk
 from pyinit.disks.usage import device_usage
 from pyinit.erase import EraseError
@@ -63,11 +65,21 @@ def noisy(path: Path, size: int = SIZE) -> Path:
 
 
 def test_zero_erases_every_byte_and_says_how_it_checked(loop: Callable[[Path], Disk],
-                                                        tmp_path: Path) -> None:
+                                                        tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     image = noisy(tmp_path / "zero.img")
     disk = loop(image)
+    console = io.StringIO()
+    monkeypatch.setattr(log, "_console", console)
+    monkeypatch.setattr(erase, "CHUNK", 8 * MIB)  # six calls, a progress line between each
+    monkeypatch.setattr(erase, "PROGRESS_SECONDS", 0.0)
+    log.configure()
     report = erase.erase_disk(disk, "zero", erase.Caps())
     assert not any(image.read_bytes())
+    progress = [s for s in console.getvalue().splitlines() if " BLKZEROOUT " in s and " of " in s]
+    assert [s.split(" BLKZEROOUT ")[1].split(" (")[0] for s in progress] == [
+        f"{n} of 48 MiB" for n in (8, 16, 24, 32, 40)], progress
+    assert re.search(r"erase: loop\d+ BLKZEROOUT 8 of 48 MiB \(16%\), ETA \d+ s$", progress[0])
     assert report.method == "zero" and report.how.startswith("BLKZEROOUT (")
     assert report.verified.startswith("6") and report.verified.endswith(" zero")
     sampled = int(report.verified.split()[0])
