@@ -54,7 +54,7 @@ def local_disk_script(mac: str, machine: Machine, reason: str) -> str:
     return ("#!ipxe\n"
             f"# pyinit: {mac} ({source}) is {reason}: booting its local disk\n"
             f"# (pyinit redeploy {mac}, or a changed machine file, provisions it again)\n"
-            f"echo pyinit: {mac} deployed: booting the local disk\n"
+            f"echo pyinit: {mac} {reason.split()[0]}: booting the local disk\n"
             "iseq ${platform} pcbios || goto firmware\n"
             "sanboot --no-describe --drive 0x80 ||\n"
             ":firmware\n"

@@ -27,7 +27,9 @@ CONFIRM_TIMEOUT = 15 * 60.0  # seconds a deployment may wait for its first boot 
 MAX_EVIDENCE = 200
 PENDING = ("redeploy",)
 #: The states whose machine boots its local disk from PXE (deploy once), until a redeploy.
-LOCAL_BOOT: tuple[State, ...] = ("deployed", "booted")
+# Deploy once, and clean once: an erased machine powered on again does not erase again (nor
+# does it find a system on its disk: the firmware's next boot entry runs).
+LOCAL_BOOT: tuple[State, ...] = ("deployed", "booted", "available")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 #: What an ``action fetched`` event's ``action`` moves the machine into.

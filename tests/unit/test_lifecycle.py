@@ -154,3 +154,23 @@ def test_deploy_once_boots_the_local_disk_until_a_redeploy_or_a_new_file(tmp_pat
                                 headers=operator, timeout=10)
     assert unknown.status_code == 404
     assert "its PXE boots go to its local disk" in out.getvalue()
+
+
+def test_clean_once_an_erased_machine_does_not_erase_again_at_its_next_boot() -> None:
+    from pyinit_server.lifecycle import local_boot
+
+    erase = {"step": "action", "status": "fetched", "action": "erase", "dry_run": False,
+             "action_sha256": "a" * 64}
+    done = {"step": "result", "status": "ok", "handoff": "poweroff", "action": "erase"}
+    inspect = {"step": "result", "status": "ok", "handoff": "poweroff", "action": "inspect"}
+    assert run([(1.0, erase), (2.0, done)]) == ["cleaning", "available"]
+    cleaning = advance(None, erase, 1.0)
+    available = advance(cleaning, done, 2.0)
+    assert local_boot(cleaning, "a" * 64) is None  # mid-erase: nothing decided yet
+    assert local_boot(available, "a" * 64) == "available since 2 with this machine file's action"
+    assert local_boot(available, "b" * 64) is None  # a new machine file runs
+    failed = advance(cleaning, {"step": "result", "status": "failed", "action": "erase",
+                                "failed_step": "provision", "error": "erase: …"}, 2.0)
+    assert failed is not None and failed.state == "failed"
+    assert local_boot(failed, "a" * 64) is None  # a failed erase runs again
+    assert run([(1.0, inspect)]) == ["inspected"]
