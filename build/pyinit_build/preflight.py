@@ -21,6 +21,7 @@ PACKAGES: dict[str, str] = {
     "depmod": "kmod",
     "dnsmasq": "dnsmasq-base",
     "dpkg-deb": "dpkg",
+    "efibootmgr": "efibootmgr",
     "faketime": "faketime",
     "grub-mkimage": "grub-common",
     "ip": "iproute2",
@@ -47,10 +48,11 @@ PACKAGES: dict[str, str] = {
     "python:PyInstaller": "pyinstaller",
 }
 
-# What `pyinit initramfs` runs, or copies into the initramfs (lvm, resize2fs, xfs_growfs:
-# data/binaries.txt).
+# What `pyinit initramfs` runs, or copies into the initramfs (lvm, resize2fs, xfs_growfs,
+# ssh-keygen, efibootmgr: data/binaries.txt).
 BUILD_TOOLS: tuple[str, ...] = ("busybox", "depmod", "dpkg-deb", "strip", "objcopy", "lvm",
-                                "resize2fs", "xfs_growfs", "ssh-keygen", "python:PyInstaller")
+                                "resize2fs", "xfs_growfs", "ssh-keygen", "efibootmgr",
+                                "python:PyInstaller")
 # Needed only to fetch the kernel package (not with --kernel-deb).
 KERNEL_FETCH_TOOLS: tuple[str, ...] = ("apt-cache", "apt-get")
 # What `pyinit iso` runs: GRUB's images, the El Torito EFI image (FAT), the ISO itself. The GRUB
