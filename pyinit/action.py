@@ -69,6 +69,7 @@ _FIELDS: dict[str, tuple[str, tuple[type, ...]]] = {
     "eraseMode": ("erase_mode", (str,)),
     "eraseDevices": ("erase_devices", (list,)),
     "allowBootMedium": ("allow_boot_medium", (bool,)),
+    "uefiBootEntry": ("uefi_boot_entry", (bool,)),
 }
 
 _TYPE_NAMES = {bool: "a boolean", str: "a string", int: "an integer", list: "a list",
@@ -130,6 +131,10 @@ class Action:
     erase_mode: str = "metadata"
     erase_devices: tuple[str, ...] = ()
     allow_boot_medium: bool = False
+    # UEFI boot entries (issue #16, docs/lifecycle.md): unset, an entry for the written disk's
+    # loader when the machine booted by UEFI, a warning when none can be made; true, required
+    # (the bootentry step fails instead); false, the firmware's variables are left alone.
+    uefi_boot_entry: bool | None = None
 
     @property
     def grows(self) -> bool:

@@ -1,7 +1,7 @@
 """PID 1: the boot as a short, ordered table of named steps.
 
 Each step is ``def step(ctx) -> None`` and returns early when it does not apply. The runner logs
-``[3/11] network: start`` then ``ok (2.1 s)`` or ``FAILED: <one line>`` and emits one
+``[3/12] network: start`` then ``ok (2.1 s)`` or ``FAILED: <one line>`` and emits one
 ``PYINIT-EVENT`` line per transition. The last step, ``handoff``, reports the result, says what
 happens now (``handoff now how=kexec``) and does it; it returns only by failing. One guard around
 everything catches every error, reports it, and applies the failure policy
@@ -565,6 +565,24 @@ def _report_identity(ctx: Context, fresh: unique.Refreshed) -> None:
     log.event("configure", "identity", **fresh.event())
 
 
+def step_bootentry(ctx: Context) -> None:
+    """UEFI: a boot entry for the written disk's loader, first in BootOrder (after the network
+    entry this boot came from), pyinit's earlier entries removed (docs/lifecycle.md)."""
+    act = _write_action(ctx)
+    if act is None:
+        return
+    if act.uefi_boot_entry is False:
+        log.get_logger().info("bootentry: uefiBootEntry false: the firmware's boot entries "
+                              "are left as they are")
+        return
+    from pyinit import efiboot
+
+    assert ctx.device is not None and act.source_image
+    made = efiboot.make_entry(ctx.device, label=efiboot.entry_label(act.source_image),
+                              required=act.uefi_boot_entry is True, sysfs=SYSFS)
+    ctx.summary["boot_entry"] = made.summary
+
+
 def step_prepare(ctx: Context) -> None:
     """kexec: find the target's kernel, initrd(s) and command line (grub.cfg, BLS, /boot) and
     load them; switch_root: mount the target and check its init. Nothing irreversible here."""
@@ -675,6 +693,7 @@ STEPS: tuple[tuple[str, Callable[[Context], None]], ...] = (
     ("provision", step_provision),
     ("grow", step_grow),
     ("configure", step_configure),
+    ("bootentry", step_bootentry),
     ("entrypoint", step_entrypoint),
     ("prepare", step_prepare),
     ("handoff", step_handoff),

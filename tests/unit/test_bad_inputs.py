@@ -45,7 +45,7 @@ from typing import Any
 import pytest
 import requests
 
-from pyinit import capture, erase, fetch, init, log, policy
+from pyinit import capture, erase, fetch, init, log, policy, proc
 from pyinit.disks import settle as disk_settle
 from pyinit.disks.hints import parse_hints
 from pyinit.disks.inventory import Disk
@@ -875,6 +875,75 @@ _SRC = "0c:42:a1:5e:77:07"  # lldpd's frame in tests/unit/test_lldp.py
 _HEAD = bytes.fromhex("0180c200000e") + bytes.fromhex(_SRC.replace(":", "")) + b"\x88\xcc"
 _CHASSIS = b"\x02\x07\x04" + bytes.fromhex(_SRC.replace(":", ""))
 
+def _uefi(table: bytes, *, files: tuple[str, ...] = ("EFI/BOOT/BOOTX64.EFI",),
+          fail: str | None = None, why: str = "", stale: bool = False, pxe: bool = False,
+          keep_order: tuple[str, ...] | None = None) -> Callable[[Path], str]:
+    """A writeImage's ``bootentry`` step (``init.step_bootentry``) on a machine booted by UEFI
+    (``/sys/firmware/efi`` in a fake sysfs): /dev/vdb's partition table read from ``table``,
+    the ESP's ``files`` listed without a mount (no ``files``: the real listing, whose blkid
+    finds no filesystem), efivarfs not mounted, efibootmgr answered by the fake NVRAM of
+    tests/unit/test_efiboot.py (``fail``: the option that fails, with ``why``; ``stale``: an
+    earlier pyinit entry; ``pxe``: this boot came from a PXE entry, kept first; ``keep_order``:
+    a firmware that puts BootOrder back); the step's own code path otherwise."""
+    def drive(tmp: Path) -> str:
+        from pyinit import efiboot, grow
+        from pyinit.action import parse_action
+        from pyinit.parttable import parse
+        from tests.conftest import Recorder
+
+        from .test_efiboot import MACHINE_NVRAM, PXE_PATH, Nvram
+
+        sysfs = tmp / "sys"
+        (sysfs / "firmware" / "efi" / "efivars").mkdir(parents=True)
+        nvram = Nvram(dict(MACHINE_NVRAM), ["0001", "0000", "0002"], fail=fail,
+                      keep_order=keep_order, why=why)
+        if stale:
+            nvram.entries["0003"] = ("pyinit golden.img.zst", "HD(1,GPT,ee1)/File(\\x)")
+            nvram.order.insert(0, "0003")
+        if pxe:
+            nvram.entries["0005"] = ("UEFI PXEv4 (MAC:525400123456)", PXE_PATH)
+            nvram.order.insert(0, "0005")
+            nvram.current = "0005"
+        blkid = proc.Completed(("blkid",), 2, "", "")
+        saved = (init.SYSFS, efiboot.read_table, efiboot.list_esp, efiboot.mount_efivarfs,
+                 grow.wait_for_partitions)
+        init.SYSFS = sysfs
+        efiboot.read_table = lambda disk: parse(table)
+        if files:
+            efiboot.list_esp = lambda disk, number, **_: list(files)
+        efiboot.mount_efivarfs = lambda sysfs=sysfs: None
+        grow.wait_for_partitions = lambda *a, **k: []
+        previous = proc.set_runner(Recorder(responses={"efibootmgr": nvram, "blkid": blkid}))
+        try:
+            ctx = init.Context()
+            ctx.action = parse_action({"action": "writeImage",
+                                       "sourceImage": "http://srv/images/golden.img.zst"})
+            ctx.device = "/dev/vdb"
+            init.step_bootentry(ctx)
+        finally:
+            proc.set_runner(previous)
+            (init.SYSFS, efiboot.read_table, efiboot.list_esp, efiboot.mount_efivarfs,
+             grow.wait_for_partitions) = saved
+        assert str(ctx.summary["boot_entry"]).startswith(("none (", "Boot"))
+        return ""
+    return drive
+
+
+def _gpt_with(esp: bool) -> bytes:
+    from .test_parttable import ESP, LINUX, GptPart, gpt_disk
+
+    per_mib = (1 << 20) // 512
+    parts = [GptPart(per_mib, 2 * per_mib - 1, "EFI system", ESP)] if esp else []
+    return bytes(gpt_disk(8 * per_mib, [*parts, GptPart(2 * per_mib, 6 * per_mib, "root",
+                                                          LINUX)]))
+
+
+def _bios_mbr() -> bytes:
+    from .test_parttable import mbr_sector
+
+    return bytes(mbr_sector([(0x80, 0x83, 2048, 8192)]))
+
+
 WARNINGS: tuple[Warned, ...] = (
     Warned("W01", "LLDP frame with a TLV longer than the frame", _lldp_frames(
         _HEAD + _CHASSIS + b"\x04\x10abc", _HEAD + _CHASSIS + b"\x04\x10abc")),
@@ -891,6 +960,18 @@ WARNINGS: tuple[Warned, ...] = (
              "bnx2x/bnx2x-e2-7.13.21.0.fw failed with error -2"])),
     Warned("W06", "a storage controller no driver matches, seen after the background loading",
            _unbound("storage controller", "p408i", "", "", [], background=True)),
+    Warned("U01", "a BIOS-only MBR image written on a machine booted by UEFI",
+           _uefi(_bios_mbr())),
+    Warned("U02", "an ESP without a loader", _uefi(_gpt_with(esp=True),
+                                                    files=("EFI/debian/grub.cfg",))),
+    Warned("U03", "an ESP partition with no filesystem on it", _uefi(_gpt_with(esp=True),
+                                                                      files=())),
+    Warned("U04", "NVRAM full: efibootmgr --create fails", _uefi(
+        _gpt_with(esp=True), fail="--create", why="No space left on device")),
+    Warned("U05", "an earlier pyinit entry that cannot be deleted", _uefi(
+        _gpt_with(esp=True), fail="--bootnum", why="Operation not permitted", stale=True)),
+    Warned("U06", "a firmware that puts BootOrder back", _uefi(
+        _gpt_with(esp=True), pxe=True, keep_order=("0001", "0005", "0003"))),
 )
 
 
