@@ -17,8 +17,9 @@ How it runs, chosen from what the target has (:func:`plan`, pure):
 * ``rc.local``: a line appended to ``/etc/rc.local``;
 * none of them: nothing installed, and the step says so.
 
-How it posts: ``curl``, else ``wget``, else bash's ``/dev/tcp`` (plain HTTP
-only); whichever the target has when it boots.
+How it posts: ``curl``, else ``wget`` (GNU's or busybox's; ``-T`` only where ``wget --help``
+lists it: Debian's busybox wget has no timeout option and crashes on one), else bash's
+``/dev/tcp`` (plain HTTP only); whichever the target has when it boots.
 """
 
 from __future__ import annotations
@@ -99,7 +100,9 @@ post() {{
         curl -fsS -m 15 -o /dev/null -H 'Content-Type: application/json' \\
             ${{AUTH:+-H "$AUTH"}} --data "$1" "$URL"
     elif command -v wget >/dev/null 2>&1; then
-        wget -q -T 15 -O /dev/null --header='Content-Type: application/json' \\
+        # -T only where wget lists it: Debian's busybox wget has no timeout and dies of -T
+        case "$(wget --help 2>&1)" in *"-T "*|*--timeout*) T="-T 15" ;; *) T= ;; esac
+        wget -q $T -O /dev/null --header='Content-Type: application/json' \\
             ${{AUTH:+--header="$AUTH"}} --post-data="$1" "$URL"
     elif command -v bash >/dev/null 2>&1 && [ "${{URL#http://}}" != "$URL" ]; then
         post_tcp "$1"
