@@ -1101,9 +1101,10 @@ class ProvisioningServer:
             return _error(400, "bad JSON: nested too deep")
         if not isinstance(event, dict):
             return _error(400, "an event is a JSON object")
-        if event.get("step") == "operator":
-            return _error(400, "step 'operator' is the server's own (pyinit redeploy), not a "
-                               "machine's")
+        if event.get("step") == "operator":  # a machine faking the operator: say so
+            faked = "step 'operator' is the server's own (pyinit redeploy), not a machine's"
+            log.warning("event %s refused: %s", mac, faked)
+            return _error(400, faked)
         if event.get("step") == "firstboot":
             summary = await self._in_thread(self._store().summary, mac)
             why = lifecycle.firstboot_refusal(
