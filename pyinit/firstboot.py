@@ -6,8 +6,9 @@ the deployed system came up (kernel, host name, machine-id, uptime), then remove
 the same ``POST /events/<mac>`` pyinit uses, with the machine's token (``pyinit.token=``): an
 event ``{"step": "firstboot", "status": "booted", ...}``. It never blocks the target's boot
 (systemd: ``Type=simple``, nothing waits for it; init scripts: run in the background), tries
-a bounded number of times (:data:`ATTEMPTS`, backing off to a minute: about 8 minutes), and
-removes itself whether or not the server answered.
+a bounded number of times (:data:`ATTEMPTS`, backing off to a minute: about 6 minutes, plus
+up to 15 s per try), and removes itself whether or not the server answered. A target with no
+way to post (no curl, wget or bash) is said so once, without retries.
 
 How it runs, chosen from what the target has (:func:`plan`, pure):
 
@@ -17,8 +18,9 @@ How it runs, chosen from what the target has (:func:`plan`, pure):
 * ``rc.local``: a line appended to ``/etc/rc.local``;
 * none of them: nothing installed, and the step says so.
 
-How it posts: ``curl``, else ``wget``, else bash's ``/dev/tcp`` (plain HTTP
-only); whichever the target has when it boots.
+How it posts: ``curl``, else ``wget`` (GNU's or busybox's; ``-T`` only where ``wget --help``
+lists it: Debian's busybox wget has no timeout option and crashes on one), else bash's
+``/dev/tcp`` (plain HTTP only); whichever the target has when it boots.
 """
 
 from __future__ import annotations
@@ -99,12 +101,14 @@ post() {{
         curl -fsS -m 15 -o /dev/null -H 'Content-Type: application/json' \\
             ${{AUTH:+-H "$AUTH"}} --data "$1" "$URL"
     elif command -v wget >/dev/null 2>&1; then
-        wget -q -T 15 -O /dev/null --header='Content-Type: application/json' \\
+        # -T only where wget lists it: Debian's busybox wget has no timeout and dies of -T
+        case "$(wget --help 2>&1)" in *"-T "*|*--timeout*) T="-T 15" ;; *) T= ;; esac
+        wget -q $T -O /dev/null --header='Content-Type: application/json' \\
             ${{AUTH:+--header="$AUTH"}} --post-data="$1" "$URL"
     elif command -v bash >/dev/null 2>&1 && [ "${{URL#http://}}" != "$URL" ]; then
         post_tcp "$1"
     else
-        echo "pyinit-firstboot: no curl, wget or bash to reach $URL" >&2; return 2
+        echo "pyinit-firstboot: no curl, wget or bash to reach $URL" >&2; NOCLIENT=1; return 1
     fi
 }}
 
@@ -114,16 +118,17 @@ cleanup() {{
     rm -f "$0"
 }}
 
-i=1; wait=5
-while [ $i -le {attempts} ]; do
+i=1; wait=5; NOCLIENT=
+while :; do
     if post "$(body)"; then
         echo "pyinit-firstboot: told $URL that this machine booted"
         cleanup; exit 0
     fi
-    [ $? = 2 ] && break
+    [ -n "$NOCLIENT" ] && {{ cleanup; exit 0; }}  # said so once: nothing a retry would change
+    [ $i -ge {attempts} ] && break
     sleep $wait; i=$((i + 1)); wait=$((wait * 2)); [ $wait -gt 60 ] && wait=60
 done
-echo "pyinit-firstboot: could not reach $URL; giving up" >&2
+echo "pyinit-firstboot: $i tries to post to $URL failed; giving up" >&2
 cleanup; exit 0
 """
 

@@ -311,7 +311,10 @@ def render_ifupdown(net: NetConfig, name: str) -> Files:
     return {"etc/network/interfaces.d/pyinit": ("\n".join(lines) + "\n", 0o644)}
 
 
-_SOURCE_LINE = "source /etc/network/interfaces.d/*"
+# source-directory, not Debian's "source /etc/network/interfaces.d/*": busybox's ifup reads a
+# "source" line's argument as one file name (no wildcards) and fails on the whole file; both
+# read source-directory (Debian's ifupdown since 0.7).
+_SOURCE_LINE = "source-directory /etc/network/interfaces.d"
 
 
 def sources_interfaces_d(existing: str | None) -> str:

@@ -1,11 +1,14 @@
 """The live web dashboard of ``pyinit serve``: one self-contained HTML page at ``/``.
 
-The page polls ``GET /api/machines`` once a second and shows every machine: its phase, a
-progress bar with rate and ETA, its result, its last error, what is wrong with its machine file
-and when it was last heard from; clicking a machine opens its event log (``GET
-/api/machines/{mac}``), refreshed on the same tick, under a short summary of its hardware
-(vendor, product, serial, CPUs, memory, PCI devices) and of each NIC's LLDP neighbour
-(switch, port, VLAN). See docs/dashboard.md.
+The page polls ``GET /api/machines`` once a second and shows every machine: its lifecycle
+state (docs/lifecycle.md: since when, the evidence of its last move on hover, a deployment whose
+first boot never came marked), its phase, a progress bar with rate and ETA, its result, its last
+error, what is wrong with its machine file and when it was last heard from; clicking a machine
+opens its event log (``GET /api/machines/{mac}``), refreshed on the same tick, under its
+lifecycle state with the evidence and a short summary of its hardware (vendor, product, serial,
+CPUs, memory, PCI devices) and of each NIC's LLDP neighbour (switch, port, VLAN). The counts
+above the table filter by run state (``state=``) or by lifecycle state (``lifecycle=``); the
+server filters and pages. See docs/dashboard.md.
 
 Why one inline page and no framework: the server must stay installable with nothing but
 Python, the page must work on a provisioning network with no way out (no CDN, no fonts), and
@@ -21,8 +24,11 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 
 from aiohttp import web
+
+from pyinit_server import lifecycle
 
 POLL_MS = 1000  # how often the page asks for /api/machines (and the open log)
 PAGE_SIZE = 500  # machines per page: the server filters by state and pages
@@ -42,6 +48,8 @@ h1 { font-size: 16px; margin: 0 8px 0 0; }
 .counts button[aria-pressed="true"] { border-color: var(--fg);
                                       box-shadow: inset 0 0 0 1px var(--fg); }
 .counts b { margin-left: 4px; }
+.counts .label { color: var(--muted); font-size: 12px; align-self: center; }
+.counts button.unconfirmed b { color: var(--warn); }
 #filter { font: inherit; padding: 3px 8px; border: 1px solid var(--line); border-radius: 4px;
           width: 220px; }
 #pager button { font: inherit; border: 1px solid var(--line); background: #fff;
@@ -79,6 +87,19 @@ tr.failed .fill { background: var(--bad); }
 .problem { display: block; color: var(--bad); font-family: system-ui, sans-serif; }
 .problem.warning { color: var(--warn); }
 .quiet { color: var(--warn); font-weight: 600; }
+td.life { white-space: nowrap; }
+.lstate { display: inline-block; padding: 0 7px; border-radius: 10px; font-size: 12px;
+          font-weight: 600; border: 1px solid currentColor; color: var(--wait); }
+.lstate.deploying, .lstate.cleaning { color: var(--run); }
+.lstate.deployed, .lstate.inspected, .lstate.available { color: #0b6e79; }
+.lstate.booted { color: var(--ok); }
+.lstate.failed { color: var(--bad); }
+.lsince { font-size: 12px; color: var(--muted); }
+.lnote { display: block; font-size: 12px; color: var(--muted); }
+.lnote:empty, .lwarn:empty { display: none; }
+.lwarn { display: block; color: var(--warn); font-weight: 600; font-size: 12px;
+         white-space: normal; max-width: 240px; }
+tr.unconfirmed td.life { box-shadow: inset 3px 0 0 var(--warn); }
 .muted { color: var(--muted); }
 #empty td { color: var(--muted); text-align: center; padding: 24px; cursor: default; }
 #log { display: none; flex: 0 0 38vh; flex-direction: column; border-top: 2px solid var(--line);
@@ -92,9 +113,10 @@ body.logging #log { display: flex; }
 #log .ev .t { color: var(--muted); }
 #log .ev .s { font-weight: 600; }
 #log .ev.bad { color: var(--bad); }
-#hw { padding: 4px 16px; border-bottom: 1px solid var(--line); font-size: 13px; }
-#hw:empty { display: none; }
-#hw .k { color: var(--muted); display: inline-block; min-width: 80px; }
+#hw, #life { padding: 4px 16px; border-bottom: 1px solid var(--line); font-size: 13px; }
+#hw:empty, #life:empty { display: none; }
+#hw .k, #life .k { color: var(--muted); display: inline-block; min-width: 80px; }
+#life .warn .v { color: var(--warn); font-weight: 600; }
 """
 
 _JS = r"""
@@ -104,6 +126,9 @@ _JS = r"""
   // the server's state names for the buttons (it filters and pages; the text box filters
   // the page shown)
   const SERVER_STATE = { running: "running", ok: "ok", failed: "failed", waiting: "new" };
+  // the lifecycle filters (docs/lifecycle.md), in the order of their buttons; the server
+  // filters by them too (lifecycle=) and counts them over the whole fleet
+  const LIFE = __LIFE__;
   const $ = (id) => document.getElementById(id);
   const el = (tag, cls, text) => {
     const e = document.createElement(tag);
@@ -128,13 +153,53 @@ _JS = r"""
     const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60), sec = s % 60;
     return h ? `${h}:${pad(m)}:${pad(sec)}` : `${m}:${pad(sec)}`;
   }
-  function fmtAge(seconds) {
-    if (!isNum(seconds)) return "never";
+  function fmtDur(seconds) {
+    if (!isNum(seconds)) return "";
     const s = Math.max(0, Math.floor(seconds));
-    if (s < 60) return `${s} s ago`;
-    if (s < 3600) return `${Math.floor(s / 60)} min ago`;
-    if (s < 86400) return `${Math.floor(s / 3600)} h ago`;
-    return `${Math.floor(s / 86400)} d ago`;
+    if (s < 60) return `${s} s`;
+    if (s < 3600) return `${Math.floor(s / 60)} min`;
+    if (s < 86400) return `${Math.floor(s / 3600)} h`;
+    return `${Math.floor(s / 86400)} d`;
+  }
+  function fmtAge(seconds) { return isNum(seconds) ? `${fmtDur(seconds)} ago` : "never"; }
+  // A machine's lifecycle (its summary's lifecycle and lifecycle_warning, the server's clock
+  // in now) for its State cell: the state, for how long, the hover text with the evidence of
+  // the last move, a pending redeploy and the warning. Every string only becomes text.
+  function lifeCell(m, now) {
+    const lc = m && m.lifecycle && typeof m.lifecycle === "object" ? m.lifecycle : null;
+    const str = (x) => (x === undefined || x === null ? "" : String(x));
+    const state = lc && LIFE.includes(lc.state) ? lc.state : "new";
+    const dur = lc && isNum(lc.since) && isNum(now) ? fmtDur(now - lc.since) : "";
+    const out = { state, since: dur ? `for ${dur}` : "", title: "", pending: "",
+                  warning: str(m && m.lifecycle_warning) };
+    if (!lc) {
+      out.title = "new: nothing has moved this machine's lifecycle yet";
+      return out;
+    }
+    const lines = [`${state}${dur ? ` for ${dur}` : ""}: ${str(lc.evidence) || "-"}`];
+    if (lc.previous) lines.push(`before: ${str(lc.previous)}`);
+    if (isNum(lc.since)) lines.push(`since ${new Date(lc.since * 1000).toLocaleString()}`);
+    if (lc.pending === "redeploy") {
+      out.pending = "redeploy pending";
+      lines.push("redeploy requested: its next boot provisions it again");
+    }
+    if (out.warning) lines.push(`warning: ${out.warning}`);
+    out.title = lines.join("\n");
+    return out;
+  }
+  // The detail above a machine's log: [label, text, warn] lines.
+  function lifeLines(m, now) {
+    const c = lifeCell(m, now), lc = m && m.lifecycle && typeof m.lifecycle === "object" ?
+      m.lifecycle : null;
+    const parts = [c.since ? `${c.state} ${c.since}` : c.state];
+    if (lc) {
+      parts.push(String(lc.evidence || "-"));
+      if (lc.previous) parts.push(`before: ${String(lc.previous)}`);
+      if (c.pending) parts.push(c.pending);
+    }
+    const lines = [["state", parts.join(" · "), false]];
+    if (c.warning) lines.push(["warning", c.warning, true]);
+    return lines;
   }
   function fmtPct(p) { return isNum(p) ? `${p.toFixed(1)} %` : ""; }
   function fmtBytes(n) {
@@ -182,11 +247,13 @@ _JS = r"""
     if (m.result != null) return String(m.result);
     return m.events > 0 ? "running" : "waiting";
   }
-  window.pyinitDashboard = { fmtRate, fmtEta, fmtAge, fmtPct, fmtBytes, hwLines, classify };
+  window.pyinitDashboard = { fmtRate, fmtEta, fmtDur, fmtAge, fmtPct, fmtBytes, hwLines,
+                             lifeCell, lifeLines, classify };
 
   // -- state -------------------------------------------------------------------------------
   const rows = new Map();  // mac -> {tr, cells, kind, text}
-  let machines = [], selected = null, show = "all", lastOk = null, failingSince = null;
+  let machines = [], selected = null, show = "all", life = null, lastOk = null;
+  let failingSince = null;
   let logKey = null, logCount = 0, offset = 0, total = 0;
 
   async function getJSON(url) {
@@ -222,8 +289,8 @@ _JS = r"""
     tr.tabIndex = 0;
     tr.dataset.mac = mac;
     const c = {};
-    for (const name of ["mac", "file", "phase", "progress", "rate", "eta", "result", "error",
-                        "seen"]) {
+    for (const name of ["mac", "file", "life", "phase", "progress", "rate", "eta", "result",
+                        "error", "seen"]) {
       c[name] = el("td", name);
       tr.append(c[name]);
     }
@@ -233,6 +300,11 @@ _JS = r"""
     c.fileName = el("span");
     c.fileProblem = el("span", "problem");
     c.file.append(c.fileName, c.fileProblem);
+    c.lstate = el("span", "lstate");
+    c.lsince = el("span", "lsince");
+    c.lnote = el("span", "lnote");
+    c.lwarn = el("span", "lwarn");
+    c.life.append(c.lstate, " ", c.lsince, c.lnote, c.lwarn);
     c.bar = el("span", "bar");
     c.fill = el("span", "fill");
     c.bar.append(c.fill);
@@ -247,12 +319,22 @@ _JS = r"""
   }
 
   function updateRow(row, m, now) {
-    const c = row.c, kind = classify(m);
+    const c = row.c, kind = classify(m), lc = lifeCell(m, now);
     row.kind = kind;
+    row.life = lc.state;
+    row.late = !!lc.warning;
+    const evidence = m.lifecycle && typeof m.lifecycle === "object" ? m.lifecycle.evidence : null;
     row.text = [m.mac, m.file, m.phase, m.state, m.result, m.error, m.file_error,
-                m.file_warning].filter((x) => x != null).join(" ").toLowerCase();
-    const cls = `${kind}${m.mac === selected ? " selected" : ""}`;
+                m.file_warning, lc.state, evidence, lc.warning].filter((x) => x != null)
+      .join(" ").toLowerCase();
+    const cls = `${kind}${row.late ? " unconfirmed" : ""}${m.mac === selected ? " selected" : ""}`;
     if (row.tr.className !== cls) row.tr.className = cls;
+    setText(c.lstate, lc.state);
+    c.lstate.className = `lstate ${lc.state}`;
+    setText(c.lsince, lc.since);
+    setText(c.lnote, lc.pending);
+    setText(c.lwarn, lc.warning ? `\u26a0 ${lc.warning}` : "");
+    if (c.life.title !== lc.title) c.life.title = lc.title;
     setText(c.fileName, m.file || "—");
     c.fileName.className = m.file ? "" : "muted";
     const problem = m.file_error || m.file_warning || "";
@@ -281,6 +363,7 @@ _JS = r"""
 
   function visible(row) {
     if (show !== "all" && row.kind !== show) return false;
+    if (life && row.life !== life && !(life === "unconfirmed" && row.late)) return false;
     const q = $("filter").value.trim().toLowerCase();
     return !q || row.text.includes(q);
   }
@@ -291,6 +374,7 @@ _JS = r"""
     const tbody = $("rows"), seen = new Set();
     const counts = { all: 0, running: 0, ok: 0, failed: 0, waiting: 0 };
     const server = data.counts && typeof data.counts === "object" ? data.counts : null;
+    const lifeCounts = Object.fromEntries(LIFE.map((k) => [k, 0]));
     let i = 0;
     for (const m of machines) {
       if (typeof m.mac !== "string") continue;
@@ -298,7 +382,11 @@ _JS = r"""
       let row = rows.get(m.mac);
       if (!row) { row = makeRow(m.mac); rows.set(m.mac, row); }
       updateRow(row, m, now);
-      if (row.kind !== "default") counts.all++;
+      if (row.kind !== "default") {
+        counts.all++;
+        lifeCounts[row.life]++;
+        if (row.late) lifeCounts.unconfirmed++;
+      }
       if (row.kind in counts) counts[row.kind]++;
       row.tr.hidden = !visible(row);
       if (tbody.children[i] !== row.tr) tbody.insertBefore(row.tr, tbody.children[i] || null);
@@ -311,6 +399,14 @@ _JS = r"""
       counts.running = server.running | 0; counts.ok = server.ok | 0;
       counts.failed = server.failed | 0; counts.waiting = server.new | 0;
       counts.all = counts.running + counts.ok + counts.failed + counts.waiting;
+    }
+    const serverLife = data.lifecycle_counts && typeof data.lifecycle_counts === "object" ?
+      data.lifecycle_counts : null;
+    for (const k of LIFE) {
+      const n = serverLife ? serverLife[k] | 0 : lifeCounts[k];  // the fleet's, else the page's
+      setText($(`l-${k}`), n);
+      $(`l-${k}`).parentNode.hidden = n === 0 && life !== k;  // the states the fleet has
+      lifeCounts[k] = n;
     }
     total = isNum(data.total) ? data.total : machines.length;
     $("empty").hidden = counts.all > 0;
@@ -326,14 +422,18 @@ _JS = r"""
     const parts = [];
     if (counts.failed) parts.push(`${counts.failed} failed`);
     if (counts.running) parts.push(`${counts.running} running`);
+    if (lifeCounts.unconfirmed) parts.push(`${lifeCounts.unconfirmed} unconfirmed`);
     document.title = `pyinit${parts.length ? ": " + parts.join(", ") : ""}`;
     setText($("updated"), `updated ${fmtClock(now)}`);
   }
 
   function applyFilter() {
     for (const row of rows.values()) row.tr.hidden = !visible(row);
-    for (const b of document.querySelectorAll(".counts button")) {
-      b.setAttribute("aria-pressed", String(b.dataset.show === show));
+    for (const b of document.querySelectorAll(".counts.run button")) {
+      b.setAttribute("aria-pressed", String(b.dataset.show === show && !life));
+    }
+    for (const b of document.querySelectorAll(".counts.life button")) {
+      b.setAttribute("aria-pressed", String(b.dataset.life === life));
     }
   }
 
@@ -345,6 +445,7 @@ _JS = r"""
     logCount = 0;
     $("loglines").replaceChildren();
     $("hw").replaceChildren();
+    $("life").replaceChildren();
     setText($("logtitle"), mac ? `Log of ${mac}` : "");
     setText($("logstatus"), mac ? "loading…" : "");
     document.body.classList.toggle("logging", !!mac);
@@ -377,6 +478,15 @@ _JS = r"""
       return;
     }
     if (mac !== selected) return;
+    const lifeBox = $("life"), now = isNum(data.now) ? data.now : Date.now() / 1000;
+    const ll = lifeLines(data, now).map(([k, v, warn]) => {
+      const line = el("div", warn ? "lifeline warn" : "lifeline");
+      line.append(el("span", "k", k), el("span", "v", v));
+      return line;
+    });
+    if (lifeBox.textContent !== ll.map((l) => l.textContent).join("")) {
+      lifeBox.replaceChildren(...ll);
+    }
     const hw = hwLines(data).map(([k, v]) => {
       const line = el("div", "hwline");
       line.append(el("span", "k", k), el("span", "v", v));
@@ -420,6 +530,7 @@ _JS = r"""
   async function refresh() {
     const q = new URLSearchParams({ offset: String(offset), limit: String(PAGE) });
     if (show !== "all" && SERVER_STATE[show]) q.set("state", SERVER_STATE[show]);
+    if (life) q.set("lifecycle", life);
     render(await getJSON(`/api/machines?${q}`));
   }
 
@@ -448,9 +559,13 @@ _JS = r"""
     $("filter").addEventListener("input", applyFilter);
     $("prev").addEventListener("click", () => { offset = Math.max(0, offset - PAGE); poll1(); });
     $("next").addEventListener("click", () => { offset += PAGE; poll1(); });
-    for (const b of document.querySelectorAll(".counts button")) {
+    for (const b of document.querySelectorAll(".counts.run button")) {
       b.addEventListener("click", () => { show = show === b.dataset.show ? "all" : b.dataset.show;
-                                          offset = 0; applyFilter(); poll1(); });
+                                          life = null; offset = 0; applyFilter(); poll1(); });
+    }
+    for (const b of document.querySelectorAll(".counts.life button")) {
+      b.addEventListener("click", () => { life = life === b.dataset.life ? null : b.dataset.life;
+                                          show = "all"; offset = 0; applyFilter(); poll1(); });
     }
     $("logclose").addEventListener("click", () => select(null));
     document.addEventListener("keydown", (ev) => { if (ev.key === "Escape") select(null); });
@@ -459,17 +574,22 @@ _JS = r"""
     poll();
   });
 })();
-""".replace("__POLL_MS__", str(POLL_MS)).replace("__PAGE__", str(PAGE_SIZE))
+""".replace("__POLL_MS__", str(POLL_MS)).replace("__PAGE__", str(PAGE_SIZE)).replace(
+    "__LIFE__", json.dumps(list(lifecycle.FILTERS)))
 
 _BODY = """
 <header>
   <h1>pyinit provisioning</h1>
-  <div class="counts">
+  <div class="counts run">
     <button type="button" data-show="all" aria-pressed="true">total<b id="n-all">0</b></button>
     <button type="button" data-show="running">running<b id="n-running">0</b></button>
     <button type="button" data-show="ok">ok<b id="n-ok">0</b></button>
     <button type="button" data-show="failed">failed<b id="n-failed">0</b></button>
     <button type="button" data-show="waiting">waiting<b id="n-waiting">0</b></button>
+  </div>
+  <div class="counts life" role="group" aria-label="lifecycle state">
+    <span class="label">state</span>
+__LIFE_BUTTONS__
   </div>
   <input id="filter" type="search" placeholder="filter: MAC, phase, error…" autocomplete="off">
   <span id="pager" hidden><button type="button" id="prev" aria-label="previous page">&lt;</button>
@@ -480,20 +600,23 @@ _BODY = """
 <div id="banner" role="alert"></div>
 <main>
   <table id="table">
-    <thead><tr><th>Machine</th><th>File</th><th>Phase</th><th>Progress</th><th>Rate</th>
-      <th>ETA</th><th>Result</th><th>Last error</th><th>Last seen</th></tr></thead>
+    <thead><tr><th>Machine</th><th>File</th><th>State</th><th>Phase</th><th>Progress</th>
+      <th>Rate</th><th>ETA</th><th>Result</th><th>Last error</th><th>Last seen</th></tr></thead>
     <tbody id="rows"></tbody>
-    <tbody><tr id="empty" hidden><td colspan="9">No machines yet: add files to machines/
+    <tbody><tr id="empty" hidden><td colspan="10">No machines yet: add files to machines/
       or boot one.</td></tr></tbody>
   </table>
 </main>
 <section id="log" aria-live="polite">
   <div class="head"><strong id="logtitle"></strong><span id="logstatus" class="muted"></span>
     <button type="button" id="logclose">close (Esc)</button></div>
+  <div id="life"></div>
   <div id="hw"></div>
   <div id="loglines"></div>
 </section>
-"""
+""".replace("__LIFE_BUTTONS__", "\n".join(
+    f'    <button type="button" data-life="{name}" class="{name}" hidden>{name}'
+    f'<b id="l-{name}">0</b></button>' for name in lifecycle.FILTERS))
 
 
 def _hash(text: str) -> str:

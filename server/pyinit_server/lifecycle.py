@@ -144,11 +144,23 @@ def firstboot_refusal(current: Lifecycle | None) -> str | None:
             "event, the state is unchanged")
 
 
+#: The filter and count of ``/api/machines`` for the machines :func:`warning` names.
+UNCONFIRMED = "unconfirmed"
+#: What ``/api/machines?lifecycle=`` (and the dashboard's buttons) filter by.
+FILTERS: tuple[str, ...] = (*STATES, UNCONFIRMED)
+
+
+def unconfirmed(state: str | None, since: float | None, now: float,
+                confirm_timeout: float = CONFIRM_TIMEOUT) -> bool:
+    """Whether a machine ``state`` since ``since`` is a deployment whose first boot never came
+    (the index's two columns are enough: the server counts and filters by it). Pure."""
+    return state == "deployed" and since is not None and now - since > confirm_timeout
+
+
 def warning(current: Lifecycle | None, now: float,
             confirm_timeout: float = CONFIRM_TIMEOUT) -> str | None:
     """What the operator should look at, or None. Pure."""
-    if current is not None and current.state == "deployed" and \
-            now - current.since > confirm_timeout:
+    if current is not None and unconfirmed(current.state, current.since, now, confirm_timeout):
         minutes = int((now - current.since) // 60)
         return f"deployed {minutes} min ago and no first boot confirmed"
     return None

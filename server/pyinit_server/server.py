@@ -37,7 +37,8 @@ Routes:
     the live web dashboard (:mod:`pyinit_server.dashboard`, docs/dashboard.md).
 ``GET /api/machines`` and ``/api/machines/{mac}``
     status of every machine, paged and filtered on the server (``offset``, ``limit``, ``q``: part
-    of the MAC, ``state``: new|running|ok|failed), and of one machine with its event log.
+    of the MAC, ``state``: new|running|ok|failed, ``lifecycle``: a lifecycle state or
+    ``unconfirmed``), and of one machine with its event log.
 ``POST /events/{mac}``
     one JSON object (at most 64 KiB, nested at most :data:`MAX_JSON_DEPTH` deep), answered 204
     once it is committed to the store (503 when the store cannot take it: the machine retries).
@@ -163,9 +164,9 @@ def json_depth(data: bytes) -> int:
     return deepest
 
 
-def page_params(query: Any) -> tuple[int, int, str | None, str | None]:
-    """``offset``, ``limit``, ``q``, ``state`` of ``/api/machines``; ValueError with a line.
-    Pure."""
+def page_params(query: Any) -> tuple[int, int, str | None, str | None, str | None]:
+    """``offset``, ``limit``, ``q``, ``state``, ``lifecycle`` of ``/api/machines``; ValueError
+    with a line. Pure."""
     def number(name: str, default: int, top: int) -> int:
         text = query.get(name)
         if text is None or text == "":
@@ -181,7 +182,11 @@ def page_params(query: Any) -> tuple[int, int, str | None, str | None]:
     state = query.get("state") or None
     if state is not None and state not in STATES:
         raise ValueError(f"state: one of {', '.join(STATES)}, not '{clean(state, 40)}'")
-    return offset, limit, q, state
+    life = query.get("lifecycle") or None
+    if life is not None and life not in lifecycle.FILTERS:
+        raise ValueError(f"lifecycle: one of {', '.join(lifecycle.FILTERS)}, not "
+                         f"'{clean(life, 40)}'")
+    return offset, limit, q, state, life
 
 
 def machine_state(result: str | None, events: int) -> str:
@@ -629,9 +634,12 @@ class ProvisioningServer:
         return self._store().events(key)
 
     def status(self, mac: str | None = None, *, offset: int = 0, limit: int = DEFAULT_PAGE,
-               q: str | None = None, state: str | None = None) -> Any:
+               q: str | None = None, state: str | None = None,
+               life: str | None = None) -> Any:
         """The summary of ``mac`` with its event log (None if unknown), or a page of every
-        machine: the JSON of ``/api/machines/{mac}`` and ``/api/machines``."""
+        machine: the JSON of ``/api/machines/{mac}`` and ``/api/machines``. ``counts`` (by
+        ``state``) and ``lifecycle_counts`` (by lifecycle state, and ``unconfirmed``) are the
+        whole fleet's; ``state`` and ``life`` filter the page."""
         store = self._store()
         if mac is not None:
             summary = store.summary(mac)
@@ -642,21 +650,30 @@ class ProvisioningServer:
         index = store.index()
         known = self.machines.known()
         keys = sorted({*index, *known})
+        now = time.time()
         counts = dict.fromkeys(STATES, 0)
+        life_counts = dict.fromkeys(lifecycle.FILTERS, 0)
         selected: list[str] = []
         for key in keys:
             row = index.get(key)
             st = machine_state(row.result, row.events) if row is not None else "new"
+            lc = row.lifecycle if row is not None and row.lifecycle in lifecycle.STATES \
+                else "new"
+            late = row is not None and lifecycle.unconfirmed(lc, row.lifecycle_since, now)
             if key != "default":
                 counts[st] += 1
-            if (q is None or q in key) and (state is None or state == st):
+                life_counts[lc] += 1
+                life_counts[lifecycle.UNCONFIRMED] += late
+            if (q is None or q in key) and (state is None or state == st) and (
+                    life is None or life == lc or (late and life == lifecycle.UNCONFIRMED)):
                 selected.append(key)
         page = selected[offset:offset + limit]
         summaries = store.summaries([k for k in page if k in index])
         files = self.machines.snapshot()
         machines = [self._summary_json(summaries.get(k) or Summary(k), k, files) for k in page]
-        return {"now": round(time.time(), 3), "total": len(selected), "offset": offset,
-                "limit": limit, "counts": counts, "store": store.stats(), "machines": machines}
+        return {"now": round(now, 3), "total": len(selected), "offset": offset,
+                "limit": limit, "counts": counts, "lifecycle_counts": life_counts,
+                "store": store.stats(), "machines": machines}
 
     def _summary_json(self, summary: Summary, key: str,
                       files: dict[str, list[str]] | None = None) -> dict[str, Any]:
@@ -828,11 +845,11 @@ class ProvisioningServer:
             return dashboard.response()
         if path in ("/api/machines", "/api/machines/"):
             try:
-                offset, limit, q, state = page_params(request.query)
+                offset, limit, q, state, life = page_params(request.query)
             except ValueError as exc:
                 return _error(400, str(exc))
             return _json(200, await self._in_thread(self.status, offset=offset, limit=limit,
-                                                    q=q, state=state))
+                                                    q=q, state=state, life=life))
         if path.startswith("/api/machines/"):
             raw = path[len("/api/machines/"):]
             mac = normalize_mac(raw)
@@ -1084,9 +1101,10 @@ class ProvisioningServer:
             return _error(400, "bad JSON: nested too deep")
         if not isinstance(event, dict):
             return _error(400, "an event is a JSON object")
-        if event.get("step") == "operator":
-            return _error(400, "step 'operator' is the server's own (pyinit redeploy), not a "
-                               "machine's")
+        if event.get("step") == "operator":  # a machine faking the operator: say so
+            faked = "step 'operator' is the server's own (pyinit redeploy), not a machine's"
+            log.warning("event %s refused: %s", mac, faked)
+            return _error(400, faked)
         if event.get("step") == "firstboot":
             summary = await self._in_thread(self._store().summary, mac)
             why = lifecycle.firstboot_refusal(

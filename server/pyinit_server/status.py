@@ -37,7 +37,10 @@ the console of each machine keeps the full record) and folds every event into a 
 
 An event that arrives after a ``result`` starts a new run: the summary is reset (the history is
 kept). ``hardware`` and ``lldp`` events come from background threads: they neither move the
-phase nor start a new run, and the hardware they describe survives a new run.
+phase nor start a new run, and the hardware they describe survives a new run. Nor do the two
+that only move the lifecycle, both of which come after a run: ``firstboot`` (the deployed
+system's own word) and ``operator`` (the server's, a redeploy asked for): a booted machine keeps
+its run's result instead of showing a new run that never ends.
 
 Every string taken from an event is the machine's: kept as text (cut at :data:`MAX_TEXT`),
 never interpreted; the CLI and the dashboard escape it on output.
@@ -64,6 +67,7 @@ _PUBLIC_KEY = re.compile(r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(?:256|384|521)
 _FINGERPRINT = re.compile(r"^SHA256:[A-Za-z0-9+/]{43}$")
 _MACHINE_ID = re.compile(r"^[0-9a-f]{32}$")
 BACKGROUND_STEPS = frozenset({"hardware", "lldp"})  # events of background threads
+LIFECYCLE_STEPS = frozenset({"firstboot", "operator"})  # they move the lifecycle, not the run
 
 
 @dataclass
@@ -194,6 +198,11 @@ def fold(summary: Summary, event: dict[str, Any], now: float) -> None:
     moved = advance(Lifecycle.from_json(summary.lifecycle), event, now)
     if moved is not None:
         summary.lifecycle = moved.to_json()
+    if step in LIFECYCLE_STEPS:
+        summary.events += 1
+        summary.first_seen = summary.first_seen or now
+        summary.last_seen = now
+        return
     if summary.result is not None:  # a new run after the last one's result
         summary.phase = summary.state = summary.error = summary.result = None
         summary.percent = summary.rate = summary.eta = None

@@ -18,6 +18,7 @@ from typing import Any
 
 import requests
 
+from pyinit_server import lifecycle
 from pyinit_server.machines import normalize_mac
 
 DEFAULT_SERVER = "http://127.0.0.1:8080"
@@ -233,6 +234,10 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the server's JSON instead")
     p.add_argument("--state", choices=("new", "running", "ok", "failed"), default=None,
                    help="only machines in this state (filtered by the server)")
+    p.add_argument("--lifecycle", choices=lifecycle.FILTERS,
+                   default=None,
+                   help="only machines in this lifecycle state (docs/lifecycle.md), or "
+                        "'unconfirmed': deployed over 15 min ago, no first boot confirmed")
     p.add_argument("--limit", type=int, default=None, metavar="N",
                    help="at most N machines (default: all, fetched a page at a time)")
     p.add_argument("--known-hosts", action="store_true",
@@ -311,6 +316,8 @@ def run(args: argparse.Namespace, out: Any = None) -> int:
     params: dict[str, Any] = {}
     if not args.mac and getattr(args, "state", None):
         params["state"] = args.state
+    if not args.mac and getattr(args, "lifecycle", None):
+        params["lifecycle"] = args.lifecycle
     limit = getattr(args, "limit", None)
     data: dict[str, Any] | None = None
     while True:  # /api/machines is paged: fetch pages until the total (or --limit) is reached

@@ -57,12 +57,14 @@ The index
 
 Schema
     ``meta`` (``schema_version``); ``machines``: per machine the index columns (``phase``,
-    ``state``, ``result``, ``last_seen``, ``events``), the counters ``kept`` and ``dropped``, and
-    the whole summary as JSON text (but ``dropped``: size retention changes it for machines whose
-    summary it does not rewrite), indexed by ``last_seen`` too; ``events``: the JSON text as
-    posted, its size and the server's receive time; ``totals``: one row. Created when missing;
-    an older schema is upgraded in one transaction (version 1: no ``totals.machines_dropped``,
-    no index by ``last_seen``); a database of a newer schema is refused.
+    ``state``, ``result``, ``last_seen``, ``events``, ``lifecycle`` and ``lifecycle_since``: the
+    lifecycle state and since when, docs/lifecycle.md), the counters ``kept`` and ``dropped``,
+    and the whole summary as JSON text (but ``dropped``: size retention changes it for machines
+    whose summary it does not rewrite), indexed by ``last_seen`` too; ``events``: the JSON text
+    as posted, its size and the server's receive time; ``totals``: one row. Created when
+    missing; an older schema is upgraded in one transaction (version 1: no
+    ``totals.machines_dropped``, no index by ``last_seen``; version 2: no lifecycle columns,
+    filled from the summaries by the upgrade); a database of a newer schema is refused.
 """
 
 from __future__ import annotations
@@ -80,14 +82,15 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
+from pyinit_server.lifecycle import Lifecycle
 from pyinit_server.status import MAX_EVENTS, Summary, fold
 
 log = logging.getLogger("pyinit_server.store")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 DEFAULT_MAX_BYTES = 512 << 20  # event JSON kept in all
 DEFAULT_MAX_MACHINES = 100_000  # machines kept (each a summary row and a line of the index)
-BATCH = 500  # events per transaction at most (x 9 parameters: under SQLite's 32766)
+BATCH = 500  # events per transaction at most (x 11 parameters: under SQLite's 32766)
 CHUNK = 500  # values per IN (...) list; events looked at per size-retention step
 STATE_DIR = ".pyinit"  # under the server root: the default SQLite file and its WAL
 SQLITE_NAME = "state.sqlite3"
@@ -109,6 +112,14 @@ class IndexRow:
     result: str | None
     last_seen: float | None
     events: int
+    lifecycle: str | None = None  # the lifecycle state (None: none yet, "new")
+    lifecycle_since: float | None = None
+
+
+def lifecycle_columns(summary: Summary) -> tuple[str | None, float | None]:
+    """The index's ``lifecycle`` and ``lifecycle_since`` of ``summary``. Pure."""
+    current = Lifecycle.from_json(summary.lifecycle)
+    return (None, None) if current is None else (current.state, current.since)
 
 
 # what a committed batch changed: the new totals.seq, the index rows of the batch's machines,
@@ -279,11 +290,27 @@ class Store:
         elif (version := int(row[0])) < SCHEMA_VERSION:
             for statement in (s for upgrade in self.UPGRADES[version - 1:] for s in upgrade):
                 conn.execute(statement)
+            if version < 3:
+                self._fill_lifecycle(conn)
             conn.execute(self._sql("UPDATE meta SET value = ? WHERE key = 'schema_version'"),
                          (str(SCHEMA_VERSION),))
             log.info("%s: schema upgraded from version %d to %d", self.where, version,
                      SCHEMA_VERSION)
         self._commit(conn)
+
+    def _fill_lifecycle(self, conn: Any) -> None:
+        """The upgrade to version 3: the new lifecycle columns from the summaries. In Python,
+        not SQL: the summaries are Python's JSON (a NaN a machine sent is in them, and
+        PostgreSQL's JSON refuses it), read once."""
+        rows = []
+        for mac, text in conn.execute("SELECT mac, summary FROM machines "
+                                      "WHERE summary IS NOT NULL").fetchall():
+            life, since = lifecycle_columns(_summary(mac, text, 0))
+            if life is not None:
+                rows.append((life, since, mac))
+        if rows:
+            conn.cursor().executemany(self._sql(
+                "UPDATE machines SET lifecycle = ?, lifecycle_since = ? WHERE mac = ?"), rows)
 
     def close(self) -> None:
         """Write everything queued, stop the writer, close the connections. Idempotent."""
@@ -434,19 +461,22 @@ class Store:
         for mac in macs:
             summary, (kept, dropped, _) = summaries[mac], locked[mac]
             gone = len(removed.get(mac, ()))
+            life, since = lifecycle_columns(summary)
             machine_rows.append((mac, summary.phase, summary.state, summary.result,
-                                 summary.last_seen, summary.events,
+                                 summary.last_seen, summary.events, life, since,
                                  kept + len(batch[mac]) - gone, dropped + gone,
                                  _summary_text(summary)))
             index[mac] = IndexRow(summary.phase, summary.state, summary.result,
-                                  summary.last_seen, summary.events)
+                                  summary.last_seen, summary.events, life, since)
         rows, params = _values(machine_rows)
         conn.execute(self._sql(
-            "INSERT INTO machines (mac, phase, state, result, last_seen, events, kept, dropped, "
-            f"summary) VALUES {rows} ON CONFLICT (mac) DO UPDATE SET phase = excluded.phase, "
-            "state = excluded.state, result = excluded.result, last_seen = excluded.last_seen, "
-            "events = excluded.events, kept = excluded.kept, dropped = excluded.dropped, "
-            "summary = excluded.summary"), params)
+            "INSERT INTO machines (mac, phase, state, result, last_seen, events, lifecycle, "
+            f"lifecycle_since, kept, dropped, summary) VALUES {rows} ON CONFLICT (mac) DO "
+            "UPDATE SET phase = excluded.phase, state = excluded.state, "
+            "result = excluded.result, last_seen = excluded.last_seen, "
+            "events = excluded.events, lifecycle = excluded.lifecycle, "
+            "lifecycle_since = excluded.lifecycle_since, kept = excluded.kept, "
+            "dropped = excluded.dropped, summary = excluded.summary"), params)
         forgotten: list[str] = []
         forgotten_events = forgotten_bytes = 0
         if any(text is None for _, _, text in locked.values()):  # the batch made a machine
@@ -615,7 +645,8 @@ class Store:
         return {mac: _summary(mac, text, dropped) for mac, dropped, text in rows}
 
     def index(self) -> dict[str, IndexRow]:
-        """Every machine that posted events: its phase, state, result, last_seen and count."""
+        """Every machine that posted events: its phase, state, result, last_seen, count and
+        lifecycle state (with since when)."""
         seq = self._read("the index", lambda c: self._rows(
             c, "SELECT seq FROM totals WHERE id = 1")[0][0])
         with self._index_lock:
@@ -632,10 +663,9 @@ class Store:
     def _load_index(self, conn: Any) -> tuple[int, dict[str, IndexRow]]:
         # seq first: the rows read after it are at least that new
         seq = self._rows(conn, "SELECT seq FROM totals WHERE id = 1")[0][0]
-        rows = self._rows(conn, "SELECT mac, phase, state, result, last_seen, events "
-                                "FROM machines")
-        return seq, {mac: IndexRow(phase, state, result, last_seen, events)
-                     for mac, phase, state, result, last_seen, events in rows}
+        rows = self._rows(conn, "SELECT mac, phase, state, result, last_seen, events, "
+                                "lifecycle, lifecycle_since FROM machines")
+        return seq, {mac: IndexRow(*row) for mac, *row in rows}
 
     def stats(self) -> dict[str, int]:
         """``machines``, ``events`` and ``bytes`` kept; ``dropped``: the events retention deleted

@@ -58,6 +58,7 @@ class PostgresStore(Store):
             mac TEXT PRIMARY KEY,
             phase TEXT, state TEXT, result TEXT, last_seen DOUBLE PRECISION,
             events BIGINT NOT NULL DEFAULT 0,
+            lifecycle TEXT, lifecycle_since DOUBLE PRECISION,
             kept BIGINT NOT NULL DEFAULT 0,
             dropped BIGINT NOT NULL DEFAULT 0,
             summary TEXT
@@ -82,6 +83,10 @@ class PostgresStore(Store):
         (  # 1 -> 2: max_machines
             "ALTER TABLE totals ADD COLUMN machines_dropped BIGINT NOT NULL DEFAULT 0",
             "CREATE INDEX machines_by_last_seen ON machines (last_seen, mac)",
+        ),
+        (  # 2 -> 3: the lifecycle in the index (filled by Store._fill_lifecycle)
+            "ALTER TABLE machines ADD COLUMN lifecycle TEXT",
+            "ALTER TABLE machines ADD COLUMN lifecycle_since DOUBLE PRECISION",
         ),
     )
     LOCK_ROWS = " ORDER BY mac FOR UPDATE"

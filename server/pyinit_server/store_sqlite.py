@@ -29,6 +29,7 @@ class SQLiteStore(Store):
             mac TEXT PRIMARY KEY,
             phase TEXT, state TEXT, result TEXT, last_seen REAL,
             events INTEGER NOT NULL DEFAULT 0,  -- Summary.events: posted in all
+            lifecycle TEXT, lifecycle_since REAL,  -- Summary.lifecycle's state and since
             kept INTEGER NOT NULL DEFAULT 0,  -- rows in events
             dropped INTEGER NOT NULL DEFAULT 0,  -- deleted by retention
             summary TEXT  -- the whole Summary as JSON but dropped; NULL before the first fold
@@ -53,6 +54,10 @@ class SQLiteStore(Store):
         (  # 1 -> 2: max_machines
             "ALTER TABLE totals ADD COLUMN machines_dropped INTEGER NOT NULL DEFAULT 0",
             "CREATE INDEX machines_by_last_seen ON machines (last_seen, mac)",
+        ),
+        (  # 2 -> 3: the lifecycle in the index (filled by Store._fill_lifecycle)
+            "ALTER TABLE machines ADD COLUMN lifecycle TEXT",
+            "ALTER TABLE machines ADD COLUMN lifecycle_since REAL",
         ),
     )
     OLDEST = "SELECT id, mac, size FROM events ORDER BY id LIMIT ?"

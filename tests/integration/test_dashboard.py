@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import json
 import os
 import select
@@ -44,6 +45,7 @@ LATE = "52-54-00-00-01-05"  # appears only after the page loaded
 XSS = '<img src=x onerror="window.__pwned=1">disk /dev/sdz not found'
 WRITE = ("action: writeImage\nsourceImage: images/ubuntu-24.04.img.zst\n"
          "destinationDevice: /dev/nvme0n1\n")
+DEPLOYED_AGO = 17 * 60 + 20  # seconds: DONE's deployment, over the 15 minutes of the warning
 
 
 @pytest.fixture
@@ -64,21 +66,39 @@ def post(srv: ObservedServer, mac: str, event: dict[str, Any]) -> None:
 
 
 def provision_fleet(srv: ObservedServer) -> None:
-    """Three machines in three states, with the events pyinit really sends."""
-    for mac in (WRITING, FAILED, DONE):
+    """Three machines in three states, with the events pyinit really sends; the one that is
+    done was deployed 17 minutes ago (the server's receive time) and its first boot never
+    came."""
+    def boot(mac: str, send: Callable[[dict[str, Any]], None]) -> None:
         for step in ("rootfs", "modules", "network", "action"):
-            post(srv, mac, {"step": step, "status": "start"})
-            post(srv, mac, {"step": step, "status": "ok", "elapsed": 0.4})
-        post(srv, mac, {"step": "provision", "status": "start"})
+            send({"step": step, "status": "start"})
+            send({"step": step, "status": "ok", "elapsed": 0.4})
+            if step == "action":
+                send({"step": "action", "status": "fetched", "action": "writeImage",
+                      "dry_run": False})
+        send({"step": "provision", "status": "start"})
+
+    for mac in (WRITING, FAILED):
+        boot(mac, functools.partial(post, srv, mac))
     post(srv, WRITING, {"step": "provision", "status": "progress", "percent": 42.0,
                         "written": 1_803_886_592, "rate": 48_300_000.0, "eta": 83.0})
     post(srv, FAILED, {"step": "provision", "status": "failed", "error": XSS, "elapsed": 3.1})
     post(srv, FAILED, {"step": "result", "status": "failed", "error": XSS})
-    post(srv, DONE, {"step": "provision", "status": "progress", "percent": 97.5,
-                     "rate": 61_000_000.0, "eta": 2.0})
-    post(srv, DONE, {"step": "provision", "status": "ok", "elapsed": 71.2})
-    post(srv, DONE, {"step": "finish", "status": "ok", "elapsed": 0.2})
-    post(srv, DONE, {"step": "result", "status": "ok"})
+    store, t = srv.store, time.time() - DEPLOYED_AGO - 80
+    assert store is not None
+
+    def old(ev: dict[str, Any]) -> None:
+        nonlocal t
+        t += 5
+        store.add(DONE, ev, t)
+
+    boot(DONE, old)
+    old({"step": "provision", "status": "progress", "percent": 97.5, "rate": 61_000_000.0,
+         "eta": 2.0})
+    old({"step": "provision", "status": "ok", "elapsed": 71.2})
+    old({"step": "finish", "status": "ok", "elapsed": 0.2})
+    t = time.time() - DEPLOYED_AGO
+    store.add(DONE, {"step": "result", "status": "ok", "handoff": "reboot"}, t)
 
 
 # -- a DevTools-protocol client over Chromium's debugging pipe ---------------------------------
@@ -226,15 +246,17 @@ def browser(tmp_path: Path) -> Iterator[Browser]:
 ROWS_JS = """JSON.stringify([...document.querySelectorAll('#rows tr')].map(tr => ({
   mac: tr.dataset.mac, cls: tr.className, hidden: tr.hidden,
   cells: [...tr.cells].map(td => td.innerText.trim()),
+  lifeTitle: tr.querySelector('td.life').title,
   bar: tr.querySelector('.fill').style.width})))"""
 
 
 def rows(b: Browser) -> dict[str, dict[str, Any]]:
-    names = ("mac", "file", "phase", "progress", "rate", "eta", "result", "error", "seen")
+    names = ("mac", "file", "life", "phase", "progress", "rate", "eta", "result", "error",
+             "seen")
     out = {}
     for r in json.loads(b.eval(ROWS_JS)):
         out[r["mac"]] = {**dict(zip(names, r["cells"], strict=True)), "cls": r["cls"],
-                         "bar": r["bar"], "hidden": r["hidden"]}
+                         "bar": r["bar"], "hidden": r["hidden"], "life_title": r["lifeTitle"]}
     return out
 
 
@@ -373,18 +395,49 @@ def test_dashboard_live_in_chromium(root: Path, browser: Browser, tmp_path: Path
                               "'<stream end>'")
         assert got[LATE]["phase"] == "rootfs · start"
         assert all(r["seen"].endswith(" s ago") for m, r in got.items()
-                   if m not in (BROKEN, "default"))
+                   if m not in (BROKEN, DONE, "default"))
+        assert d["seen"] == "17 min ago"
         counts = browser.eval("JSON.stringify(['all','running','ok','failed','waiting']"
                               ".map(k => document.getElementById('n-' + k).textContent))")
         assert json.loads(counts) == ["5", "2", "1", "1", "1"]
+
+        # -- the lifecycle: state, for how long, the evidence on hover, the warning ---------
+        assert w["life"].startswith("deploying for ") and w["life"].endswith(" s")
+        assert f["life"].startswith("failed for ")
+        assert f["life_title"].startswith("failed for ") and XSS in f["life_title"]
+        assert d["life"] == ("deployed for 17 min\n\u26a0 deployed 17 min ago and no first "
+                             "boot confirmed")
+        assert "unconfirmed" in d["cls"]
+        assert d["life_title"].startswith("deployed for 17 min: result ok, handoff reboot\n"
+                                          "before: deploying\nsince ")
+        assert d["life_title"].endswith("\nwarning: deployed 17 min ago and no first boot "
+                                        "confirmed")
+        assert (br["life"], got[LATE]["life"]) == ("new", "new")
+        assert browser.eval("document.title") == "pyinit: 1 failed, 2 running, 1 unconfirmed"
+        life_counts = json.loads(browser.eval(
+            "JSON.stringify(Object.fromEntries([...document.querySelectorAll("
+            "'.counts.life button')].filter(b => !b.hidden).map(b => [b.dataset.life, "
+            "b.querySelector('b').textContent])))"))
+        assert life_counts == {"new": "2", "deploying": "1", "deployed": "1", "failed": "1",
+                               "unconfirmed": "1"}  # the states the fleet has, no others
+        browser.eval("document.querySelector('.counts.life button[data-life=unconfirmed]')"
+                     ".click()")
+        browser.wait("[...document.querySelectorAll('#rows tr')].map(tr => tr.dataset.mac)"
+                     f".join() === '{DONE}'", "the unconfirmed machine alone")
+        assert any("lifecycle=unconfirmed" in r["path"] for r in srv.access_log)
+        assert browser.eval("document.querySelector('.counts.life button[data-life="
+                            "unconfirmed]').getAttribute('aria-pressed')") == "true"
+        browser.eval("document.querySelector('.counts.life button[data-life=unconfirmed]')"
+                     ".click()")
+        browser.wait("document.querySelectorAll('#rows tr').length === 6", "every machine again")
 
         # -- click a machine: its log opens, and keeps following ----------------------------
         box = json.loads(browser.eval(
             f"JSON.stringify(document.querySelector('#rows tr[data-mac=\"{FAILED}\"] td')"
             ".getBoundingClientRect())"))
         browser.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
-        browser.wait("document.querySelectorAll('#loglines .ev').length === 11",
-                     "the 11 events of the failed machine")
+        browser.wait("document.querySelectorAll('#loglines .ev').length === 12",
+                     "the 12 events of the failed machine")
         assert browser.eval("location.hash") == f"#{FAILED}"
         assert browser.eval("document.getElementById('logtitle').textContent") == \
             f"Log of {FAILED}"
@@ -394,6 +447,12 @@ def test_dashboard_live_in_chromium(root: Path, browser: Browser, tmp_path: Path
         assert lines[0][1].split()[1:3] == ["rootfs", "start"], lines
         assert lines[-1][0] == "ev bad" and lines[-1][1].split()[1:3] == ["result", "failed"]
         assert XSS in lines[-1][1]
+        detail = json.loads(browser.eval(
+            "JSON.stringify([...document.querySelectorAll('#life .lifeline')]"
+            ".map(e => [...e.children].map(c => c.textContent)))"))
+        assert len(detail) == 1 and detail[0][0] == "state", detail
+        assert detail[0][1].startswith("failed for ") and detail[0][1].endswith(
+            f" · ?: {XSS} · before: deploying")
         assert browser.eval("document.querySelectorAll('img').length") == 0
         # the fills are drawn, not just styled (once their 0.4 s transition has run)
         browser.wait("(w => Math.abs(w[0] - 140 * 0.77) < 1 && Math.abs(w[2] - 140) < 1)"
@@ -412,7 +471,20 @@ def test_dashboard_live_in_chromium(root: Path, browser: Browser, tmp_path: Path
         browser.wait("(e => e && e.innerText.includes('pyinit.on_failure'))"
                      "(document.querySelector('#loglines .ev:last-child'))",
                      "the event posted while its log was open")
-        assert browser.eval("document.querySelectorAll('#loglines .ev').length") == 12
+        assert browser.eval("document.querySelectorAll('#loglines .ev').length") == 13
+
+        # the deployed machine's first boot is confirmed: the state moves, the warning goes,
+        # and the run's result stays
+        post(srv, DONE, {"step": "firstboot", "status": "booted", "kernel": "6.1.0-57-amd64"})
+        browser.wait(f"(r => r.querySelector('.lstate').textContent === 'booted' && "
+                     f"!r.classList.contains('unconfirmed'))(document.querySelector("
+                     f"'#rows tr[data-mac=\"{DONE}\"]'))", "the confirmed first boot")
+        d = rows(browser)[DONE]
+        assert d["life"].startswith("booted for ") and d["result"] == "ok"
+        assert d["life_title"].startswith("booted for ") and "first boot confirmed by the " \
+            "target (kernel 6.1.0-57-amd64)\nbefore: deployed\n" in d["life_title"]
+        assert browser.eval("document.getElementById('l-unconfirmed').parentNode.hidden")
+        assert browser.eval("document.title") == "pyinit: 3 running"  # FAILED: a new run
 
 
 
@@ -548,6 +620,22 @@ FORMATS = [
     ("fmtAge", 3.9, "3 s ago"), ("fmtAge", -2, "0 s ago"), ("fmtAge", 125, "2 min ago"),
     ("fmtAge", 7300, "2 h ago"), ("fmtAge", 200000, "2 d ago"), ("fmtAge", None, "never"),
     ("fmtPct", 42, "42.0 %"), ("fmtPct", None, ""),
+    ("fmtDur", 59.9, "59 s"), ("fmtDur", 3600, "1 h"), ("fmtDur", None, ""),
+    ("lifeCell", {"lifecycle": {"state": "booted", "evidence": "first boot confirmed",
+                                "previous": "deployed", "pending": "redeploy"}},
+     {"state": "booted", "since": "", "pending": "redeploy pending", "warning": "",
+      "title": "booted: first boot confirmed\nbefore: deployed\nredeploy requested: its next "
+               "boot provisions it again"}),
+    # a state the page does not know is no class name of the page's: shown as new
+    ("lifeCell", {"lifecycle": {"state": "x onmouseover", "evidence": "e"}},
+     {"state": "new", "since": "", "pending": "", "warning": "", "title": "new: e"}),
+    ("lifeCell", {"lifecycle": None},
+     {"state": "new", "since": "", "pending": "", "warning": "",
+      "title": "new: nothing has moved this machine's lifecycle yet"}),
+    ("lifeLines", {"lifecycle": {"state": "deployed", "evidence": "result ok"},
+                   "lifecycle_warning": "deployed 17 min ago and no first boot confirmed"},
+     [["state", "deployed · result ok", False],
+      ["warning", "deployed 17 min ago and no first boot confirmed", True]]),
     ("classify", {"result": "ok", "events": 3}, "ok"),
     ("classify", {"result": "failed", "events": 3}, "failed"),
     ("classify", {"result": None, "state": "failed", "events": 3}, "failed"),

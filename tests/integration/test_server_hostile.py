@@ -933,3 +933,65 @@ def test_acknowledged_events_survive_sigkill(cli: Callable[..., Serve], root: Pa
     assert again.finish() == 0
     clean_stderr(again.stderr)
     answer(row, "204", f'"events": {status["events"]}')
+
+
+# ---- the lifecycle (issue #16) -------------------------------------------------------------
+
+UNKNOWN = "52-54-00-00-00-99"  # no machine file, no events
+FIRSTBOOT = b'{"step": "firstboot", "status": "booted", "kernel": "6.1.0-57-amd64"}'
+FETCHED = {"step": "action", "status": "fetched", "action": "writeImage", "dry_run": False}
+
+
+def lifecycle_cases(srv: ObservedServer) -> dict[str, bytes]:
+    assert srv.token is not None
+    operator, none = bearer(srv.token), "Content-Length: 0"
+    return {
+        "H59": event(UNKNOWN, srv.machine_token(UNKNOWN), FIRSTBOOT),
+        "H60": event(OTHER, srv.machine_token(MAC), FIRSTBOOT),
+        "H61": event(MAC, srv.machine_token(MAC), FIRSTBOOT),
+        "H62": http("POST", f"/api/machines/{MAC}/redeploy", operator, none),
+        "H63": http("POST", f"/api/machines/{UNKNOWN}/redeploy", operator, none),
+        "H64": http("POST", f"/api/machines/{OTHER}/redeploy", none),
+        "H65": http("POST", f"/api/machines/{OTHER}/redeploy",
+                    bearer(srv.machine_token(OTHER)), none),
+        "H66": event(OTHER, srv.machine_token(OTHER),
+                     b'{"step": "operator", "status": "redeploy"}'),
+    }
+
+
+LIFECYCLE = ["H59", "H60", "H61", "H62", "H63", "H64", "H65", "H66"]
+# the rows whose event is kept (204): a confirmation with no deployment on record is the
+# machine's word all the same; the server says what it did not make of it
+KEPT = {"H59": UNKNOWN, "H61": MAC}
+
+
+@pytest.mark.parametrize("row", rows("test_lifecycle", LIFECYCLE), ids=LIFECYCLE)
+def test_lifecycle(srv: ObservedServer, root: Path, caplog: pytest.LogCaptureFixture,
+                   row: str) -> None:
+    """MAC is deploying (its run fetched the action), OTHER is deployed; neither a machine nor
+    a client without the operator token moves either of them."""
+    store = srv.store
+    assert store is not None
+    store.add(MAC, FETCHED)
+    store.add(OTHER, FETCHED)
+    store.add(OTHER, {"step": "result", "status": "ok", "handoff": "reboot"})
+    before = {m: srv.status(m)["lifecycle"] for m in (MAC, OTHER)}
+    assert (before[MAC]["state"], before[OTHER]["state"]) == ("deploying", "deployed")
+    events = stored_events(srv)
+    caplog.clear()
+    reply = exchange(srv.port, lifecycle_cases(srv)[row])
+    # what the server said of it: not the access line, not the echo of a stored event
+    said = [line for line in lines(caplog) if "HTTP/1.1" not in line
+            and not re.match(r"I pyinit_server: event \S+: \{", line)]
+    assert len(said) == 1, said
+    body = [] if reply.status == 204 else [reply.text()]
+    answer(row, reply.status, *body, said[0])
+    assert {m: srv.status(m)["lifecycle"] for m in (MAC, OTHER)} == before
+    if row in KEPT:
+        assert reply.status == 204 and stored_events(srv) == events + 1
+        assert srv.events(KEPT[row])[-1] == json.loads(FIRSTBOOT)
+    else:
+        assert reply.status >= 400 and stored_events(srv) == events
+    if row == "H59":
+        assert srv.status(UNKNOWN)["lifecycle"] is None  # listed, in no state
+    healthy(srv, caplog)

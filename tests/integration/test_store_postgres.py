@@ -54,13 +54,14 @@ def test_retention_of_machines(opener: Opener) -> None:
     common.check_retention_of_machines(opener)
 
 
-def test_upgrade_from_v1(opener: Opener, postgres: Any) -> None:
+@pytest.mark.parametrize("version", [1, 2])
+def test_upgrade(opener: Opener, postgres: Any, version: int) -> None:
     def sql(statement: str) -> list[Any]:
         with psycopg.connect(postgres.url, autocommit=True) as conn:
             cur = conn.execute(statement)
             return cur.fetchall() if cur.description else []
 
-    common.check_upgrade_from_v1(opener, sql)
+    common.check_upgrade(opener, sql, version)
 
 
 def test_reopen(opener: Opener) -> None:
@@ -93,8 +94,8 @@ def test_unreachable_names_no_password(tmp_path: Path) -> None:
 def test_newer_schema_refused(postgres: Any, tmp_path: Path) -> None:
     open_store(postgres.url, tmp_path).close()
     with psycopg.connect(postgres.url, autocommit=True) as conn:
-        conn.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
-    with pytest.raises(StoreError, match=r"schema version 3 is newer than this pyinit"):
+        conn.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
+    with pytest.raises(StoreError, match=r"schema version 4 is newer than this pyinit"):
         open_store(postgres.url, tmp_path)
 
 

@@ -252,11 +252,11 @@ def test_merge_authorized_keys(existing: str | None, keys: tuple[str, ...],
 
 
 @pytest.mark.parametrize(("existing", "expected"), [
-    (None, "auto lo\niface lo inet loopback\n\nsource /etc/network/interfaces.d/*\n"),
+    (None, "auto lo\niface lo inet loopback\n\nsource-directory /etc/network/interfaces.d\n"),
     ("auto lo\niface lo inet loopback\n\nsource /etc/network/interfaces.d/*\n", None),
     ("source-directory /etc/network/interfaces.d\n", None),
     ("auto lo\niface lo inet loopback", "auto lo\niface lo inet loopback\n\n"
-                                        "source /etc/network/interfaces.d/*\n"),
+                                        "source-directory /etc/network/interfaces.d\n"),
 ])
 def test_sources_interfaces_d(existing: str | None, expected: str | None) -> None:
     assert sources_interfaces_d(existing) == (existing if expected is None else expected)
@@ -515,8 +515,8 @@ def test_busybox_uses_the_installer_name_and_sources_interfaces_d(tmp_path: Path
     result = apply_identity(root, act(network="dhcp"), mac=MAC, interface="eth0")
     assert result.written == ("/etc/network/interfaces.d/pyinit", "/etc/network/interfaces")
     assert (root / IFUPDOWN).read_text() == IFUPDOWN_DHCP
-    assert (root / "etc/network/interfaces").read_text() == (
-        "auto lo\niface lo inet loopback\n\nsource /etc/network/interfaces.d/*\n")
+    assert (root / "etc/network/interfaces").read_text() == (  # what busybox's ifup reads
+        "auto lo\niface lo inet loopback\n\nsource-directory /etc/network/interfaces.d\n")
     assert not (root / "etc/systemd").exists()
 
 

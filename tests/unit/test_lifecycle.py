@@ -105,6 +105,21 @@ def test_the_summary_carries_it_and_status_shows_it(tmp_path: Path) -> None:
     assert line.startswith("state:    booted for ") and "first boot confirmed" in line
 
 
+def test_a_first_boot_and_a_redeploy_move_the_state_not_the_run() -> None:
+    """After the result, the target's confirmation and the operator's redeploy are no new run:
+    the machine keeps its run's result (the dashboard would show a run that never ends)."""
+    s = Summary(MAC)
+    for now, ev in ((1.0, FETCHED), (2.0, OK), (3.0, BOOTED),
+                    (4.0, {"step": "operator", "status": "redeploy"})):
+        fold(s, ev, now)
+    assert (s.result, s.phase, s.state, s.events, s.last_seen) == ("ok", "action", "fetched", 4,
+                                                                  4.0)
+    assert s.lifecycle is not None
+    assert (s.lifecycle["state"], s.lifecycle["pending"]) == ("booted", "redeploy")
+    fold(s, {"step": "rootfs", "status": "start"}, 5.0)  # the redeploy's boot: a new run
+    assert (s.result, s.phase) == (None, "rootfs")
+
+
 # --- deploy once -------------------------------------------------------------------------------
 
 def test_deploy_once_boots_the_local_disk_until_a_redeploy_or_a_new_file(tmp_path: Path) -> None:

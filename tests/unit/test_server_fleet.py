@@ -444,6 +444,75 @@ def test_api_machines_pages_and_filters_on_the_server(root: Path,
         assert (resp.status_code, resp.json()["error"]) == (400, message)
 
 
+FETCHED = {"step": "action", "status": "fetched", "action": "writeImage", "dry_run": False}
+
+
+def test_api_machines_carries_and_filters_the_lifecycle(root: Path,
+                                                       server: ObservedServer) -> None:
+    """What the dashboard's State column reads (docs/dashboard.md): each machine's lifecycle
+    (state, since, evidence, previous, pending) and its warning; the whole fleet's counts by
+    lifecycle state, and the server's filter by one (``lifecycle=``), ``unconfirmed`` too."""
+    now = time.time()
+    late, booted, failed = "52-54-00-00-02-01", "52-54-00-00-02-02", "52-54-00-00-02-03"
+    store = server.store
+    assert store is not None
+    # deployed 20 minutes ago (the server's receive time), never confirmed since
+    store.add(late, FETCHED, now - 1260)
+    store.add(late, {"step": "result", "status": "ok", "handoff": "reboot"}, now - 1200)
+    for ev in (FETCHED, {"step": "result", "status": "ok", "handoff": "kexec"},
+               {"step": "firstboot", "status": "booted", "kernel": "6.1.0-57-amd64"}):
+        post(server, booted, **ev)
+    post(server, failed, **FETCHED)
+    post(server, failed, step="result", status="failed", failed_step="provision",
+         error="sha256 mismatch")
+    post(server, MAC, step="rootfs", status="start")  # events, but nothing moved its lifecycle
+    every = get(server, "/api/machines").json()
+    by_mac = {m["mac"]: m for m in every["machines"]}
+    lc = by_mac[late]["lifecycle"]
+    assert (lc["state"], lc["evidence"], lc["previous"], lc["pending"]) == (
+        "deployed", "result ok, handoff reboot", "deploying", None)
+    assert abs(lc["since"] - (now - 1200)) < 0.01
+    assert by_mac[late]["lifecycle_warning"] == "deployed 20 min ago and no first boot confirmed"
+    assert by_mac[booted]["lifecycle"]["state"] == "booted"
+    assert by_mac[booted]["lifecycle"]["evidence"] == \
+        "first boot confirmed by the target (kernel 6.1.0-57-amd64)"
+    assert by_mac[booted]["lifecycle_warning"] is None
+    assert by_mac[failed]["lifecycle"]["evidence"] == "provision: sha256 mismatch"
+    assert by_mac[MAC]["lifecycle"] is None and by_mac[OTHER]["lifecycle"] is None
+    assert every["lifecycle_counts"] == {
+        "new": 2, "inspected": 0, "deploying": 0, "deployed": 1, "booted": 1, "cleaning": 0,
+        "available": 0, "failed": 1, "unconfirmed": 1}
+    assert every["counts"] == {"new": 1, "running": 1, "ok": 2, "failed": 1}
+
+    def macs(query: str, counts: dict[str, int] = every["lifecycle_counts"]) -> list[str]:
+        data = get(server, f"/api/machines?{query}").json()
+        assert data["lifecycle_counts"] == counts  # the fleet's, not the filter's
+        assert data["total"] == len(data["machines"])
+        return [m["mac"] for m in data["machines"]]
+
+    assert macs("lifecycle=unconfirmed") == [late]
+    assert macs("lifecycle=deployed") == [late]
+    assert macs("lifecycle=booted") == [booted]
+    assert macs("lifecycle=new") == [OTHER, MAC]
+    assert macs("lifecycle=failed&state=failed") == [failed]
+    assert macs("lifecycle=booted&state=failed") == []
+    resp = get(server, "/api/machines?lifecycle=gone")
+    assert (resp.status_code, resp.json()["error"]) == (400, (
+        "lifecycle: one of new, inspected, deploying, deployed, booted, cleaning, available, "
+        "failed, unconfirmed, not 'gone'"))
+    # the first boot confirmed: the warning goes, and with it the count
+    post(server, late, step="firstboot", status="booted", kernel="6.1.0-57-amd64")
+    after = {**every["lifecycle_counts"], "deployed": 0, "booted": 2, "unconfirmed": 0}
+    assert macs("lifecycle=unconfirmed", after) == []
+    assert macs("lifecycle=booted", after) == [late, booted]
+    assert get(server, f"/api/machines/{late}").json()["result"] == "ok"  # still its run's
+    out = io.StringIO()
+    args = build_parser().parse_args(["status", "--server", server.url, "--lifecycle", "booted"])
+    assert args.func(args, out=out) == 0
+    assert [line.split()[0] for line in out.getvalue().splitlines()[1:]] == [late, booted]
+    assert any(r["path"].endswith("lifecycle=booted") for r in server.access_log)
+
+
 def test_status_cli_fetches_every_page(root: Path, server: ObservedServer,
                                        monkeypatch: pytest.MonkeyPatch) -> None:
     import pyinit_server.server as server_module

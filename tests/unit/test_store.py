@@ -25,10 +25,12 @@ import pytest
 from pyinit_server import store_sqlite
 from pyinit_server.status import History
 from pyinit_server.store import (
+    SCHEMA_VERSION,
     IndexRow,
     Store,
     StoreError,
     encode,
+    lifecycle_columns,
     open_store,
 )
 from pyinit_server.store_postgres import _libpq_reason, redact
@@ -53,6 +55,7 @@ RUN: list[dict[str, Any]] = [
     {"step": "provision", "status": "failed", "error": "disk gone \u00e9\x00"},
     {"step": "result", "status": "failed", "error": "disk gone"},
     {"step": "action", "status": "start"},
+    {"step": "action", "status": "fetched", "action": "writeImage", "dry_run": False},
     {"step": "lldp", "status": "done", "silent": ["eth1"]},
     {"step": "provision", "status": "progress", "percent": 99.5},
     {"step": "result", "status": "ok"},
@@ -134,8 +137,10 @@ def check_fold_like_history(open_: Opener) -> None:
     for mac, row in index.items():
         s = history.summary(mac)
         assert s is not None
-        assert row == IndexRow(s.phase, s.state, s.result, s.last_seen, s.events)
+        assert row == IndexRow(s.phase, s.state, s.result, s.last_seen, s.events,
+                               *lifecycle_columns(s))
     assert index[MAC].result == "ok"
+    assert (index[MAC].lifecycle, index[THIRD].lifecycle) == ("deployed", "failed")
 
 
 def check_retention_per_machine(open_: Opener) -> None:
@@ -234,36 +239,46 @@ def check_retention_of_machines(open_: Opener) -> None:
     assert_counters_match_rows(store, posted=posted)
 
 
-# What version 1 of the schema lacked: the statements that make a database of version 2 one
-# of version 1 (the rows are version 1's as they are).
-TO_VERSION_1 = ("DROP INDEX machines_by_last_seen",
-                "ALTER TABLE totals DROP COLUMN machines_dropped",
-                "UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+# What older versions of the schema lacked: the statements that make a database of version
+# v + 1 one of version v (the rows are version v's as they are).
+DOWNGRADES = {
+    2: ("ALTER TABLE machines DROP COLUMN lifecycle",
+        "ALTER TABLE machines DROP COLUMN lifecycle_since",
+        "UPDATE meta SET value = '2' WHERE key = 'schema_version'"),
+    1: ("DROP INDEX machines_by_last_seen",
+        "ALTER TABLE totals DROP COLUMN machines_dropped",
+        "UPDATE meta SET value = '1' WHERE key = 'schema_version'"),
+}
 
 
-def check_upgrade_from_v1(open_: Opener, sql: SQL) -> None:
+def check_upgrade(open_: Opener, sql: SQL, version: int) -> None:
+    """A database of ``version`` is upgraded when opened: the same index (the lifecycle columns
+    of version 3 filled from the summaries), summaries, log and totals."""
     store = open_(max_events=2)
     macs = (MAC, OTHER, THIRD)
     for i, event in enumerate(RUN):
         store.add(macs[i % 3], event, T0 + i)
     before = (store.index(), store.summaries(macs), store.log(MAC), store.stats())
+    assert {row.lifecycle for row in before[0].values()} == {None, "deployed", "failed"}
     store.close()
-    for statement in TO_VERSION_1:
-        sql(statement)
-    assert sql("SELECT value FROM meta WHERE key = 'schema_version'") == [("1",)]
+    for v in range(SCHEMA_VERSION - 1, version - 1, -1):
+        for statement in DOWNGRADES[v]:
+            sql(statement)
+    assert sql("SELECT value FROM meta WHERE key = 'schema_version'") == [(str(version),)]
     again = open_(max_events=2, max_machines=2)
-    assert sql("SELECT value FROM meta WHERE key = 'schema_version'") == [("2",)]
+    assert sql("SELECT value FROM meta WHERE key = 'schema_version'") == [
+        (str(SCHEMA_VERSION),)]
     assert (again.index(), again.summaries(macs), again.log(MAC), again.stats()) == before
     assert before[-1]["machines_dropped"] == 0
     # the bound holds from the next new machine on: the two heard from longest ago go
     fourth = "52-54-00-00-00-04"
     again.add(fourth, {"step": "n"}, T0 + 100)
-    assert sorted(again.index()) == [fourth, MAC]  # MAC: heard last of the three
+    assert sorted(again.index()) == [OTHER, fourth]  # OTHER: heard last of the three
     assert again.stats()["machines_dropped"] == 2
     assert_counters_match_rows(again, posted=len(RUN) + 1)
     stats = again.stats()
     again.close()
-    assert open_().stats() == stats  # version 2 now: opened as it is
+    assert open_().stats() == stats  # the current version now: opened as it is
 
 
 def check_reopen(open_: Opener) -> None:
@@ -360,13 +375,14 @@ def test_retention_of_machines(opener: Opener) -> None:
     check_retention_of_machines(opener)
 
 
-def test_upgrade_from_v1(opener: Opener, tmp_path: Path) -> None:
+@pytest.mark.parametrize("version", [1, 2])
+def test_upgrade(opener: Opener, tmp_path: Path, version: int) -> None:
     def sql(statement: str) -> list[Any]:
         with contextlib.closing(sqlite3.connect(tmp_path / ".pyinit" / "state.sqlite3",
                                                 isolation_level=None)) as conn:
             return conn.execute(statement).fetchall()
 
-    check_upgrade_from_v1(opener, sql)
+    check_upgrade(opener, sql, version)
 
 
 def test_reopen(opener: Opener) -> None:
@@ -392,7 +408,7 @@ def test_file_location_mode_and_pragmas(tmp_path: Path) -> None:
     with sqlite3.connect(state / "state.sqlite3") as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'"
-                            ).fetchone()[0] == "2"
+                            ).fetchone()[0] == "3"
     with open_store("sqlite", tmp_path) as store:
         assert store.stats()["events"] == 1
 
@@ -432,11 +448,11 @@ def test_newer_schema_refused(tmp_path: Path) -> None:
     with pytest.raises(StoreError) as err:
         open_store(None, tmp_path)
     assert str(err.value) == (f"cannot open {tmp_path}/.pyinit/state.sqlite3: schema version 7 "
-                              "is newer than this pyinit (version 2); upgrade pyinit")
+                              "is newer than this pyinit (version 3); upgrade pyinit")
     with sqlite3.connect(tmp_path / ".pyinit" / "state.sqlite3") as conn:
         conn.execute("UPDATE meta SET value = '0' WHERE key = 'schema_version'")
     with pytest.raises(StoreError, match=r"schema version 0 is unknown to this pyinit "
-                                         r"\(version 2\)$"):
+                                         r"\(version 3\)$"):
         open_store(None, tmp_path)
 
 

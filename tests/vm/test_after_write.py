@@ -35,13 +35,20 @@ MAC = "52:54:00:5e:00:05"
 
 
 def golden(artifacts: Artifacts, tmp_path: Path, *, sshd_config: str | None = None,
+           cmdline: str = CMDLINE, extra: dict[str, tuple[int, str]] | None = None,
            **options: Any) -> tuple[Path, build.Manifest]:
+    """The busybox golden image; ``cmdline``: its kernel's (pyinit's ginit mode runs the
+    marker by default), ``extra``: files added to the root (path: mode, text)."""
     rootfs = busybox.busybox_rootfs(tmp_path / "rootfs")
     if sshd_config is not None:  # an SSH server's configuration, and no ssh-keygen
         (rootfs / "etc/ssh").mkdir(parents=True, exist_ok=True)
         (rootfs / "etc/ssh/sshd_config").write_text(sshd_config)
+    for rel, (mode, text) in (extra or {}).items():
+        (rootfs / rel).parent.mkdir(parents=True, exist_ok=True)
+        (rootfs / rel).write_text(text)
+        (rootfs / rel).chmod(mode)
     spec = build.ImageSpec(rootfs=rootfs, output=tmp_path / "golden.img", kernel=artifacts.kernel,
-                           initrds=(artifacts.archive,), cmdline=CMDLINE, hostname="golden",
+                           initrds=(artifacts.archive,), cmdline=cmdline, hostname="golden",
                            headroom=32 * MIB, source_date_epoch=busybox.EPOCH, **options)
     manifest = build.build_image(spec)
     return spec.output, manifest

@@ -2,7 +2,10 @@
 
 ``/sbin/marker`` prints :data:`MARKER` plus what it sees of its root (hostname, its root
 filesystem type, a file an upper OCI layer rewrote, whether a whited-out file is gone, fstab
-lines by UUID); ``/sbin/init`` runs it and powers off. Built from the host's static busybox.
+lines by UUID); ``/sbin/init`` runs the busybox-style ``/etc/init.d/rcS`` (each
+``/etc/init.d/S??*`` in order: the host name, the network pyinit configured with busybox's
+``ifup``, and whatever pyinit or a test adds, such as the first-boot confirmation of
+docs/lifecycle.md), then the marker, and powers off. Built from the host's static busybox.
 """
 
 from __future__ import annotations
@@ -14,7 +17,9 @@ BUSYBOX = Path("/bin/busybox")
 MARKER = "PYINIT-TARGET-MARKER"
 EPOCH = 1700000000
 APPLETS = ("sh", "cat", "echo", "ls", "mount", "grep", "poweroff", "reboot", "sync", "uname",
-           "hostname", "sleep", "awk", "head", "df", "stat")
+           "hostname", "sleep", "awk", "head", "df", "stat",
+           # what a busybox system's start-up and pyinit's first-boot confirmation use
+           "ip", "ifup", "ifdown", "run-parts", "wget", "cut", "sed", "rm")
 MARKER_SCRIPT = f"""#!/bin/sh
 # Printed by the golden image's own userspace: the test waits for this line.
 root_fs=$(awk '$2 == "/" {{fs=$3}} END {{print fs}}' /proc/self/mounts 2>/dev/null)
@@ -28,9 +33,24 @@ fstab=$(grep -c UUID= /etc/fstab) net=$net"
 INIT_SCRIPT = """#!/bin/sh
 echo "PYINIT-TARGET-INIT pid=$$"
 mount -t proc proc /proc 2>/dev/null
+grep -q ' /run ' /proc/mounts || mount -t tmpfs run /run
+/etc/init.d/rcS
 /sbin/marker
 sync
 poweroff -f
+"""
+RCS_SCRIPT = """#!/bin/sh
+# busybox-style start-up: each /etc/init.d/S??* in order
+for script in /etc/init.d/S??*; do
+    [ -x "$script" ] && "$script" start
+done
+"""
+HOSTNAME_SCRIPT = """#!/bin/sh
+[ "$1" = stop ] || hostname -F /etc/hostname
+"""
+NETWORK_SCRIPT = """#!/bin/sh
+# the network pyinit wrote (/etc/network/interfaces.d/pyinit), with busybox's ifup
+case "$1" in stop) ifdown -a ;; *) ifup -a ;; esac
 """
 
 
@@ -38,13 +58,17 @@ def files() -> dict[str, tuple[int, bytes | None, str | None]]:
     """path -> (mode, content or None for a directory, symlink target)."""
     files: dict[str, tuple[int, bytes | None, str | None]] = {}
     for d in ("bin", "sbin", "etc", "proc", "sys", "dev", "run", "root", "tmp", "boot", "var",
-              "usr", "usr/sbin"):
+              "usr", "usr/sbin", "etc/init.d"):
         files[d] = (0o1777 if d == "tmp" else 0o700 if d == "root" else 0o755, None, None)
     files["bin/busybox"] = (0o755, BUSYBOX.read_bytes(), None)
     for applet in APPLETS:
         files[f"bin/{applet}"] = (0o777, b"", "busybox")
     files["sbin/marker"] = (0o755, MARKER_SCRIPT.encode(), None)
     files["sbin/init"] = (0o755, INIT_SCRIPT.encode(), None)
+    files["etc/init.d/rcS"] = (0o755, RCS_SCRIPT.encode(), None)
+    files["etc/init.d/S01hostname"] = (0o755, HOSTNAME_SCRIPT.encode(), None)
+    files["etc/init.d/S10network"] = (0o755, NETWORK_SCRIPT.encode(), None)
+    files["var/run"] = (0o777, b"", "../run")  # busybox's ifup keeps its state there
     files["etc/hostname"] = (0o644, b"rootfs\n", None)
     files["etc/passwd"] = (0o644, b"root:x:0:0:root:/root:/bin/sh\n", None)
     files["etc/group"] = (0o644, b"root:x:0:\nshadow:x:42:\n", None)
@@ -53,8 +77,11 @@ def files() -> dict[str, tuple[int, bytes | None, str | None]]:
     # ifupdown's layout (busybox has ifup/ifdown): pyinit writes the machine's network here.
     files["etc/network"] = (0o755, None, None)
     files["etc/network/interfaces.d"] = (0o755, None, None)
+    # source-directory: busybox's ifup reads "source" lines without wildcards
     files["etc/network/interfaces"] = (0o644, b"auto lo\niface lo inet loopback\n\n"
-                                       b"source /etc/network/interfaces.d/*\n", None)
+                                       b"source-directory /etc/network/interfaces.d\n", None)
+    for hook in ("if-pre-up.d", "if-up.d", "if-down.d", "if-post-down.d"):  # ifup runs them
+        files[f"etc/network/{hook}"] = (0o755, None, None)
     return files
 
 
