@@ -60,8 +60,9 @@ class Plan:
 
 def _quote(value: str, what: str) -> str:
     if not _SAFE.match(value) or "'" in value:
+        shown = "(not shown)" if what == "token" else repr(value)  # a token is never logged
         raise FirstBootError(f"first-boot confirmation: the {what} has characters a shell "
-                             f"script must not carry: {value!r}")
+                             f"script must not carry: {shown}")
     return f"'{value}'"
 
 

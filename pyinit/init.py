@@ -525,7 +525,12 @@ def _install_firstboot(ctx: Context, root: Path, mac: str) -> None:
 
     logger = log.get_logger()
     url = f"{server_base(ctx.params)}/events/{macaddr.dashes(mac)}"
-    plan = firstboot.plan(**firstboot.detect(root), url=url, token=ctx.params.token)
+    try:
+        plan = firstboot.plan(**firstboot.detect(root), url=url, token=ctx.params.token)
+    except firstboot.FirstBootError as exc:  # the disk is written: a warning, not a failure
+        logger.warning(f"configure: {exc}; no first-boot confirmation (the server will show "
+                       "it deployed, never booted)")
+        return
     if plan.method is None:
         logger.warning("configure: the target has no systemd, /etc/init.d/rcS or /etc/rc.local: "
                        "no first-boot confirmation (the server will show it deployed, never "

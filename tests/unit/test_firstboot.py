@@ -52,3 +52,30 @@ def test_write_symlink_replaces_links_only(tmp_path: Path) -> None:
     (root / "etc/file").write_text("x")
     with pytest.raises(IdentityError, match="not a symlink"):
         identity.write_symlink(root, "etc/file", "/x")
+
+
+def test_a_token_the_script_cannot_carry_is_a_warning_after_the_write(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The command line takes a token with a backslash; the one-shot cannot: configure says so
+    in one warning line that does not show the token, installs nothing, and goes on."""
+    import io
+
+    from pyinit import init, log
+    from pyinit.cmdline import parse_cmdline
+
+    root = tmp_path / "root"
+    (root / "etc" / "systemd" / "system").mkdir(parents=True)
+    (root / "sbin").mkdir()
+    (root / "sbin" / "init").symlink_to("/lib/systemd/systemd")
+    console = io.StringIO()
+    monkeypatch.setattr(log, "_console", console)
+    log.configure()
+    params = parse_cmdline("MYURL=http://10.0.2.2:8080 pyinit.token=s3cr\\et")
+    ctx = init.Context(params=params)
+    init._install_firstboot(ctx, root, "52:54:00:5e:16:03")
+    out = console.getvalue()
+    assert "configure: first-boot confirmation: the token has characters a shell script must " \
+           "not carry: (not shown); no first-boot confirmation" in out, out
+    assert "s3cr" not in out
+    assert "firstboot" not in ctx.summary
+    assert not any((root / "etc" / "systemd" / "system").iterdir())
