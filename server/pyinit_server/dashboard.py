@@ -527,11 +527,17 @@ _JS = r"""
     document.body.classList.add("stale");
   }
 
+  // The poll loop and a button's extra refresh can be in flight together, and their answers
+  // can arrive in either order: only the answer to the latest request is drawn (an older one,
+  // asked with the page or filter before a click, would draw the old view over the new).
+  let asked = 0;
   async function refresh() {
+    const mine = ++asked;
     const q = new URLSearchParams({ offset: String(offset), limit: String(PAGE) });
     if (show !== "all" && SERVER_STATE[show]) q.set("state", SERVER_STATE[show]);
     if (life) q.set("lifecycle", life);
-    render(await getJSON(`/api/machines?${q}`));
+    const data = await getJSON(`/api/machines?${q}`);
+    if (mine === asked) render(data);
   }
 
   async function poll() {

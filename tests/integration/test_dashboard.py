@@ -518,6 +518,33 @@ def test_dashboard_pages_a_large_fleet_in_chromium(root: Path, browser: Browser)
         assert any("state=failed" in r["path"] for r in srv.access_log)
 
 
+def test_a_late_answer_to_an_older_poll_never_draws_over_a_click(root: Path,
+                                                                  browser: Browser) -> None:
+    """The poll loop's request, sent before a filter button is clicked, answered after the
+    button's own: the older answer is not drawn (it would show every machine again under a
+    pressed "failed"; a fresh-clone run under load caught it on the paged fleet test)."""
+    with ObservedServer(root, open_writes=True) as srv:
+        post(srv, FAILED, {"step": "result", "status": "failed", "error": "boom"})
+        browser.open(srv.url + "/")
+        browser.wait("document.querySelectorAll('#rows tr').length > 1", "the fleet")
+        real = srv.status
+        slow_started = threading.Event()
+
+        def slow(mac: str | None = None, **kw: Any) -> Any:
+            if mac is None and kw.get("state") is None and not slow_started.is_set():
+                slow_started.set()
+                time.sleep(2.0)  # the next unfiltered poll answers late
+            return real(mac, **kw)
+
+        srv.status = slow  # type: ignore[method-assign]
+        assert slow_started.wait(10), "no poll while waiting"
+        browser.eval("document.querySelector('.counts button[data-show=failed]').click()")
+        browser.wait("document.querySelectorAll('#rows tr').length === 1", "the failed machine")
+        time.sleep(2.5)  # the late answer has come in by now
+        assert browser.eval("document.querySelectorAll('#rows tr').length") == 1
+        assert browser.eval("document.querySelector('#rows tr').dataset.mac") == FAILED
+
+
 def test_machine_hardware_and_lldp_in_chromium(root: Path, browser: Browser) -> None:
     """The open log shows the machine's product and each NIC's switch, port and VLAN; a
     hostile product name stays text."""
