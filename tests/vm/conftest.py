@@ -170,7 +170,10 @@ def assert_progress(lines: list[str], events: list[dict[str, Any]], raw_size: in
     raw image's size on the host (100 % only there), or says "of unknown size" throughout."""
     progress = [e for e in events if (e["step"], e["status"]) == ("provision", "progress")]
     said = [s for s in lines if s.startswith("pyinit: provision: ") and " MB written" in s]
-    assert len(progress) == len(said) >= 2, said
+    # a line a second and the last: a write done within the first second (67 MB of zstd at
+    # 99 MB/s on a quiet host, failed a fresh-clone run) has the last line only; the cadence
+    # itself is a unit test's (tests/unit/test_image_progress.py)
+    assert len(progress) == len(said) >= 1, said
     assert progress[-1]["bytes_written"] == raw_size
     if known:
         assert (progress[-1]["size"], progress[-1]["percent"]) == (raw_size, 100.0)
