@@ -24,14 +24,13 @@ from __future__ import annotations
 
 import os
 import re
-import stat
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
-from pyinit import parttable, proc, rootfs, syscalls
+from pyinit import parttable, proc, rootfs
 from pyinit.errors import DiskError, PyinitError
 from pyinit.log import event, get_logger
 from pyinit.sysfs import read_attr
@@ -244,13 +243,10 @@ def read_table(disk: str) -> parttable.PartitionTable | None:
         fd = os.open(disk, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
         raise DiskError(disk, f"cannot open: {exc.strerror}") from exc
+    from pyinit.grow import table_on
+
     try:
-        st = os.fstat(fd)
-        if stat.S_ISBLK(st.st_mode):
-            size, ss = syscalls.blk_size_bytes(fd), syscalls.blk_sector_size(fd)
-        else:
-            size, ss = st.st_size, 512
-        return parttable.parse(parttable.reader_from_fd(fd), sector_size=ss, disk_size=size)
+        return table_on(fd)[0]
     finally:
         os.close(fd)
 

@@ -367,6 +367,19 @@ def kernel_partition_size(disk: str, number: int, *, dev: Path = Path("/dev"),
         return None
 
 
+def table_on(fd: int, st: os.stat_result | None = None
+             ) -> tuple[PartitionTable | None, int]:
+    """The partition table on the disk open on ``fd`` as the kernel reads it, and the disk's
+    size: a block device's size and logical sector size, an image file's size and 512 (the
+    grow step and the UEFI boot entry read tables this way)."""
+    st = st or os.fstat(fd)
+    if stat.S_ISBLK(st.st_mode):
+        size, ss = syscalls.blk_size_bytes(fd), syscalls.blk_sector_size(fd)
+    else:
+        size, ss = st.st_size, 512
+    return parttable.parse(parttable.reader_from_fd(fd), sector_size=ss, disk_size=size), size
+
+
 def grow_table(disk: str, which: Which, *, dev: Path = Path("/dev"), sysfs: Path = Path("/sys"),
                sleep: Callable[[float], None] = time.sleep) -> TableGrowth:
     """Read the table on ``disk`` (a block device or an image file), plan, apply, re-read.
@@ -379,11 +392,7 @@ def grow_table(disk: str, which: Which, *, dev: Path = Path("/dev"), sysfs: Path
         raise DiskError(disk, f"cannot open: {exc.strerror}") from exc
     try:
         st = os.fstat(fd)
-        if stat.S_ISBLK(st.st_mode):
-            size, ss = syscalls.blk_size_bytes(fd), syscalls.blk_sector_size(fd)
-        else:
-            size, ss = st.st_size, 512
-        table = parttable.parse(parttable.reader_from_fd(fd), sector_size=ss, disk_size=size)
+        table, size = table_on(fd, st)
         if table is None:
             raise DiskError(disk, "no partition table: nothing to grow")
         plan = plan_grow(table, size, which)
