@@ -27,6 +27,8 @@ NetworkMode = Literal["dhcp", "static", "none"]
 Verify = Literal["none", "full"]
 Compression = Literal["zstd", "gzip", "none"]
 UploadMethod = Literal["multipart", "put"]
+EraseMode = Literal["metadata", "discard", "nvme", "ata", "zero", "auto"]
+ERASE_MODES: tuple[str, ...] = ("metadata", "discard", "nvme", "ata", "zero", "auto")
 CHECKSUM_ALGOS = {"sha256": 64, "sha512": 128}
 
 # wire name -> (attribute, expected python type(s))
@@ -128,7 +130,7 @@ class Action:
     allow_removable: bool = False
     # erase (issue #16): the mode, and which disks (paths, else every disk rootDeviceHints
     # matches, else every disk but removable media and the boot medium)
-    erase_mode: str = "metadata"
+    erase_mode: EraseMode = "metadata"
     erase_devices: tuple[str, ...] = ()
     allow_boot_medium: bool = False
     # UEFI boot entries (issue #16, docs/lifecycle.md): unset, an entry for the written disk's
@@ -338,8 +340,7 @@ def _erase_or_inspect(values: dict[str, Any], kind: str) -> Action:
             if attr in values:
                 raise ConfigError(wire[attr], "not a field of the inspect action")
         return Action(**values)
-    from pyinit.erase import MODES
-    _choice(values, "erase_mode", MODES, wire="eraseMode")
+    _choice(values, "erase_mode", ERASE_MODES, wire="eraseMode")
     devices = values.pop("erase_devices", [])
     for i, device in enumerate(devices):
         if not isinstance(device, str):

@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Literal
 
 from pyinit import proc, syscalls
+from pyinit.action import ERASE_MODES, EraseMode
 from pyinit.disks.hints import Hints
 from pyinit.disks.inventory import Disk, human_size, natural_key
 from pyinit.disks.selection import resolve_device
@@ -53,8 +54,8 @@ from pyinit.log import event, get_logger
 from pyinit.sysfs import read_attr
 from pyinit.units import GIB, MIB
 
-Mode = Literal["metadata", "discard", "nvme", "ata", "zero", "auto"]
-MODES: tuple[str, ...] = ("metadata", "discard", "nvme", "ata", "zero", "auto")
+Mode = EraseMode  # the action's eraseMode (pyinit.action)
+MODES = ERASE_MODES
 Method = Literal["metadata", "discard", "nvme", "ata", "zero"]
 
 BLOCK = 4096                 # a verification sample

@@ -358,12 +358,13 @@ def _run_erase(ctx: Context, act: Action) -> None:
 
     assert ctx.erase_plan is not None  # planned by step_disks
     start = time.monotonic()
-    reports = erase.erase(ctx.erase_plan, act.erase_mode, sysfs=SYSFS)  # type: ignore[arg-type]
+    reports = erase.erase(ctx.erase_plan, act.erase_mode, sysfs=SYSFS)
+    seconds = time.monotonic() - start
     ctx.summary.update(erase_mode=act.erase_mode,
                        erased=",".join(f"{r.disk}:{r.method}" for r in reports),
-                       seconds=round(time.monotonic() - start, 2))
+                       seconds=round(seconds, 2))
     log.get_logger().info(f"provision: erased and verified {len(reports)} disk(s) in "
-                          f"{time.monotonic() - start:.1f} s")
+                          f"{seconds:.1f} s")
 
 
 def _run_inspect(ctx: Context) -> None:
