@@ -22,7 +22,7 @@ from pyinit_server import lifecycle
 from pyinit_server.machines import normalize_mac
 
 DEFAULT_SERVER = "http://127.0.0.1:8080"
-COLUMNS = ("MAC", "PHASE", "PROGRESS", "RATE", "ETA", "RESULT", "AGE", "ERROR")
+COLUMNS = ("MAC", "STATE", "PHASE", "PROGRESS", "RATE", "ETA", "RESULT", "AGE", "ERROR")
 MAX_ERROR = 60
 _SKIP = ("step", "status", "time", "uptime", "received")
 _HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})$")
@@ -65,9 +65,20 @@ def row(m: dict[str, Any], now: float) -> tuple[str, ...]:
     elif not error and m.get("file_warning"):
         error = f"file warning: {m['file_warning']}"
     last = m.get("last_seen")
-    return (m["mac"], phase, "-" if pct is None else f"{pct:.0f}%", rate(m.get("rate")),
-            age(m.get("eta")) if m.get("eta") is not None else "-", m.get("result") or "-",
+    return (m["mac"], lifecycle_cell(m), phase, "-" if pct is None else f"{pct:.0f}%",
+            rate(m.get("rate")), age(m.get("eta")) if m.get("eta") is not None else "-",
+            m.get("result") or "-",
             age(None if last is None else now - last), _cut(error, MAX_ERROR) or "-")
+
+
+def lifecycle_cell(m: dict[str, Any]) -> str:
+    """The lifecycle state (docs/lifecycle.md) as the fleet table shows it: ``deployed``,
+    ``deployed +redeploy`` when a redeploy is pending, ``-`` when the server has none. Pure."""
+    lc = m.get("lifecycle")
+    if not isinstance(lc, dict) or not lc.get("state"):
+        return "-"
+    cell = _cut(str(lc["state"]), 20)
+    return f"{cell} +redeploy" if lc.get("pending") == "redeploy" else cell
 
 
 def table(data: dict[str, Any]) -> str:

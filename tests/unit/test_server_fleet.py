@@ -18,7 +18,7 @@ from pyinit_build.cli import build_parser
 from pyinit_server import cli as serve_cli
 from pyinit_server.machines import Machine, MachineError, MachineStore, file_key, parse_machine
 from pyinit_server.status import History, Summary, fold
-from pyinit_server.status_cli import age
+from pyinit_server.status_cli import age, lifecycle_cell
 from tests.serverkit import ObservedServer
 
 MAC = "52-54-00-12-34-56"
@@ -410,13 +410,25 @@ def test_status_cli_table(root: Path, server: ObservedServer) -> None:
     args = build_parser().parse_args(["status", "--server", server.url + "/"])
     assert args.func(args, out=out) == 0
     assert out.getvalue() == (
-        "MAC                PHASE               PROGRESS  RATE        ETA    RESULT  AGE  ERROR\n"
-        "52-54-00-00-00-02  -                   -         -           -      -       -    -\n"
-        "52-54-00-12-34-56  provision progress  48%       230.0 MB/s  2m05s  -       0s   -\n"
-        "52-54-00-aa-bb-cc  provision failed    -         -           -      failed  0s   "
+        "MAC                STATE   PHASE               PROGRESS  RATE        ETA    RESULT  AGE  "
+        "ERROR\n"
+        "52-54-00-00-00-02  -       -                   -         -           -      -       -    "
+        "-\n"
+        "52-54-00-12-34-56  -       provision progress  48%       230.0 MB/s  2m05s  -       0s   "
+        "-\n"
+        "52-54-00-aa-bb-cc  failed  provision failed    -         -           -      failed  0s   "
         "provision: write /dev/vda: No space left on device xxxxxxxx…\n"
-        "default            -                   -         -           -      -       -    "
+        "default            -       -                   -         -           -      -       -    "
         "file warning: machines/default.yaml: sourceImage: required …\n")
+
+
+def test_status_cli_state_column() -> None:
+    """The fleet table's STATE: the lifecycle state, a pending redeploy marked, else ``-``."""
+    assert lifecycle_cell({"lifecycle": {"state": "booted", "since": 1.0}}) == "booted"
+    assert lifecycle_cell({"lifecycle": {"state": "deployed", "pending": "redeploy"}}) == (
+        "deployed +redeploy")
+    assert lifecycle_cell({"lifecycle": None}) == "-"
+    assert lifecycle_cell({}) == "-"
 
 
 def test_api_machines_pages_and_filters_on_the_server(root: Path,
@@ -542,7 +554,7 @@ def test_status_cli_event_log(server: ObservedServer) -> None:
     args = build_parser().parse_args(["status", "--server", server.url, "52:54:00:12:34:56"])
     assert args.func(args, out=out) == 0
     lines = out.getvalue().splitlines()
-    assert lines[1].split() == [MAC, "action", "ok", "-", "-", "-", "ok", "0s", "-"]
+    assert lines[1].split() == [MAC, "-", "action", "ok", "-", "-", "-", "ok", "0s", "-"]
     assert lines[2:5] == [f"file: machines/{MAC}.yaml", "",
                           "    +0.0s  action     ok        elapsed=0.25"]
     assert lines[5].endswith("  result     ok        handoff=reboot device=/dev/vda")
