@@ -295,20 +295,9 @@ def redeploy(args: argparse.Namespace, out: Any = None) -> int:
                   file=sys.stderr)
             return 2
     base = args.server.rstrip("/")
-    try:
-        resp = requests.post(f"{base}/api/machines/{mac}/redeploy", timeout=30,
-                             headers={"Authorization": f"Bearer {token}"} if token else {})
-    except requests.RequestException as exc:
-        print(f"pyinit redeploy: cannot reach {base}: {type(exc).__name__}", file=sys.stderr)
-        return 1
-    try:
-        body = resp.json()
-    except ValueError:
-        body = {}
-    if resp.status_code != 200:
-        detail = body.get("error") if isinstance(body, dict) else None
-        print(f"pyinit redeploy: HTTP {resp.status_code}: {safe(detail or resp.reason)}",
-              file=sys.stderr)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    if _call("redeploy", "POST", f"{base}/api/machines/{mac}/redeploy", base,
+             headers=headers, timeout=30) is None:
         return 1
     out.write(f"{mac}: redeploy requested; its next boot provisions it again\n")
     return 0
@@ -334,7 +323,7 @@ def run(args: argparse.Namespace, out: Any = None) -> int:
     while True:  # /api/machines is paged: fetch pages until the total (or --limit) is reached
         if not args.mac:
             params["offset"] = len(data["machines"]) if data else 0
-        got = _get(url, params, base)
+        got = _call("status", "GET", url, base, params=params)
         if got is None:
             return 1
         if data is None:
@@ -395,23 +384,28 @@ def disk_hints(data: dict[str, Any]) -> str | None:
     return "\n".join(lines) + "\n"
 
 
-def _get(url: str, params: dict[str, Any], base: str) -> dict[str, Any] | None:
-    """One answer of the server, or None after printing why not."""
+def _call(command: str, method: str, url: str, base: str, *, timeout: float = 10,
+          **kwargs: Any) -> dict[str, Any] | None:
+    """One JSON answer of the server to ``pyinit <command>``, or None after printing one line
+    saying why not (unreachable, an HTTP error with the server's own ``error``, not JSON)."""
     try:
-        resp = requests.get(url, params=params, timeout=10)
+        resp = requests.request(method, url, timeout=timeout, **kwargs)
     except requests.RequestException as exc:
-        print(f"pyinit status: cannot reach {base}: {type(exc).__name__}", file=sys.stderr)
+        print(f"pyinit {command}: cannot reach {base}: {type(exc).__name__}", file=sys.stderr)
         return None
     if resp.status_code != 200:
         try:
             detail = resp.json()["error"]
         except (ValueError, KeyError, TypeError):
             detail = resp.reason
-        print(f"pyinit status: {url}: HTTP {resp.status_code}: {safe(detail)}", file=sys.stderr)
+        print(f"pyinit {command}: {url}: HTTP {resp.status_code}: {safe(detail)}",
+              file=sys.stderr)
         return None
     try:
-        data: dict[str, Any] = resp.json()
+        data = resp.json()
     except ValueError:
-        print(f"pyinit status: {url}: not JSON", file=sys.stderr)
+        data = None
+    if not isinstance(data, dict):
+        print(f"pyinit {command}: {url}: not a JSON object", file=sys.stderr)
         return None
     return data

@@ -578,6 +578,35 @@ def test_status_cli_errors(server: ObservedServer, capsys: pytest.CaptureFixture
     assert json.loads(out.getvalue())["machines"][0]["mac"] == OTHER
 
 
+def test_redeploy_cli_errors(server: ObservedServer, tmp_path: Path,
+                             capsys: pytest.CaptureFixture[str]) -> None:
+    """``pyinit redeploy``'s failures are one line each, with the server's own reason."""
+    parser = build_parser()
+    args = parser.parse_args(["redeploy", "--server", server.url, "nope"])
+    assert args.func(args) == 2
+    assert "not a MAC address: 'nope'" in capsys.readouterr().err
+    missing = tmp_path / "no-token"
+    args = parser.parse_args(["redeploy", "--server", server.url, "--token-file", str(missing),
+                              MAC])
+    assert args.func(args) == 2
+    assert f"--token-file {missing}: No such file or directory" in capsys.readouterr().err
+    args = parser.parse_args(["redeploy", "--server", "http://127.0.0.1:9", MAC])
+    assert args.func(args) == 1
+    assert "pyinit redeploy: cannot reach http://127.0.0.1:9: ConnectionError" in \
+        capsys.readouterr().err
+    unknown = "52-54-00-99-99-99"
+    args = parser.parse_args(["redeploy", "--server", server.url, unknown])
+    assert args.func(args) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"pyinit redeploy: {server.url}/api/machines/{unknown}/redeploy: "
+                          "HTTP 404: ")
+    assert len(err.splitlines()) == 1
+    out = io.StringIO()
+    args = parser.parse_args(["redeploy", "--server", server.url, MAC])  # writes are open here
+    assert args.func(args, out=out) == 0
+    assert out.getvalue() == f"{MAC}: redeploy requested; its next boot provisions it again\n"
+
+
 @pytest.mark.parametrize(("seconds", "text"), [
     (None, "-"), (0.4, "0s"), (59, "59s"), (60, "1m00s"), (3599, "59m59s"), (3600, "1h00m"),
     (86400 * 3 + 5, "3d"), (-3, "0s"),
