@@ -207,7 +207,7 @@ class Pipeline:
                 self._restart("the server sent no ETag or Last-Modified to resume against")
             try:
                 resp = self.session.get(self.url, headers=t.request_headers(), stream=True,
-                                        timeout=self.timeout)
+                                        timeout=self.timeout, auth=self.req.auth)
             except requests.exceptions.SSLError as exc:
                 raise tls_failure(self.url, exc, self.session.verify) from exc
             except (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
