@@ -445,14 +445,11 @@ def step_provision(ctx: Context) -> None:
 def _oci_request(ctx: Context, act: Action, req: WriteRequest) -> WriteRequest:
     """sourceImage oci://…: resolve the manifest to its one layer; the write then streams the
     layer's blob with the registry's auth, its digest as the checksum (docs/image.md)."""
-    import dataclasses
-
-    from pyinit.oci.parse import parse_digest
-    from pyinit.oci.registry import RegistryAuth, resolve
+    from pyinit.oci.registry import pull_request
 
     assert act.oci is not None
-    auth = RegistryAuth(ctx.session, act.oci, credentials=act.registry_auth)
-    art = resolve(ctx.session, act.oci, auth, plain_http=act.registry_plain_http)
+    req, art = pull_request(req, act.oci, session=ctx.session, credentials=act.registry_auth,
+                            plain_http=act.registry_plain_http)
     layer = art.layer
     log.get_logger().info(
         f"provision: {act.oci}: manifest {art.manifest_digest}, layer {layer.digest} "
@@ -460,8 +457,7 @@ def _oci_request(ctx: Context, act: Action, req: WriteRequest) -> WriteRequest:
         + (f", {layer.title}" if layer.title else "") + ")")
     ctx.summary.update(registry=act.oci.registry, repository=act.oci.repository,
                        manifest_digest=art.manifest_digest, layer_digest=layer.digest)
-    return dataclasses.replace(req, url=art.blob_url, checksum=parse_digest(layer.digest),
-                               auth=auth)
+    return req
 
 
 def _write_action(ctx: Context) -> Action | None:

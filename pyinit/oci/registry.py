@@ -12,6 +12,7 @@ only ever added for the registry's own host: requests drops it on a redirect to 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import threading
 from dataclasses import dataclass
@@ -23,8 +24,17 @@ import requests.auth
 
 from pyinit.errors import FetchError, ImageError, unreachable_reason
 from pyinit.fetch import RETRYABLE_STATUS, USER_AGENT, retry, tls_failure
+from pyinit.image.write import WriteRequest
 from pyinit.log import get_logger
-from pyinit.oci.parse import ACCEPT, Credentials, Layer, Reference, choose_layer, parse_challenge
+from pyinit.oci.parse import (
+    ACCEPT,
+    Credentials,
+    Layer,
+    Reference,
+    choose_layer,
+    parse_challenge,
+    parse_digest,
+)
 from pyinit.units import MIB
 
 log = get_logger("pyinit.oci")
@@ -205,3 +215,15 @@ def resolve(session: requests.Session, ref: Reference, auth: RegistryAuth, *,
     except ValueError as exc:
         raise ImageError(name, str(exc)) from exc
     return Artifact(ref, digest, layer, ref.blob_url(layer.digest, plain_http=plain_http))
+
+
+def pull_request(req: WriteRequest, ref: Reference, *, session: requests.Session,
+                 credentials: Credentials | None = None,
+                 plain_http: bool = False) -> tuple[WriteRequest, Artifact]:
+    """``req`` (its device, size, verify …) pointed at the reference's layer: the blob URL,
+    the layer's digest as the checksum of the file as served, the registry's auth on every
+    GET. Resolves the manifest first: a refusal comes before any disk is touched."""
+    auth = RegistryAuth(session, ref, credentials=credentials)
+    art = resolve(session, ref, auth, plain_http=plain_http)
+    return dataclasses.replace(req, url=art.blob_url, checksum=parse_digest(art.layer.digest),
+                               auth=auth), art

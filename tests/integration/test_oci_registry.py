@@ -1,0 +1,292 @@
+"""sourceImage oci:// against a real registry (Debian's docker-registry 2.8, tests/registry.py):
+pushed with ``pyinit push`` / :func:`pyinit_build.ocipush.push`, pulled through the real write
+pipeline onto a file, anonymously, with htpasswd (Basic) and with a token server (Bearer); a
+blob transfer dropped mid-way and resumed with Range (and a token that expired meanwhile); and
+the bad inputs: credentials refused, several layers, an unknown media type, a tampered blob, a
+tag that does not exist."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import zstandard
+
+from pyinit.action import parse_action
+from pyinit.errors import ChecksumMismatch, ImageError
+from pyinit.image.write import WriteRequest, WriteResult, write_image
+from pyinit.oci.parse import OCI_MANIFEST, PYINIT_ARTIFACT, PYINIT_LAYER, parse_reference
+from pyinit.oci.registry import Artifact, pull_request
+from pyinit.units import MIB
+from pyinit_build import cli, ocipush
+from tests.registry import Registry, TokenServer
+
+USERS = {"ci": "s3cret-pw"}
+DISK = 8 * MIB
+
+
+def raw_image(size: int = 5 * MIB) -> bytes:
+    """Not too compressible (the blob must be big enough to be cut mid-way)."""
+    return os.urandom(size // 2) + bytes(size - size // 2)
+
+
+@pytest.fixture
+def image(tmp_path: Path) -> tuple[Path, bytes]:
+    raw = raw_image()
+    path = tmp_path / "disk.img.zst"
+    path.write_bytes(zstandard.ZstdCompressor(level=1).compress(raw))
+    return path, raw
+
+
+def disk(tmp_path: Path) -> Path:
+    path = tmp_path / "disk.raw"
+    path.write_bytes(b"\xaa" * DISK)
+    return path
+
+
+def pull(source: str, target: Path, **fields: Any) -> tuple[WriteResult, Artifact]:
+    """What the provision step does with an action naming ``source`` (pyinit.init)."""
+    act = parse_action({"action": "writeImage", "sourceImage": source,
+                        "destinationDevice": "/dev/vdb", "registryPlainHTTP": True, **fields})
+    assert act.oci is not None
+    with requests.Session() as session:
+        req, art = pull_request(WriteRequest(url=source, device=str(target)), act.oci,
+                                session=session, credentials=act.registry_auth,
+                                plain_http=act.registry_plain_http)
+        return write_image(req, session=session, allow_regular_file=True, max_attempts=3,
+                           delays=lambda: iter(lambda: 0.0, None)), art
+
+
+def push(reg: Registry, path: Path, tag: str, *, auth: bool = False) -> ocipush.Pushed:
+    ref = parse_reference(f"oci://{reg.address}/disks/demo:{tag}")
+    with requests.Session() as session:
+        return ocipush.push(path, ref, session=session, plain_http=True, progress=lambda s: None,
+                            credentials=ocipush.Credentials("ci", USERS["ci"]) if auth else None)
+
+
+@pytest.mark.parametrize("mode", ["anonymous", "htpasswd", "token"])
+def test_pull_writes_the_image(mode: str, tmp_path: Path, image: tuple[Path, bytes]) -> None:
+    path, raw = image
+    token = TokenServer(tmp_path, USERS).start() if mode == "token" else None
+    try:
+        with Registry(tmp_path, users=USERS if mode == "htpasswd" else None,
+                      token=token) as reg:
+            pushed = push(reg, path, "v1", auth=mode != "anonymous")
+            creds = {"registryAuth": {"username": "ci", "password": USERS["ci"]}} \
+                if mode != "anonymous" else {}
+            target = disk(tmp_path)
+            res, art = pull(f"oci://{reg.address}/disks/demo:v1", target, **creds)
+    finally:
+        if token is not None:
+            token.stop()
+    assert res.format == "zstd" and res.checksum_verified == "sha256"
+    assert res.bytes_written == len(raw) and res.sha256 == pushed.layer_digest[7:]
+    assert art.manifest_digest == pushed.manifest_digest
+    assert art.layer.digest == pushed.layer_digest and art.layer.title == "disk.img.zst"
+    assert target.read_bytes()[:len(raw)] == raw
+    if token is not None:  # pull tokens for the pull, pull,push for the push; all for ci
+        assert {c["sub"] for c in token.issued} == {"ci"}
+        assert ["pull"] in [a["actions"] for c in token.issued for a in c["access"]]
+
+
+def test_pyinit_push_then_pull_by_tag_and_by_digest(tmp_path: Path, image: tuple[Path, bytes],
+                                                    monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    path, raw = image
+    monkeypatch.setenv(ocipush.USER_ENV, "ci")
+    monkeypatch.setenv(ocipush.PASSWORD_ENV, USERS["ci"])
+    with Registry(tmp_path, users=USERS) as reg:
+        assert cli.main(["push", "--plain-http", str(path),
+                         f"oci://{reg.address}/disks/demo:v2"]) == 0
+        out = capsys.readouterr().out
+        digest = out.split("manifest ")[1].split()[0]
+        assert f"pin it: oci://{reg.address}/disks/demo@{digest}" in out
+        # the manifest as stored: oras's layout for one file with an artifact type
+        stored = requests.get(f"{reg.url}/v2/disks/demo/manifests/{digest}",
+                              auth=("ci", USERS["ci"]), headers={"Accept": OCI_MANIFEST})
+        assert hashlib.sha256(stored.content).hexdigest() == digest[7:]
+        doc = json.loads(stored.content)
+        assert doc["artifactType"] == PYINIT_ARTIFACT
+        assert doc["config"]["mediaType"] == "application/vnd.oci.empty.v1+json"
+        [layer] = doc["layers"]
+        assert layer["mediaType"] == PYINIT_LAYER and layer["size"] == path.stat().st_size
+        assert layer["annotations"] == {"org.opencontainers.image.title": "disk.img.zst"}
+        creds = {"registryAuth": {"username": "ci", "password": USERS["ci"]}}
+        for source in (f"oci://{reg.address}/disks/demo:v2",
+                       f"oci://{reg.address}/disks/demo@{digest}"):
+            target = disk(tmp_path)
+            _, art = pull(source, target, **creds)
+            assert art.manifest_digest == digest
+            assert target.read_bytes()[:len(raw)] == raw, source
+        # pushing the same file again uploads nothing and gives the same manifest
+        assert cli.main(["push", "--plain-http", str(path),
+                         f"oci://{reg.address}/disks/demo:v3"]) == 0
+        assert f"manifest {digest}" in capsys.readouterr().out
+
+
+class CuttingProxy:
+    """Forwards to the registry; the first blob GET is cut after ``cut`` bytes of the body,
+    after waiting ``pause`` seconds (a token may expire meanwhile). Records each request's
+    Range and whether it carried Authorization."""
+
+    def __init__(self, upstream: str, *, cut: int, pause: float = 0.0) -> None:
+        self.upstream, self.cut, self.pause = upstream, cut, pause
+        self.seen: list[tuple[str, str | None, bool, int]] = []  # path, Range, auth, status
+        self._cuts = 1
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                proxy.forward(self)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.httpd.server_address[1]}"
+
+    def forward(self, h: BaseHTTPRequestHandler) -> None:
+        skip = {"host", "connection", "content-length"}
+        headers = {k: v for k, v in h.headers.items() if k.lower() not in skip}
+        up = requests.get(self.upstream + h.path, headers=headers, stream=True,
+                          allow_redirects=False, timeout=30)
+        self.seen.append((h.path, h.headers.get("Range"), "Authorization" in h.headers,
+                          up.status_code))
+        cut = "/blobs/" in h.path and up.status_code == 200 and self._cuts > 0
+        h.send_response(up.status_code)
+        for k, v in up.headers.items():
+            if k.lower() not in ("connection", "transfer-encoding"):
+                h.send_header(k, v)
+        h.send_header("Connection", "close" if cut else "keep-alive")
+        h.end_headers()
+        sent = 0
+        for chunk in up.raw.stream(64 * 1024, decode_content=False):
+            if cut and sent + len(chunk) > self.cut:
+                h.wfile.write(chunk[:self.cut - sent])
+                h.wfile.flush()
+                self._cuts -= 1
+                time.sleep(self.pause)
+                h.close_connection = True
+                return
+            h.wfile.write(chunk)
+            sent += len(chunk)
+        up.close()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def expiring_tokens(tmp_path: Path) -> Iterator[TokenServer]:
+    token = TokenServer(tmp_path, USERS).start()
+    yield token
+    token.stop()
+
+
+def test_a_dropped_blob_resumes_with_range_and_a_fresh_token(
+        tmp_path: Path, image: tuple[Path, bytes], expiring_tokens: TokenServer) -> None:
+    path, raw = image
+    with Registry(tmp_path, token=expiring_tokens) as reg:
+        pushed = push(reg, path, "v1", auth=True)
+        # the registry allows 60 s of clock skew past "exp": tokens from now on expire 5 s
+        # after they are issued, and the cut connection waits 6 s before it closes
+        expiring_tokens.ttl = -55
+        proxy = CuttingProxy(reg.url, cut=path.stat().st_size // 2, pause=6.0)
+        try:
+            target = disk(tmp_path)
+            res, _ = pull(f"oci://{proxy.address}/disks/demo:v1", target,
+                          registryAuth={"username": "ci", "password": USERS["ci"]})
+        finally:
+            proxy.stop()
+    assert res.resumes >= 1 and res.restarts == 0
+    assert res.sha256 == pushed.layer_digest[7:]
+    assert target.read_bytes()[:len(raw)] == raw
+    blobs = [s for s in proxy.seen if "/blobs/" in s[0]]
+    # the whole blob with the manifest's token (cut), the Range resume with that token, expired
+    # by now (401), the same Range again with a fresh token (206)
+    assert [(rng is not None, auth, status) for _, rng, auth, status in blobs][-3:] == [
+        (False, True, 200), (True, True, 401), (True, True, 206)], blobs
+    assert blobs[-1][1] == f"bytes={path.stat().st_size // 2}-"
+
+
+# ---- bad inputs against the real registry (the same lines as docs/bad-inputs.md O rows) ---
+
+
+def test_wrong_credentials_are_one_line(tmp_path: Path, image: tuple[Path, bytes]) -> None:
+    with Registry(tmp_path, users=USERS) as reg:
+        push(reg, image[0], "v1", auth=True)
+        target = disk(tmp_path)
+        with pytest.raises(ImageError) as info:
+            pull(f"oci://{reg.address}/disks/demo:v1", target,
+                 registryAuth={"username": "ci", "password": "wrong"})
+        with pytest.raises(ImageError) as anon:
+            pull(f"oci://{reg.address}/disks/demo:v1", target)
+    assert "refused access: HTTP 401 even after basic authentication with registryAuth" in \
+        str(info.value)
+    assert "asks for Basic credentials (HTTP 401); the action gives no registryAuth" in \
+        str(anon.value)
+    assert target.read_bytes() == b"\xaa" * DISK
+
+
+def put_manifest(reg: Registry, tag: str, layers: list[dict[str, Any]]) -> None:
+    config = {"mediaType": "application/vnd.oci.empty.v1+json", "size": 2,
+              "digest": "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"}
+    body = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": config,
+                       "layers": layers}).encode()
+    resp = requests.put(f"{reg.url}/v2/disks/demo/manifests/{tag}", data=body,
+                        headers={"Content-Type": OCI_MANIFEST})
+    assert resp.status_code == 201, resp.text
+
+
+def test_manifests_pyinit_does_not_write_are_refused(tmp_path: Path,
+                                                     image: tuple[Path, bytes]) -> None:
+    with Registry(tmp_path) as reg:
+        pushed = push(reg, image[0], "v1")
+        layer = {"mediaType": PYINIT_LAYER, "digest": pushed.layer_digest, "size": pushed.size}
+        put_manifest(reg, "two", [layer, layer])
+        put_manifest(reg, "tar", [{**layer,
+                                   "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip"}])
+        target = disk(tmp_path)
+        lines = {}
+        for tag in ("two", "tar", "nope"):
+            with pytest.raises(ImageError) as info:
+                pull(f"oci://{reg.address}/disks/demo:{tag}", target)
+            lines[tag] = str(info.value)
+    assert "the manifest has 2 layers; a disk image artifact has exactly one" in lines["two"]
+    assert "layer media type 'application/vnd.oci.image.layer.v1.tar+gzip' is not a disk " \
+        "image" in lines["tar"]
+    assert "no manifest nope in disks/demo (HTTP 404" in lines["nope"]
+    assert target.read_bytes() == b"\xaa" * DISK
+
+
+def test_a_tampered_blob_fails_before_the_head_and_wipes(tmp_path: Path,
+                                                         image: tuple[Path, bytes]) -> None:
+    path, raw = image
+    with Registry(tmp_path) as reg:
+        pushed = push(reg, path, "v1")
+        # a different, valid zstd image of the same size in the registry's storage
+        stored = reg.blob_path(pushed.layer_digest)
+        other = zstandard.ZstdCompressor(level=1).compress(raw[::-1])
+        stored.write_bytes(other)
+        target = disk(tmp_path)
+        with pytest.raises(ChecksumMismatch) as info:
+            pull(f"oci://{reg.address}/disks/demo:v1", target)
+    assert f"expected {pushed.layer_digest}" in str(info.value)
+    data = target.read_bytes()
+    assert data[:MIB] == bytes(MIB) and data[-MIB:] == bytes(MIB)  # never left looking valid
