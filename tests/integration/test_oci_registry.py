@@ -30,6 +30,8 @@ from pyinit.units import MIB
 from pyinit_build import cli, ocipush
 from tests.registry import Registry, TokenServer
 
+pytestmark = pytest.mark.integration
+
 USERS = {"ci": "s3cret-pw"}
 DISK = 8 * MIB
 
@@ -290,3 +292,33 @@ def test_a_tampered_blob_fails_before_the_head_and_wipes(tmp_path: Path,
     assert f"expected {pushed.layer_digest}" in str(info.value)
     data = target.read_bytes()
     assert data[:MIB] == bytes(MIB) and data[-MIB:] == bytes(MIB)  # never left looking valid
+
+
+def test_pyinit_image_push_pushes_what_it_built(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    from tests import golden_rootfs
+    from tests.integration.test_golden_build import fake_kernel
+
+    root = golden_rootfs.busybox_dir(tmp_path / "rootfs")
+    fake_kernel(root / "boot" / "vmlinuz-6.1.0-fake-amd64")
+    (root / "boot" / "initrd.img-6.1.0-fake-amd64").write_bytes(b"initrd\n")
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    monkeypatch.setenv(ocipush.USER_ENV, "ci")
+    monkeypatch.setenv(ocipush.PASSWORD_ENV, USERS["ci"])
+    out = tmp_path / "out" / "golden.img"
+    out.parent.mkdir()
+    with Registry(tmp_path, users=USERS) as reg:
+        ref = f"oci://{reg.address}/disks/golden:1"
+        assert cli.main(["image", str(root), "-o", str(out), "--push", ref,
+                         "--plain-http"]) == 0
+        summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert summary["pushed"] == ref
+        served = out.with_name(summary["action"]["image"])  # the zstd copy machines get
+        assert summary["layer_digest"] == summary["action"]["checksum"]
+        target = tmp_path / "disk.raw"
+        target.write_bytes(bytes(out.stat().st_size))
+        res, art = pull(summary["pinned"], target,
+                        registryAuth={"username": "ci", "password": USERS["ci"]})
+    assert art.layer.title == served.name and res.format == "zstd"
+    assert res.bytes_written == out.stat().st_size
+    assert hashlib.sha256(target.read_bytes()).hexdigest() == summary["sha256"]
