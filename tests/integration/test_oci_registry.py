@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import urljoin
 
 import pytest
 import requests
@@ -322,3 +323,41 @@ def test_pyinit_image_push_pushes_what_it_built(tmp_path: Path, monkeypatch: pyt
     assert art.layer.title == served.name and res.format == "zstd"
     assert res.bytes_written == out.stat().st_size
     assert hashlib.sha256(target.read_bytes()).hexdigest() == summary["sha256"]
+
+
+def test_what_oras_push_stores_is_readable(tmp_path: Path, image: tuple[Path, bytes]) -> None:
+    """``oras push reg/disks/demo:oras disk.img.zst`` (oras 1.x, image-spec v1.1 by default):
+    the file as a layer of oras's default media type for files, the empty config, oras's
+    artifact type and annotations. oras itself is not packaged in Debian: the test uploads the
+    same blobs and manifest with requests the way oras-go does (POST, then one PUT
+    ``?digest=`` with the whole blob)."""
+    path, raw = image
+    data = path.read_bytes()
+    layer_digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    empty = "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"
+    body = json.dumps({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "artifactType": "application/vnd.unknown.artifact.v1",
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty,
+                   "size": 2, "data": "e30="},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
+                    "digest": layer_digest, "size": len(data),
+                    "annotations": {"org.opencontainers.image.title": "disk.img.zst"}}],
+        "annotations": {"org.opencontainers.image.created": "2026-12-08T00:00:00Z"},
+    }, indent=2).encode()
+    with Registry(tmp_path) as reg:
+        for blob, digest in ((data, layer_digest), (b"{}", empty)):
+            start = requests.post(f"{reg.url}/v2/disks/demo/blobs/uploads/")
+            assert start.status_code == 202, start.text
+            up = requests.put(urljoin(reg.url, start.headers["Location"]),
+                              params={"digest": digest}, data=blob,
+                              headers={"Content-Type": "application/octet-stream"})
+            assert up.status_code == 201, up.text
+        put = requests.put(f"{reg.url}/v2/disks/demo/manifests/oras", data=body,
+                           headers={"Content-Type": OCI_MANIFEST})
+        assert put.status_code == 201, put.text
+        target = disk(tmp_path)
+        res, art = pull(f"oci://{reg.address}/disks/demo:oras", target)
+    assert art.layer.media_type == "application/vnd.oci.image.layer.v1.tar"
+    assert art.manifest_digest == "sha256:" + hashlib.sha256(body).hexdigest()
+    assert res.format == "zstd" and target.read_bytes()[:len(raw)] == raw
