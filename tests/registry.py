@@ -5,15 +5,14 @@ or token (Bearer) auth with :class:`TokenServer`::
     with Registry(tmp_path, users={"ci": "secret"}) as reg:
         push(image, parse_reference(f"oci://{reg.address}/disks/x:1"), ...)
 
-The test is skipped (with the reason) only when the binary is absent; once it is present, a
-failure to start is a failure, with the registry's log in the message.
+A missing binary is a skip, or under ``make test`` a failure (tests/hostreq.py); once it is
+present, a failure to start is a failure, with the registry's log in the message.
 """
 
 from __future__ import annotations
 
 import base64
 import json
-import shutil
 import subprocess
 import threading
 import time
@@ -24,9 +23,9 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import pytest
 import requests
 
+from tests import hostreq
 from tests.pgcluster import free_port
 
 BINARY = "docker-registry"
@@ -46,6 +45,7 @@ class TokenServer:
 
     def __init__(self, workdir: Path, users: dict[str, str], *,
                  anonymous_pull: bool = False) -> None:
+        hostreq.need("openssl")
         self.users, self.anonymous_pull = users, anonymous_pull
         self.key = workdir / "token-key.pem"
         self.bundle = workdir / "token-ca.pem"  # the registry's rootcertbundle
@@ -120,8 +120,7 @@ class TokenServer:
 class Registry:
     def __init__(self, workdir: Path, *, users: dict[str, str] | None = None,
                  token: TokenServer | None = None, host: str = "127.0.0.1") -> None:
-        if shutil.which(BINARY) is None:
-            pytest.skip(f"{BINARY} is not installed (apt-get install docker-registry)")
+        hostreq.need(BINARY, *(["htpasswd"] if users is not None else []))
         self.dir = workdir / "registry"
         self.storage = self.dir / "storage"
         self.storage.mkdir(parents=True)
