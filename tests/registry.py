@@ -1,6 +1,7 @@
 """A real OCI registry for tests: Debian's ``docker-registry`` (distribution 2.8), started here on
-a free port with its storage in a temporary directory, optionally behind htpasswd (Basic) auth
-or token (Bearer) auth with :class:`TokenServer`::
+a free port with its storage in a temporary directory, over HTTPS with
+:class:`tests.tlsfixtures.TLSFiles` or plain HTTP, optionally behind htpasswd (Basic) auth or
+token (Bearer) auth with :class:`TokenServer`::
 
     with Registry(tmp_path, users={"ci": "secret"}) as reg:
         push(image, parse_reference(f"oci://{reg.address}/disks/x:1"), ...)
@@ -27,6 +28,7 @@ import requests
 
 from tests import hostreq
 from tests.pgcluster import free_port
+from tests.tlsfixtures import TLSFiles
 
 BINARY = "docker-registry"
 SERVICE = "pyinit-test-registry"
@@ -119,7 +121,8 @@ class TokenServer:
 
 class Registry:
     def __init__(self, workdir: Path, *, users: dict[str, str] | None = None,
-                 token: TokenServer | None = None, host: str = "127.0.0.1") -> None:
+                 token: TokenServer | None = None, host: str = "127.0.0.1",
+                 tls: TLSFiles | None = None) -> None:
         hostreq.need(BINARY, *(["htpasswd"] if users is not None else []))
         self.dir = workdir / "registry"
         self.storage = self.dir / "storage"
@@ -138,13 +141,17 @@ class Registry:
         elif token is not None:
             auth = (f"auth:\n  token:\n    realm: {token.realm}\n    service: {SERVICE}\n"
                     f"    issuer: {ISSUER}\n    rootcertbundle: {token.bundle}\n")
+        self.tls = tls
+        listen = f"http:\n  addr: {host}:{self.port}\n  secret: pyinit-test-secret\n"
+        if tls is not None:
+            listen += f"  tls:\n    certificate: {tls.cert}\n    key: {tls.key}\n"
         self.config = self.dir / "config.yml"
         self.config.write_text(
             "version: 0.1\n"
             "log:\n  level: info\n"
             f"storage:\n  filesystem:\n    rootdirectory: {self.storage}\n"
             "  delete:\n    enabled: true\n"
-            f"http:\n  addr: {host}:{self.port}\n  secret: pyinit-test-secret\n" + auth)
+            + listen + auth)
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -154,7 +161,7 @@ class Registry:
 
     @property
     def url(self) -> str:
-        return f"http://{self.address}"
+        return f"{'https' if self.tls else 'http'}://{self.address}"
 
     def blob_path(self, digest: str) -> Path:
         algo, hexpart = digest.split(":")
@@ -171,7 +178,8 @@ class Registry:
                 raise RuntimeError(f"{BINARY} exited {self.proc.returncode}:\n"
                                    f"{self.log.read_text()}")
             try:
-                status = requests.get(f"{self.url}/v2/", timeout=2).status_code
+                status = requests.get(f"{self.url}/v2/", timeout=2, verify=str(self.tls.ca)
+                                      if self.tls else True).status_code
                 if status in (200, 401):
                     return self
             except requests.ConnectionError:

@@ -23,13 +23,14 @@ import requests
 import zstandard
 
 from pyinit.action import parse_action
-from pyinit.errors import ChecksumMismatch, ImageError
+from pyinit.errors import ChecksumMismatch, FetchError, ImageError
 from pyinit.image.write import WriteRequest, WriteResult, write_image
 from pyinit.oci.parse import OCI_MANIFEST, PYINIT_ARTIFACT, PYINIT_LAYER, parse_reference
 from pyinit.oci.registry import Artifact, pull_request
 from pyinit.units import MIB
 from pyinit_build import cli, ocipush
 from tests.registry import Registry, TokenServer
+from tests.tlsfixtures import TLSFiles, tls_files  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.integration
 
@@ -56,12 +57,17 @@ def disk(tmp_path: Path) -> Path:
     return path
 
 
-def pull(source: str, target: Path, **fields: Any) -> tuple[WriteResult, Artifact]:
-    """What the provision step does with an action naming ``source`` (pyinit.init)."""
+def pull(source: str, target: Path, *, verify: str | None = None,
+         **fields: Any) -> tuple[WriteResult, Artifact]:
+    """What the provision step does with an action naming ``source`` (pyinit.init); plain
+    HTTP unless ``verify`` names the CA the session trusts (what pyinit.ca= sets)."""
+    plain = {"registryPlainHTTP": True} if verify is None else {}
     act = parse_action({"action": "writeImage", "sourceImage": source,
-                        "destinationDevice": "/dev/vdb", "registryPlainHTTP": True, **fields})
+                        "destinationDevice": "/dev/vdb", **plain, **fields})
     assert act.oci is not None
     with requests.Session() as session:
+        if verify is not None:  # as pyinit.tls.configure does with pyinit.ca=
+            session.verify, session.trust_env = verify, False
         req, art = pull_request(WriteRequest(url=source, device=str(target)), act.oci,
                                 session=session, credentials=act.registry_auth,
                                 plain_http=act.registry_plain_http)
@@ -361,3 +367,27 @@ def test_what_oras_push_stores_is_readable(tmp_path: Path, image: tuple[Path, by
     assert art.layer.media_type == "application/vnd.oci.image.layer.v1.tar"
     assert art.manifest_digest == "sha256:" + hashlib.sha256(body).hexdigest()
     assert res.format == "zstd" and target.read_bytes()[:len(raw)] == raw
+
+
+def test_https_by_default_trusting_the_machines_ca(tmp_path: Path, image: tuple[Path, bytes],
+                                                   tls_files: TLSFiles,  # noqa: F811
+                                                   ) -> None:
+    path, raw = image
+    with Registry(tmp_path, users=USERS, tls=tls_files) as reg:
+        ref = parse_reference(f"oci://{reg.address}/disks/demo:v1")
+        with requests.Session() as session:
+            session.verify, session.trust_env = str(tls_files.ca), False
+            ocipush.push(path, ref, session=session, progress=lambda s: None,
+                         credentials=ocipush.Credentials("ci", USERS["ci"]))
+        creds = {"registryAuth": {"username": "ci", "password": USERS["ci"]}}
+        target = disk(tmp_path)
+        _, art = pull(str(ref), target, verify=str(tls_files.ca), **creds)
+        assert art.blob_url.startswith(f"https://{reg.address}/v2/disks/demo/blobs/")
+        assert target.read_bytes()[:len(raw)] == raw
+        # a machine trusting another CA: one line, nothing written
+        other = disk(tmp_path)
+        with pytest.raises(FetchError) as info:
+            pull(str(ref), other, verify=str(tls_files.other_ca), **creds)
+    assert f"https://{reg.address}/v2/disks/demo/manifests/v1: TLS error: certificate " \
+        "verify failed" in str(info.value)
+    assert other.read_bytes() == b"\xaa" * DISK

@@ -1,7 +1,8 @@
-"""sourceImage oci:// in a real kernel: Debian's docker-registry (tests/registry.py) behind
-htpasswd on the host's loopback, which the guest reaches as 10.0.2.2 through slirp; the demo
-image pushed as a zstd artifact by pyinit's push, pulled by its manifest digest with Basic
-credentials from the action. One boot; the host checks the disk."""
+"""sourceImage oci:// in a real kernel: Debian's docker-registry (tests/registry.py) over HTTPS
+(the test CA, given inline as pyinit.ca=) behind htpasswd on the host's loopback, which the
+guest reaches as 10.0.2.2 through slirp (the certificate names both); the demo image pushed as
+a zstd artifact by pyinit's push, pulled by its manifest digest with Basic credentials from the
+action. One boot; the host checks the disk."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pyinit.oci.parse import Credentials, parse_reference
 from pyinit_build import ocipush
 from pyinit_build.demoimage import DemoImage, sha256_file
 from tests.registry import Registry
+from tests.tlsfixtures import TLSFiles, tls_files  # noqa: F401 - the fixture
 
 from .conftest import NEVER, Artifacts, Server, blank_disk, boot, result_line
 
@@ -25,24 +27,26 @@ USERS = {"pyinit": "vm-secret"}
 
 
 def test_provision_from_an_oci_registry(artifacts: Artifacts, server: Server,
-                                        demo_image: DemoImage, tmp_path: Path) -> None:
+                                        demo_image: DemoImage, tmp_path: Path,
+                                        tls_files: TLSFiles,  # noqa: F811
+                                        ) -> None:
     zst = tmp_path / "demo.img.zst"
     with demo_image.raw.open("rb") as src, zst.open("wb") as dst:
         zstandard.ZstdCompressor(level=3).copy_stream(src, dst, size=demo_image.size)
-    with Registry(tmp_path, users=USERS) as reg:
+    with Registry(tmp_path, users=USERS, tls=tls_files) as reg:
         with requests.Session() as session:
+            session.verify, session.trust_env = str(tls_files.ca), False
             pushed = ocipush.push(zst, parse_reference(f"oci://{reg.address}/disks/demo:v1"),
                                   session=session, credentials=Credentials("pyinit", "vm-secret"),
-                                  plain_http=True, progress=lambda s: None)
+                                  progress=lambda s: None)
         guest_registry = reg.address.replace("127.0.0.1", "10.0.2.2")
         server.machine(MAC, {
             "action": "writeImage", "destinationDevice": "/dev/vda", "finish": "poweroff",
             "sourceImage": f"oci://{guest_registry}/disks/demo@{pushed.manifest_digest}",
-            "registryAuth": {"username": "pyinit", "password": "vm-secret"},
-            "registryPlainHTTP": True})
+            "registryAuth": {"username": "pyinit", "password": "vm-secret"}})
         disk = blank_disk(tmp_path / "disk.raw", 2 * demo_image.size)
-        with boot(artifacts, tmp_path, f"MYURL={server.guest_url}", mac=MAC,
-                  disks=[disk]) as vm:
+        with boot(artifacts, tmp_path, f"MYURL={server.guest_url} pyinit.ca={tls_files.inline()}",
+                  mac=MAC, disks=[disk]) as vm:
             vm.expect(r"pyinit \S+ starting as PID 1", timeout=90)
             vm.expect_event(step="network", status="ok", timeout=90)
             vm.expect_event(step="action", status="ok", timeout=60)
@@ -58,6 +62,7 @@ def test_provision_from_an_oci_registry(artifacts: Artifacts, server: Server,
     assert fields["registry"] == guest_registry and fields["repository"] == "disks/demo"
     assert fields["manifest_digest"] == pushed.manifest_digest
     assert fields["layer_digest"] == pushed.layer_digest
+    assert fields["image"] == f"https://{guest_registry}/v2/disks/demo/blobs/{pushed.layer_digest}"
     assert fields["format"] == "zstd" and fields["checksum_verified"] == "sha256"
     assert int(fields["bytes_written"]) == demo_image.size
     # the registry saw the guest pull with the credentials (htpasswd names the user)
