@@ -110,6 +110,10 @@ class RegistryAuth(requests.auth.AuthBase):
         if urlsplit(realm).scheme not in ("http", "https"):
             raise FetchError(url, f"HTTP 401: the Bearer challenge's realm {realm!r} is not "
                              f"an http(s) URL")
+        if self.credentials and urlsplit(url).scheme == "https" and \
+                urlsplit(realm).scheme == "http":
+            raise FetchError(url, f"HTTP 401: the registry is https but its token realm "
+                             f"{realm} is plain http; pyinit will not send registryAuth there")
         params = {"scope": parsed.params.get(
             "scope", f"repository:{self.ref.repository}:{self.actions}")}
         if "service" in parsed.params:

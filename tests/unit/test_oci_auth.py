@@ -109,3 +109,13 @@ def test_a_token_server_that_refuses_is_one_line(servers: list[Recorder]) -> Non
                     auth=RegistryAuth(session, ref))
     assert str(info.value).endswith("/token: the token server refused anonymous access "
                                     "(HTTP 403)")
+
+
+def test_credentials_never_go_to_a_plain_http_realm_of_an_https_registry() -> None:
+    with requests.Session() as session:
+        auth = RegistryAuth(session, parse_reference("oci://reg.example/disks/x:1"),
+                            credentials=Credentials("ci", "pw"))
+        with pytest.raises(FetchError, match=r"its token realm http://auth\.example/token is "
+                                             r"plain http; pyinit will not send registryAuth"):
+            auth.authenticate('Bearer realm="http://auth.example/token"',
+                              url="https://reg.example/v2/disks/x/manifests/1")
