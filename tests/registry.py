@@ -57,6 +57,8 @@ class TokenServer:
         self.der = subprocess.run(["openssl", "x509", "-in", str(self.bundle), "-outform", "DER"],
                                   check=True, capture_output=True).stdout
         self.issued: list[dict[str, Any]] = []  # the claims of every token handed out
+        self.asked = 0  # token requests so far
+        self.unavailable: set[int] = set()  # which of them (1-based) to answer 503
         self.ttl = 300
         outer = self
 
@@ -75,6 +77,12 @@ class TokenServer:
         return f"http://127.0.0.1:{self.httpd.server_address[1]}/token"
 
     def _answer(self, h: BaseHTTPRequestHandler) -> None:
+        self.asked += 1
+        if self.asked in self.unavailable:
+            h.send_response(503)
+            h.send_header("Content-Length", "0")
+            h.end_headers()
+            return
         query = parse_qs(urlsplit(h.path).query)
         user: str | None = None
         header = h.headers.get("Authorization", "")

@@ -217,6 +217,11 @@ class Pipeline:
                 host = urlsplit(self.url).hostname
                 failed(f"unreachable: {unreachable_reason(exc, host)}")
                 continue
+            except FetchError as exc:  # from req.auth: a token server that may come back
+                if not exc.retryable:
+                    raise
+                failed(str(exc))
+                continue
             with contextlib.closing(resp):
                 decision = t.on_response(resp.status_code, resp.headers)
                 if decision.action == "fatal":

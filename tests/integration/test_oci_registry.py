@@ -216,6 +216,9 @@ def test_a_dropped_blob_resumes_with_range_and_a_fresh_token(
         # the registry allows 60 s of clock skew past "exp": tokens from now on expire 5 s
         # after they are issued, and the cut connection waits 6 s before it closes
         expiring_tokens.ttl = -55
+        # the manifest's token is the next one; the one after (for the resume) finds the
+        # token server down (503) once: the write backs off and asks again
+        expiring_tokens.unavailable = {expiring_tokens.asked + 2}
         proxy = CuttingProxy(reg.url, cut=path.stat().st_size // 2, pause=6.0)
         try:
             target = disk(tmp_path)
@@ -228,9 +231,10 @@ def test_a_dropped_blob_resumes_with_range_and_a_fresh_token(
     assert target.read_bytes()[:len(raw)] == raw
     blobs = [s for s in proxy.seen if "/blobs/" in s[0]]
     # the whole blob with the manifest's token (cut), the Range resume with that token, expired
-    # by now (401), the same Range again with a fresh token (206)
-    assert [(rng is not None, auth, status) for _, rng, auth, status in blobs][-3:] == [
-        (False, True, 200), (True, True, 401), (True, True, 206)], blobs
+    # by now (401: the token server answers 503), again (401: a fresh token), the same Range
+    # with it (206)
+    assert [(rng is not None, auth, status) for _, rng, auth, status in blobs][-4:] == [
+        (False, True, 200), (True, True, 401), (True, True, 401), (True, True, 206)], blobs
     assert blobs[-1][1] == f"bytes={path.stat().st_size // 2}-"
 
 
