@@ -19,6 +19,7 @@ from urllib.parse import urljoin, urlsplit
 
 from pyinit.disks.hints import Hints, parse_hints
 from pyinit.errors import ConfigError
+from pyinit.oci.parse import Credentials, Reference, is_oci, parse_reference
 
 ActionKind = Literal["writeImage", "readImage", "erase", "inspect"]
 ACTION_KINDS: tuple[str, ...] = ("writeImage", "readImage", "erase", "inspect")
@@ -72,6 +73,9 @@ _FIELDS: dict[str, tuple[str, tuple[type, ...]]] = {
     "eraseDevices": ("erase_devices", (list,)),
     "allowBootMedium": ("allow_boot_medium", (bool,)),
     "uefiBootEntry": ("uefi_boot_entry", (bool,)),
+    # images from an OCI registry (issue #17, docs/image.md "OCI registry")
+    "registryAuth": ("registry_auth", (dict,)),
+    "registryPlainHTTP": ("registry_plain_http", (bool,)),
 }
 
 _TYPE_NAMES = {bool: "a boolean", str: "a string", int: "an integer", list: "a list",
@@ -137,6 +141,11 @@ class Action:
     # loader when the machine booted by UEFI, a warning when none can be made; true, required
     # (the bootentry step fails instead); false, the firmware's variables are left alone.
     uefi_boot_entry: bool | None = None
+    # sourceImage oci://… (issue #17): the parsed reference, the registry's credentials (never
+    # logged: Credentials hides the password) and plain HTTP to the registry (default https)
+    oci: Reference | None = None
+    registry_auth: Credentials | None = None
+    registry_plain_http: bool = False
 
     @property
     def grows(self) -> bool:
@@ -299,19 +308,53 @@ def parse_action(data: Mapping[str, Any], *, base_url: str | None = None) -> Act
     if values.get("checksum_url"):
         values["checksum_url"] = _url("checksumURL", values["checksum_url"], base_url)
 
+    _registry(values)
     if kind in ("erase", "inspect"):
         return _erase_or_inspect(values, kind)
     _which_disk(values, kind)
     if kind == "writeImage":
         if not values.get("source_image"):
             raise ConfigError("sourceImage", "required for writeImage")
-        values["source_image"] = _url("sourceImage", values["source_image"], base_url)
+        if values.get("oci") is None:
+            values["source_image"] = _url("sourceImage", values["source_image"], base_url)
     else:
         if not values.get("destination_address"):
             raise ConfigError("desintationAddress", "required for readImage")
         values["destination_address"] = _url("desintationAddress",
                                              values["destination_address"], base_url)
     return Action(**values)
+
+
+def _registry(values: dict[str, Any]) -> None:
+    """sourceImage oci://…, registryAuth, registryPlainHTTP (docs/action.md). Pure.
+
+    The layer's digest is the image's checksum, so checksum/checksumURL are refused with it;
+    the registry fields without an oci:// image are a mistake worth naming."""
+    source = values.get("source_image")
+    if not (isinstance(source, str) and is_oci(source)):
+        for attr, wire in (("registry_auth", "registryAuth"),
+                           ("registry_plain_http", "registryPlainHTTP")):
+            if attr in values:
+                raise ConfigError(wire, "only for an oci:// sourceImage")
+        return
+    try:
+        values["oci"] = parse_reference(source)
+    except ValueError as exc:
+        raise ConfigError("sourceImage", str(exc)) from exc
+    for attr, wire in (("checksum", "checksum"), ("checksum_url", "checksumURL")):
+        if values.get(attr):
+            raise ConfigError(wire, "not with an oci:// sourceImage: the registry's layer "
+                                    "digest is the checksum (pin the manifest with @sha256:)")
+    creds = values.pop("registry_auth", None)
+    if creds is not None:
+        unknown = sorted(set(creds) - {"username", "password"})
+        if unknown:
+            raise ConfigError(f"registryAuth.{unknown[0]}", "unknown field "
+                              "(username, password)")
+        for key in ("username", "password"):
+            if not isinstance(creds.get(key), str) or not creds[key]:
+                raise ConfigError(f"registryAuth.{key}", "must be a non-empty string")
+        values["registry_auth"] = Credentials(creds["username"], creds["password"])
 
 
 def _hints(data: Any, otherwise: str) -> Hints:

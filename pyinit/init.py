@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from pyinit import erase, grow, lldp, unique
     from pyinit.action import Action
     from pyinit.disks.inventory import Disk
+    from pyinit.image.write import WriteRequest
 
 MODULES_LIST = Path("/etc/pyinit/modules")
 MODULES_ROOT = Path("/lib/modules")
@@ -426,6 +427,8 @@ def step_provision(ctx: Context) -> None:
     req = WriteRequest(url=act.source_image, device=ctx.device,
                        checksum=act.checksum, checksum_url=act.checksum_url, size=act.size,
                        verify=act.verify == "full", preserve_on_error=act.preserve_on_error)
+    if act.oci is not None:
+        req = _oci_request(ctx, act, req)
     res = write_image(req, session=ctx.session)
     ctx.summary.update(image=res.url, device=res.device, format=res.format,
                        bytes_written=res.bytes_written, bytes_downloaded=res.bytes_fetched,
@@ -437,6 +440,24 @@ def step_provision(ctx: Context) -> None:
                 f"{res.seconds:.1f} s ({res.bytes_fetched} bytes downloaded, {res.format}); "
                 f"sha256 {res.sha256} of {res.sha256_of()}"
                 + (f", {res.checksum_verified} verified" if res.checksum_verified else ""))
+
+
+def _oci_request(ctx: Context, act: Action, req: WriteRequest) -> WriteRequest:
+    """sourceImage oci://…: resolve the manifest to its one layer; the write then streams the
+    layer's blob with the registry's auth, its digest as the checksum (docs/image.md)."""
+    from pyinit.oci.registry import pull_request
+
+    assert act.oci is not None
+    req, art = pull_request(req, act.oci, session=ctx.session, credentials=act.registry_auth,
+                            plain_http=act.registry_plain_http)
+    layer = art.layer
+    log.get_logger().info(
+        f"provision: {act.oci}: manifest {art.manifest_digest}, layer {layer.digest} "
+        f"({layer.size} bytes, {layer.media_type}"
+        + (f", {layer.title}" if layer.title else "") + ")")
+    ctx.summary.update(registry=act.oci.registry, repository=act.oci.repository,
+                       manifest_digest=art.manifest_digest, layer_digest=layer.digest)
+    return req
 
 
 def _write_action(ctx: Context) -> Action | None:

@@ -207,7 +207,7 @@ class Pipeline:
                 self._restart("the server sent no ETag or Last-Modified to resume against")
             try:
                 resp = self.session.get(self.url, headers=t.request_headers(), stream=True,
-                                        timeout=self.timeout)
+                                        timeout=self.timeout, auth=self.req.auth)
             except requests.exceptions.SSLError as exc:
                 raise tls_failure(self.url, exc, self.session.verify) from exc
             except (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
@@ -216,6 +216,11 @@ class Pipeline:
             except (requests.ConnectionError, requests.Timeout) as exc:
                 host = urlsplit(self.url).hostname
                 failed(f"unreachable: {unreachable_reason(exc, host)}")
+                continue
+            except FetchError as exc:  # from req.auth: a token server that may come back
+                if not exc.retryable:
+                    raise
+                failed(str(exc))
                 continue
             with contextlib.closing(resp):
                 decision = t.on_response(resp.status_code, resp.headers)

@@ -13,6 +13,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import requests
+import requests.auth
 
 from pyinit.errors import DiskError, FetchError, ImageError, PyinitError, unreachable_reason
 from pyinit.fetch import RETRYABLE_STATUS, USER_AGENT, backoff, retry
@@ -37,6 +38,9 @@ class WriteRequest:
     size: int | None = None  # the raw image's size in bytes, when known
     verify: bool = False  # read the written range back (O_DIRECT) and compare
     preserve_on_error: bool = False  # leave the disk as it is after a failure (debugging)
+    # requests' auth for every GET of the image, Range resumes included (an OCI registry's
+    # token flow, pyinit.oci.registry.RegistryAuth); requests drops it on a cross-host redirect
+    auth: requests.auth.AuthBase | None = None
 
 
 @dataclass(frozen=True)

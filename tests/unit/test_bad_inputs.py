@@ -32,6 +32,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import functools
+import hashlib
 import io
 import json
 import os
@@ -59,6 +60,7 @@ from pyinit.network.dhcp4 import DhcpThread
 from pyinit.network.result import NetworkResult
 from pyinit.units import MIB
 from tests.faultserver import Faults, FaultServer
+from tests.ociserver import FakeRegistry, layer, manifest
 from tests.serverkit import ObservedServer
 from tests.tlsfixtures import TLSFiles, tls_files  # noqa: F401 - the fixture
 
@@ -389,6 +391,35 @@ def pem_b64(rig: Rig) -> str:
     return base64.b64encode(b"hello, not a certificate").decode()
 
 
+def oci(setup: Callable[[FakeRegistry], str], *, challenge: str | None = None,
+        **fields: Any) -> Drive:
+    """A writeImage from the fake registry (tests/ociserver.py); ``setup`` fills it and returns
+    the reference's tail (``disks/x:v1``)."""
+    def drive(rig: Rig) -> Outcome:
+        with FakeRegistry(challenge=challenge) as reg:
+            source = f"oci://{reg.address}/{setup(reg)}"
+            body = {**rig.write_action(source), "registryPlainHTTP": True, **fields}
+            return rig.boot(f"{rig.action(body)} {POWEROFF}")
+    return drive
+
+
+def oci_image(reg: FakeRegistry, tag: str = "v1", *, media: str | None = None, count: int = 1,
+              named: str | None = None, index: bool = False) -> str:
+    data = zst(raw_image())
+    reg.blobs[f"sha256:{hashlib.sha256(data).hexdigest()}"] = data
+    one = layer(data, named=named) if media is None else layer(data, media, named=named)
+    body = manifest([one] * count, media="application/vnd.oci.image.index.v1+json"
+                    if index else "application/vnd.oci.image.manifest.v1+json")
+    if index:
+        body = json.dumps({"schemaVersion": 2, "manifests": [{}, {}],
+                           "mediaType": "application/vnd.oci.image.index.v1+json"}).encode()
+    reg.manifests[f"disks/x:{tag}"] = body
+    return f"disks/x:{tag}"
+
+
+OCI_AUTH = {"username": "ci", "password": "wrong"}
+
+
 SDA = Disk("sda", 480 * GIB, model="SAMSUNG MZ7LH480", serial="S45NNA0M", transport="sata")
 SDB = Disk("sdb", 480 * GIB, model="SAMSUNG MZ7LH480", serial="S45NNA0M", transport="sata")
 USB = Disk("sdc", 32 * GIB, model="Cruzer", serial="4C53", removable=True, transport="usb")
@@ -683,6 +714,50 @@ ROWS: tuple[Row, ...] = (
         tls_server("other", plain=True)),
     Row("T04", "readImage upload to an https URL that does not verify", "provision",
         r"upload.*TLS error: certificate verify failed", tls_server("other", upload=True)),
+    # -- images from an OCI registry (issue #17): tests/ociserver.py's fake registry; the real
+    # registry's answers to the same inputs: tests/integration/test_oci_registry.py
+    Row("O01", "malformed `oci://` reference (upper-case repository)", "action",
+        r"^sourceImage: 'oci://reg.example/Disks:v1': repository 'Disks' is not lower-case",
+        act({"action": "writeImage", "sourceImage": "oci://reg.example/Disks:v1"})),
+    Row("O02", "`oci://` reference with neither tag nor digest", "action",
+        r"^sourceImage: 'oci://reg.example/disks/x' names no tag or digest",
+        act({"action": "writeImage", "sourceImage": "oci://reg.example/disks/x"})),
+    Row("O03", "`registryAuth` with an http(s) `sourceImage`", "action",
+        r"^registryAuth: only for an oci:// sourceImage",
+        act({"action": "writeImage", "sourceImage": IMG, "registryAuth": OCI_AUTH})),
+    Row("O04", "registry answers 401 forever (Basic; credentials refused)", "provision",
+        r"refused access: HTTP 401 even after basic authentication with registryAuth",
+        oci(oci_image, challenge="basic", registryAuth=OCI_AUTH)),
+    Row("O05", "registry asks for Basic credentials, the action has none", "provision",
+        r"asks for Basic credentials \(HTTP 401\); the action gives no registryAuth",
+        oci(oci_image, challenge="basic")),
+    Row("O06", "Bearer token server refuses the credentials", "provision",
+        r"/token: the token server refused the credentials \(HTTP 401\)",
+        oci(oci_image, challenge="bearer", registryAuth=OCI_AUTH)),
+    Row("O07", "tag not found", "provision", r"no manifest v9 in disks/x \(HTTP 404",
+        oci(lambda reg: (oci_image(reg), "disks/x:v9")[1])),
+    Row("O08", "manifest with several layers", "provision",
+        r"the manifest has 2 layers; a disk image artifact has exactly one",
+        oci(lambda reg: oci_image(reg, count=2))),
+    Row("O09", "layer of an unknown media type (a container image layer)", "provision",
+        r"layer media type 'application/vnd.oci.image.layer.v1.tar\+gzip' is not a disk image",
+        oci(lambda reg: oci_image(reg, media="application/vnd.oci.image.layer.v1.tar+gzip"))),
+    Row("O10", "an image index (multi-platform list) instead of an artifact", "provision",
+        r"is an image index .*not a disk image artifact",
+        oci(lambda reg: oci_image(reg, index=True))),
+    Row("O11", "`@sha256:` digest the registry's manifest does not match", "provision",
+        r"manifest digest mismatch: asked for sha256:0000.*the registry served sha256:",
+        oci(lambda reg: (oci_image(reg, tag="sha256:" + "0" * 64),
+                         "disks/x@sha256:" + "0" * 64)[1])),
+    Row("O12", "blob whose bytes do not match the layer digest", "provision",
+        r"checksum mismatch: expected sha256:1111",
+        oci(lambda reg: (oci_image(reg, named="sha256:" + "1" * 64),
+                         reg.blobs.__setitem__("sha256:" + "1" * 64, zst(raw_image())),
+                         "disks/x:v1")[-1]), touched=True),
+    Row("O13", "`checksum` with an `oci://` image", "action",
+        r"^checksum: not with an oci:// sourceImage: the registry's layer digest is the checksum",
+        act({"action": "writeImage", "sourceImage": "oci://reg.example/disks/x:v1",
+             "checksum": "sha256:" + "0" * 64})),
 )
 
 
@@ -712,9 +787,10 @@ def test_doc_and_test_tables_agree() -> None:
     assert len(ids) >= 30
     # the intro's count ("90 rows (command line 25, …)") follows the table
     m = re.search(r": (\d+) rows \(command line (\d+), action JSON (\d+),\s+server (\d+), "
-                  r"network (\d+), image (\d+), disks (\d+), TLS (\d+)\)", DOC.read_text())
+                  r"network (\d+), image (\d+), disks (\d+), TLS (\d+), OCI registry (\d+)\)",
+                  DOC.read_text())
     assert m, "the intro's row count is missing"
-    per_group = [sum(1 for i in ids if i[0] == g) for g in "CASNIDT"]
+    per_group = [sum(1 for i in ids if i[0] == g) for g in "CASNIDTO"]
     assert [int(n) for n in m.groups()] == [len(ids), *per_group]
     for row in ROWS:
         cells = documented[row.id]

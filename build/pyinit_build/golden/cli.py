@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from pyinit.units import size_arg
+from pyinit_build import ocipush
 from pyinit_build.errors import BuildError
 from pyinit_build.golden import build, debian
 
@@ -74,6 +75,11 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                         "newest mtime in the rootfs)")
     p.add_argument("--uuid", dest="root_uuid", default=None,
                    help="root filesystem UUID (default: derived from the inputs)")
+    p.add_argument("--push", default=None, metavar="oci://REGISTRY[:PORT]/REPO:TAG",
+                   help="push the image as served (the compressed copy, else the raw file) to "
+                        "an OCI registry, as oras push does (credentials: "
+                        "$PYINIT_REGISTRY_USER, $PYINIT_REGISTRY_PASSWORD)")
+    ocipush.add_arguments(p)
     p.set_defaults(func=_main)
     return p
 
@@ -108,9 +114,13 @@ def spec_from_args(args: argparse.Namespace) -> build.ImageSpec:
 
 def _main(args: argparse.Namespace) -> int:
     spec = spec_from_args(args)
+    if args.push:
+        ocipush.parse_ref(args.push)  # a bad reference fails before the build
     if build.debian_suite(spec) is None and not spec.rootfs.exists():
         raise BuildError("rootfs", f"{spec.rootfs}: no such file or directory")
     manifest = build.build_image(spec, progress=print)
+    pushed = ocipush.push_and_report(spec.output.with_name(manifest.action["image"]),
+                                     args.push, args) if args.push else {}
     print(json.dumps({"image": str(spec.output), "sha256": manifest.sha256,
-                      "size": manifest.virtual_size, "action": manifest.action}))
+                      "size": manifest.virtual_size, "action": manifest.action, **pushed}))
     return 0
