@@ -122,7 +122,7 @@ def _one(lines: list[list[str]]) -> Verdict:
     if "EXPKEYSIG" in kw or ("BADSIG" in kw and "KEYEXPIRED" in kw):
         return Verdict("expired_key", keyid, fpr, expired)
     if "EXPSIG" in kw:
-        exp = _date(valid[6]) if len(valid) > 6 and valid[6] != "0" else None
+        exp = _date(valid[3]) if len(valid) > 3 and valid[3] != "0" else None
         return Verdict("expired_sig", keyid, fpr, exp)
     if "BADSIG" in kw:
         return Verdict("bad", keyid)

@@ -273,3 +273,31 @@ def test_baked_keyring_cannot_be_replaced_from_the_command_line(tmp_path: Path,
                   run=tmp_path / "run" / "keyring.gpg")
     assert run is not None and run.read_bytes() == gpg_keys.export("other")
 
+
+
+# ---- pyinit image --sign-key: what the builder signs is what the writer checks ------------------
+
+
+def test_image_sign_key_outputs_verify_in_the_writer(rig: Rig) -> None:
+    from pyinit_build.errors import BuildError
+    from pyinit_build.golden import sign
+
+    out = rig.root / "golden.img"
+    out.write_bytes(RAW)
+    (rig.root / "golden.img.zst").write_bytes(ZST)
+    (rig.root / "golden.img.SHA256SUMS").write_bytes(sums(("golden.img", RAW),
+                                                          ("golden.img.zst", ZST)))
+    key = rig.keys.uid("good")
+    assert sign.signing_key(key, homedir=rig.keys.home) == rig.keys.fingerprint("good")
+    made = sign.sign_outputs(out, ["golden.img", "golden.img.zst"], key,
+                             homedir=rig.keys.home)
+    assert [p.name for p in made] == ["golden.img.sig", "golden.img.zst.sig",
+                                      "golden.img.SHA256SUMS.gpg"]
+    assert_written(rig, rig.write(rig.server.url("golden.img.zst")))  # its own .sig
+    res = rig.write(rig.server.url("golden.img.zst"),
+                    checksum_url=rig.server.url("golden.img.SHA256SUMS"))  # the signed SUMS
+    assert_written(rig, res)
+    assert res.checksum_verified == "sha256"
+    with pytest.raises(BuildError, match=r"^sign-key: --sign-key nobody@pyinit\.test: no "
+                                         r"secret key in "):
+        sign.signing_key("nobody@pyinit.test", homedir=rig.keys.home)
