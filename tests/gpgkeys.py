@@ -61,6 +61,12 @@ class Keys:
                    faketime=when)
 
 
+    def sign_file(self, path: Path, name: str) -> bytes:
+        """A binary detached signature of the file at ``path`` (read by gpg, not into memory)."""
+        return gpg(self.home, "--local-user", self.uid(name), "--detach-sign", "--output", "-",
+                   str(path))
+
+
 def make_keys(home: Path) -> Keys:
     home.mkdir(mode=0o700, parents=True, exist_ok=True)
     keys = Keys(home)

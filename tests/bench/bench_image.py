@@ -25,6 +25,13 @@ are reported too, so noise shows.
                         must not report the zeroing as offloaded. Otherwise the figure is
                         reported as not measured.                              target <= 1.0
     write_dense_ratio   1 GiB of random data, zstd -3: the same two            target <= 1.05
+    write_signed_ratio  the cost of signature checking (issue #17): the 1 GiB dense image
+                        (the served file is ~1 GiB: the most bytes gpgv can be fed per raw
+                        byte) written by python -m pyinit.image with --keyring (its detached
+                        signature, made by gpg with an ed25519 key, verified by gpgv on the
+                        stream) / the same write without       target <= 1.10
+                        The baseline side here is pyinit itself, unsigned: both sides also
+                        check --checksum, as the other figures' pyinit side does.
     write_peak_rss_mb   peak RSS (GNU time %M) of the writer on a 20 GiB, ~1 % data image, in
                         10^6 bytes; also shown for the 2 GiB and 1 GiB runs    target <= 100
     capture_ratio       python -m pyinit.capture DEV URL --method put --compression zstd
@@ -114,6 +121,7 @@ TARGETS = {
     "write_sparse_ratio": 0.40,
     "write_sparse_nooffload_ratio": 1.0,
     "write_dense_ratio": 1.05,
+    "write_signed_ratio": 1.10,
     "write_peak_rss_mb": 100.0,
     "capture_ratio": 0.6,
 }
@@ -226,9 +234,11 @@ class Bench:
                 "status=none"]
 
     @staticmethod
-    def pyinit_write(url: str, device: str, image: Image) -> list[str]:
+    def pyinit_write(url: str, device: str, image: Image,
+                     keyring: Path | None = None) -> list[str]:
         return [PY, "-m", "pyinit.image", url, device,
-                "--checksum", f"sha256:{image.zst_sha256}", "--size", str(image.raw_size)]
+                "--checksum", f"sha256:{image.zst_sha256}", "--size", str(image.raw_size),
+                *(["--keyring", str(keyring)] if keyring else [])]
 
     @staticmethod
     def baseline_capture(device: str, url: str) -> list[str]:
@@ -334,9 +344,11 @@ def alternate(reps: int, sides: tuple[str, ...] = ("baseline", "pyinit")
 
 
 def measure_write(b: Bench, fig: Figure, image: Image, loop: Loop,
-                  check: Callable[[str, Run], None] | None = None) -> None:
+                  check: Callable[[str, Run], None] | None = None,
+                  keyring: Path | None = None) -> None:
     """``check(who, run)``: called after every run, before the verification (the no-offload
-    figure's evidence that zeroing stayed real)."""
+    figure's evidence that zeroing stayed real). ``keyring``: the signed figure, whose
+    baseline is pyinit's own unsigned write and whose pyinit side checks the signature."""
     url = b.serve_image(image)
     rss: list[float] = []
     baseline_verified = False
@@ -344,11 +356,13 @@ def measure_write(b: Bench, fig: Figure, image: Image, loop: Loop,
         harness.fill_junk(loop.device, image.raw_size)
         b.settle([image.path])
         if who == "baseline":
-            r = b.measured(b.baseline_write(url, loop.device), WRITE_TIMEOUT)
-            check_rc(r, "baseline pipeline", measured=False)
+            argv = b.pyinit_write(url, loop.device, image) if keyring else \
+                b.baseline_write(url, loop.device)
+            r = b.measured(argv, WRITE_TIMEOUT)
+            check_rc(r, "baseline pipeline", measured=keyring is not None)
             fig.baseline_s.append(r.seconds)
         else:
-            r = b.measured(b.pyinit_write(url, loop.device, image), WRITE_TIMEOUT)
+            r = b.measured(b.pyinit_write(url, loop.device, image, keyring), WRITE_TIMEOUT)
             check_rc(r, "python -m pyinit.image", measured=True)
             result = fig.extra["pyinit_result"] = pyinit_json(r, "python -m pyinit.image")
             fig.pyinit_s.append(r.seconds)
@@ -695,7 +709,7 @@ def guarded(fig: Figure, step: Callable[[], None]) -> None:
         say(f"bench: {fig.name} could not run: {fig.error}")
 
 
-FIGURES = ("sparse", "sparse-nooffload", "dense", "rss", "capture")
+FIGURES = ("sparse", "sparse-nooffload", "dense", "signed", "rss", "capture")
 
 
 @dataclass
@@ -716,7 +730,8 @@ def run_figures(args: argparse.Namespace, only: set[str], ses: Session) -> None:
         capture = cli_problem("pyinit.capture")
         images: dict[str, Image] = {}
         for key, spec in (("sparse", SPARSE), ("dense", DENSE), ("rss", HUGE)):
-            if key in only or (key == "sparse" and only & {"capture", "sparse-nooffload"}):
+            if key in only or (key == "sparse" and only & {"capture", "sparse-nooffload"}) \
+                    or (key == "dense" and "signed" in only):
                 images[key] = ensure_image(spec, BENCH / "images", log=say)
         run = Path(tempfile.mkdtemp(prefix="run-", dir=BENCH))
         stack.callback(shutil.rmtree, run, ignore_errors=True)
@@ -741,12 +756,39 @@ def run_figures(args: argparse.Namespace, only: set[str], ses: Session) -> None:
                 elif key == "dense":
                     fig.extra["image"] = describe(images[key])
                     guarded(fig, functools.partial(measure_write, b, fig, images[key], disk))
+                elif key == "signed":
+                    signed_figure(b, fig, images["dense"], disk)
                 elif key == "rss":
                     rss_figure(b, fig, figs, images["rss"], args.rss_reps, ses)
                 else:
                     capture_figure(b, fig, images["sparse"], disk, stack)
         finally:
             ses.drop_caches = b.drop_caches_ok
+
+
+def signed_figure(b: Bench, fig: Figure, image: Image, disk: Loop) -> None:
+    """The dense image signed by a fresh ed25519 key (tests/gpgkeys.py, a GNUPGHOME in the
+    run's temp dir), served with its ``.sig`` beside it; pyinit with and without --keyring."""
+    fig.extra["image"] = describe(image)
+
+    def step() -> None:
+        from tests.gpgkeys import make_keys
+
+        keys = make_keys(b.run / "gnupg")
+        url = b.serve_image(image)
+        sig = b.www / (image.path.name + ".sig")
+        start = time.monotonic()
+        sig.write_bytes(keys.sign_file(image.path, "good"))
+        fig.extra["signing_s"] = round(time.monotonic() - start, 2)
+        keyring = keys.keyring(b.run / "keyring.gpg", "good")
+        say(f"bench: {fig.name}: {url}.sig by {keys.fingerprint('good')} "
+            f"({fig.extra['signing_s']} s to sign)")
+        measure_write(b, fig, image, disk, keyring=keyring)
+        signer = fig.extra.get("pyinit_result", {}).get("signer")
+        if signer != keys.fingerprint("good"):
+            raise WrongResult(f"{fig.name}: the signed write reports signer {signer!r}")
+
+    guarded(fig, step)
 
 
 def sparse_figure(b: Bench, fig: Figure, image: Image, disk: Loop) -> None:
@@ -932,6 +974,7 @@ def main(argv: list[str] | None = None) -> int:
         "sparse-nooffload": Figure("write_sparse_nooffload_ratio",
                                    TARGETS["write_sparse_nooffload_ratio"]),
         "dense": Figure("write_dense_ratio", TARGETS["write_dense_ratio"]),
+        "signed": Figure("write_signed_ratio", TARGETS["write_signed_ratio"]),
         "rss": Figure("write_peak_rss_mb", TARGETS["write_peak_rss_mb"], unit="MB"),
         "capture": Figure("capture_ratio", TARGETS["capture_ratio"]),
     })
