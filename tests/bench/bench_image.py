@@ -31,7 +31,9 @@ are reported too, so noise shows.
                         signature, made by gpg with an ed25519 key, verified by gpgv on the
                         stream) / the same write without       target <= 1.10
                         The baseline side here is pyinit itself, unsigned: both sides also
-                        check --checksum, as the other figures' pyinit side does.
+                        check --checksum, as the other figures' pyinit side does. Beside it,
+                        no target: signed_sums_ratio, the same write covered by a signed
+                        SHA256SUMS instead (one gpgv over a small file before the stream).
     write_peak_rss_mb   peak RSS (GNU time %M) of the writer on a 20 GiB, ~1 % data image, in
                         10^6 bytes; also shown for the 2 GiB and 1 GiB runs    target <= 100
     capture_ratio       python -m pyinit.capture DEV URL --method put --compression zstd
@@ -344,11 +346,9 @@ def alternate(reps: int, sides: tuple[str, ...] = ("baseline", "pyinit")
 
 
 def measure_write(b: Bench, fig: Figure, image: Image, loop: Loop,
-                  check: Callable[[str, Run], None] | None = None,
-                  keyring: Path | None = None) -> None:
+                  check: Callable[[str, Run], None] | None = None) -> None:
     """``check(who, run)``: called after every run, before the verification (the no-offload
-    figure's evidence that zeroing stayed real). ``keyring``: the signed figure, whose
-    baseline is pyinit's own unsigned write and whose pyinit side checks the signature."""
+    figure's evidence that zeroing stayed real)."""
     url = b.serve_image(image)
     rss: list[float] = []
     baseline_verified = False
@@ -356,13 +356,11 @@ def measure_write(b: Bench, fig: Figure, image: Image, loop: Loop,
         harness.fill_junk(loop.device, image.raw_size)
         b.settle([image.path])
         if who == "baseline":
-            argv = b.pyinit_write(url, loop.device, image) if keyring else \
-                b.baseline_write(url, loop.device)
-            r = b.measured(argv, WRITE_TIMEOUT)
-            check_rc(r, "baseline pipeline", measured=keyring is not None)
+            r = b.measured(b.baseline_write(url, loop.device), WRITE_TIMEOUT)
+            check_rc(r, "baseline pipeline", measured=False)
             fig.baseline_s.append(r.seconds)
         else:
-            r = b.measured(b.pyinit_write(url, loop.device, image, keyring), WRITE_TIMEOUT)
+            r = b.measured(b.pyinit_write(url, loop.device, image), WRITE_TIMEOUT)
             check_rc(r, "python -m pyinit.image", measured=True)
             result = fig.extra["pyinit_result"] = pyinit_json(r, "python -m pyinit.image")
             fig.pyinit_s.append(r.seconds)
@@ -637,6 +635,10 @@ def table(figs: list[Figure]) -> str:
                 runs.append(f"{who} " + " ".join(f"{t:.2f}" for t in times))
                 if len(times) > 1 and max(times) > 1.5 * min(times):
                     runs.append(f"({who} spread x{max(times) / min(times):.1f}: noisy)")
+        if "signed_sums_ratio" in f.extra:
+            runs.append("signed SHA256SUMS instead " + " ".join(f"{t:.2f}"
+                                                               for t in f.extra["sums_s"])
+                        + f": ratio {f.extra['signed_sums_ratio']:.3f}")
         if "ratio_of_minima" in f.extra:
             runs.append(f"ratio of minima {f.extra['ratio_of_minima']:.3f}")
         if f.extra.get("pyinit_internal_s"):
@@ -768,7 +770,10 @@ def run_figures(args: argparse.Namespace, only: set[str], ses: Session) -> None:
 
 def signed_figure(b: Bench, fig: Figure, image: Image, disk: Loop) -> None:
     """The dense image signed by a fresh ed25519 key (tests/gpgkeys.py, a GNUPGHOME in the
-    run's temp dir), served with its ``.sig`` beside it; pyinit with and without --keyring."""
+    run's temp dir), served with its ``.sig`` and a signed ``SHA256SUMS`` beside it: pyinit
+    unsigned (the baseline), with the image's own signature checked on the stream (the
+    figure), and with the signed SUMS file instead (``signed_sums_ratio``: one gpgv over a
+    small file, then the stream's own sha256), alternating."""
     fig.extra["image"] = describe(image)
 
     def step() -> None:
@@ -776,17 +781,41 @@ def signed_figure(b: Bench, fig: Figure, image: Image, disk: Loop) -> None:
 
         keys = make_keys(b.run / "gnupg")
         url = b.serve_image(image)
-        sig = b.www / (image.path.name + ".sig")
         start = time.monotonic()
-        sig.write_bytes(keys.sign_file(image.path, "good"))
+        (b.www / (image.path.name + ".sig")).write_bytes(keys.sign_file(image.path, "good"))
         fig.extra["signing_s"] = round(time.monotonic() - start, 2)
+        sums = f"{image.zst_sha256}  {image.path.name}\n".encode()
+        (b.www / "SHA256SUMS").write_bytes(sums)
+        (b.www / "SHA256SUMS.gpg").write_bytes(keys.sign(sums, "good"))
         keyring = keys.keyring(b.run / "keyring.gpg", "good")
-        say(f"bench: {fig.name}: {url}.sig by {keys.fingerprint('good')} "
-            f"({fig.extra['signing_s']} s to sign)")
-        measure_write(b, fig, image, disk, keyring=keyring)
-        signer = fig.extra.get("pyinit_result", {}).get("signer")
-        if signer != keys.fingerprint("good"):
-            raise WrongResult(f"{fig.name}: the signed write reports signer {signer!r}")
+        fpr = keys.fingerprint("good")
+        say(f"bench: {fig.name}: {url}.sig by {fpr} ({fig.extra['signing_s']} s to sign)")
+        commands = {
+            "baseline": b.pyinit_write(url, disk.device, image),
+            "pyinit": b.pyinit_write(url, disk.device, image, keyring),
+            "sums": [PY, "-m", "pyinit.image", url, disk.device, "--size", str(image.raw_size),
+                     "--checksum-url", f"{b.nginx_url}/SHA256SUMS", "--keyring", str(keyring)],
+        }
+        times: dict[str, list[float]] = {who: [] for who in commands}
+        for i, who in alternate(b.reps, tuple(commands)):
+            harness.fill_junk(disk.device, image.raw_size)
+            b.settle([image.path])
+            r = b.measured(commands[who], WRITE_TIMEOUT)
+            check_rc(r, f"python -m pyinit.image ({who})", measured=True)
+            result = pyinit_json(r, f"python -m pyinit.image ({who})")
+            if result.get("signer") != (fpr if who != "baseline" else None):
+                raise WrongResult(f"{fig.name}: the {who} write reports signer "
+                                  f"{result.get('signer')!r}")
+            times[who].append(r.seconds)
+            fig.extra.setdefault(f"{who}_cpu_s", []).append(round(r.cpu_seconds, 2))
+            say(f"bench: {fig.name} rep {i + 1}/{b.reps} {who:8} {r.seconds:7.2f} s "
+                f"(cpu {r.cpu_seconds:.1f} s, max rss {mb(r.max_rss_kib)} MB)")
+            b.verify_device(disk, image, f"{who} write")
+        fig.baseline_s, fig.pyinit_s = times["baseline"], times["pyinit"]
+        fig.extra["sums_s"] = [round(t, 3) for t in times["sums"]]
+        fig.extra["signed_sums_ratio"] = round(statistics.median(times["sums"])
+                                               / statistics.median(times["baseline"]), 3)
+        fig.finish_ratio()
 
     guarded(fig, step)
 
