@@ -47,14 +47,17 @@ class Plan:
 
 
 def plan(*, keyring: str | None, url: str, checksum_url: str | None,
-         signature_url: str | None, checksum_signature_url: str | None) -> Plan:
+         signature_url: str | None, checksum_signature_url: str | None,
+         conventional: bool = True) -> Plan:
     """Which signature URLs to fetch. Pure.
 
     With a keyring: a ``checksum_url`` is trusted only signed (its signature defaults to
     ``<checksum_url>.gpg``) and then covers the image; else the image's own signature is
     needed (default ``<url>.sig``). ``signature_url`` is checked whenever given. An inline
-    ``checksum`` is the server's word: it does not count. Without a keyring, a signature URL
-    is refused (SignatureError): whoever set it expects a check that cannot happen."""
+    ``checksum`` is the server's word: it does not count. ``conventional``: False for a source
+    whose URL has no signature beside it by convention (an OCI registry's blob): then
+    ``signature_url`` is needed. Without a keyring, a signature URL is refused
+    (SignatureError): whoever set it expects a check that cannot happen."""
     if keyring is None:
         given = signature_url or checksum_signature_url
         if given:
@@ -66,7 +69,7 @@ def plan(*, keyring: str | None, url: str, checksum_url: str | None,
     sums = (checksum_signature_url or f"{checksum_url}.gpg") if checksum_url else None
     image = signature_url
     if image is None and sums is None:
-        if not url.startswith(("http://", "https://")):
+        if not conventional or not url.startswith(("http://", "https://")):
             raise SignatureError(url, "a keyring is configured and this source has no "
                                  "signature URL by convention: give signatureURL")
         image = f"{url}.sig"

@@ -163,7 +163,8 @@ def write_image(req: WriteRequest, *, session: requests.Session,
     check_destination(req.device, proc=proc, sysfs=sysfs, allow_regular_file=allow_regular_file)
     sigs = signature.plan(keyring=req.keyring, url=req.url, checksum_url=req.checksum_url,
                           signature_url=req.signature_url,
-                          checksum_signature_url=req.checksum_signature_url)
+                          checksum_signature_url=req.checksum_signature_url,
+                          conventional=req.auth is None)  # auth: an OCI registry's blob
     expected, signer = _expected(req, session=session, sums_signature=sigs.sums_signature)
     verifier = _stream_verifier(req, sigs.image_signature, session)
     target = Target.open(req.device, allow_regular_file=allow_regular_file, direct=direct,

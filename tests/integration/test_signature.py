@@ -301,3 +301,57 @@ def test_image_sign_key_outputs_verify_in_the_writer(rig: Rig) -> None:
     with pytest.raises(BuildError, match=r"^sign-key: --sign-key nobody@pyinit\.test: no "
                                          r"secret key in "):
         sign.signing_key("nobody@pyinit.test", homedir=rig.keys.home)
+
+
+# ---- any source: an image from an OCI registry, its signature from plain HTTP ------------------
+
+
+def test_oci_image_signed(rig: Rig, tmp_path: Path) -> None:
+    """The write request the provision step makes for an ``oci://`` image (its blob URL, the
+    registry's auth, the layer digest as checksum), with a keyring: the signature comes from
+    ``signatureURL`` over plain HTTP without the registry's credentials; without it there is
+    no conventional name to look at. The registry wants htpasswd credentials (Basic)."""
+    from pyinit.action import parse_action
+    from pyinit.oci.parse import parse_reference
+    from pyinit.oci.registry import pull_request
+    from pyinit_build import ocipush
+    from tests.registry import Registry
+
+    path = tmp_path / "disk.img.zst"
+    path.write_bytes(ZST)
+    sig = rig.serve("disk.img.zst.sig", rig.keys.sign(ZST, "good"))
+    bad = rig.serve("other.sig", rig.keys.sign(ZST + b"\0", "good"))
+    users = {"ci": "s3cret-pw"}
+    with Registry(tmp_path, users=users) as reg:
+        source = f"oci://{reg.address}/disks/demo:v1"
+        with requests.Session() as session:
+            ocipush.push(path, parse_reference(source), session=session, plain_http=True,
+                         progress=lambda s: None,
+                         credentials=ocipush.Credentials("ci", users["ci"]))
+
+        def pull(**fields: Any) -> WriteResult:
+            act = parse_action({"action": "writeImage", "sourceImage": source,
+                                "destinationDevice": "/dev/vdb", "registryPlainHTTP": True,
+                                "registryAuth": {"username": "ci", "password": users["ci"]},
+                                **fields})
+            assert act.oci is not None
+            with requests.Session() as session:
+                req = WriteRequest(url=source, device=str(rig.disk), keyring=str(rig.keyring),
+                                   signature_url=act.signature_url)
+                req, _ = pull_request(req, act.oci, session=session,
+                                      credentials=act.registry_auth, plain_http=True)
+                return write_image(req, session=session, allow_regular_file=True,
+                                   max_attempts=3, delays=lambda: iter(lambda: 0.0, None))
+
+        with pytest.raises(SignatureError, match="no signature URL by convention: give "
+                                                 "signatureURL"):
+            pull()
+        assert rig.disk.read_bytes() == JUNK * DISK
+        with pytest.raises(SignatureError, match="bad signature"):
+            pull(signatureURL=bad)
+        assert rig.disk.read_bytes()[:MIB] != RAW[:MIB]
+        res = pull(signatureURL=sig)
+    assert_written(rig, res)
+    assert res.checksum_verified == "sha256"  # the layer digest, as without a keyring
+    # each signature fetched once, from the HTTP server (the registry has none)
+    assert (rig.server.count("disk.img.zst.sig"), rig.server.count("other.sig")) == (1, 1)

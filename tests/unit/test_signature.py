@@ -113,6 +113,11 @@ def test_plan_without_a_keyring() -> None:
     # a source without a conventional signature URL (oci://) needs signatureURL
     with pytest.raises(SignatureError, match="give signatureURL"):
         plan(keyring="/k", url="oci://registry/repo:tag", signature_url=None, **none)
+    blob = "http://registry/v2/disks/x/blobs/sha256:" + "1" * 64  # what the write streams
+    with pytest.raises(SignatureError, match="give signatureURL"):
+        plan(keyring="/k", url=blob, signature_url=None, conventional=False, **none)
+    assert plan(keyring="/k", url=blob, signature_url="http://srv/x.sig", conventional=False,
+                **none) == Plan(None, "http://srv/x.sig")
 
 
 # ---- the keyring --------------------------------------------------------------------------

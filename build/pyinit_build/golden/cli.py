@@ -129,7 +129,7 @@ def _main(args: argparse.Namespace) -> int:
     manifest = build.build_image(spec, progress=print)
     line: dict[str, Any] = {"image": str(spec.output), "sha256": manifest.sha256,
                             "size": manifest.virtual_size, "action": manifest.action}
-    if args.sign_key:  # signed before the push, so what is pushed has its signatures beside it
+    if args.sign_key:  # the signatures stay beside the files: --push sends the image only
         made = sign.sign_outputs(spec.output, [f["path"] for f in manifest.files.values()],
                                  args.sign_key, homedir=args.gpg_homedir)
         line.update(signer=signer, signatures=[p.name for p in made])
