@@ -1,6 +1,8 @@
 """OpenPGP keys for the signature tests, made by the real gpg in a temporary GNUPGHOME:
 ``good`` and ``other`` (ed25519, no expiry), ``expired`` (made under faketime in 2025 with a
-one-day expiry, its signatures made that day), ``revoked`` (its revocation imported).
+one-day expiry, its signatures made that day), ``revoked`` (its revocation imported), ``old``
+(made in 2025, no expiry; ``sign(..., expiring=True)`` makes a signature that expired the day
+after it was made).
 Signatures are detached, binary (``.sig``) or armoured."""
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from pathlib import Path
 import pytest
 
 PAST = "2025-01-01 00:00:00"  # the expired key's life: one day from here
-NAMES = ("good", "other", "expired", "revoked")
+NAMES = ("good", "other", "expired", "revoked", "old")
 
 
 def gpg(home: Path, *args: str, faketime: str | None = None,
@@ -53,12 +55,14 @@ class Keys:
         """``pyinit.keyring=`` for these keys."""
         return "base64:" + base64.b64encode(self.export(*names)).decode()
 
-    def sign(self, data: bytes, name: str, *, armor: bool = False) -> bytes:
+    def sign(self, data: bytes, name: str, *, armor: bool = False,
+             expiring: bool = False) -> bytes:
         # the expired key's signature is made while the key was still valid
-        when = "2025-01-01 06:00:00" if name == "expired" else None
+        when = "2025-01-01 06:00:00" if name == "expired" or expiring else None
         return gpg(self.home, "--local-user", self.uid(name), "--detach-sign",
-                   *(["--armor"] if armor else []), "--output", "-", input=data,
-                   faketime=when)
+                   *(["--armor"] if armor else []),
+                   *(["--default-sig-expire", "1d"] if expiring else []),
+                   "--output", "-", input=data, faketime=when)
 
 
     def sign_file(self, path: Path, name: str) -> bytes:
@@ -75,6 +79,8 @@ def make_keys(home: Path) -> Keys:
             "never")
     gpg(home, "--passphrase", "", "--quick-gen-key", keys.uid("expired"), "ed25519", "sign",
         "1d", faketime=PAST)
+    gpg(home, "--passphrase", "", "--quick-gen-key", keys.uid("old"), "ed25519", "sign",
+        "never", faketime=PAST)
     # "revoked": signed with by the home's copy, which does not know; its public key with the
     # revocation imported lives in a second home (what a keyring would carry after it)
     fpr = keys.fingerprint("revoked")

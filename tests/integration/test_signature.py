@@ -153,6 +153,16 @@ def test_revoked_key_is_refused_with_the_stream(rig: Rig) -> None:
     rig.refused(url, "which is revoked", touched=True, keyring=ring)
 
 
+def test_expired_signature_is_refused_with_the_stream(rig: Rig) -> None:
+    url = rig.serve("x.img.zst", ZST)
+    rig.serve("x.img.zst.sig", rig.keys.sign(ZST, "old", expiring=True))
+    ring = rig.keys.keyring(rig.keyring.with_name("old.gpg"), "old")
+    # the key is valid, the signature made in 2025 expired a day later: gpgv tells only once
+    # the data matched (and exits 1; an expired key's good signature exits 0: never the code)
+    rig.refused(url, "the signature expired on 2025-01-02", rig.keys.keyid("old"),
+                touched=True, keyring=ring)
+
+
 def test_garbage_signature_file(rig: Rig) -> None:
     url = rig.serve("x.img.zst", ZST)
     rig.serve("x.img.zst.sig", b"<html>not found</html>\n")

@@ -425,7 +425,8 @@ OCI_AUTH = {"username": "ci", "password": "wrong"}
 
 
 def signed(sig: str | None = "good", *, ring: str = "good", data: bytes | None = None,
-           keyring: Callable[[Rig], str] | None = None, **fields: Any) -> Drive:
+           keyring: Callable[[Rig], str] | None = None, expiring: bool = False,
+           **fields: Any) -> Drive:
     """A gzip image served with ``x.img.gz.sig`` made by key ``sig`` (None: no signature file;
     ``data``: over other bytes, or these bytes as they are when not a key name), the machine
     trusting ``ring`` given inline (``pyinit.keyring=``), or ``keyring(rig)``."""
@@ -435,7 +436,8 @@ def signed(sig: str | None = "good", *, ring: str = "good", data: bytes | None =
         url = rig.image("x.img.gz", image)
         if sig is not None:
             over = data if data is not None else image
-            rig.image("x.img.gz.sig", rig.keys.sign(over, sig) if sig in NAMES else over)
+            rig.image("x.img.gz.sig", rig.keys.sign(over, sig, expiring=expiring)
+                      if sig in NAMES else over)
         trust = keyring(rig) if keyring else f"pyinit.keyring={rig.keys.inline(ring)}"
         return rig.boot(f"{rig.action(rig.write_action(url, **fields))} {POWEROFF} {trust}")
     return drive
@@ -829,6 +831,9 @@ ROWS: tuple[Row, ...] = (
         signed(keyring=keyring_file)),
     Row("G11", "signed by a revoked key", "provision", r"which is revoked",
         signed("revoked", ring="revoked"), touched=None),
+    Row("G12", "a signature that expired (made in 2025, valid for a day)", "provision",
+        r"the signature expired on 2025-01-02", signed("old", ring="old", expiring=True),
+        touched=None),
 )
 
 
