@@ -6,6 +6,7 @@ tests run gpgv itself: tests/integration/test_signature.py)."""
 from __future__ import annotations
 
 import base64
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +15,7 @@ from pyinit.cmdline import parse_cmdline
 from pyinit.errors import ConfigError, SignatureError
 from pyinit.image.signature import Plan, Verdict, parse_status, plan
 from pyinit.keyring import check_keyring, dearmor, packets, parse_inline
+from tests.conftest import Recorder
 
 FPR = "F4483BBC9C9A112D04CDEBBA7D221BCCD27BF8E7"
 P = "[GNUPG:] "
@@ -218,3 +220,44 @@ def test_action_signature_fields_refused(body: dict[str, object], line: str) -> 
 def test_erase_refuses_a_signature_url() -> None:
     with pytest.raises(ConfigError, match=r"^signatureURL: not a field of the erase action"):
         parse_action({"action": "erase", "signatureURL": "http://srv/x.sig"})
+
+
+# ---- the commands: one gpgv argv, through proc.run (the recorder) --------------------------
+
+
+def test_precheck_and_check_run_gpgv_with_status_lines(recorder: Recorder,
+                                                      tmp_path: Path) -> None:
+    from pyinit import proc
+    from pyinit.image.signature import check, precheck
+
+    seen: list[tuple[bytes, bytes]] = []
+
+    def gpgv(argv: list[str]) -> proc.Completed:
+        seen.append((Path(argv[5]).read_bytes(), Path(argv[6]).read_bytes()))
+        return proc.Completed(tuple(argv), 2, NO_PUBKEY, "gpgv: Can't check signature\n")
+
+    recorder.responses["gpgv"] = gpgv
+    ring = tmp_path / "keyring.gpg"
+    with pytest.raises(SignatureError) as info:
+        precheck(ring, b"SIG", url="http://srv/x.img", signature_url="http://srv/x.img.sig")
+    assert str(info.value) == ("image http://srv/x.img: signed by key 7D221BCCD27BF8E7, which "
+                               "is not in the keyring (http://srv/x.img.sig)")
+    [argv] = recorder.calls
+    assert argv[:5] == ["gpgv", "--status-fd", "1", "--keyring", str(ring)]
+    assert seen == [(b"SIG", b"")]  # the signature, over no data
+    recorder.responses["gpgv"] = lambda argv: proc.Completed(tuple(argv), 0, GOOD, "")
+    verdict = check(ring, b"SIG", b"sums\n", url="http://srv/SUMS",
+                    signature_url="http://srv/SUMS.gpg")
+    assert verdict.fingerprint == FPR
+    # gpgv exits 0 for a good signature by an expired key: the status lines decide
+    recorder.responses["gpgv"] = lambda argv: proc.Completed(tuple(argv), 0, EXPIRED, "")
+    with pytest.raises(SignatureError, match="which expired on 2025-01-02"):
+        check(ring, b"SIG", b"sums\n", url="http://srv/SUMS", signature_url="http://srv/S.gpg")
+
+
+def test_the_streaming_gpgv_is_a_real_command_unit_tests_may_not_start() -> None:
+    from pyinit import proc
+    from tests.conftest import RealCommandInUnitTest
+
+    with pytest.raises(RealCommandInUnitTest):
+        proc.spawn(["gpgv", "--status-fd", "1"])
