@@ -365,3 +365,18 @@ def test_oci_image_signed(rig: Rig, tmp_path: Path) -> None:
     assert res.checksum_verified == "sha256"  # the layer digest, as without a keyring
     # each signature fetched once, from the HTTP server (the registry has none)
     assert (rig.server.count("disk.img.zst.sig"), rig.server.count("other.sig")) == (1, 1)
+
+
+def test_image_sign_key_unknown_fails_before_the_build(tmp_path: Path, gpg_keys: Keys,  # noqa: F811
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    from pyinit_build import cli
+
+    (tmp_path / "rootfs").mkdir()
+    out = tmp_path / "out" / "golden.img"
+    rc = cli.main(["image", str(tmp_path / "rootfs"), "-o", str(out),
+                   "--sign-key", "nobody@pyinit.test", "--gpg-homedir", str(gpg_keys.home)])
+    assert rc == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (f"pyinit image: error: sign-key: --sign-key nobody@pyinit.test: no "
+                       f"secret key in {gpg_keys.home}")
+    assert not out.parent.exists()  # nothing was built
