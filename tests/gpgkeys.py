@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.hostreq import need
+
 PAST = "2025-01-01 00:00:00"  # the expired key's life: one day from here
 NAMES = ("good", "other", "expired", "revoked", "old")
 
@@ -96,4 +98,7 @@ def make_keys(home: Path) -> Keys:
 
 @pytest.fixture(scope="session")
 def gpg_keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
+    """The keys, once per session; every test that takes them also runs gpgv (a failure under
+    ``make test`` when gpg, gpgv or faketime is missing, a skip outside it)."""
+    need("gpg", "gpgv", "faketime")
     return make_keys(tmp_path_factory.mktemp("gnupg"))
