@@ -76,6 +76,9 @@ _FIELDS: dict[str, tuple[str, tuple[type, ...]]] = {
     # images from an OCI registry (issue #17, docs/image.md "OCI registry")
     "registryAuth": ("registry_auth", (dict,)),
     "registryPlainHTTP": ("registry_plain_http", (bool,)),
+    # signed images (issue #17, docs/security.md "The signature chain")
+    "signatureURL": ("signature_url", (str,)),
+    "checksumSignatureURL": ("checksum_signature_url", (str,)),
 }
 
 _TYPE_NAMES = {bool: "a boolean", str: "a string", int: "an integer", list: "a list",
@@ -146,6 +149,11 @@ class Action:
     oci: Reference | None = None
     registry_auth: Credentials | None = None
     registry_plain_http: bool = False
+    # Signed images (issue #17): the image's detached OpenPGP signature, and the checksum
+    # file's. Unset: the conventions <sourceImage>.sig / <checksumURL>.gpg, used only when a
+    # keyring is configured (pyinit.image.signature.plan); the action cannot turn checking off.
+    signature_url: str | None = None
+    checksum_signature_url: str | None = None
 
     @property
     def grows(self) -> bool:
@@ -307,6 +315,7 @@ def parse_action(data: Mapping[str, Any], *, base_url: str | None = None) -> Act
         raise ConfigError("size", f"must be a positive number of bytes, got {values['size']}")
     if values.get("checksum_url"):
         values["checksum_url"] = _url("checksumURL", values["checksum_url"], base_url)
+    _signature_urls(values, base_url)
 
     _registry(values)
     if kind in ("erase", "inspect"):
@@ -367,7 +376,21 @@ def _hints(data: Any, otherwise: str) -> Hints:
 
 
 _WRITE_ONLY = ("source_image", "destination_device", "source_device", "destination_address",
-               "grow_partition", "lvm_root_name", "checksum", "checksum_url")
+               "grow_partition", "lvm_root_name", "checksum", "checksum_url", "signature_url",
+               "checksum_signature_url")
+
+
+def _signature_urls(values: dict[str, Any], base_url: str | None) -> None:
+    """signatureURL, checksumSignatureURL: http(s) URLs (relative ones resolved); the
+    checksum file's signature needs a checksum file. Pure."""
+    for wire, attr in (("signatureURL", "signature_url"),
+                       ("checksumSignatureURL", "checksum_signature_url")):
+        if values.get(attr):
+            values[attr] = _url(wire, values[attr], base_url)
+        else:
+            values.pop(attr, None)  # "": unset
+    if values.get("checksum_signature_url") and not values.get("checksum_url"):
+        raise ConfigError("checksumSignatureURL", "needs checksumURL (the file it signs)")
 
 
 def _erase_or_inspect(values: dict[str, Any], kind: str) -> Action:

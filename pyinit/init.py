@@ -56,6 +56,8 @@ BIND_WAIT = 2.0  # seconds a matched driver gets to bind (async probe) before "n
 KERNEL_ALIASES = Path("/etc/pyinit/kernel-aliases")
 PROCFS = Path("/proc")  # where the hardware inventory reads cpuinfo and meminfo
 LLDP_SECONDS = 60.0  # how long the LLDP listener waits for a switch (frames every 30 s)
+KEYRING = Path("/etc/pyinit/keyring.gpg")  # pyinit.keyring.BAKED; tests point it elsewhere
+RUN_KEYRING = Path("/run/pyinit/keyring.gpg")  # where pyinit.keyring=base64:… is written
 INVENTORY_GRACE = 5.0  # seconds the result waits for a hardware inventory still being taken
 
 
@@ -426,7 +428,9 @@ def step_provision(ctx: Context) -> None:
     wait_for_device(ctx.device, timeout=DEVICE_TIMEOUT)
     req = WriteRequest(url=act.source_image, device=ctx.device,
                        checksum=act.checksum, checksum_url=act.checksum_url, size=act.size,
-                       verify=act.verify == "full", preserve_on_error=act.preserve_on_error)
+                       verify=act.verify == "full", preserve_on_error=act.preserve_on_error,
+                       keyring=_keyring(ctx), signature_url=act.signature_url,
+                       checksum_signature_url=act.checksum_signature_url)
     if act.oci is not None:
         req = _oci_request(ctx, act, req)
     res = write_image(req, session=ctx.session)
@@ -436,10 +440,28 @@ def step_provision(ctx: Context) -> None:
                        checksum_verified=res.checksum_verified, zero_bytes=res.zero_bytes,
                        resumes=res.resumes, restarts=res.restarts,
                        verified_readback=res.verified_readback, seconds=round(res.seconds, 2))
+    if res.signer:
+        ctx.summary["signer"] = res.signer
     logger.info(f"provision: wrote {res.bytes_written} bytes to {res.device} in "
                 f"{res.seconds:.1f} s ({res.bytes_fetched} bytes downloaded, {res.format}); "
                 f"sha256 {res.sha256} of {res.sha256_of()}"
-                + (f", {res.checksum_verified} verified" if res.checksum_verified else ""))
+                + (f", {res.checksum_verified} verified" if res.checksum_verified else "")
+                + (f", signed by {res.signer}" if res.signer else ""))
+
+
+def _keyring(ctx: Context) -> str | None:
+    """The keyring images must be signed by (baked, or pyinit.keyring=), or None. A command
+    line keyring over a baked one, or a file that is no keyring, is a ConfigError."""
+    from pyinit import keyring
+
+    try:
+        path = keyring.resolve(ctx.params.keyring_path, ctx.params.keyring_inline,
+                               baked=KEYRING, run=RUN_KEYRING)
+    except ValueError as exc:
+        raise ConfigError("pyinit.keyring", str(exc)) from exc
+    if path is not None:
+        log.get_logger().info(f"provision: images must be signed by a key of {path}")
+    return str(path) if path is not None else None
 
 
 def _oci_request(ctx: Context, act: Action, req: WriteRequest) -> WriteRequest:

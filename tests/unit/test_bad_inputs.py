@@ -60,6 +60,7 @@ from pyinit.network.dhcp4 import DhcpThread
 from pyinit.network.result import NetworkResult
 from pyinit.units import MIB
 from tests.faultserver import Faults, FaultServer
+from tests.gpgkeys import NAMES, Keys, gpg_keys  # noqa: F401 - the fixture
 from tests.ociserver import FakeRegistry, layer, manifest
 from tests.serverkit import ObservedServer
 from tests.tlsfixtures import TLSFiles, tls_files  # noqa: F401 - the fixture
@@ -104,6 +105,7 @@ class Rig:
     tls: TLSFiles | None = None
     replacements: dict[str, str] = field(default_factory=dict)
     modules_wanted: list[str] = field(default_factory=list)  # vlan=/bond=: 8021q, bonding
+    keys: Keys | None = None  # G rows: real OpenPGP keys (tests/gpgkeys.py)
 
     # -- inputs
 
@@ -143,6 +145,8 @@ class Rig:
         self.mp.setattr(init, "Path", lambda p: cmdline_file if p == "/proc/cmdline" else Path(p))
         self.mp.setattr(init, "MODULES_ROOT", self.tmp / "no-modules")
         self.mp.setattr(init, "DEVICE_TIMEOUT", 0.3)
+        self.mp.setattr(init, "KEYRING", self.tmp / "no-baked-keyring")  # never the host's
+        self.mp.setattr(init, "RUN_KEYRING", self.tmp / "run" / "keyring.gpg")
         self.mp.setattr(init, "SYSFS", self.sysfs)  # the disks step: never the host's
         self.mp.setattr(init, "DEV", self.tmp / "dev")
         self.mp.setattr(disk_settle, "settle", functools.partial(disk_settle.settle, quiet=0.0))
@@ -418,6 +422,48 @@ def oci_image(reg: FakeRegistry, tag: str = "v1", *, media: str | None = None, c
 
 
 OCI_AUTH = {"username": "ci", "password": "wrong"}
+
+
+def signed(sig: str | None = "good", *, ring: str = "good", data: bytes | None = None,
+           keyring: Callable[[Rig], str] | None = None, expiring: bool = False,
+           **fields: Any) -> Drive:
+    """A gzip image served with ``x.img.gz.sig`` made by key ``sig`` (None: no signature file;
+    ``data``: over other bytes, or these bytes as they are when not a key name), the machine
+    trusting ``ring`` given inline (``pyinit.keyring=``), or ``keyring(rig)``."""
+    def drive(rig: Rig) -> Outcome:
+        assert rig.keys is not None
+        image = gz(raw_image())
+        url = rig.image("x.img.gz", image)
+        if sig is not None:
+            over = data if data is not None else image
+            rig.image("x.img.gz.sig", rig.keys.sign(over, sig, expiring=expiring)
+                      if sig in NAMES else over)
+        trust = keyring(rig) if keyring else f"pyinit.keyring={rig.keys.inline(ring)}"
+        return rig.boot(f"{rig.action(rig.write_action(url, **fields))} {POWEROFF} {trust}")
+    return drive
+
+
+def signed_sums(listed: str, *, signed_text: bytes | None = None) -> Drive:
+    """A SHA256SUMS listing ``listed`` and its signature ``SHA256SUMS.gpg`` (over
+    ``signed_text``, else the file as served)."""
+    def drive(rig: Rig) -> Outcome:
+        import hashlib
+        assert rig.keys is not None
+        image = gz(raw_image())
+        url = rig.image("x.img.gz", image)
+        text = f"{hashlib.sha256(image).hexdigest()}  {listed}\n".encode()
+        sums = rig.image("SHA256SUMS", text)
+        rig.image("SHA256SUMS.gpg", rig.keys.sign(signed_text or text, "good"))
+        return rig.boot(f"{rig.action(rig.write_action(url, checksumURL=sums))} {POWEROFF} "
+                        f"pyinit.keyring={rig.keys.inline('good')}")
+    return drive
+
+
+def keyring_file(rig: Rig) -> str:
+    (rig.tmp / "etc").mkdir(exist_ok=True)
+    (rig.tmp / "etc" / "keyring.gpg").write_bytes(b"-----BEGIN PGP PUBLIC KEY BLOCK-----\n")
+    rig.replacements[str(rig.tmp / "etc")] = "/etc/pyinit"
+    return f"pyinit.keyring={rig.tmp / 'etc' / 'keyring.gpg'}"
 
 
 SDA = Disk("sda", 480 * GIB, model="SAMSUNG MZ7LH480", serial="S45NNA0M", transport="sata")
@@ -758,6 +804,36 @@ ROWS: tuple[Row, ...] = (
         r"^checksum: not with an oci:// sourceImage: the registry's layer digest is the checksum",
         act({"action": "writeImage", "sourceImage": "oci://reg.example/disks/x:v1",
              "checksum": "sha256:" + "0" * 64})),
+    # -- signed images (issue #17): real gpgv, real keys (tests/gpgkeys.py)
+    Row("G01", "`pyinit.keyring=base64:…` that is no keyring", "rootfs",
+        r"^pyinit.keyring: the 24 decoded bytes are not an OpenPGP keyring",
+        cmd(f"MYURL=http://127.0.0.1:9 {POWEROFF} pyinit.keyring=base64:"
+            + base64.b64encode(b"this is not a keyring!!!").decode())),
+    Row("G02", "signature over other bytes", "provision", r"bad signature .* not what was signed",
+        signed(data=b"other bytes"), touched=None),
+    Row("G03", "signed by a key not in the keyring", "provision",
+        r"signed by key <other>, which is not in the keyring", signed("other")),
+    Row("G04", "no signature (`x.img.gz.sig` answers 404)", "provision",
+        r"no signature: .*x\.img\.gz\.sig answers HTTP 404", signed(None)),
+    Row("G05", "signed by an expired key", "provision", r"which expired on 2025-01-02",
+        signed("expired", ring="expired")),
+    Row("G06", "signature file that is not OpenPGP (an HTML page)", "provision",
+        r"is not an OpenPGP signature", signed("html", data=HTML.encode())),
+    Row("G07", "signed `SHA256SUMS` without a line for the image", "provision",
+        r"SHA256SUMS: no sha256 checksum line for x\.img\.gz", signed_sums("other.img.gz")),
+    Row("G08", "`SHA256SUMS` changed after it was signed", "provision",
+        r"bad signature \(.*SHA256SUMS\.gpg", signed_sums("x.img.gz", signed_text=b"0  x\n")),
+    Row("G09", "`signatureURL` on a machine without a keyring", "provision",
+        r"signatureURL is set but no keyring is configured",
+        signed(keyring=lambda rig: "", signatureURL="x.img.gz.sig")),
+    Row("G10", "`pyinit.keyring=` naming a file that is no keyring", "provision",
+        r"^pyinit.keyring: /etc/pyinit/keyring.gpg is not an OpenPGP keyring",
+        signed(keyring=keyring_file)),
+    Row("G11", "signed by a revoked key", "provision", r"which is revoked",
+        signed("revoked", ring="revoked"), touched=None),
+    Row("G12", "a signature that expired (made in 2025, valid for a day)", "provision",
+        r"the signature expired on 2025-01-02", signed("old", ring="old", expiring=True),
+        touched=None),
 )
 
 
@@ -786,11 +862,12 @@ def test_doc_and_test_tables_agree() -> None:
         f"only in the tests: {sorted((set(ids) | warned) - set(documented))}")
     assert len(ids) >= 30
     # the intro's count ("90 rows (command line 25, …)") follows the table
-    m = re.search(r": (\d+) rows \(command line (\d+), action JSON (\d+),\s+server (\d+), "
-                  r"network (\d+), image (\d+), disks (\d+), TLS (\d+), OCI registry (\d+)\)",
+    m = re.search(r":\s+(\d+) rows \(command line (\d+), action JSON (\d+),\s+server (\d+), "
+                  r"network (\d+), image (\d+), disks (\d+), TLS (\d+),\s+OCI registry (\d+),"
+                  r"\s+signatures (\d+)\)",
                   DOC.read_text())
     assert m, "the intro's row count is missing"
-    per_group = [sum(1 for i in ids if i[0] == g) for g in "CASNIDTO"]
+    per_group = [sum(1 for i in ids if i[0] == g) for g in "CASNIDTOG"]
     assert [int(n) for n in m.groups()] == [len(ids), *per_group]
     for row in ROWS:
         cells = documented[row.id]
@@ -803,6 +880,21 @@ def row_rig(request: pytest.FixtureRequest, rig: Rig) -> Rig:
     row: Row = request.node.callspec.params["row"]
     if row.id.startswith("T"):
         rig.tls = request.getfixturevalue("tls_files")
+    if row.id.startswith("G"):  # gpgv is the peer under test: it only reads the files it is
+        # given; every other command stays forbidden
+        rig.keys = request.getfixturevalue("gpg_keys")
+        for name in NAMES:  # the keys are made per run: the doc shows their names
+            rig.replacements[rig.keys.keyid(name)] = f"<{name}>"
+
+        def gpgv_only(real: Callable[..., Any]) -> Callable[..., Any]:
+            def runner(argv: list[str], **kw: Any) -> Any:
+                if argv[0] != "gpgv":
+                    raise AssertionError(f"unit test tried to run a real command: {argv}")
+                return real(argv, **kw)
+            return runner
+
+        rig.mp.setattr(proc, "_runner", gpgv_only(proc._real_run))
+        rig.mp.setattr(proc, "_spawner", gpgv_only(proc._real_spawn))
     return rig
 
 
