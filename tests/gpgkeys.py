@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,9 +97,22 @@ def make_keys(home: Path) -> Keys:
     return keys
 
 
+def stop_agents(home: Path) -> None:
+    """End the gpg-agent that signing started for ``home`` (and its second home): gpg leaves
+    it running as a daemon, one per test session and xdist worker otherwise."""
+    for h in (home, home / "revoked-home"):
+        if h.is_dir():
+            subprocess.run(["gpgconf", "--homedir", str(h), "--kill", "all"], check=False,
+                           capture_output=True)
+
+
 @pytest.fixture(scope="session")
-def gpg_keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
+def gpg_keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Keys]:
     """The keys, once per session; every test that takes them also runs gpgv (a failure under
     ``make test`` when gpg, gpgv or faketime is missing, a skip outside it)."""
     need("gpg", "gpgv", "faketime")
-    return make_keys(tmp_path_factory.mktemp("gnupg"))
+    home = tmp_path_factory.mktemp("gnupg")
+    try:
+        yield make_keys(home)
+    finally:
+        stop_agents(home)

@@ -104,12 +104,15 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from textwrap import indent
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from tests.bench import harness
 from tests.bench.harness import BenchError, Loop, Run, WrongResult, run_measured
 from tests.bench.images import GiB, Image, ImageSpec, MiB, ensure_image
+
+if TYPE_CHECKING:  # imported when the figure runs: it needs gpg
+    from tests.gpgkeys import Keys
 
 REPO = Path(__file__).resolve().parents[2]
 BENCH = REPO / ".cache" / "bench"
@@ -777,9 +780,15 @@ def signed_figure(b: Bench, fig: Figure, image: Image, disk: Loop) -> None:
     fig.extra["image"] = describe(image)
 
     def step() -> None:
-        from tests.gpgkeys import make_keys
+        from tests.gpgkeys import make_keys, stop_agents
 
         keys = make_keys(b.run / "gnupg")
+        try:
+            measure(keys)
+        finally:
+            stop_agents(keys.home)
+
+    def measure(keys: Keys) -> None:
         url = b.serve_image(image)
         start = time.monotonic()
         (b.www / (image.path.name + ".sig")).write_bytes(keys.sign_file(image.path, "good"))
