@@ -38,7 +38,7 @@ from pyinit.network.result import NetworkResult
 # imported here is paid for before the first step, and under emulation that is a tenth of a
 # second or more per module (bench_boot; docs/initramfs.md "Boot time").
 if TYPE_CHECKING:
-    from pyinit import erase, grow, lldp, unique
+    from pyinit import erase, grow, lldp, raid, unique
     from pyinit.action import Action
     from pyinit.disks.inventory import Disk
 
@@ -81,6 +81,7 @@ class Context:
     # provision, grow, configure and handoff use, never the action's own field.
     device: str | None = None
     erase_plan: erase.Plan | None = None  # the erase action's disks, chosen by step_disks
+    raid_members: raid.Members | None = None  # a RAID1 root's disks, chosen by step_disks
     # /sys/block and the time once the drivers are loaded: the disks step's settle wait counts
     # its quiet period from here when nothing changed since
     block_baseline: tuple[tuple[str, ...], float] | None = None
@@ -326,6 +327,9 @@ def step_disks(ctx: Context) -> None:
     if act.action == "erase":
         _plan_erase(ctx, act)
         return
+    if act.raid is not None:
+        _plan_raid(ctx, act, min_size)
+        return
     capture = act.action == "readImage"
     choice = choose(ctx.inventory, device=act.source_device if capture
                     else act.destination_device, hints=act.root_device_hints,
@@ -335,6 +339,23 @@ def step_disks(ctx: Context) -> None:
     logger.info(f"disks: {'source' if capture else 'destination'} {choice.device} "
                 f"({choice.disk.summary() if choice.disk else 'not in the inventory'}) "
                 f"by {choice.how}")
+
+
+def _plan_raid(ctx: Context, act: Action, min_size: int | None) -> None:
+    """A RAID1 root's member disks, every refusal before any disk is touched; the image is
+    written to the first."""
+    from pyinit import raid
+
+    assert act.raid is not None
+    members = raid.plan(act.raid, ctx.inventory, min_size=min_size,
+                        allow_removable=act.allow_removable)
+    ctx.raid_members = members
+    ctx.device = members.paths[0]
+    ctx.summary.update(disk=ctx.device, disks=",".join(d.name for d in members.disks),
+                       disk_choice=members.how)
+    log.get_logger().info(f"disks: RAID{act.raid.level} members "
+                          + ", ".join(d.summary() for d in members.disks)
+                          + f" by {members.how}; the image goes to {ctx.device}")
 
 
 def _plan_erase(ctx: Context, act: Action) -> None:
@@ -423,6 +444,10 @@ def step_provision(ctx: Context) -> None:
     from pyinit.image.write import WriteRequest, write_image
 
     wait_for_device(ctx.device, timeout=DEVICE_TIMEOUT)
+    if ctx.raid_members is not None:  # old arrays, LVM labels, tables: gone before the write
+        from pyinit import raid
+
+        raid.wipe(ctx.raid_members, sysfs=SYSFS)
     req = WriteRequest(url=act.source_image, device=ctx.device,
                        checksum=act.checksum, checksum_url=act.checksum_url, size=act.size,
                        verify=act.verify == "full", preserve_on_error=act.preserve_on_error)
@@ -447,11 +472,38 @@ def _write_action(ctx: Context) -> Action | None:
     return act
 
 
+def step_raid(ctx: Context) -> None:
+    """A RAID1 root (docs/grow.md "RAID1 roots"): the root partition grown to the smallest
+    member's end, the layout and boot partitions copied to the other members, the md array
+    (metadata 1.0) built around the written filesystem, the filesystem grown on it,
+    mdadm.conf and the initramfs of the target made to assemble it. On failure every member's
+    ends are zeroed: no disk is left looking bootable."""
+    act = _write_action(ctx)
+    if act is None or act.raid is None:
+        return
+    from pyinit import raid
+
+    assert ctx.raid_members is not None
+    try:
+        done = raid.build(ctx.raid_members, act, mountpoint=TARGET, dev=DEV, sysfs=SYSFS)
+    except BaseException:
+        raid.zero_heads(ctx.raid_members.paths)
+        raise
+    ctx.grown = done.growth
+    ctx.target_root = ctx.summary["target_root"] = done.array.device
+    ctx.summary.update(raid=done.array.summary(), grow=done.growth.summary())
+    log.get_logger().info(f"raid: {done.summary()}")
+    log.event("raid", "array", device=done.array.device, kernel=done.array.kernel,
+              members=list(done.array.members), size=done.array.size,
+              array=done.array.array_line)
+
+
 def step_grow(ctx: Context) -> None:
     """growPartition/growDisk: the partition (GPT backup moved to the end), the LVM PV and LV,
-    then the filesystem, online — with the target's own tools where it has them."""
+    then the filesystem, online — with the target's own tools where it has them. A RAID1 root
+    was grown by the raid step."""
     act = _write_action(ctx)
-    if act is None or not act.grows:
+    if act is None or not act.grows or act.raid is not None:
         return
     from pyinit import grow
 
@@ -697,6 +749,7 @@ STEPS: tuple[tuple[str, Callable[[Context], None]], ...] = (
     ("action", step_action),
     ("disks", step_disks),
     ("provision", step_provision),
+    ("raid", step_raid),
     ("grow", step_grow),
     ("configure", step_configure),
     ("bootentry", step_bootentry),
