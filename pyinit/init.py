@@ -476,8 +476,9 @@ def step_raid(ctx: Context) -> None:
     """A RAID1 root (docs/grow.md "RAID1 roots"): the root partition grown to the smallest
     member's end, the layout and boot partitions copied to the other members, the md array
     (metadata 1.0) built around the written filesystem, the filesystem grown on it,
-    mdadm.conf and the initramfs of the target made to assemble it. On failure every member's
-    ends are zeroed: no disk is left looking bootable."""
+    mdadm.conf and the initramfs of the target made to assemble it. On failure the written
+    first member stays as it is (as after any failure after the write), the other members'
+    ends are zeroed: a half-made copy never looks bootable."""
     act = _write_action(ctx)
     if act is None or act.raid is None:
         return
@@ -487,7 +488,7 @@ def step_raid(ctx: Context) -> None:
     try:
         done = raid.build(ctx.raid_members, act, mountpoint=TARGET, dev=DEV, sysfs=SYSFS)
     except BaseException:
-        raid.zero_heads(ctx.raid_members.paths)
+        raid.zero_heads(ctx.raid_members.paths[1:])
         raise
     ctx.grown = done.growth
     ctx.target_root = ctx.summary["target_root"] = done.array.device

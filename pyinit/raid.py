@@ -406,8 +406,8 @@ def configure_target(root: Path, array: Array, *, timeout: float = 900) -> str:
 
 
 def zero_heads(paths: Sequence[str]) -> None:
-    """After a failure: the first and last MiB of every member zeroed, so no disk is left
-    looking like a bootable system (as the write pipeline does on its own failures)."""
+    """After a failure: the first and last MiB of each of ``paths`` (the members that got a
+    copy) zeroed, so a half-made copy never looks like a bootable system."""
     for path in paths:
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
