@@ -626,7 +626,8 @@ def _report_identity(ctx: Context, fresh: unique.Refreshed) -> None:
 
 def step_bootentry(ctx: Context) -> None:
     """UEFI: a boot entry for the written disk's loader, first in BootOrder (after the network
-    entry this boot came from), pyinit's earlier entries removed (docs/lifecycle.md)."""
+    entry this boot came from), pyinit's earlier entries removed (docs/lifecycle.md); a RAID1
+    root: one per member disk, in the members' order."""
     act = _write_action(ctx)
     if act is None:
         return
@@ -637,6 +638,17 @@ def step_bootentry(ctx: Context) -> None:
     from pyinit import efiboot
 
     assert ctx.device is not None and act.source_image
+    if ctx.raid_members is not None:  # one per member disk, the first member's first
+        made_ids: list[str] = []
+        summaries: list[str] = []
+        for disk in reversed(ctx.raid_members.paths):
+            one = efiboot.make_entry(disk, label=efiboot.entry_label(
+                act.source_image, None if disk == ctx.device else disk),
+                required=act.uefi_boot_entry is True, sysfs=SYSFS, keep=made_ids)
+            made_ids += [one.number] if one.number else []
+            summaries.insert(0, one.summary)
+        ctx.summary["boot_entry"] = ",".join(summaries)
+        return
     made = efiboot.make_entry(ctx.device, label=efiboot.entry_label(act.source_image),
                               required=act.uefi_boot_entry is True, sysfs=SYSFS)
     ctx.summary["boot_entry"] = made.summary
