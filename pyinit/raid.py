@@ -158,10 +158,12 @@ def add_argv(md: str, parts: Sequence[str]) -> list[str]:
 
 
 def parse_array_line(text: str) -> str:
-    """``mdadm --detail --brief`` → its ARRAY line. Pure."""
+    """``mdadm --detail --brief`` → its ARRAY line, without ``spares=N``: during the recovery
+    the members being rebuilt count as spares, and an mdadm.conf that expects spares makes
+    ``mdadm --monitor`` report them missing once the recovery is done. Pure."""
     for line in text.splitlines():
         if line.startswith("ARRAY "):
-            return line.strip()
+            return " ".join(w for w in line.split() if not w.startswith("spares="))
     raise RaidError(f"mdadm --detail --brief printed no ARRAY line: {text.strip()[:200]!r}")
 
 

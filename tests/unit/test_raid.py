@@ -133,7 +133,8 @@ def test_mdadm_argv_and_the_array_line(recorder: Recorder) -> None:
         "missing"]
     assert raid.add_argv("/dev/md/root", ["/dev/vdb3", "/dev/vdc3"]) == [
         "mdadm", "--add", "/dev/md/root", "/dev/vdb3", "/dev/vdc3"]
-    text = "mdadm: some note\nARRAY /dev/md/root metadata=1.0 name=any:root UUID=a:b:c:d\n"
+    text = ("mdadm: some note\nARRAY /dev/md/root metadata=1.0 spares=1 name=any:root "
+            "UUID=a:b:c:d\n")
     assert raid.parse_array_line(text) == \
         "ARRAY /dev/md/root metadata=1.0 name=any:root UUID=a:b:c:d"
     with pytest.raises(raid.RaidError, match="printed no ARRAY line"):

@@ -1,6 +1,6 @@
 """RAID1 roots (issue #17): a real Debian golden image (mdadm, initramfs-tools) provisioned onto
 two disks as an md RAID1 boots, boots degraded from either disk alone, and can be provisioned
-again over its old array.
+again over its old array; under OVMF each disk gets its own boot entry.
 
 One machine, one test, every boot under TCG costing ~40-60 s, so the phases share it:
 
@@ -35,6 +35,7 @@ from pyinit import parttable
 from pyinit_build.golden import build
 from pyinit_qemu.vm import VM, Disk, VMConfig, create_disk
 from tests import debian_root, golden_rootfs, hostreq
+from tests.uefivars import boot_variables
 from tests.vm.conftest import NEVER, Artifacts, Server, boot, result_line
 
 pytestmark = pytest.mark.vm
@@ -64,6 +65,7 @@ INITRAMFS_CONF = b"MODULES=list\nCOMPRESSLEVEL=1\n"
 INITRAMFS_MODULES = b"virtio_pci\nvirtio_blk\next4\nmd_mod\nraid1\n"
 DISK = 1536 << 20   # each member; the image is smaller (the mirror grows to the disks)
 UUID_RE = re.compile(r"UUID=([0-9a-f:]+)")
+ESP_TYPE = "c12a7328-f81f-11d2-ba4b-00a0c93ec93b"
 
 
 def _member(tar: tarfile.TarFile, name: str, data: bytes, mode: int = 0o644) -> None:
@@ -238,3 +240,57 @@ def test_raid1_root_boots_degraded_and_is_provisioned_again(
     print(f"raid1 figures: provisioning (disks..grow steps) single disk {single_seconds:.1f} s, "
           f"RAID1 {raid_seconds:.1f} s (x{raid_seconds / single_seconds:.2f}); phases: "
           + ", ".join(f"{n} {t:.0f} s" for n, t in phases))
+
+
+def test_raid1_root_under_uefi_boots_the_second_disk_through_its_own_entry(
+        artifacts: Artifacts, tmp_path: Path, server: Server,
+        debian_bookworm: debian_root.DebianRoot) -> None:
+    """OVMF: pyinit makes one boot entry per member disk (each pointing at that disk's own ESP,
+    whose partition GUID is new on the copy); with the first disk gone, the firmware starts the
+    second disk's entry and the target comes up degraded."""
+    image, _ = _image(tmp_path, debian_bookworm)
+    server.image(image.name, image)
+    server.machine(MAC, {"action": "writeImage", "sourceImage": f"images/{image.name}",
+                         "raid": {"level": 1, "devices": ["/dev/vda", "/dev/vdb"]},
+                         "finish": "poweroff"})
+    a, b = create_disk(tmp_path / "a.raw", DISK), create_disk(tmp_path / "b.raw", DISK)
+    nvram = tmp_path / "OVMF_VARS.fd"  # the machine's NVRAM, shared by both boots
+    cfg = VMConfig(kernel=artifacts.kernel, initrd=artifacts.initrd, firmware="uefi",
+                   uefi_vars=nvram, mac=MAC, disks=[Disk(a), Disk(b)], timeout=900,
+                   append=f"MYURL={server.guest_url} pyinit.on_failure=poweroff",
+                   workdir=tmp_path / "vm-provision")
+    label = f"pyinit {image.name}"
+    with VM(cfg) as vm:
+        made = [vm.expect_event(step="bootentry", status="created", timeout=840,
+                                fail_on=r": FAILED: |WARNING: bootentry") for _ in range(2)]
+        vm.expect(r"pyinit: RESULT ok .*", timeout=60)
+        vm.wait_exit(timeout=60)
+        vm.assert_never(*NEVER, r"WARNING: bootentry")
+        lines = vm.lines
+    res = result_line(lines)
+    # the recovery finished before the power-off: the second disk holds the whole mirror
+    done = next(i for i, s in enumerate(lines) if re.search(r"md127: recovery done", s))
+    assert done < next(i for i, s in enumerate(lines) if s.startswith("pyinit: RESULT ok"))
+    assert [m["label"] for m in made] == [f"{label} (vdb)", label], made
+    assert [m["disk"] for m in made] == ["/dev/vdb", "/dev/vda"], made
+    assert res["boot_entry"] == f"Boot{made[1]['number']},Boot{made[0]['number']}", res
+    stored = boot_variables(nvram)
+    assert stored.ours() == {made[1]["number"]: label, made[0]["number"]: f"{label} (vdb)"}
+    assert stored.order[:2] == (made[1]["number"], made[0]["number"]), stored
+    ta = parttable.parse(a.read_bytes()[:1 << 20], disk_size=DISK)
+    tb = parttable.parse(b.read_bytes()[:1 << 20], disk_size=DISK)
+    assert ta is not None and tb is not None
+    esp_a = next(p for p in ta.partitions if p.type == ESP_TYPE)
+    esp_b = next(p for p in tb.partitions if p.type == ESP_TYPE)
+    assert esp_a.uuid != esp_b.uuid and esp_b.uuid in made[0]["path"].lower(), made[0]
+
+    cfg = VMConfig(kernel=None, firmware="uefi", uefi_vars=nvram, disks=[Disk(b)],
+                   nic_model=None, timeout=400, workdir=tmp_path / "vm-second")
+    with VM(cfg) as vm:
+        loading = vm.expect(r'BdsDxe: loading (Boot[0-9A-F]{4}) "([^"]*)"', timeout=180)
+        up = vm.expect(rf"{MARKER} up .*", timeout=300).group(0)
+        vm.expect(rf"{MARKER} synced .*", timeout=120)
+        vm.wait_exit(timeout=60)
+        vm.assert_never(*NEVER)
+    assert loading.group(2) == f"{label} (vdb)", loading.group(0)
+    assert re.search(r"members=vda\d+, state=\S+ degraded=1", up), up
