@@ -1,7 +1,7 @@
 """PID 1: the boot as a short, ordered table of named steps.
 
 Each step is ``def step(ctx) -> None`` and returns early when it does not apply. The runner logs
-``[3/12] network: start`` then ``ok (2.1 s)`` or ``FAILED: <one line>`` and emits one
+``[3/13] network: start`` then ``ok (2.1 s)`` or ``FAILED: <one line>`` and emits one
 ``PYINIT-EVENT`` line per transition. The last step, ``handoff``, reports the result, says what
 happens now (``handoff now how=kexec``) and does it; it returns only by failing. One guard around
 everything catches every error, reports it, and applies the failure policy

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import os
 import random
+import stat
 import struct
 import time
 import zlib
@@ -329,8 +330,6 @@ def clone(src: str, dst: str, root: grow.GrowPlan, *, sleep: Callable[[float], N
 
 
 def _is_block(fd: int) -> bool:
-    import stat
-
     return stat.S_ISBLK(os.fstat(fd).st_mode)
 
 
@@ -348,7 +347,7 @@ class Array:
 
 
 def create(name: str, level: int, parts: Sequence[str], fs_size: int | None, *,
-           load: ginit.Loader = ginit.load_modules, sysfs: Path = Path("/sys")) -> Array:
+           load: ginit.Loader = ginit.load_modules) -> Array:
     """Step 5: the array around the first member partition's filesystem, the others added
     (recovery runs in the background). Refused when the filesystem leaves no room at the
     partition's end for md's superblock and bitmap (it would be overwritten)."""
@@ -466,7 +465,7 @@ def build(members: Members, action: Action, *, mountpoint: Path,
         log.info(f"raid: {disk}: layout and boot partitions copied from {first} ({how})")
         parts.append(part)
     before = grow.fs_size(root_part, fstype)
-    array = create(action.raid.name, action.raid.level, parts, before, load=load, sysfs=sysfs)
+    array = create(action.raid.name, action.raid.level, parts, before, load=load)
     log.info(f"raid: {array.summary()}: {array.array_line}")
     with mounted_target(array.device, mountpoint, fstype=fstype, load=load) as target:
         fs = grow.grow_fs(array.device, fstype, target.root, chroot=target.root)
