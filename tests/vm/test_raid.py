@@ -50,7 +50,8 @@ root=$(awk '$2 == "/" {{print $1}}' /proc/mounts | tail -n 1)
 md=$(awk '/^md/ {{print $1}}' /proc/mdstat | head -n 1)
 echo "{MARKER} up root=$root md=$md members=$(ls /sys/block/$md/slaves | tr '\\n' ,)" \
     "state=$(cat /sys/block/$md/md/array_state) degraded=$(cat /sys/block/$md/md/degraded)" \
-    "metadata=$(cat /sys/block/$md/md/metadata_version)"
+    "metadata=$(cat /sys/block/$md/md/metadata_version)" \
+    "conf=$(grep -c "^ARRAY /dev/md/root metadata=1.0 name=any:root UUID=" /etc/mdadm/mdadm.conf)"
 mdadm --wait /dev/$md > /dev/null 2>&1
 echo "{MARKER} synced sync=$(cat /sys/block/$md/md/sync_action)" \
     "degraded=$(cat /sys/block/$md/md/degraded)"
@@ -196,7 +197,7 @@ def test_raid1_root_boots_degraded_and_is_provisioned_again(
     up = next(line for line in marks if f"{MARKER} up " in line)
     assert re.search(rf"root=/dev/md\S* md=md\d+ members=(vda{root},vdb{root}|"
                      rf"vdb{root},vda{root}),", up), up
-    assert "metadata=1.0" in up, up
+    assert "metadata=1.0" in up and up.endswith(" conf=1"), up  # pyinit's ARRAY line
     assert any(f"{MARKER} synced sync=idle degraded=0" in line for line in marks), marks
     phase("RAID1 provisioning + kexec boot")
 
