@@ -17,8 +17,8 @@ APT_PACKAGES := python3 python3-venv python3-dev gcc binutils \
 	busybox-static kmod cpio zstd e2fsprogs fdisk pci.ids usb.ids \
 	dnsmasq-base ipxe iproute2 procps ca-certificates nginx-light curl \
 	grub-common grub-pc-bin grub-efi-amd64-bin ovmf mtools dosfstools xfsprogs lvm2 faketime mmdebstrap \
-	xorriso openssh-client nvme-cli hdparm mdadm efibootmgr \
-	chromium lldpd postgresql
+	xorriso openssh-client nvme-cli hdparm mdadm efibootmgr gpg gpgv \
+	chromium lldpd postgresql docker-registry apache2-utils
 
 .PHONY: help setup apt venv initramfs demo test unit lint bench clean distclean
 

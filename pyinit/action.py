@@ -19,6 +19,7 @@ from urllib.parse import urljoin, urlsplit
 
 from pyinit.disks.hints import Hints, parse_hints
 from pyinit.errors import ConfigError
+from pyinit.oci.parse import Credentials, Reference, is_oci, parse_reference
 
 ActionKind = Literal["writeImage", "readImage", "erase", "inspect"]
 ACTION_KINDS: tuple[str, ...] = ("writeImage", "readImage", "erase", "inspect")
@@ -72,6 +73,12 @@ _FIELDS: dict[str, tuple[str, tuple[type, ...]]] = {
     "eraseDevices": ("erase_devices", (list,)),
     "allowBootMedium": ("allow_boot_medium", (bool,)),
     "uefiBootEntry": ("uefi_boot_entry", (bool,)),
+    # images from an OCI registry (issue #17, docs/image.md "OCI registry")
+    "registryAuth": ("registry_auth", (dict,)),
+    "registryPlainHTTP": ("registry_plain_http", (bool,)),
+    # signed images (issue #17, docs/security.md "The signature chain")
+    "signatureURL": ("signature_url", (str,)),
+    "checksumSignatureURL": ("checksum_signature_url", (str,)),
     # RAID1 roots (issue #17, docs/action.md "raid", docs/grow.md "RAID1 roots")
     "raid": ("raid", (dict,)),
 }
@@ -161,6 +168,16 @@ class Action:
     # loader when the machine booted by UEFI, a warning when none can be made; true, required
     # (the bootentry step fails instead); false, the firmware's variables are left alone.
     uefi_boot_entry: bool | None = None
+    # sourceImage oci://… (issue #17): the parsed reference, the registry's credentials (never
+    # logged: Credentials hides the password) and plain HTTP to the registry (default https)
+    oci: Reference | None = None
+    registry_auth: Credentials | None = None
+    registry_plain_http: bool = False
+    # Signed images (issue #17): the image's detached OpenPGP signature, and the checksum
+    # file's. Unset: the conventions <sourceImage>.sig / <checksumURL>.gpg, used only when a
+    # keyring is configured (pyinit.image.signature.plan); the action cannot turn checking off.
+    signature_url: str | None = None
+    checksum_signature_url: str | None = None
     # RAID1 root (issue #17): the image is written to the first member and its root partition
     # mirrored onto the others as an md RAID1 (metadata 1.0); None: one disk.
     raid: Raid | None = None
@@ -327,7 +344,9 @@ def parse_action(data: Mapping[str, Any], *, base_url: str | None = None) -> Act
         raise ConfigError("size", f"must be a positive number of bytes, got {values['size']}")
     if values.get("checksum_url"):
         values["checksum_url"] = _url("checksumURL", values["checksum_url"], base_url)
+    _signature_urls(values, base_url)
 
+    _registry(values)
     if kind in ("erase", "inspect"):
         return _erase_or_inspect(values, kind)
     if "raid" in values:
@@ -337,13 +356,46 @@ def parse_action(data: Mapping[str, Any], *, base_url: str | None = None) -> Act
     if kind == "writeImage":
         if not values.get("source_image"):
             raise ConfigError("sourceImage", "required for writeImage")
-        values["source_image"] = _url("sourceImage", values["source_image"], base_url)
+        if values.get("oci") is None:
+            values["source_image"] = _url("sourceImage", values["source_image"], base_url)
     else:
         if not values.get("destination_address"):
             raise ConfigError("desintationAddress", "required for readImage")
         values["destination_address"] = _url("desintationAddress",
                                              values["destination_address"], base_url)
     return Action(**values)
+
+
+def _registry(values: dict[str, Any]) -> None:
+    """sourceImage oci://…, registryAuth, registryPlainHTTP (docs/action.md). Pure.
+
+    The layer's digest is the image's checksum, so checksum/checksumURL are refused with it;
+    the registry fields without an oci:// image are a mistake worth naming."""
+    source = values.get("source_image")
+    if not (isinstance(source, str) and is_oci(source)):
+        for attr, wire in (("registry_auth", "registryAuth"),
+                           ("registry_plain_http", "registryPlainHTTP")):
+            if attr in values:
+                raise ConfigError(wire, "only for an oci:// sourceImage")
+        return
+    try:
+        values["oci"] = parse_reference(source)
+    except ValueError as exc:
+        raise ConfigError("sourceImage", str(exc)) from exc
+    for attr, wire in (("checksum", "checksum"), ("checksum_url", "checksumURL")):
+        if values.get(attr):
+            raise ConfigError(wire, "not with an oci:// sourceImage: the registry's layer "
+                                    "digest is the checksum (pin the manifest with @sha256:)")
+    creds = values.pop("registry_auth", None)
+    if creds is not None:
+        unknown = sorted(set(creds) - {"username", "password"})
+        if unknown:
+            raise ConfigError(f"registryAuth.{unknown[0]}", "unknown field "
+                              "(username, password)")
+        for key in ("username", "password"):
+            if not isinstance(creds.get(key), str) or not creds[key]:
+                raise ConfigError(f"registryAuth.{key}", "must be a non-empty string")
+        values["registry_auth"] = Credentials(creds["username"], creds["password"])
 
 
 def _hints(data: Any, otherwise: str) -> Hints:
@@ -356,7 +408,21 @@ def _hints(data: Any, otherwise: str) -> Hints:
 
 
 _WRITE_ONLY = ("source_image", "destination_device", "source_device", "destination_address",
-               "grow_partition", "lvm_root_name", "checksum", "checksum_url", "raid")
+               "grow_partition", "lvm_root_name", "checksum", "checksum_url", "signature_url",
+               "checksum_signature_url", "raid")
+
+
+def _signature_urls(values: dict[str, Any], base_url: str | None) -> None:
+    """signatureURL, checksumSignatureURL: http(s) URLs (relative ones resolved); the
+    checksum file's signature needs a checksum file. Pure."""
+    for wire, attr in (("signatureURL", "signature_url"),
+                       ("checksumSignatureURL", "checksum_signature_url")):
+        if values.get(attr):
+            values[attr] = _url(wire, values[attr], base_url)
+        else:
+            values.pop(attr, None)  # "": unset
+    if values.get("checksum_signature_url") and not values.get("checksum_url"):
+        raise ConfigError("checksumSignatureURL", "needs checksumURL (the file it signs)")
 
 
 def _erase_or_inspect(values: dict[str, Any], kind: str) -> Action:

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pyinit import macaddr
+from pyinit import keyring, macaddr
 from pyinit.errors import ConfigError
 
 FailurePolicy = Literal["shell", "reboot", "poweroff"]
@@ -101,6 +101,11 @@ class BootParams:
     # initramfs (ca_path), or the certificate(s) given inline, as PEM text (ca_pem)
     ca_path: str | None = None
     ca_pem: str | None = field(default=None, repr=False)
+    # pyinit.keyring=: the OpenPGP keyring images must be signed by (docs/security.md "The
+    # signature chain"): a file in the initramfs (keyring_path), or given inline (the checked
+    # binary keyring: keyring_inline)
+    keyring_path: str | None = None
+    keyring_inline: bytes | None = field(default=None, repr=False)
     vlans: tuple[VlanConfig, ...] = ()  # vlan= (may repeat)
     bonds: tuple[BondConfig, ...] = ()  # bond= (may repeat)
 
@@ -327,6 +332,12 @@ def parse_cmdline(text: str, env: Mapping[str, str] | None = None) -> BootParams
     if "pyinit.ca" in kv:
         path, pem = parse_ca(kv["pyinit.ca"] or "")
         out["ca_path" if path else "ca_pem"] = path or pem
+    if "pyinit.keyring" in kv:
+        try:
+            kpath, ring = keyring.parse_inline(kv["pyinit.keyring"] or "")
+        except ValueError as exc:
+            raise ConfigError("pyinit.keyring", str(exc)) from exc
+        out["keyring_path" if kpath else "keyring_inline"] = kpath or ring
     for key, attr in (("pyinit.carrier_timeout", "carrier_timeout"),
                       ("pyinit.dhcp_timeout", "dhcp_timeout"),
                       ("pyinit.fetch_timeout", "fetch_timeout"),

@@ -114,6 +114,12 @@ class ChecksumMismatch(ImageError):
         super().__init__(url, f"checksum mismatch: expected {expected}, got {actual}")
 
 
+class SignatureError(ImageError):
+    """An image (or the checksum file vouching for it) is not signed by a key of the keyring:
+    a bad, missing, expired or revoked signature. Never retried: the same bytes give the same
+    answer. ``url`` is what was signed (the image, or the SUMS file)."""
+
+
 class DiskError(PyinitError):
     """The disk is missing, not a block device, too small or in use."""
 

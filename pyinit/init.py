@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from pyinit import erase, grow, lldp, raid, unique
     from pyinit.action import Action
     from pyinit.disks.inventory import Disk
+    from pyinit.image.write import WriteRequest
 
 MODULES_LIST = Path("/etc/pyinit/modules")
 MODULES_ROOT = Path("/lib/modules")
@@ -55,6 +56,8 @@ BIND_WAIT = 2.0  # seconds a matched driver gets to bind (async probe) before "n
 KERNEL_ALIASES = Path("/etc/pyinit/kernel-aliases")
 PROCFS = Path("/proc")  # where the hardware inventory reads cpuinfo and meminfo
 LLDP_SECONDS = 60.0  # how long the LLDP listener waits for a switch (frames every 30 s)
+KEYRING = Path("/etc/pyinit/keyring.gpg")  # pyinit.keyring.BAKED; tests point it elsewhere
+RUN_KEYRING = Path("/run/pyinit/keyring.gpg")  # where pyinit.keyring=base64:… is written
 INVENTORY_GRACE = 5.0  # seconds the result waits for a hardware inventory still being taken
 
 
@@ -450,7 +453,11 @@ def step_provision(ctx: Context) -> None:
         raid.wipe(ctx.raid_members, sysfs=SYSFS)
     req = WriteRequest(url=act.source_image, device=ctx.device,
                        checksum=act.checksum, checksum_url=act.checksum_url, size=act.size,
-                       verify=act.verify == "full", preserve_on_error=act.preserve_on_error)
+                       verify=act.verify == "full", preserve_on_error=act.preserve_on_error,
+                       keyring=_keyring(ctx), signature_url=act.signature_url,
+                       checksum_signature_url=act.checksum_signature_url)
+    if act.oci is not None:
+        req = _oci_request(ctx, act, req)
     res = write_image(req, session=ctx.session)
     ctx.summary.update(image=res.url, device=res.device, format=res.format,
                        bytes_written=res.bytes_written, bytes_downloaded=res.bytes_fetched,
@@ -458,10 +465,46 @@ def step_provision(ctx: Context) -> None:
                        checksum_verified=res.checksum_verified, zero_bytes=res.zero_bytes,
                        resumes=res.resumes, restarts=res.restarts,
                        verified_readback=res.verified_readback, seconds=round(res.seconds, 2))
+    if res.signer:
+        ctx.summary["signer"] = res.signer
     logger.info(f"provision: wrote {res.bytes_written} bytes to {res.device} in "
                 f"{res.seconds:.1f} s ({res.bytes_fetched} bytes downloaded, {res.format}); "
                 f"sha256 {res.sha256} of {res.sha256_of()}"
-                + (f", {res.checksum_verified} verified" if res.checksum_verified else ""))
+                + (f", {res.checksum_verified} verified" if res.checksum_verified else "")
+                + (f", signed by {res.signer}" if res.signer else ""))
+
+
+def _keyring(ctx: Context) -> str | None:
+    """The keyring images must be signed by (baked, or pyinit.keyring=), or None. A command
+    line keyring over a baked one, or a file that is no keyring, is a ConfigError."""
+    from pyinit import keyring
+
+    try:
+        path = keyring.resolve(ctx.params.keyring_path, ctx.params.keyring_inline,
+                               baked=KEYRING, run=RUN_KEYRING)
+    except ValueError as exc:
+        raise ConfigError("pyinit.keyring", str(exc)) from exc
+    if path is not None:
+        log.get_logger().info(f"provision: images must be signed by a key of {path}")
+    return str(path) if path is not None else None
+
+
+def _oci_request(ctx: Context, act: Action, req: WriteRequest) -> WriteRequest:
+    """sourceImage oci://…: resolve the manifest to its one layer; the write then streams the
+    layer's blob with the registry's auth, its digest as the checksum (docs/image.md)."""
+    from pyinit.oci.registry import pull_request
+
+    assert act.oci is not None
+    req, art = pull_request(req, act.oci, session=ctx.session, credentials=act.registry_auth,
+                            plain_http=act.registry_plain_http)
+    layer = art.layer
+    log.get_logger().info(
+        f"provision: {act.oci}: manifest {art.manifest_digest}, layer {layer.digest} "
+        f"({layer.size} bytes, {layer.media_type}"
+        + (f", {layer.title}" if layer.title else "") + ")")
+    ctx.summary.update(registry=act.oci.registry, repository=act.oci.repository,
+                       manifest_digest=art.manifest_digest, layer_digest=layer.digest)
+    return req
 
 
 def _write_action(ctx: Context) -> Action | None:

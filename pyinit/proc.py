@@ -4,11 +4,17 @@
 rebuilds the environment (PyInstaller sets LD_LIBRARY_PATH to its bundle; commands and chroots
 must not inherit it) and raises :class:`CommandError` on failure.
 
-Tests replace the module-level runner (``set_runner``) so no unit test runs a real command.
+``spawn(argv)`` is the same seam for the one kind of command ``run`` cannot serve: a child fed
+on its stdin while the caller goes on (gpgv verifying an image as it streams). Same logging,
+environment and PID bookkeeping; the caller writes, then :meth:`Spawned.finish`.
+
+Tests replace the module-level runner (``set_runner``) and spawner (``set_spawner``) so no unit
+test runs a real command.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shlex
@@ -116,3 +122,79 @@ def run(argv: Sequence[str], *, chroot: Path | None = None, timeout: float | Non
     """Run one external command. See the module docstring."""
     return _runner(argv, chroot=chroot, timeout=timeout, check=check, input=input, env=env,
                    cwd=cwd, capture=capture)
+
+
+class Spawned:
+    """A child started by :func:`spawn`: bytes go to its stdin with :meth:`write` (False once
+    it stopped reading), :meth:`finish` closes stdin and collects its output, :meth:`kill`
+    ends it early. Its stdout and stderr are small (status lines): they are read at the end."""
+
+    def __init__(self, argv: Sequence[str], child: subprocess.Popen[bytes]) -> None:
+        self.argv = tuple(argv)
+        self.child = child
+        self.open = True
+
+    def write(self, data: bytes) -> bool:
+        if not self.open:
+            return False
+        assert self.child.stdin is not None
+        try:
+            self.child.stdin.write(data)
+        except (BrokenPipeError, ValueError):  # it exited (or stopped reading): see finish()
+            self.open = False
+        return self.open
+
+    def finish(self, timeout: float | None = None) -> Completed:
+        try:
+            out, err = self.child.communicate(timeout=timeout)
+        except (BrokenPipeError, ValueError):  # stdin already broken: just collect
+            out = self.child.stdout.read() if self.child.stdout else b""
+            err = self.child.stderr.read() if self.child.stderr else b""
+            self.child.wait(timeout)
+        except subprocess.TimeoutExpired as exc:
+            self.kill()
+            raise CommandError(self.argv, None, "") from exc
+        finally:
+            _own_pids.discard(self.child.pid)
+        return Completed(self.argv, self.child.returncode, out.decode(errors="replace"),
+                         err.decode(errors="replace"))
+
+    def kill(self) -> None:
+        if self.child.poll() is None:
+            self.child.kill()
+        for f in (self.child.stdin, self.child.stdout, self.child.stderr):
+            with contextlib.suppress(OSError, ValueError):
+                if f is not None:
+                    f.close()
+        self.child.wait()
+        _own_pids.discard(self.child.pid)
+
+
+def _real_spawn(argv: Sequence[str], *, env: Mapping[str, str] | None = None) -> Spawned:
+    args = [str(a) for a in argv]
+    log.info("+ %s", shlex.join(args))
+    try:
+        with spawn_lock:
+            child = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, env=clean_env(env))
+            _own_pids.add(child.pid)
+    except FileNotFoundError as exc:
+        raise CommandError(args, 127, f"{args[0]}: not found") from exc
+    return Spawned(args, child)
+
+
+Spawner = Callable[..., Spawned]
+_spawner: Spawner = _real_spawn
+
+
+def set_spawner(spawner: Spawner | None) -> Spawner:
+    """Replace the spawner (tests); ``None`` restores the real one. Returns the previous one."""
+    global _spawner
+    previous = _spawner
+    _spawner = spawner if spawner is not None else _real_spawn
+    return previous
+
+
+def spawn(argv: Sequence[str], *, env: Mapping[str, str] | None = None) -> Spawned:
+    """Start one external command to be fed on its stdin. See the module docstring."""
+    return _spawner(argv, env=env)

@@ -35,10 +35,12 @@ def _no_real_commands(request: pytest.FixtureRequest) -> Iterator[None]:
         yield
         return
     previous = proc.set_runner(_forbidden)
+    previous_spawner = proc.set_spawner(_forbidden)
     try:
         yield
     finally:
         proc.set_runner(previous)
+        proc.set_spawner(previous_spawner)
 
 
 class RawSocketInUnitTest(AssertionError):

@@ -34,6 +34,8 @@ PACKAGES = {
     "xorriso": "xorriso", "faketime": "faketime", "mmdebstrap": "mmdebstrap",
     "zstd": "zstd", "cpio": "cpio", "mkfs.ext4": "e2fsprogs", "dumpe2fs": "e2fsprogs",
     "xfs_db": "xfsprogs",
+    "docker-registry": "docker-registry", "htpasswd": "apache2-utils", "openssl": "openssl",
+    "gpg": "gpg", "gpgv": "gpgv",
 }
 
 

@@ -1,4 +1,5 @@
-"""The host-side `pyinit` command: initramfs, image, iso, serve, status, vm and demo subcommands.
+"""The host-side `pyinit` command: initramfs, image, push, iso, serve, status, vm and demo
+subcommands.
 
 Each subcommand lives with its package and registers itself here; the frozen ``/init`` is the
 runtime's entry point (``pyinit.init:main``), not this CLI.
@@ -16,7 +17,7 @@ from pyinit.errors import PyinitError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from pyinit_build import demo, initramfs, iso
+    from pyinit_build import demo, initramfs, iso, ocipush
     from pyinit_build.golden import cli as image_cli
     from pyinit_qemu import cli as vm_cli
     from pyinit_server import cli as serve_cli
@@ -34,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     initramfs.register(sub)
     image_cli.register(sub)
     iso.register(sub)
+    ocipush.register(sub)
     serve_cli.register(sub)
     dnsmasq_cli.register(sub)
     export_cli.register(sub)

@@ -42,6 +42,7 @@ import zstandard
 
 from pyinit import coldplug, elf, kmod, proc
 from pyinit.errors import PyinitError
+from pyinit.keyring import check_keyring
 from pyinit_build import coverage, cpio, drivers, firmware, freeze, kernel, preflight
 from pyinit_build.errors import BuildError
 
@@ -90,6 +91,7 @@ BUNDLE_DIR = "usr/lib/pyinit"          # inside the initramfs
 MODULES_LIST_PATH = "etc/pyinit/modules"  # read by pyinit.init's modules step
 KERNEL_ALIASES_PATH = "etc/pyinit/kernel-aliases"  # pyinit.init.KERNEL_ALIASES
 CA_PATH = "etc/pyinit/ca.pem"             # pyinit.tls.BAKED_CA: trusted when no pyinit.ca=
+KEYRING_PATH = "etc/pyinit/keyring.gpg"   # pyinit.keyring.BAKED: images must be signed by it
 ZSTD_LEVEL = 19
 MODULE_ZSTD_LEVEL = 19  # coldplug-only modules, each its own .ko.zst
 # Used when neither SOURCE_DATE_EPOCH nor a git commit time is available (2024-01-01).
@@ -156,6 +158,7 @@ class BuildConfig:
     zstd_level: int = ZSTD_LEVEL
     init_shim: bool = False                     # /init as a busybox sh shim instead of a link
     ca: Path | None = None                      # PEM CA certificate(s) baked in as CA_PATH
+    keyring: Path | None = None                 # OpenPGP public keys baked in as KEYRING_PATH
     drivers: str = drivers.DEFAULT_MODE         # broad | listed | host (drivers.MODES)
     host_sysfs: Path = Path("/sys")             # --drivers host: whose devices to match
     firmware_dirs: tuple[Path, ...] = (Path("/lib/firmware"),)  # + the kernel package's own
@@ -584,6 +587,22 @@ def read_ca(path: Path) -> bytes:
     return b"\n".join(blocks) + b"\n"
 
 
+def read_keyring(path: Path) -> bytes:
+    """The binary keyring gpgv reads, from an armoured or binary export (``gpg --export``);
+    BuildError when the file is missing or holds no public key, so a wrong file fails the
+    build rather than every signed image."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise BuildError("keyring", f"--keyring {path}: {exc.strerror or exc}") from exc
+    try:
+        binary, count = check_keyring(data)
+    except ValueError as exc:
+        raise BuildError("keyring", f"--keyring {path}: not an OpenPGP keyring: {exc}") from exc
+    log.info("initramfs: keyring %s: %d public key(s)", path, count)
+    return binary
+
+
 def stage(staging: Path, cfg: BuildConfig, kern: kernel.Kernel, bundle_dir: Path
           ) -> tuple[DriverSet, int]:
     """Fill ``staging`` with the image tree. Returns (modules and firmware staged, busybox
@@ -594,6 +613,8 @@ def stage(staging: Path, cfg: BuildConfig, kern: kernel.Kernel, bundle_dir: Path
     shutil.copytree(bundle_dir, _dest(staging, BUNDLE_DIR), symlinks=True)
     if cfg.ca is not None:
         _dest(staging, CA_PATH).write_bytes(read_ca(cfg.ca))
+    if cfg.keyring is not None:
+        _dest(staging, KEYRING_PATH).write_bytes(read_keyring(cfg.keyring))
     if cfg.init_shim:
         (staging / "init").write_text(INIT_SHIM)
         (staging / "init").chmod(0o755)
@@ -660,6 +681,8 @@ def build(cfg: BuildConfig) -> BuildResult:
     preflight.check(tools)
     if cfg.ca is not None:
         read_ca(cfg.ca)  # before any work: a wrong --ca fails at once
+    if cfg.keyring is not None:
+        read_keyring(cfg.keyring)  # likewise --keyring
     if cfg.drivers not in drivers.MODES:
         raise BuildError("drivers", f"--drivers {cfg.drivers!r}: expected one of "
                                     f"{', '.join(drivers.MODES)}")
@@ -716,6 +739,8 @@ def build(cfg: BuildConfig) -> BuildResult:
     }
     if cfg.ca is not None:
         manifest["ca_sha256"] = _sha256(read_ca(cfg.ca))
+    if cfg.keyring is not None:
+        manifest["keyring_sha256"] = _sha256(read_keyring(cfg.keyring))
     manifest_path = cfg.out / "manifest.json"
     _write_atomic(manifest_path, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
     log.info("initramfs: %s: %d bytes (%d uncompressed), sha256 %s; %.1f s, freeze %s",
@@ -755,6 +780,11 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                    help=f"bake PEM CA certificate(s) in as /{CA_PATH}: pyinit then verifies an "
                         "https:// BOOTYURL=/MYURL= against them unless pyinit.ca= overrides "
                         "(docs/tls.md; default: none, certifi's public roots)")
+    p.add_argument("--keyring", type=Path, default=None, metavar="FILE",
+                   help=f"bake OpenPGP public keys (armoured or binary, `gpg --export KEY`) in "
+                        f"as /{KEYRING_PATH}: every writeImage must then be signed by one of "
+                        "them, and pyinit.keyring= may not replace it (docs/security.md "
+                        "\"The signature chain\"; default: none)")
     p.add_argument("--drivers", choices=drivers.MODES, default=drivers.DEFAULT_MODE,
                    help="driver set: 'broad' = the module list plus every storage and NIC driver "
                         "of the kernel, loaded only when a device matches (a real rack); "
@@ -783,7 +813,8 @@ def _main(args: argparse.Namespace) -> int:
                       modules=not args.no_modules, modules_list=args.modules_list,
                       extra_binaries=tuple(args.extra_binary), bundle=args.bundle,
                       entry=args.entry, source_date_epoch=args.source_date_epoch,
-                      zstd_level=args.zstd_level, ca=args.ca, drivers=args.drivers,
+                      zstd_level=args.zstd_level, ca=args.ca, keyring=args.keyring,
+                      drivers=args.drivers,
                       host_sysfs=args.host_sysfs,
                       firmware_dirs=tuple(args.firmware_dir or (Path("/lib/firmware"),)),
                       firmware_source=args.firmware)

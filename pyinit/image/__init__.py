@@ -7,6 +7,8 @@ the writer on a host)::
     decode       decoders: served bytes in, raw image out, straight into the block
     transfer     the HTTP resume state machine: Range/If-Range and what each answer means (pure)
     sums         SHA256SUMS/SHA512SUMS parsing (pure)
+    signature    detached OpenPGP signatures: which are needed (pure), gpgv's verdict (pure),
+                 the precheck, and the verifier fed the stream
     zeros        zero runs in a block: which to zero instead of write (pure)
     destination  the target block device: checks, O_EXCL/O_DIRECT open, zeroing, wiping
     diskio       disk writes in flight: on I/O threads, or at once
@@ -25,6 +27,9 @@ whether the image is 16 MiB or 8 GiB.
   qcow2/vmdk/vhdx/lz4/lzip/7z are refused rather than written raw.
 * **Checksums** (``checksum`` or a ``SHA256SUMS``-style ``checksum_url``) of the file as served,
   computed while streaming; sha256 is always computed and reported.
+* **Signatures** (with a keyring, docs/security.md "The signature chain"): a signed
+  ``checksum_url`` checked before the disk is opened, or the image's own detached signature
+  checked by gpgv on the stream as served; the head waits for its ``VALIDSIG``.
 * **Zero runs** never go through write(): they are zeroed with ``BLKZEROOUT`` (regular files:
   ``fallocate`` ZERO_RANGE, else PUNCH_HOLE), coalesced across blocks and issued in batches.
   Runs shorter than 1 MiB in the middle of data are written with it (one pwrite instead of

@@ -34,6 +34,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="read the written range back (O_DIRECT) and compare")
     parser.add_argument("--preserve-on-error", action="store_true",
                         help="after a failure, leave the disk as it is (no wipe)")
+    parser.add_argument("--keyring", metavar="FILE",
+                        help="OpenPGP keyring: the image must then be signed (URL.sig, or "
+                             "--signature-url; a --checksum-url by its .gpg)")
+    parser.add_argument("--signature-url", metavar="URL",
+                        help="the image's detached signature (default with --keyring: URL.sig)")
     parser.add_argument("--allow-file", action="store_true",
                         help="allow a regular file as DEVICE (tests)")
     parser.add_argument("--direct", action=argparse.BooleanOptionalAction, default=None,
@@ -48,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         req = WriteRequest(url=args.url, device=args.device,
                            checksum=parse_checksum(args.checksum) if args.checksum else None,
                            checksum_url=args.checksum_url, size=args.size, verify=args.verify,
-                           preserve_on_error=args.preserve_on_error)
+                           preserve_on_error=args.preserve_on_error, keyring=args.keyring,
+                           signature_url=args.signature_url)
         with requests.Session() as session:
             result = write_image(req, session=session, allow_regular_file=args.allow_file,
                                  direct=args.direct, read_timeout=args.read_timeout,

@@ -3,8 +3,9 @@
 
     fetch ──chunks──► decode ──4 MiB aligned blocks (pool of 8)──► write ──4 I/O threads──► disk
       │                                 │
-      └──chunks──► hash                 └──blocks──► raw hash (only with verify: for the read-back)
-                   (the file as served)
+      ├──chunks──► hash                 └──blocks──► raw hash (only with verify: for the read-back)
+      │            (the file as served)
+      └──chunks──► signature (only with a signed image: gpgv on its stdin, the file as served)
 
 zlib, lzma, bz2, zstandard, hashlib, socket reads and pwrite all release the GIL, so the stages
 overlap on separate cores. Memory is bounded by the channels and the block pool, not the image.
@@ -38,6 +39,7 @@ from pyinit.log import get_logger
 from pyinit.units import MIB
 
 if TYPE_CHECKING:  # the request is write.py's, which runs the pipeline
+    from pyinit.image.signature import StreamVerifier
     from pyinit.image.write import WriteRequest
 
 log = get_logger("pyinit.image")
@@ -86,7 +88,8 @@ class Pipeline:
     def __init__(self, req: WriteRequest, *, session: requests.Session, target: Target,
                  expected: tuple[str, str] | None, connect_timeout: float, read_timeout: float,
                  max_attempts: int, delays: Callable[[], Iterator[float]],
-                 io_threads: int = IO_THREADS) -> None:
+                 io_threads: int = IO_THREADS, verifier: StreamVerifier | None = None
+                 ) -> None:
         self.req = req
         self.url = req.url
         self.session = session
@@ -105,6 +108,10 @@ class Pipeline:
         self.dec_ch: Channel[bytes | Rewind | End] = Channel(NET_QUEUE, self.abort)
         self.hash_ch: Channel[bytes | Rewind | End] = Channel(NET_QUEUE, self.abort)
         self.write_ch: Channel[Block | Rewind | End] = Channel(POOL_BLOCKS, self.abort)
+        self.verifier = verifier
+        self.sig_ch: Channel[bytes | Rewind | End] | None = \
+            Channel(NET_QUEUE, self.abort) if verifier is not None else None
+        self.signer: str | None = None  # the fingerprint gpgv said VALIDSIG for
         self.raw_ch: Channel[Block | Rewind | End] | None = \
             Channel(POOL_BLOCKS, self.abort) if req.verify else None
         self.pool: Channel[Block] = Channel(POOL_BLOCKS, self.abort)
@@ -145,6 +152,8 @@ class Pipeline:
                   ("write", self._write)]
         if self.raw_ch is not None:
             stages.append(("rawhash", self._raw_hash))
+        if self.sig_ch is not None:
+            stages.append(("signature", self._signature))
         threads = [threading.Thread(target=self._stage, args=(fn,), name=f"pyinit-{name}",
                                     daemon=True) for name, fn in stages]
         self.io = ThreadedIO(self.io_threads, abort=self.abort, fail=self.fail)
@@ -177,6 +186,8 @@ class Pipeline:
     def _emit(self, item: bytes | Rewind | End) -> None:
         self.dec_ch.put(item)
         self.hash_ch.put(item)
+        if self.sig_ch is not None:
+            self.sig_ch.put(item)
 
     def _restart(self, reason: str) -> None:
         self.transfer.restart(reason)
@@ -207,7 +218,7 @@ class Pipeline:
                 self._restart("the server sent no ETag or Last-Modified to resume against")
             try:
                 resp = self.session.get(self.url, headers=t.request_headers(), stream=True,
-                                        timeout=self.timeout)
+                                        timeout=self.timeout, auth=self.req.auth)
             except requests.exceptions.SSLError as exc:
                 raise tls_failure(self.url, exc, self.session.verify) from exc
             except (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
@@ -216,6 +227,11 @@ class Pipeline:
             except (requests.ConnectionError, requests.Timeout) as exc:
                 host = urlsplit(self.url).hostname
                 failed(f"unreachable: {unreachable_reason(exc, host)}")
+                continue
+            except FetchError as exc:  # from req.auth: a token server that may come back
+                if not exc.retryable:
+                    raise
+                failed(str(exc))
                 continue
             with contextlib.closing(resp):
                 decision = t.on_response(resp.status_code, resp.headers)
@@ -276,6 +292,27 @@ class Pipeline:
                 for h in hashes:
                     h.update(item)
                 hashed += len(item)
+
+    # -- signature ----------------------------------------------------------------------------
+
+    def _signature(self) -> None:
+        """gpgv over the file as served; a new gpgv when the stream starts over. Its verdict
+        fails the pipeline (and so the write, before the head) unless VALIDSIG."""
+        assert self.sig_ch is not None and self.verifier is not None
+        v = self.verifier
+        try:
+            v.start()
+            while True:
+                item = self.sig_ch.get()
+                if item is RESET:
+                    v.restart()
+                elif item is END:
+                    self.signer = v.finish().fingerprint
+                    return
+                else:
+                    v.feed(item)
+        finally:
+            v.close()
 
     # -- decode -------------------------------------------------------------------------------
 

@@ -13,9 +13,11 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import requests
+import requests.auth
 
 from pyinit.errors import DiskError, FetchError, ImageError, PyinitError, unreachable_reason
 from pyinit.fetch import RETRYABLE_STATUS, USER_AGENT, backoff, retry
+from pyinit.image import signature
 from pyinit.image.destination import Target, check_destination
 from pyinit.image.diskio import IO_THREADS
 from pyinit.image.pipeline import Pipeline
@@ -37,6 +39,15 @@ class WriteRequest:
     size: int | None = None  # the raw image's size in bytes, when known
     verify: bool = False  # read the written range back (O_DIRECT) and compare
     preserve_on_error: bool = False  # leave the disk as it is after a failure (debugging)
+    # requests' auth for every GET of the image, Range resumes included (an OCI registry's
+    # token flow, pyinit.oci.registry.RegistryAuth); requests drops it on a cross-host redirect
+    auth: requests.auth.AuthBase | None = None
+    # The signature chain (docs/security.md): the keyring file gpgv checks against (None: no
+    # keyring, no signature checked), the image's detached signature and the checksum file's
+    # (None: the conventions of pyinit.image.signature.plan).
+    keyring: str | None = None
+    signature_url: str | None = None
+    checksum_signature_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -54,6 +65,7 @@ class WriteResult:
     restarts: int  # times the stream started over from byte 0
     seconds: float
     verified_readback: bool
+    signer: str | None = None  # fingerprint of the key whose signature covered the image
 
     def sha256_of(self) -> str:
         """Which bytes :attr:`sha256` covers: ``the downloaded file (compressed zstd, 312 MB)``,
@@ -67,8 +79,17 @@ def fetch_text(session: requests.Session, url: str, *, total: float = 60.0,
                clock: Callable[[], float] = time.monotonic,
                sleep: Callable[[float], None] = time.sleep, limit: int = 4 * MIB) -> str:
     """GET a small text file (a SUMS file) with the same retry policy as the action fetch."""
+    return fetch_small(session, url, total=total, clock=clock, sleep=sleep,
+                       limit=limit).decode("utf-8", "replace")
 
-    def once() -> str:
+
+def fetch_small(session: requests.Session, url: str, *, total: float = 60.0,
+                clock: Callable[[], float] = time.monotonic,
+                sleep: Callable[[float], None] = time.sleep, limit: int = 4 * MIB) -> bytes:
+    """GET a small file (a SUMS file, a signature) with the same retry policy as the action
+    fetch; its bytes exactly as served."""
+
+    def once() -> bytes:
         try:
             resp = session.get(url, timeout=(10, 30), headers={"User-Agent": USER_AGENT})
         except (requests.ConnectionError, requests.Timeout) as exc:
@@ -80,27 +101,45 @@ def fetch_text(session: requests.Session, url: str, *, total: float = 60.0,
         if resp.status_code >= 400:
             raise FetchError(url, f"HTTP {resp.status_code}", status=resp.status_code)
         if len(resp.content) > limit:
-            raise FetchError(url, f"more than {limit} bytes: not a checksum file")
-        return resp.text
+            raise FetchError(url, f"more than {limit} bytes: not a checksum file or signature")
+        return resp.content
 
-    text: str = retry(once, what=f"GET {url}", total=total, clock=clock, sleep=sleep)
-    return text
+    data: bytes = retry(once, what=f"GET {url}", total=total, clock=clock, sleep=sleep)
+    return data
 
 
 def expected_checksum(req: WriteRequest, *, session: requests.Session) -> tuple[str, str] | None:
     """(algorithm, hex) the served file must match: ``checksum``, else the image's line in
     ``checksum_url``."""
+    return _expected(req, session=session, sums_signature=None)[0]
+
+
+def _expected(req: WriteRequest, *, session: requests.Session, sums_signature: str | None
+              ) -> tuple[tuple[str, str] | None, str | None]:
+    """:func:`expected_checksum`, and the fingerprint that signed ``checksum_url`` when
+    ``sums_signature`` (its detached signature) is given: checked before any disk is
+    touched."""
     if req.checksum is not None:
         algo, digest = req.checksum[0].lower(), req.checksum[1].lower()
         if len(digest) != DIGEST_SIZES.get(algo, -1) or not re.fullmatch(r"[0-9a-f]+", digest):
             raise ImageError(req.url, f"bad checksum {algo}:{digest} (sha256 or sha512 hex)")
-        return algo, digest
+        return (algo, digest), None
     if req.checksum_url is None:
-        return None
-    text = fetch_text(session, req.checksum_url)
+        return None, None
+    signer = None
+    raw = fetch_small(session, req.checksum_url)
+    if sums_signature is not None:
+        assert req.keyring is not None
+        sig = signature.fetch_signature(lambda u: fetch_small(session, u), req.checksum_url,
+                                        sums_signature)
+        verdict = signature.check(Path(req.keyring), sig, raw, url=req.checksum_url,
+                                  signature_url=sums_signature)
+        log.info(f"provision: {req.checksum_url} signed by {verdict.fingerprint}")
+        signer = verdict.fingerprint
+    text = raw.decode("utf-8", "replace")
     name = image_name(req.url)
     try:
-        return find_checksum(text, name, algo=sums_algorithm(req.checksum_url))
+        return find_checksum(text, name, algo=sums_algorithm(req.checksum_url)), signer
     except ValueError as exc:
         raise ImageError(req.url, f"{req.checksum_url}: {exc}") from exc
 
@@ -122,7 +161,12 @@ def write_image(req: WriteRequest, *, session: requests.Session,
     """
     start = clock()
     check_destination(req.device, proc=proc, sysfs=sysfs, allow_regular_file=allow_regular_file)
-    expected = expected_checksum(req, session=session)
+    sigs = signature.plan(keyring=req.keyring, url=req.url, checksum_url=req.checksum_url,
+                          signature_url=req.signature_url,
+                          checksum_signature_url=req.checksum_signature_url,
+                          conventional=req.auth is None)  # auth: an OCI registry's blob
+    expected, signer = _expected(req, session=session, sums_signature=sigs.sums_signature)
+    verifier = _stream_verifier(req, sigs.image_signature, session)
     target = Target.open(req.device, allow_regular_file=allow_regular_file, direct=direct,
                          sysfs=sysfs)
     try:
@@ -132,7 +176,8 @@ def write_image(req: WriteRequest, *, session: requests.Session,
         log.info(f"provision: writing {req.url} to {target.describe()}")
         pipe = Pipeline(req, session=session, target=target, expected=expected,
                          connect_timeout=connect_timeout, read_timeout=read_timeout,
-                         max_attempts=max_attempts, delays=delays, io_threads=io_threads)
+                         max_attempts=max_attempts, delays=delays, io_threads=io_threads,
+                         verifier=verifier)
         progress = Progress(interval=progress_interval, clock=clock)
         try:
             pipe.stream(progress)
@@ -160,6 +205,10 @@ def write_image(req: WriteRequest, *, session: requests.Session,
         target.reread_partitions()
     finally:
         target.close()
+        if verifier is not None:
+            verifier.cleanup()
+    if pipe.signer is not None:
+        signer = pipe.signer
     t = pipe.transfer
     return WriteResult(device=req.device, url=req.url, format=pipe.format,
                        bytes_written=pipe.writer.offset, bytes_fetched=t.fetched,
@@ -167,7 +216,21 @@ def write_image(req: WriteRequest, *, session: requests.Session,
                        checksum_verified=verified,
                        zero_bytes=pipe.writer.zero_bytes, resumes=t.resumes,
                        restarts=t.restarts, seconds=clock() - start,
-                       verified_readback=readback)
+                       verified_readback=readback, signer=signer)
+
+
+def _stream_verifier(req: WriteRequest, signature_url: str | None,
+                     session: requests.Session) -> signature.StreamVerifier | None:
+    """The image's own signature: fetched and prechecked (garbage, a key not in the keyring,
+    an expired or revoked key fail here, before the disk is opened), then handed to the
+    pipeline to check the bytes as they stream."""
+    if signature_url is None:
+        return None
+    assert req.keyring is not None
+    keyring = Path(req.keyring)
+    sig = signature.fetch_signature(lambda u: fetch_small(session, u), req.url, signature_url)
+    signature.precheck(keyring, sig, url=req.url, signature_url=signature_url)
+    return signature.StreamVerifier(keyring, sig, url=req.url, signature_url=signature_url)
 
 
 def _fail_safe(target: Target, req: WriteRequest, exc: BaseException) -> None:

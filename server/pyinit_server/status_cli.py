@@ -22,7 +22,7 @@ from pyinit_server import lifecycle
 from pyinit_server.machines import normalize_mac
 
 DEFAULT_SERVER = "http://127.0.0.1:8080"
-COLUMNS = ("MAC", "PHASE", "PROGRESS", "RATE", "ETA", "RESULT", "AGE", "ERROR")
+COLUMNS = ("MAC", "STATE", "PHASE", "PROGRESS", "RATE", "ETA", "RESULT", "AGE", "ERROR")
 MAX_ERROR = 60
 _SKIP = ("step", "status", "time", "uptime", "received")
 _HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})$")
@@ -65,9 +65,20 @@ def row(m: dict[str, Any], now: float) -> tuple[str, ...]:
     elif not error and m.get("file_warning"):
         error = f"file warning: {m['file_warning']}"
     last = m.get("last_seen")
-    return (m["mac"], phase, "-" if pct is None else f"{pct:.0f}%", rate(m.get("rate")),
-            age(m.get("eta")) if m.get("eta") is not None else "-", m.get("result") or "-",
+    return (m["mac"], lifecycle_cell(m), phase, "-" if pct is None else f"{pct:.0f}%",
+            rate(m.get("rate")), age(m.get("eta")) if m.get("eta") is not None else "-",
+            m.get("result") or "-",
             age(None if last is None else now - last), _cut(error, MAX_ERROR) or "-")
+
+
+def lifecycle_cell(m: dict[str, Any]) -> str:
+    """The lifecycle state (docs/lifecycle.md) as the fleet table shows it: ``deployed``,
+    ``deployed +redeploy`` when a redeploy is pending, ``-`` when the server has none. Pure."""
+    lc = m.get("lifecycle")
+    if not isinstance(lc, dict) or not lc.get("state"):
+        return "-"
+    cell = _cut(str(lc["state"]), 20)
+    return f"{cell} +redeploy" if lc.get("pending") == "redeploy" else cell
 
 
 def table(data: dict[str, Any]) -> str:
@@ -284,20 +295,9 @@ def redeploy(args: argparse.Namespace, out: Any = None) -> int:
                   file=sys.stderr)
             return 2
     base = args.server.rstrip("/")
-    try:
-        resp = requests.post(f"{base}/api/machines/{mac}/redeploy", timeout=30,
-                             headers={"Authorization": f"Bearer {token}"} if token else {})
-    except requests.RequestException as exc:
-        print(f"pyinit redeploy: cannot reach {base}: {type(exc).__name__}", file=sys.stderr)
-        return 1
-    try:
-        body = resp.json()
-    except ValueError:
-        body = {}
-    if resp.status_code != 200:
-        detail = body.get("error") if isinstance(body, dict) else None
-        print(f"pyinit redeploy: HTTP {resp.status_code}: {safe(detail or resp.reason)}",
-              file=sys.stderr)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    if _call("redeploy", "POST", f"{base}/api/machines/{mac}/redeploy", base,
+             headers=headers, timeout=30) is None:
         return 1
     out.write(f"{mac}: redeploy requested; its next boot provisions it again\n")
     return 0
@@ -323,7 +323,7 @@ def run(args: argparse.Namespace, out: Any = None) -> int:
     while True:  # /api/machines is paged: fetch pages until the total (or --limit) is reached
         if not args.mac:
             params["offset"] = len(data["machines"]) if data else 0
-        got = _get(url, params, base)
+        got = _call("status", "GET", url, base, params=params)
         if got is None:
             return 1
         if data is None:
@@ -384,23 +384,28 @@ def disk_hints(data: dict[str, Any]) -> str | None:
     return "\n".join(lines) + "\n"
 
 
-def _get(url: str, params: dict[str, Any], base: str) -> dict[str, Any] | None:
-    """One answer of the server, or None after printing why not."""
+def _call(command: str, method: str, url: str, base: str, *, timeout: float = 10,
+          **kwargs: Any) -> dict[str, Any] | None:
+    """One JSON answer of the server to ``pyinit <command>``, or None after printing one line
+    saying why not (unreachable, an HTTP error with the server's own ``error``, not JSON)."""
     try:
-        resp = requests.get(url, params=params, timeout=10)
+        resp = requests.request(method, url, timeout=timeout, **kwargs)
     except requests.RequestException as exc:
-        print(f"pyinit status: cannot reach {base}: {type(exc).__name__}", file=sys.stderr)
+        print(f"pyinit {command}: cannot reach {base}: {type(exc).__name__}", file=sys.stderr)
         return None
     if resp.status_code != 200:
         try:
             detail = resp.json()["error"]
         except (ValueError, KeyError, TypeError):
             detail = resp.reason
-        print(f"pyinit status: {url}: HTTP {resp.status_code}: {safe(detail)}", file=sys.stderr)
+        print(f"pyinit {command}: {url}: HTTP {resp.status_code}: {safe(detail)}",
+              file=sys.stderr)
         return None
     try:
-        data: dict[str, Any] = resp.json()
+        data = resp.json()
     except ValueError:
-        print(f"pyinit status: {url}: not JSON", file=sys.stderr)
+        data = None
+    if not isinstance(data, dict):
+        print(f"pyinit {command}: {url}: not a JSON object", file=sys.stderr)
         return None
     return data

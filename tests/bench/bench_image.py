@@ -25,6 +25,15 @@ are reported too, so noise shows.
                         must not report the zeroing as offloaded. Otherwise the figure is
                         reported as not measured.                              target <= 1.0
     write_dense_ratio   1 GiB of random data, zstd -3: the same two            target <= 1.05
+    write_signed_ratio  the cost of signature checking (issue #17): the 1 GiB dense image
+                        (the served file is ~1 GiB: the most bytes gpgv can be fed per raw
+                        byte) written by python -m pyinit.image with --keyring (its detached
+                        signature, made by gpg with an ed25519 key, verified by gpgv on the
+                        stream) / the same write without       target <= 1.10
+                        The baseline side here is pyinit itself, unsigned: both sides also
+                        check --checksum, as the other figures' pyinit side does. Beside it,
+                        no target: signed_sums_ratio, the same write covered by a signed
+                        SHA256SUMS instead (one gpgv over a small file before the stream).
     write_peak_rss_mb   peak RSS (GNU time %M) of the writer on a 20 GiB, ~1 % data image, in
                         10^6 bytes; also shown for the 2 GiB and 1 GiB runs    target <= 100
     capture_ratio       python -m pyinit.capture DEV URL --method put --compression zstd
@@ -114,6 +123,7 @@ TARGETS = {
     "write_sparse_ratio": 0.40,
     "write_sparse_nooffload_ratio": 1.0,
     "write_dense_ratio": 1.05,
+    "write_signed_ratio": 1.10,
     "write_peak_rss_mb": 100.0,
     "capture_ratio": 0.6,
 }
@@ -226,9 +236,11 @@ class Bench:
                 "status=none"]
 
     @staticmethod
-    def pyinit_write(url: str, device: str, image: Image) -> list[str]:
+    def pyinit_write(url: str, device: str, image: Image,
+                     keyring: Path | None = None) -> list[str]:
         return [PY, "-m", "pyinit.image", url, device,
-                "--checksum", f"sha256:{image.zst_sha256}", "--size", str(image.raw_size)]
+                "--checksum", f"sha256:{image.zst_sha256}", "--size", str(image.raw_size),
+                *(["--keyring", str(keyring)] if keyring else [])]
 
     @staticmethod
     def baseline_capture(device: str, url: str) -> list[str]:
@@ -623,6 +635,10 @@ def table(figs: list[Figure]) -> str:
                 runs.append(f"{who} " + " ".join(f"{t:.2f}" for t in times))
                 if len(times) > 1 and max(times) > 1.5 * min(times):
                     runs.append(f"({who} spread x{max(times) / min(times):.1f}: noisy)")
+        if "signed_sums_ratio" in f.extra:
+            runs.append("signed SHA256SUMS instead " + " ".join(f"{t:.2f}"
+                                                               for t in f.extra["sums_s"])
+                        + f": ratio {f.extra['signed_sums_ratio']:.3f}")
         if "ratio_of_minima" in f.extra:
             runs.append(f"ratio of minima {f.extra['ratio_of_minima']:.3f}")
         if f.extra.get("pyinit_internal_s"):
@@ -695,7 +711,7 @@ def guarded(fig: Figure, step: Callable[[], None]) -> None:
         say(f"bench: {fig.name} could not run: {fig.error}")
 
 
-FIGURES = ("sparse", "sparse-nooffload", "dense", "rss", "capture")
+FIGURES = ("sparse", "sparse-nooffload", "dense", "signed", "rss", "capture")
 
 
 @dataclass
@@ -716,7 +732,8 @@ def run_figures(args: argparse.Namespace, only: set[str], ses: Session) -> None:
         capture = cli_problem("pyinit.capture")
         images: dict[str, Image] = {}
         for key, spec in (("sparse", SPARSE), ("dense", DENSE), ("rss", HUGE)):
-            if key in only or (key == "sparse" and only & {"capture", "sparse-nooffload"}):
+            if key in only or (key == "sparse" and only & {"capture", "sparse-nooffload"}) \
+                    or (key == "dense" and "signed" in only):
                 images[key] = ensure_image(spec, BENCH / "images", log=say)
         run = Path(tempfile.mkdtemp(prefix="run-", dir=BENCH))
         stack.callback(shutil.rmtree, run, ignore_errors=True)
@@ -741,12 +758,66 @@ def run_figures(args: argparse.Namespace, only: set[str], ses: Session) -> None:
                 elif key == "dense":
                     fig.extra["image"] = describe(images[key])
                     guarded(fig, functools.partial(measure_write, b, fig, images[key], disk))
+                elif key == "signed":
+                    signed_figure(b, fig, images["dense"], disk)
                 elif key == "rss":
                     rss_figure(b, fig, figs, images["rss"], args.rss_reps, ses)
                 else:
                     capture_figure(b, fig, images["sparse"], disk, stack)
         finally:
             ses.drop_caches = b.drop_caches_ok
+
+
+def signed_figure(b: Bench, fig: Figure, image: Image, disk: Loop) -> None:
+    """The dense image signed by a fresh ed25519 key (tests/gpgkeys.py, a GNUPGHOME in the
+    run's temp dir), served with its ``.sig`` and a signed ``SHA256SUMS`` beside it: pyinit
+    unsigned (the baseline), with the image's own signature checked on the stream (the
+    figure), and with the signed SUMS file instead (``signed_sums_ratio``: one gpgv over a
+    small file, then the stream's own sha256), alternating."""
+    fig.extra["image"] = describe(image)
+
+    def step() -> None:
+        from tests.gpgkeys import make_keys
+
+        keys = make_keys(b.run / "gnupg")
+        url = b.serve_image(image)
+        start = time.monotonic()
+        (b.www / (image.path.name + ".sig")).write_bytes(keys.sign_file(image.path, "good"))
+        fig.extra["signing_s"] = round(time.monotonic() - start, 2)
+        sums = f"{image.zst_sha256}  {image.path.name}\n".encode()
+        (b.www / "SHA256SUMS").write_bytes(sums)
+        (b.www / "SHA256SUMS.gpg").write_bytes(keys.sign(sums, "good"))
+        keyring = keys.keyring(b.run / "keyring.gpg", "good")
+        fpr = keys.fingerprint("good")
+        say(f"bench: {fig.name}: {url}.sig by {fpr} ({fig.extra['signing_s']} s to sign)")
+        commands = {
+            "baseline": b.pyinit_write(url, disk.device, image),
+            "pyinit": b.pyinit_write(url, disk.device, image, keyring),
+            "sums": [PY, "-m", "pyinit.image", url, disk.device, "--size", str(image.raw_size),
+                     "--checksum-url", f"{b.nginx_url}/SHA256SUMS", "--keyring", str(keyring)],
+        }
+        times: dict[str, list[float]] = {who: [] for who in commands}
+        for i, who in alternate(b.reps, tuple(commands)):
+            harness.fill_junk(disk.device, image.raw_size)
+            b.settle([image.path])
+            r = b.measured(commands[who], WRITE_TIMEOUT)
+            check_rc(r, f"python -m pyinit.image ({who})", measured=True)
+            result = pyinit_json(r, f"python -m pyinit.image ({who})")
+            if result.get("signer") != (fpr if who != "baseline" else None):
+                raise WrongResult(f"{fig.name}: the {who} write reports signer "
+                                  f"{result.get('signer')!r}")
+            times[who].append(r.seconds)
+            fig.extra.setdefault(f"{who}_cpu_s", []).append(round(r.cpu_seconds, 2))
+            say(f"bench: {fig.name} rep {i + 1}/{b.reps} {who:8} {r.seconds:7.2f} s "
+                f"(cpu {r.cpu_seconds:.1f} s, max rss {mb(r.max_rss_kib)} MB)")
+            b.verify_device(disk, image, f"{who} write")
+        fig.baseline_s, fig.pyinit_s = times["baseline"], times["pyinit"]
+        fig.extra["sums_s"] = [round(t, 3) for t in times["sums"]]
+        fig.extra["signed_sums_ratio"] = round(statistics.median(times["sums"])
+                                               / statistics.median(times["baseline"]), 3)
+        fig.finish_ratio()
+
+    guarded(fig, step)
 
 
 def sparse_figure(b: Bench, fig: Figure, image: Image, disk: Loop) -> None:
@@ -932,6 +1003,7 @@ def main(argv: list[str] | None = None) -> int:
         "sparse-nooffload": Figure("write_sparse_nooffload_ratio",
                                    TARGETS["write_sparse_nooffload_ratio"]),
         "dense": Figure("write_dense_ratio", TARGETS["write_dense_ratio"]),
+        "signed": Figure("write_signed_ratio", TARGETS["write_signed_ratio"]),
         "rss": Figure("write_peak_rss_mb", TARGETS["write_peak_rss_mb"], unit="MB"),
         "capture": Figure("capture_ratio", TARGETS["capture_ratio"]),
     })

@@ -19,6 +19,7 @@ from typing import Any
 
 import requests
 
+from pyinit import init
 from tests.bench import harness
 from tests.bench.harness import BenchError
 
@@ -168,9 +169,9 @@ def postgres(workdir: Path) -> Iterator[str]:
 
 # ---- a fleet's history, written straight into the store -----------------------------------------
 
-STEPS = ("rootfs", "modules", "network", "action", "disks", "provision", "grow", "configure",
-         "entrypoint", "handoff", "finish")
-PROGRESS_EVENTS = 23  # with 11 steps x start/ok, inventory, 3 lldp and the result: 50 events
+STEPS = tuple(name for name, _ in init.STEPS)  # the agent's own table, as a real run posts it
+EVENTS_PER_RUN = 50  # steps x start/ok, an inventory, 3 lldp, the progress lines, the result
+PROGRESS_EVENTS = EVENTS_PER_RUN - 2 * len(STEPS) - 1 - 3 - 1
 
 
 def inventory(mac: str, i: int) -> dict[str, Any]:

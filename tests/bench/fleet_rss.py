@@ -1,13 +1,13 @@
 """Issue #13's memory and status pages with a large fleet: ``pyinit serve`` with 20 000 machines
 that each posted a whole provisioning run.
 
-The fleet: ``machines`` machine files and, per machine, the 50 events of one run (11 steps start
-and ok, a hardware inventory, three LLDP events, 23 progress events, the result: about 6.4 KB of
-JSON; 1 000 000 events, 130 MB for 20 000 machines). The events are written straight into the
-default SQLite store with the server's own store code (``pyinit_server.store.open_store(None,
-root)``: the same transactions and group commit as the server's writer), before the server
-starts: over HTTP, at the ~2000 events/s the events figure aims at, the fill alone would take
-over eight minutes.
+The fleet: ``machines`` machine files and, per machine, the 50 events of one run (each of the
+agent's steps start and ok, a hardware inventory, three LLDP events, progress events, the result:
+about 6.4 KB of JSON; 1 000 000 events, 130 MB for 20 000 machines). The events are written
+straight into the default SQLite store with the server's own store code
+(``pyinit_server.store.open_store(None, root)``: the same transactions and group commit as the
+server's writer), before the server starts: over HTTP, at the ~2000 events/s the events figure aims
+at, the fill alone would take over eight minutes.
 
 Then ``pyinit serve`` starts on that root (default options) and answers, ``reps`` times each
 and interleaved: ``GET /api/machines`` (the default page, the first 500), the dashboard's page

@@ -20,8 +20,9 @@ import zstandard
 
 from pyinit import proc
 from pyinit_build import cpio, freeze, initramfs, kernel, preflight
-from pyinit_build.errors import PreflightError
+from pyinit_build.errors import BuildError, PreflightError
 from tests.conftest import Recorder
+from tests.gpgkeys import Keys, gpg_keys  # noqa: F401 - the fixture
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -113,14 +114,35 @@ def test_extracted_tree(two_builds: tuple[Path, Path], extracted: tuple[Path, li
 
 
 @pytest.mark.integration
-def test_without_modules(tmp_path: Path) -> None:
+def test_without_modules(tmp_path: Path, gpg_keys: Keys) -> None:  # noqa: F811
+    """The cheapest build, which also bakes a keyring (--keyring, given armoured)."""
+    armoured = tmp_path / "keys.asc"
+    armoured.write_bytes(gpg_keys.export("good", "other", armor=True))
     result = initramfs.build(initramfs.BuildConfig(out_dir=tmp_path, modules=False,
-                                                   zstd_level=3))
+                                                   zstd_level=3, keyring=armoured))
     raw = zstandard.ZstdDecompressor().stream_reader(result.initramfs.open("rb")).read()
-    paths = [e.path for e in cpio.parse(raw)]
+    entries = {e.path: e for e in cpio.parse(raw)}
+    paths = list(entries)
     assert "usr/lib/pyinit/pyinit" in paths
     assert not any(p.startswith("usr/lib/modules") for p in paths)
     assert result.manifest["modules"] == []
+    # the keyring as gpgv reads it (dearmoured), at the path the runtime trusts; gpgv with it
+    binary = gpg_keys.export("good", "other")
+    assert entries["etc/pyinit/keyring.gpg"].data == binary
+    assert result.manifest["keyring_sha256"] == hashlib.sha256(binary).hexdigest()
+    assert "usr/bin/gpgv" in paths and "usr/lib/x86_64-linux-gnu/libgcrypt.so.20" in paths
+
+
+def test_keyring_that_is_no_keyring_fails_the_build(tmp_path: Path,
+                                                    gpg_keys: Keys) -> None:  # noqa: F811
+    (tmp_path / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\nMIIB\n")
+    with pytest.raises(BuildError, match=r"^keyring: --keyring .*ca.pem: not an OpenPGP "
+                                         r"keyring: byte 0 \(0x2d\) is not an OpenPGP packet"):
+        initramfs.read_keyring(tmp_path / "ca.pem")
+    sig = tmp_path / "x.sig"
+    sig.write_bytes(gpg_keys.sign(b"x", "good"))
+    with pytest.raises(BuildError, match="starts with a signature, not a public key"):
+        initramfs.build(initramfs.BuildConfig(out_dir=tmp_path, keyring=sig, bundle=tmp_path))
 
 
 @pytest.mark.integration

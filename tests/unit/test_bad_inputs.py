@@ -32,6 +32,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import functools
+import hashlib
 import io
 import json
 import os
@@ -60,6 +61,8 @@ from pyinit.network.dhcp4 import DhcpThread
 from pyinit.network.result import NetworkResult
 from pyinit.units import MIB
 from tests.faultserver import Faults, FaultServer
+from tests.gpgkeys import NAMES, Keys, gpg_keys  # noqa: F401 - the fixture
+from tests.ociserver import FakeRegistry, layer, manifest
 from tests.serverkit import ObservedServer
 from tests.tlsfixtures import TLSFiles, tls_files  # noqa: F401 - the fixture
 
@@ -103,6 +106,7 @@ class Rig:
     tls: TLSFiles | None = None
     replacements: dict[str, str] = field(default_factory=dict)
     modules_wanted: list[str] = field(default_factory=list)  # vlan=/bond=: 8021q, bonding
+    keys: Keys | None = None  # G rows: real OpenPGP keys (tests/gpgkeys.py)
 
     # -- inputs
 
@@ -142,6 +146,8 @@ class Rig:
         self.mp.setattr(init, "Path", lambda p: cmdline_file if p == "/proc/cmdline" else Path(p))
         self.mp.setattr(init, "MODULES_ROOT", self.tmp / "no-modules")
         self.mp.setattr(init, "DEVICE_TIMEOUT", 0.3)
+        self.mp.setattr(init, "KEYRING", self.tmp / "no-baked-keyring")  # never the host's
+        self.mp.setattr(init, "RUN_KEYRING", self.tmp / "run" / "keyring.gpg")
         self.mp.setattr(init, "SYSFS", self.sysfs)  # the disks step: never the host's
         self.mp.setattr(init, "DEV", self.tmp / "dev")
         self.mp.setattr(disk_settle, "settle", functools.partial(disk_settle.settle, quiet=0.0))
@@ -388,6 +394,77 @@ def tls_server(ca: str, *, plain: bool = False, upload: bool = False) -> Drive:
 
 def pem_b64(rig: Rig) -> str:
     return base64.b64encode(b"hello, not a certificate").decode()
+
+
+def oci(setup: Callable[[FakeRegistry], str], *, challenge: str | None = None,
+        **fields: Any) -> Drive:
+    """A writeImage from the fake registry (tests/ociserver.py); ``setup`` fills it and returns
+    the reference's tail (``disks/x:v1``)."""
+    def drive(rig: Rig) -> Outcome:
+        with FakeRegistry(challenge=challenge) as reg:
+            source = f"oci://{reg.address}/{setup(reg)}"
+            body = {**rig.write_action(source), "registryPlainHTTP": True, **fields}
+            return rig.boot(f"{rig.action(body)} {POWEROFF}")
+    return drive
+
+
+def oci_image(reg: FakeRegistry, tag: str = "v1", *, media: str | None = None, count: int = 1,
+              named: str | None = None, index: bool = False) -> str:
+    data = zst(raw_image())
+    reg.blobs[f"sha256:{hashlib.sha256(data).hexdigest()}"] = data
+    one = layer(data, named=named) if media is None else layer(data, media, named=named)
+    body = manifest([one] * count, media="application/vnd.oci.image.index.v1+json"
+                    if index else "application/vnd.oci.image.manifest.v1+json")
+    if index:
+        body = json.dumps({"schemaVersion": 2, "manifests": [{}, {}],
+                           "mediaType": "application/vnd.oci.image.index.v1+json"}).encode()
+    reg.manifests[f"disks/x:{tag}"] = body
+    return f"disks/x:{tag}"
+
+
+OCI_AUTH = {"username": "ci", "password": "wrong"}
+
+
+def signed(sig: str | None = "good", *, ring: str = "good", data: bytes | None = None,
+           keyring: Callable[[Rig], str] | None = None, expiring: bool = False,
+           **fields: Any) -> Drive:
+    """A gzip image served with ``x.img.gz.sig`` made by key ``sig`` (None: no signature file;
+    ``data``: over other bytes, or these bytes as they are when not a key name), the machine
+    trusting ``ring`` given inline (``pyinit.keyring=``), or ``keyring(rig)``."""
+    def drive(rig: Rig) -> Outcome:
+        assert rig.keys is not None
+        image = gz(raw_image())
+        url = rig.image("x.img.gz", image)
+        if sig is not None:
+            over = data if data is not None else image
+            rig.image("x.img.gz.sig", rig.keys.sign(over, sig, expiring=expiring)
+                      if sig in NAMES else over)
+        trust = keyring(rig) if keyring else f"pyinit.keyring={rig.keys.inline(ring)}"
+        return rig.boot(f"{rig.action(rig.write_action(url, **fields))} {POWEROFF} {trust}")
+    return drive
+
+
+def signed_sums(listed: str, *, signed_text: bytes | None = None) -> Drive:
+    """A SHA256SUMS listing ``listed`` and its signature ``SHA256SUMS.gpg`` (over
+    ``signed_text``, else the file as served)."""
+    def drive(rig: Rig) -> Outcome:
+        import hashlib
+        assert rig.keys is not None
+        image = gz(raw_image())
+        url = rig.image("x.img.gz", image)
+        text = f"{hashlib.sha256(image).hexdigest()}  {listed}\n".encode()
+        sums = rig.image("SHA256SUMS", text)
+        rig.image("SHA256SUMS.gpg", rig.keys.sign(signed_text or text, "good"))
+        return rig.boot(f"{rig.action(rig.write_action(url, checksumURL=sums))} {POWEROFF} "
+                        f"pyinit.keyring={rig.keys.inline('good')}")
+    return drive
+
+
+def keyring_file(rig: Rig) -> str:
+    (rig.tmp / "etc").mkdir(exist_ok=True)
+    (rig.tmp / "etc" / "keyring.gpg").write_bytes(b"-----BEGIN PGP PUBLIC KEY BLOCK-----\n")
+    rig.replacements[str(rig.tmp / "etc")] = "/etc/pyinit"
+    return f"pyinit.keyring={rig.tmp / 'etc' / 'keyring.gpg'}"
 
 
 SDA = Disk("sda", 480 * GIB, model="SAMSUNG MZ7LH480", serial="S45NNA0M", transport="sata")
@@ -684,6 +761,80 @@ ROWS: tuple[Row, ...] = (
         tls_server("other", plain=True)),
     Row("T04", "readImage upload to an https URL that does not verify", "provision",
         r"upload.*TLS error: certificate verify failed", tls_server("other", upload=True)),
+    # -- images from an OCI registry (issue #17): tests/ociserver.py's fake registry; the real
+    # registry's answers to the same inputs: tests/integration/test_oci_registry.py
+    Row("O01", "malformed `oci://` reference (upper-case repository)", "action",
+        r"^sourceImage: 'oci://reg.example/Disks:v1': repository 'Disks' is not lower-case",
+        act({"action": "writeImage", "sourceImage": "oci://reg.example/Disks:v1"})),
+    Row("O02", "`oci://` reference with neither tag nor digest", "action",
+        r"^sourceImage: 'oci://reg.example/disks/x' names no tag or digest",
+        act({"action": "writeImage", "sourceImage": "oci://reg.example/disks/x"})),
+    Row("O03", "`registryAuth` with an http(s) `sourceImage`", "action",
+        r"^registryAuth: only for an oci:// sourceImage",
+        act({"action": "writeImage", "sourceImage": IMG, "registryAuth": OCI_AUTH})),
+    Row("O04", "registry answers 401 forever (Basic; credentials refused)", "provision",
+        r"refused access: HTTP 401 even after basic authentication with registryAuth",
+        oci(oci_image, challenge="basic", registryAuth=OCI_AUTH)),
+    Row("O05", "registry asks for Basic credentials, the action has none", "provision",
+        r"asks for Basic credentials \(HTTP 401\); the action gives no registryAuth",
+        oci(oci_image, challenge="basic")),
+    Row("O06", "Bearer token server refuses the credentials", "provision",
+        r"/token: the token server refused the credentials \(HTTP 401\)",
+        oci(oci_image, challenge="bearer", registryAuth=OCI_AUTH)),
+    Row("O07", "tag not found", "provision", r"no manifest v9 in disks/x \(HTTP 404",
+        oci(lambda reg: (oci_image(reg), "disks/x:v9")[1])),
+    Row("O08", "manifest with several layers", "provision",
+        r"the manifest has 2 layers; a disk image artifact has exactly one",
+        oci(lambda reg: oci_image(reg, count=2))),
+    Row("O09", "layer of an unknown media type (a container image layer)", "provision",
+        r"layer media type 'application/vnd.oci.image.layer.v1.tar\+gzip' is not a disk image",
+        oci(lambda reg: oci_image(reg, media="application/vnd.oci.image.layer.v1.tar+gzip"))),
+    Row("O10", "an image index (multi-platform list) instead of an artifact", "provision",
+        r"is an image index .*not a disk image artifact",
+        oci(lambda reg: oci_image(reg, index=True))),
+    Row("O11", "`@sha256:` digest the registry's manifest does not match", "provision",
+        r"manifest digest mismatch: asked for sha256:0000.*the registry served sha256:",
+        oci(lambda reg: (oci_image(reg, tag="sha256:" + "0" * 64),
+                         "disks/x@sha256:" + "0" * 64)[1])),
+    Row("O12", "blob whose bytes do not match the layer digest", "provision",
+        r"checksum mismatch: expected sha256:1111",
+        oci(lambda reg: (oci_image(reg, named="sha256:" + "1" * 64),
+                         reg.blobs.__setitem__("sha256:" + "1" * 64, zst(raw_image())),
+                         "disks/x:v1")[-1]), touched=True),
+    Row("O13", "`checksum` with an `oci://` image", "action",
+        r"^checksum: not with an oci:// sourceImage: the registry's layer digest is the checksum",
+        act({"action": "writeImage", "sourceImage": "oci://reg.example/disks/x:v1",
+             "checksum": "sha256:" + "0" * 64})),
+    # -- signed images (issue #17): real gpgv, real keys (tests/gpgkeys.py)
+    Row("G01", "`pyinit.keyring=base64:…` that is no keyring", "rootfs",
+        r"^pyinit.keyring: the 24 decoded bytes are not an OpenPGP keyring",
+        cmd(f"MYURL=http://127.0.0.1:9 {POWEROFF} pyinit.keyring=base64:"
+            + base64.b64encode(b"this is not a keyring!!!").decode())),
+    Row("G02", "signature over other bytes", "provision", r"bad signature .* not what was signed",
+        signed(data=b"other bytes"), touched=None),
+    Row("G03", "signed by a key not in the keyring", "provision",
+        r"signed by key <other>, which is not in the keyring", signed("other")),
+    Row("G04", "no signature (`x.img.gz.sig` answers 404)", "provision",
+        r"no signature: .*x\.img\.gz\.sig answers HTTP 404", signed(None)),
+    Row("G05", "signed by an expired key", "provision", r"which expired on 2025-01-02",
+        signed("expired", ring="expired")),
+    Row("G06", "signature file that is not OpenPGP (an HTML page)", "provision",
+        r"is not an OpenPGP signature", signed("html", data=HTML.encode())),
+    Row("G07", "signed `SHA256SUMS` without a line for the image", "provision",
+        r"SHA256SUMS: no sha256 checksum line for x\.img\.gz", signed_sums("other.img.gz")),
+    Row("G08", "`SHA256SUMS` changed after it was signed", "provision",
+        r"bad signature \(.*SHA256SUMS\.gpg", signed_sums("x.img.gz", signed_text=b"0  x\n")),
+    Row("G09", "`signatureURL` on a machine without a keyring", "provision",
+        r"signatureURL is set but no keyring is configured",
+        signed(keyring=lambda rig: "", signatureURL="x.img.gz.sig")),
+    Row("G10", "`pyinit.keyring=` naming a file that is no keyring", "provision",
+        r"^pyinit.keyring: /etc/pyinit/keyring.gpg is not an OpenPGP keyring",
+        signed(keyring=keyring_file)),
+    Row("G11", "signed by a revoked key", "provision", r"which is revoked",
+        signed("revoked", ring="revoked"), touched=None),
+    Row("G12", "a signature that expired (made in 2025, valid for a day)", "provision",
+        r"the signature expired on 2025-01-02", signed("old", ring="old", expiring=True),
+        touched=None),
     # -- RAID1 roots (issue #17)
     Row("R01", "RAID1 whose `raid.rootDeviceHints` match one disk", "disks",
         r"^raid: RAID1 needs at least 2 disks; .* gave 1 \(vdb .*no disk touched$",
@@ -744,10 +895,11 @@ def test_doc_and_test_tables_agree() -> None:
     assert len(ids) >= 30
     # the intro's count ("90 rows (command line 25, …)") follows the table
     m = re.search(r":\s+(\d+) rows \(command line (\d+), action JSON (\d+),\s+server (\d+), "
-                  r"network (\d+), image (\d+), disks (\d+), TLS (\d+),\s+RAID1 (\d+)\)",
+                  r"network (\d+), image (\d+), disks (\d+), TLS (\d+),\s+OCI registry (\d+),"
+                  r"\s+signatures (\d+),\s+RAID1 (\d+)\)",
                   DOC.read_text())
     assert m, "the intro's row count is missing"
-    per_group = [sum(1 for i in ids if i[0] == g) for g in "CASNIDTR"]
+    per_group = [sum(1 for i in ids if i[0] == g) for g in "CASNIDTOGR"]
     assert [int(n) for n in m.groups()] == [len(ids), *per_group]
     for row in ROWS:
         cells = documented[row.id]
@@ -760,6 +912,21 @@ def row_rig(request: pytest.FixtureRequest, rig: Rig) -> Rig:
     row: Row = request.node.callspec.params["row"]
     if row.id.startswith("T"):
         rig.tls = request.getfixturevalue("tls_files")
+    if row.id.startswith("G"):  # gpgv is the peer under test: it only reads the files it is
+        # given; every other command stays forbidden
+        rig.keys = request.getfixturevalue("gpg_keys")
+        for name in NAMES:  # the keys are made per run: the doc shows their names
+            rig.replacements[rig.keys.keyid(name)] = f"<{name}>"
+
+        def gpgv_only(real: Callable[..., Any]) -> Callable[..., Any]:
+            def runner(argv: list[str], **kw: Any) -> Any:
+                if argv[0] != "gpgv":
+                    raise AssertionError(f"unit test tried to run a real command: {argv}")
+                return real(argv, **kw)
+            return runner
+
+        rig.mp.setattr(proc, "_runner", gpgv_only(proc._real_run))
+        rig.mp.setattr(proc, "_spawner", gpgv_only(proc._real_spawn))
     return rig
 
 

@@ -18,7 +18,7 @@ from pyinit_build.cli import build_parser
 from pyinit_server import cli as serve_cli
 from pyinit_server.machines import Machine, MachineError, MachineStore, file_key, parse_machine
 from pyinit_server.status import History, Summary, fold
-from pyinit_server.status_cli import age
+from pyinit_server.status_cli import age, lifecycle_cell
 from tests.serverkit import ObservedServer
 
 MAC = "52-54-00-12-34-56"
@@ -410,13 +410,25 @@ def test_status_cli_table(root: Path, server: ObservedServer) -> None:
     args = build_parser().parse_args(["status", "--server", server.url + "/"])
     assert args.func(args, out=out) == 0
     assert out.getvalue() == (
-        "MAC                PHASE               PROGRESS  RATE        ETA    RESULT  AGE  ERROR\n"
-        "52-54-00-00-00-02  -                   -         -           -      -       -    -\n"
-        "52-54-00-12-34-56  provision progress  48%       230.0 MB/s  2m05s  -       0s   -\n"
-        "52-54-00-aa-bb-cc  provision failed    -         -           -      failed  0s   "
+        "MAC                STATE   PHASE               PROGRESS  RATE        ETA    RESULT  AGE  "
+        "ERROR\n"
+        "52-54-00-00-00-02  -       -                   -         -           -      -       -    "
+        "-\n"
+        "52-54-00-12-34-56  -       provision progress  48%       230.0 MB/s  2m05s  -       0s   "
+        "-\n"
+        "52-54-00-aa-bb-cc  failed  provision failed    -         -           -      failed  0s   "
         "provision: write /dev/vda: No space left on device xxxxxxxx…\n"
-        "default            -                   -         -           -      -       -    "
+        "default            -       -                   -         -           -      -       -    "
         "file warning: machines/default.yaml: sourceImage: required …\n")
+
+
+def test_status_cli_state_column() -> None:
+    """The fleet table's STATE: the lifecycle state, a pending redeploy marked, else ``-``."""
+    assert lifecycle_cell({"lifecycle": {"state": "booted", "since": 1.0}}) == "booted"
+    assert lifecycle_cell({"lifecycle": {"state": "deployed", "pending": "redeploy"}}) == (
+        "deployed +redeploy")
+    assert lifecycle_cell({"lifecycle": None}) == "-"
+    assert lifecycle_cell({}) == "-"
 
 
 def test_api_machines_pages_and_filters_on_the_server(root: Path,
@@ -542,7 +554,7 @@ def test_status_cli_event_log(server: ObservedServer) -> None:
     args = build_parser().parse_args(["status", "--server", server.url, "52:54:00:12:34:56"])
     assert args.func(args, out=out) == 0
     lines = out.getvalue().splitlines()
-    assert lines[1].split() == [MAC, "action", "ok", "-", "-", "-", "ok", "0s", "-"]
+    assert lines[1].split() == [MAC, "-", "action", "ok", "-", "-", "-", "ok", "0s", "-"]
     assert lines[2:5] == [f"file: machines/{MAC}.yaml", "",
                           "    +0.0s  action     ok        elapsed=0.25"]
     assert lines[5].endswith("  result     ok        handoff=reboot device=/dev/vda")
@@ -564,6 +576,35 @@ def test_status_cli_errors(server: ObservedServer, capsys: pytest.CaptureFixture
     args = parser.parse_args(["status", "--server", server.url, "--json"])
     assert args.func(args, out=out) == 0
     assert json.loads(out.getvalue())["machines"][0]["mac"] == OTHER
+
+
+def test_redeploy_cli_errors(server: ObservedServer, tmp_path: Path,
+                             capsys: pytest.CaptureFixture[str]) -> None:
+    """``pyinit redeploy``'s failures are one line each, with the server's own reason."""
+    parser = build_parser()
+    args = parser.parse_args(["redeploy", "--server", server.url, "nope"])
+    assert args.func(args) == 2
+    assert "not a MAC address: 'nope'" in capsys.readouterr().err
+    missing = tmp_path / "no-token"
+    args = parser.parse_args(["redeploy", "--server", server.url, "--token-file", str(missing),
+                              MAC])
+    assert args.func(args) == 2
+    assert f"--token-file {missing}: No such file or directory" in capsys.readouterr().err
+    args = parser.parse_args(["redeploy", "--server", "http://127.0.0.1:9", MAC])
+    assert args.func(args) == 1
+    assert "pyinit redeploy: cannot reach http://127.0.0.1:9: ConnectionError" in \
+        capsys.readouterr().err
+    unknown = "52-54-00-99-99-99"
+    args = parser.parse_args(["redeploy", "--server", server.url, unknown])
+    assert args.func(args) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"pyinit redeploy: {server.url}/api/machines/{unknown}/redeploy: "
+                          "HTTP 404: ")
+    assert len(err.splitlines()) == 1
+    out = io.StringIO()
+    args = parser.parse_args(["redeploy", "--server", server.url, MAC])  # writes are open here
+    assert args.func(args, out=out) == 0
+    assert out.getvalue() == f"{MAC}: redeploy requested; its next boot provisions it again\n"
 
 
 @pytest.mark.parametrize(("seconds", "text"), [

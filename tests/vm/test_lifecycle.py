@@ -21,11 +21,12 @@ import pytest
 import requests
 
 from pyinit_build.cli import build_parser
-from pyinit_qemu.vm import VM, Disk, VMConfig, create_disk, guest_url
+from pyinit_qemu.vm import VM, Disk, create_disk, guest_url
 from tests.serverkit import ObservedServer
 from tests.vm.test_after_write import golden, marker
 
 from .conftest import NEVER, Artifacts
+from .pxe import pxe_vm, server_root, tftp_dir
 
 pytestmark = pytest.mark.vm
 
@@ -61,27 +62,19 @@ def test_deploy_once_first_boot_then_local_disk_then_redeploy(artifacts: Artifac
                              extra={"etc/init.d/S99zz-test-wait": (0o755, WAIT)})
     part = manifest.root["partition"]
     compressed = image.with_name(manifest.action["image"])
-    root = tmp_path / "srv"
-    (root / "machines").mkdir(parents=True)
-    (root / "images").mkdir()
-    (root / "images" / compressed.name).symlink_to(compressed)
-    (root / "machines" / f"{DASHES}.json").write_text(json.dumps(
+    root = server_root(tmp_path, compressed, f"{DASHES}.json", json.dumps(
         {"action": "writeImage", "sourceImage": f"images/{compressed.name}",
          "checksum": manifest.action["checksum"], "destinationDevice": "/dev/vda",
          "finish": "reboot", "hostname": "rack1-node01", "address": "10.0.2.15/24",
          "gateway": "10.0.2.2"}))
     disk = create_disk(tmp_path / "disk.raw", manifest.virtual_size)
-    tftp = tmp_path / "tftp"
-    tftp.mkdir()
     args = "console=ttyS0,115200 panic=-1 pyinit.on_failure=poweroff"
     with ObservedServer(root, boot_dir=artifacts.kernel.parent, kernel_args=args,
                         symlinks="any") as srv:
-        (tftp / "pyinit.ipxe").write_text(f"#!ipxe\nchain {guest_url(srv.url)}/boot.ipxe\n")
+        tftp = tftp_dir(tmp_path, srv.url)
 
         def pxe(n: int) -> VM:
-            return VM(VMConfig(kernel=None, mac=MAC, disks=[Disk(disk)], pxe_tftp=tftp,
-                               pxe_bootfile="pyinit.ipxe", timeout=400,
-                               workdir=tmp_path / f"vm{n}"))
+            return pxe_vm(tftp, MAC, [Disk(disk)], tmp_path / f"vm{n}")
 
         def lifecycle() -> dict[str, Any]:
             state: dict[str, Any] = requests.get(f"{srv.url}/api/machines/{MAC}",

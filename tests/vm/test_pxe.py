@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 
 from pyinit_build.demoimage import DemoImage, sha256_file
-from pyinit_qemu.vm import VM, Disk, VMConfig, create_disk, guest_url
+from pyinit_qemu.vm import Disk, create_disk
 from tests.serverkit import ObservedServer
 
 from .conftest import NEVER, Artifacts
+from .pxe import pxe_vm, server_root, tftp_dir
 
 pytestmark = pytest.mark.vm
 
@@ -22,29 +23,20 @@ MAC = "52:54:00:9e:00:01"
 
 def test_ipxe_from_slirp_tftp_chains_to_the_server_and_provisions(
         artifacts: Artifacts, demo_image: DemoImage, tmp_path: Path) -> None:
-    root = tmp_path / "srv"
-    (root / "machines").mkdir(parents=True)
-    (root / "images").mkdir()
-    (root / "images" / "demo.img.gz").symlink_to(demo_image.gz)
-    (root / "machines" / "52-54-00-9e-00-01.yaml").write_text(
-        "# a machine file in YAML, as operators write them\n"
-        "action: writeImage\n"
-        "sourceImage: images/demo.img.gz\n"
-        f"checksum: sha256:{demo_image.gz_sha256}\n"
-        "destinationDevice: /dev/vda\n"
-        "finish: poweroff\n")
+    root = server_root(tmp_path, demo_image.gz, "52-54-00-9e-00-01.yaml",
+                       "# a machine file in YAML, as operators write them\n"
+                       "action: writeImage\n"
+                       f"sourceImage: images/{demo_image.gz.name}\n"
+                       f"checksum: sha256:{demo_image.gz_sha256}\n"
+                       "destinationDevice: /dev/vda\n"
+                       "finish: poweroff\n")
     disk = create_disk(tmp_path / "disk.raw", 2 * demo_image.size)
-    tftp = tmp_path / "tftp"
-    tftp.mkdir()
     args = "console=ttyS0,115200 panic=-1 pyinit.on_failure=poweroff"
     # the secure defaults (the iPXE script carries the machine's own token), but for the
     # image, which is a link to the one built under out/
     with ObservedServer(root, boot_dir=artifacts.kernel.parent, kernel_args=args,
                             symlinks="any") as srv:
-        (tftp / "pyinit.ipxe").write_text(f"#!ipxe\nchain {guest_url(srv.url)}/boot.ipxe\n")
-        cfg = VMConfig(kernel=None, mac=MAC, disks=[Disk(disk)], pxe_tftp=tftp,
-                       pxe_bootfile="pyinit.ipxe", timeout=400, workdir=tmp_path / "vm")
-        with VM(cfg) as vm:
+        with pxe_vm(tftp_dir(tmp_path, srv.url), MAC, [Disk(disk)], tmp_path / "vm") as vm:
             # iPXE itself prints only on the (absent) display; the kernel shows the command
             # line the server's per-MAC script gave it.
             vm.expect(r"Command line: .*BOOTYURL=http://10\.0\.2\.2:\d+ "

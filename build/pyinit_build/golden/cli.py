@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from pyinit.units import size_arg
+from pyinit_build import ocipush
 from pyinit_build.errors import BuildError
-from pyinit_build.golden import build, debian
+from pyinit_build.golden import build, debian, sign
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
@@ -74,6 +75,17 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                         "newest mtime in the rootfs)")
     p.add_argument("--uuid", dest="root_uuid", default=None,
                    help="root filesystem UUID (default: derived from the inputs)")
+    p.add_argument("--push", default=None, metavar="oci://REGISTRY[:PORT]/REPO:TAG",
+                   help="push the image as served (the compressed copy, else the raw file) to "
+                        "an OCI registry, as oras push does (credentials: "
+                        "$PYINIT_REGISTRY_USER, $PYINIT_REGISTRY_PASSWORD)")
+    ocipush.add_arguments(p)
+    p.add_argument("--sign-key", default=None, metavar="KEY",
+                   help="sign the outputs with this gpg key (id or fingerprint): OUTPUT.sig, "
+                        "<compressed>.sig ... and OUTPUT.SHA256SUMS.gpg, the names pyinit's "
+                        "writer looks for when a keyring is configured (docs/image.md)")
+    p.add_argument("--gpg-homedir", type=Path, default=None, metavar="DIR",
+                   help="the GNUPGHOME holding --sign-key (default: $GNUPGHOME, ~/.gnupg)")
     p.set_defaults(func=_main)
     return p
 
@@ -108,9 +120,21 @@ def spec_from_args(args: argparse.Namespace) -> build.ImageSpec:
 
 def _main(args: argparse.Namespace) -> int:
     spec = spec_from_args(args)
+    if args.push:
+        ocipush.parse_ref(args.push)  # a bad reference fails before the build
     if build.debian_suite(spec) is None and not spec.rootfs.exists():
         raise BuildError("rootfs", f"{spec.rootfs}: no such file or directory")
+    signer = sign.signing_key(args.sign_key, homedir=args.gpg_homedir) \
+        if args.sign_key else None  # a wrong key fails before the build, not after it
     manifest = build.build_image(spec, progress=print)
-    print(json.dumps({"image": str(spec.output), "sha256": manifest.sha256,
-                      "size": manifest.virtual_size, "action": manifest.action}))
+    line: dict[str, Any] = {"image": str(spec.output), "sha256": manifest.sha256,
+                            "size": manifest.virtual_size, "action": manifest.action}
+    if args.sign_key:  # the signatures stay beside the files: --push sends the image only
+        made = sign.sign_outputs(spec.output, [f["path"] for f in manifest.files.values()],
+                                 args.sign_key, homedir=args.gpg_homedir)
+        line.update(signer=signer, signatures=[p.name for p in made])
+    if args.push:
+        line.update(ocipush.push_and_report(spec.output.with_name(manifest.action["image"]),
+                                            args.push, args))
+    print(json.dumps(line))
     return 0
