@@ -447,10 +447,15 @@ def step_provision(ctx: Context) -> None:
     from pyinit.image.write import WriteRequest, write_image
 
     wait_for_device(ctx.device, timeout=DEVICE_TIMEOUT)
-    if ctx.raid_members is not None:  # old arrays, LVM labels, tables: gone before the write
+    wipe = None
+    if ctx.raid_members is not None:
+        # old arrays, LVM labels, tables: gone before the write, once every check that needs
+        # no disk passed (a refused image leaves the members untouched)
+        from functools import partial
+
         from pyinit import raid
 
-        raid.wipe(ctx.raid_members, sysfs=SYSFS)
+        wipe = partial(raid.wipe, ctx.raid_members, sysfs=SYSFS)
     req = WriteRequest(url=act.source_image, device=ctx.device,
                        checksum=act.checksum, checksum_url=act.checksum_url, size=act.size,
                        verify=act.verify == "full", preserve_on_error=act.preserve_on_error,
@@ -458,7 +463,7 @@ def step_provision(ctx: Context) -> None:
                        checksum_signature_url=act.checksum_signature_url)
     if act.oci is not None:
         req = _oci_request(ctx, act, req)
-    res = write_image(req, session=ctx.session)
+    res = write_image(req, session=ctx.session, before_open=wipe)
     ctx.summary.update(image=res.url, device=res.device, format=res.format,
                        bytes_written=res.bytes_written, bytes_downloaded=res.bytes_fetched,
                        sha256=res.sha256, sha256_of=res.sha256_of(),
