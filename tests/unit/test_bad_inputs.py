@@ -161,10 +161,12 @@ class Rig:
                 self.image_retries += 1
                 yield 0.0
 
-        def write(req: WriteRequest, *, session: requests.Session) -> WriteResult:
+        def write(req: WriteRequest, *, session: requests.Session,
+                  before_open: Callable[[], None] | None = None) -> WriteResult:
             return real_write(dataclasses.replace(req, device=self.devmap(req.device)),
                               session=session, allow_regular_file=True, delays=delays,
-                              max_attempts=3, read_timeout=2.0, progress_interval=60.0)
+                              max_attempts=3, read_timeout=2.0, progress_interval=60.0,
+                              before_open=before_open)
 
         real_capture = capture.capture_image
 
