@@ -79,13 +79,37 @@ _FIELDS: dict[str, tuple[str, tuple[type, ...]]] = {
     # signed images (issue #17, docs/security.md "The signature chain")
     "signatureURL": ("signature_url", (str,)),
     "checksumSignatureURL": ("checksum_signature_url", (str,)),
+    # RAID1 roots (issue #17, docs/action.md "raid", docs/grow.md "RAID1 roots")
+    "raid": ("raid", (dict,)),
 }
 
 _TYPE_NAMES = {bool: "a boolean", str: "a string", int: "an integer", list: "a list",
                dict: "an object"}
+RAID_LEVELS = {1: 2}  # level -> the fewest member disks it needs
+_RAID_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
 _HOSTNAME_RE = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
                           r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
 _DEVICE_RE = re.compile(r"^/dev/[A-Za-z0-9._/:+-]+$")
+
+
+@dataclass(frozen=True)
+class Raid:
+    """The ``raid`` field: an md RAID1 root mirrored over ``devices`` (paths, in order: the
+    image is written to the first) or over every disk ``hints`` match (docs/grow.md)."""
+
+    level: int
+    devices: tuple[str, ...] = ()
+    hints: Hints | None = None
+    name: str = "root"        # /dev/md/<name>, and the array's name in its superblock
+
+    @property
+    def min_disks(self) -> int:
+        return RAID_LEVELS[self.level]
+
+    def describe(self) -> str:
+        which = (", ".join(self.devices) if self.devices
+                 else f"rootDeviceHints {self.hints.describe()}" if self.hints else "?")
+        return f"RAID{self.level} /dev/md/{self.name} over {which}"
 
 
 @dataclass(frozen=True)
@@ -154,6 +178,9 @@ class Action:
     # keyring is configured (pyinit.image.signature.plan); the action cannot turn checking off.
     signature_url: str | None = None
     checksum_signature_url: str | None = None
+    # RAID1 root (issue #17): the image is written to the first member and its root partition
+    # mirrored onto the others as an md RAID1 (metadata 1.0); None: one disk.
+    raid: Raid | None = None
 
     @property
     def grows(self) -> bool:
@@ -188,6 +215,8 @@ class Action:
             return f"erase ({self.erase_mode}) {which}"
         if self.action == "inspect":
             return "inspect (hardware inventory, then " + self.finish + ")"
+        if self.action == "writeImage" and self.raid is not None:
+            return f"writeImage {self.source_image} -> {self.raid.describe()}"
         if self.action == "writeImage":
             return f"writeImage {self.source_image} -> {self.disk_wanted}"
         return f"readImage {self.disk_wanted} -> {self.destination_address}"
@@ -320,7 +349,10 @@ def parse_action(data: Mapping[str, Any], *, base_url: str | None = None) -> Act
     _registry(values)
     if kind in ("erase", "inspect"):
         return _erase_or_inspect(values, kind)
-    _which_disk(values, kind)
+    if "raid" in values:
+        _raid(values, kind)
+    else:
+        _which_disk(values, kind)
     if kind == "writeImage":
         if not values.get("source_image"):
             raise ConfigError("sourceImage", "required for writeImage")
@@ -377,7 +409,7 @@ def _hints(data: Any, otherwise: str) -> Hints:
 
 _WRITE_ONLY = ("source_image", "destination_device", "source_device", "destination_address",
                "grow_partition", "lvm_root_name", "checksum", "checksum_url", "signature_url",
-               "checksum_signature_url")
+               "checksum_signature_url", "raid")
 
 
 def _signature_urls(values: dict[str, Any], base_url: str | None) -> None:
@@ -441,6 +473,62 @@ def _which_disk(values: dict[str, Any], kind: str) -> None:
         values["root_device_hints"] = _hints(hints, "for the default disk")
     elif kind == "readImage":
         raise ConfigError(wire, "required for readImage (or rootDeviceHints)")
+
+
+def _raid(values: dict[str, Any], kind: str) -> None:
+    """``raid``: ``{"level": 1, "devices": [...]}`` or ``{"level": 1, "rootDeviceHints":
+    {...}}``, optional ``"name"``. Only for writeImage; it names the disks, so
+    destinationDevice and rootDeviceHints beside it are refused, and so is lvmRootName (the
+    mirrored partition holds the root filesystem itself). Pure."""
+    data = values.pop("raid")
+    if kind != "writeImage":
+        raise ConfigError("raid", f"not a field of the {kind} action")
+    for attr, wire in (("destination_device", "destinationDevice"),
+                       ("root_device_hints", "rootDeviceHints")):
+        if values.get(attr):
+            raise ConfigError(wire, "give the disks in raid.devices or raid.rootDeviceHints, "
+                                    "not beside raid")
+    values.pop("destination_device", None)
+    if values.get("lvm_root_name"):
+        raise ConfigError("raid", "a RAID1 root on LVM (lvmRootName) is not supported: the "
+                                  "mirrored partition must hold the root filesystem itself")
+    unknown = sorted(set(data) - {"level", "devices", "rootDeviceHints", "name"})
+    if unknown:
+        raise ConfigError(f"raid.{unknown[0]}", "unknown field")
+    level = data.get("level")
+    if isinstance(level, bool) or not isinstance(level, int):
+        raise ConfigError("raid.level", f"must be an integer, got {level!r}")
+    if level not in RAID_LEVELS:
+        raise ConfigError("raid.level", f"RAID{level} is not supported (levels: "
+                          + ", ".join(str(n) for n in RAID_LEVELS) + ")")
+    name = data.get("name", "root")
+    if not isinstance(name, str) or not _RAID_NAME_RE.match(name):
+        raise ConfigError("raid.name", f"must be 1-32 letters, digits, '_', '.' or '-', got "
+                                       f"{name!r}")
+    devices = data.get("devices")
+    hints = data.get("rootDeviceHints")
+    if (devices is None) == (hints is None):
+        raise ConfigError("raid", "give raid.devices or raid.rootDeviceHints (one of them)")
+    if devices is not None:
+        if not isinstance(devices, list):
+            raise ConfigError("raid.devices", f"must be a list, got {devices!r}")
+        for i, device in enumerate(devices):
+            if not isinstance(device, str):
+                raise ConfigError(f"raid.devices[{i}]", f"must be a string, got {device!r}")
+            _device(f"raid.devices[{i}]", device)
+        if len(set(devices)) != len(devices):
+            raise ConfigError("raid.devices", "names a disk twice")
+        if len(devices) < RAID_LEVELS[level]:
+            raise ConfigError("raid.devices", f"RAID{level} needs at least "
+                              f"{RAID_LEVELS[level]} disks, got {len(devices)}")
+        values["raid"] = Raid(level, devices=tuple(devices), name=name)
+        return
+    if not isinstance(hints, dict):
+        raise ConfigError("raid.rootDeviceHints", f"must be an object, got {hints!r}")
+    parsed = parse_hints(hints, field_name="raid.rootDeviceHints")
+    if parsed.empty:
+        raise ConfigError("raid.rootDeviceHints", "is empty: give at least one hint")
+    values["raid"] = Raid(level, hints=parsed, name=name)
 
 
 def parse_action_json(body: bytes | str, *, base_url: str | None = None) -> Action:

@@ -187,12 +187,14 @@ def _firmware_path(path: str) -> str:
     return "\\" + "\\".join(PurePosixPath(path).parts)
 
 
-def entry_label(image_url: str) -> str:
+def entry_label(image_url: str, disk: str | None = None) -> str:
     """``pyinit <image file name>``, printable ASCII (efibootmgr's default), at most
-    :data:`LABEL_MAX` characters: what the firmware's boot menu shows. Pure."""
+    :data:`LABEL_MAX` characters: what the firmware's boot menu shows; with ``disk`` (a RAID1
+    root's other members) `` (vdb)`` at the end. Pure."""
     name = unquote(PurePosixPath(urlsplit(image_url).path).name) or "image"
     name = "".join(c if " " <= c <= "~" else "?" for c in name).strip() or "image"
-    return (LABEL_PREFIX + name)[:LABEL_MAX]
+    suffix = f" ({PurePosixPath(disk).name})" if disk else ""
+    return (LABEL_PREFIX + name)[:LABEL_MAX - len(suffix)] + suffix
 
 
 def stale_entries(found: BootVars, keep: str) -> tuple[Entry, ...]:
@@ -303,13 +305,14 @@ class _Steps:
 
 
 def make_entry(disk: str, *, label: str, required: bool = False, sysfs: Path = Path("/sys"),
-               machine: str | None = None,
+               machine: str | None = None, keep: Iterable[str] = (),
                esp_files: Callable[[str, int], list[str]] | None = None,
                efivarfs: Callable[[Path], None] | None = None) -> Outcome:
     """Make the boot entry for ``disk`` (``/dev/<kernel name>``) and order it; see the module
     docstring. Every expected failure is one warning line and a ``skipped`` outcome, or, with
     ``required`` (``uefiBootEntry: true``), a :class:`BootEntryError`. ``esp_files`` and
-    ``efivarfs`` default to :func:`list_esp` and :func:`mount_efivarfs`."""
+    ``efivarfs`` default to :func:`list_esp` and :func:`mount_efivarfs`. ``keep``: entries of
+    this run not to remove as earlier pyinit entries (a RAID1 root's other disks')."""
     from pyinit.grow import partition_path
 
     esp_files = esp_files or list_esp
@@ -363,6 +366,8 @@ def make_entry(disk: str, *, label: str, required: bool = False, sysfs: Path = P
     log.info(f"bootentry: created {entry.describe()}: {entry.path or loader}")
     removed = []
     for old in stale_entries(made, entry.number):
+        if old.number in keep:
+            continue
         try:
             efibootmgr("--bootnum", old.number, "--delete-bootnum")
         except PyinitError as exc:

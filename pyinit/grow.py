@@ -298,11 +298,13 @@ def _apply_mbr(fd: int, plan: GrowPlan) -> None:
     os.fsync(fd)
 
 
-def apply_grow(target: int | str | os.PathLike[str], plan: GrowPlan) -> None:
+def apply_grow(target: int | str | os.PathLike[str], plan: GrowPlan, *,
+               force: bool = False) -> None:
     """Write ``plan`` to the disk (or image file) ``target`` (an fd open for reading and writing,
     or a path), checking first that the table is still the one planned for. Does not tell the
-    kernel: see :func:`reread`. A plan that changes nothing writes nothing."""
-    if not plan.changed:
+    kernel: see :func:`reread`. A plan that changes nothing writes nothing, unless ``force``
+    (a RAID member's copied GPT still needs its backup header: :mod:`pyinit.raid`)."""
+    if not plan.changed and not force:
         return
     fd = target if isinstance(target, int) else os.open(target, os.O_RDWR | os.O_CLOEXEC)
     try:

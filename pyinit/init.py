@@ -1,7 +1,7 @@
 """PID 1: the boot as a short, ordered table of named steps.
 
 Each step is ``def step(ctx) -> None`` and returns early when it does not apply. The runner logs
-``[3/12] network: start`` then ``ok (2.1 s)`` or ``FAILED: <one line>`` and emits one
+``[3/13] network: start`` then ``ok (2.1 s)`` or ``FAILED: <one line>`` and emits one
 ``PYINIT-EVENT`` line per transition. The last step, ``handoff``, reports the result, says what
 happens now (``handoff now how=kexec``) and does it; it returns only by failing. One guard around
 everything catches every error, reports it, and applies the failure policy
@@ -38,7 +38,7 @@ from pyinit.network.result import NetworkResult
 # imported here is paid for before the first step, and under emulation that is a tenth of a
 # second or more per module (bench_boot; docs/initramfs.md "Boot time").
 if TYPE_CHECKING:
-    from pyinit import erase, grow, lldp, unique
+    from pyinit import erase, grow, lldp, raid, unique
     from pyinit.action import Action
     from pyinit.disks.inventory import Disk
     from pyinit.image.write import WriteRequest
@@ -84,6 +84,7 @@ class Context:
     # provision, grow, configure and handoff use, never the action's own field.
     device: str | None = None
     erase_plan: erase.Plan | None = None  # the erase action's disks, chosen by step_disks
+    raid_members: raid.Members | None = None  # a RAID1 root's disks, chosen by step_disks
     # /sys/block and the time once the drivers are loaded: the disks step's settle wait counts
     # its quiet period from here when nothing changed since
     block_baseline: tuple[tuple[str, ...], float] | None = None
@@ -329,6 +330,9 @@ def step_disks(ctx: Context) -> None:
     if act.action == "erase":
         _plan_erase(ctx, act)
         return
+    if act.raid is not None:
+        _plan_raid(ctx, act, min_size)
+        return
     capture = act.action == "readImage"
     choice = choose(ctx.inventory, device=act.source_device if capture
                     else act.destination_device, hints=act.root_device_hints,
@@ -338,6 +342,23 @@ def step_disks(ctx: Context) -> None:
     logger.info(f"disks: {'source' if capture else 'destination'} {choice.device} "
                 f"({choice.disk.summary() if choice.disk else 'not in the inventory'}) "
                 f"by {choice.how}")
+
+
+def _plan_raid(ctx: Context, act: Action, min_size: int | None) -> None:
+    """A RAID1 root's member disks, every refusal before any disk is touched; the image is
+    written to the first."""
+    from pyinit import raid
+
+    assert act.raid is not None
+    members = raid.plan(act.raid, ctx.inventory, min_size=min_size,
+                        allow_removable=act.allow_removable)
+    ctx.raid_members = members
+    ctx.device = members.paths[0]
+    ctx.summary.update(disk=ctx.device, disks=",".join(d.name for d in members.disks),
+                       disk_choice=members.how)
+    log.get_logger().info(f"disks: RAID{act.raid.level} members "
+                          + ", ".join(d.summary() for d in members.disks)
+                          + f" by {members.how}; the image goes to {ctx.device}")
 
 
 def _plan_erase(ctx: Context, act: Action) -> None:
@@ -426,6 +447,15 @@ def step_provision(ctx: Context) -> None:
     from pyinit.image.write import WriteRequest, write_image
 
     wait_for_device(ctx.device, timeout=DEVICE_TIMEOUT)
+    wipe = None
+    if ctx.raid_members is not None:
+        # old arrays, LVM labels, tables: gone before the write, once every check that needs
+        # no disk passed (a refused image leaves the members untouched)
+        from functools import partial
+
+        from pyinit import raid
+
+        wipe = partial(raid.wipe, ctx.raid_members, sysfs=SYSFS)
     req = WriteRequest(url=act.source_image, device=ctx.device,
                        checksum=act.checksum, checksum_url=act.checksum_url, size=act.size,
                        verify=act.verify == "full", preserve_on_error=act.preserve_on_error,
@@ -433,7 +463,7 @@ def step_provision(ctx: Context) -> None:
                        checksum_signature_url=act.checksum_signature_url)
     if act.oci is not None:
         req = _oci_request(ctx, act, req)
-    res = write_image(req, session=ctx.session)
+    res = write_image(req, session=ctx.session, before_open=wipe)
     ctx.summary.update(image=res.url, device=res.device, format=res.format,
                        bytes_written=res.bytes_written, bytes_downloaded=res.bytes_fetched,
                        sha256=res.sha256, sha256_of=res.sha256_of(),
@@ -490,11 +520,39 @@ def _write_action(ctx: Context) -> Action | None:
     return act
 
 
+def step_raid(ctx: Context) -> None:
+    """A RAID1 root (docs/grow.md "RAID1 roots"): the root partition grown to the smallest
+    member's end, the layout and boot partitions copied to the other members, the md array
+    (metadata 1.0) built around the written filesystem, the filesystem grown on it,
+    mdadm.conf and the initramfs of the target made to assemble it. On failure the written
+    first member stays as it is (as after any failure after the write), the other members'
+    ends are zeroed: a half-made copy never looks bootable."""
+    act = _write_action(ctx)
+    if act is None or act.raid is None:
+        return
+    from pyinit import raid
+
+    assert ctx.raid_members is not None
+    try:
+        done = raid.build(ctx.raid_members, act, mountpoint=TARGET, dev=DEV, sysfs=SYSFS)
+    except BaseException:
+        raid.zero_heads(ctx.raid_members.paths[1:])
+        raise
+    ctx.grown = done.growth
+    ctx.target_root = ctx.summary["target_root"] = done.array.device
+    ctx.summary.update(raid=done.array.summary(), grow=done.growth.summary())
+    log.get_logger().info(f"raid: {done.summary()}")
+    log.event("raid", "array", device=done.array.device, kernel=done.array.kernel,
+              members=list(done.array.members), size=done.array.size,
+              array=done.array.array_line)
+
+
 def step_grow(ctx: Context) -> None:
     """growPartition/growDisk: the partition (GPT backup moved to the end), the LVM PV and LV,
-    then the filesystem, online — with the target's own tools where it has them."""
+    then the filesystem, online — with the target's own tools where it has them. A RAID1 root
+    was grown by the raid step."""
     act = _write_action(ctx)
-    if act is None or not act.grows:
+    if act is None or not act.grows or act.raid is not None:
         return
     from pyinit import grow
 
@@ -616,7 +674,8 @@ def _report_identity(ctx: Context, fresh: unique.Refreshed) -> None:
 
 def step_bootentry(ctx: Context) -> None:
     """UEFI: a boot entry for the written disk's loader, first in BootOrder (after the network
-    entry this boot came from), pyinit's earlier entries removed (docs/lifecycle.md)."""
+    entry this boot came from), pyinit's earlier entries removed (docs/lifecycle.md); a RAID1
+    root: one per member disk, in the members' order."""
     act = _write_action(ctx)
     if act is None:
         return
@@ -627,6 +686,17 @@ def step_bootentry(ctx: Context) -> None:
     from pyinit import efiboot
 
     assert ctx.device is not None and act.source_image
+    if ctx.raid_members is not None:  # one per member disk, the first member's first
+        made_ids: list[str] = []
+        summaries: list[str] = []
+        for disk in reversed(ctx.raid_members.paths):
+            one = efiboot.make_entry(disk, label=efiboot.entry_label(
+                act.source_image, None if disk == ctx.device else disk),
+                required=act.uefi_boot_entry is True, sysfs=SYSFS, keep=made_ids)
+            made_ids += [one.number] if one.number else []
+            summaries.insert(0, one.summary)
+        ctx.summary["boot_entry"] = ",".join(summaries)
+        return
     made = efiboot.make_entry(ctx.device, label=efiboot.entry_label(act.source_image),
                               required=act.uefi_boot_entry is True, sysfs=SYSFS)
     ctx.summary["boot_entry"] = made.summary
@@ -740,6 +810,7 @@ STEPS: tuple[tuple[str, Callable[[Context], None]], ...] = (
     ("action", step_action),
     ("disks", step_disks),
     ("provision", step_provision),
+    ("raid", step_raid),
     ("grow", step_grow),
     ("configure", step_configure),
     ("bootentry", step_bootentry),

@@ -21,7 +21,7 @@ from pyinit_build import kernel
 from pyinit_build.golden import debian
 
 METAPACKAGE = "linux-image-cloud-amd64"
-PACKAGES = ("initramfs-tools", "systemd-sysv", "openssh-server")
+PACKAGES = ("initramfs-tools", "systemd-sysv", "openssh-server", "mdadm")
 _CLOUD = re.compile(r"^linux-image-(\d+\.\d+\.\d+)-(\d+)-cloud-amd64$")
 
 

@@ -150,7 +150,8 @@ def write_image(req: WriteRequest, *, session: requests.Session,
                 connect_timeout: float = 10.0, read_timeout: float = 30.0,
                 max_attempts: int = 8, delays: Callable[[], Iterator[float]] = backoff,
                 io_threads: int = IO_THREADS, progress_interval: float = 1.0,
-                clock: Callable[[], float] = time.monotonic) -> WriteResult:
+                clock: Callable[[], float] = time.monotonic,
+                before_open: Callable[[], None] | None = None) -> WriteResult:
     """Stream ``req.url`` onto ``req.device`` (see :mod:`pyinit.image` for the guarantees).
 
     ``direct``: O_DIRECT for block devices (default :data:`DIRECT_DEFAULT`: 1 GiB, 30 % data,
@@ -158,6 +159,9 @@ def write_image(req: WriteRequest, *, session: requests.Session,
     cache, median of 5, and 1.06 vs 1.58 CPU seconds; progress is honest too).
     ``read_timeout``: seconds without a byte before a connection counts as stalled and is
     resumed. ``max_attempts``: consecutive failed attempts (without progress) before giving up.
+    ``before_open``: run once every refusal that needs no disk has passed (checksum file and
+    signatures checked), right before the disk is opened: a RAID1 root's members are wiped
+    there (:func:`pyinit.raid.wipe`), so a refused image leaves them untouched too.
     """
     start = clock()
     check_destination(req.device, proc=proc, sysfs=sysfs, allow_regular_file=allow_regular_file)
@@ -167,6 +171,8 @@ def write_image(req: WriteRequest, *, session: requests.Session,
                           conventional=req.auth is None)  # auth: an OCI registry's blob
     expected, signer = _expected(req, session=session, sums_signature=sigs.sums_signature)
     verifier = _stream_verifier(req, sigs.image_signature, session)
+    if before_open is not None:
+        before_open()
     target = Target.open(req.device, allow_regular_file=allow_regular_file, direct=direct,
                          sysfs=sysfs)
     try:

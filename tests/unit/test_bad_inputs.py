@@ -46,7 +46,8 @@ from typing import Any
 import pytest
 import requests
 
-from pyinit import capture, erase, fetch, init, log, policy, proc
+from pyinit import capture, erase, fetch, init, log, policy, proc, raid
+from pyinit.action import Raid
 from pyinit.disks import settle as disk_settle
 from pyinit.disks.hints import parse_hints
 from pyinit.disks.inventory import Disk
@@ -160,10 +161,12 @@ class Rig:
                 self.image_retries += 1
                 yield 0.0
 
-        def write(req: WriteRequest, *, session: requests.Session) -> WriteResult:
+        def write(req: WriteRequest, *, session: requests.Session,
+                  before_open: Callable[[], None] | None = None) -> WriteResult:
             return real_write(dataclasses.replace(req, device=self.devmap(req.device)),
                               session=session, allow_regular_file=True, delays=delays,
-                              max_attempts=3, read_timeout=2.0, progress_interval=60.0)
+                              max_attempts=3, read_timeout=2.0, progress_interval=60.0,
+                              before_open=before_open)
 
         real_capture = capture.capture_image
 
@@ -834,6 +837,37 @@ ROWS: tuple[Row, ...] = (
     Row("G12", "a signature that expired (made in 2025, valid for a day)", "provision",
         r"the signature expired on 2025-01-02", signed("old", ring="old", expiring=True),
         touched=None),
+    # -- RAID1 roots (issue #17)
+    Row("R01", "RAID1 whose `raid.rootDeviceHints` match one disk", "disks",
+        r"^raid: RAID1 needs at least 2 disks; .* gave 1 \(vdb .*no disk touched$",
+        act({"action": "writeImage", "sourceImage": IMG,
+             "raid": {"level": 1, "rootDeviceHints": {"serial": "DISK0"}}})),
+    Row("R02", "RAID1 over one disk named in `raid.devices`", "action",
+        r"^raid.devices: RAID1 needs at least 2 disks, got 1$",
+        act({"action": "writeImage", "sourceImage": IMG,
+             "raid": {"level": 1, "devices": ["/dev/vdb"]}})),
+    Row("R03", "RAID1 over disks of very different sizes (480 GiB and 960 GiB)", "disks",
+        r"^raid: disks of very different sizes: sda 480 GiB and nvme0n1 960 GiB",
+        pure("disks", lambda: raid.plan(Raid(1, devices=("/dev/sda", "/dev/nvme0n1")),
+                                        [SDA, dataclasses.replace(MOUNTED, mounted=())]))),
+    Row("R04", "RAID1 with a member in use (an md array holds it)", "disks",
+        r"^raid: refused, no disk touched: sdb held by md127$",
+        pure("disks", lambda: raid.plan(Raid(1, devices=("/dev/sda", "/dev/sdb")),
+                                        [SDA, HELD]))),
+    Row("R05", "RAID1 with the root on LVM (`lvmRootName`)", "action",
+        r"^raid: a RAID1 root on LVM \(lvmRootName\) is not supported",
+        act({"action": "writeImage", "sourceImage": IMG, "lvmRootName": "vg0/root",
+             "raid": {"level": 1, "devices": ["/dev/vda", "/dev/vdb"]}})),
+    Row("R06", "`raid.level: 5`", "action", r"^raid.level: RAID5 is not supported",
+        act({"action": "writeImage", "sourceImage": IMG,
+             "raid": {"level": 5, "devices": ["/dev/vda", "/dev/vdb"]}})),
+    Row("R07", "RAID1 from a golden image without mdadm", "raid",
+        r"^raid: the image has no mdadm .*install mdadm in the golden image",
+        pure("raid", lambda: raid.require_mdadm(Path("/nonexistent-golden-root")))),
+    Row("R08", "RAID1 from an image without a partition table (nothing to mirror)", "raid",
+        r"^raid: .*: the image has no partition table: nothing to mirror$",
+        lambda rig: rig.boot(POWEROFF, (("raid", lambda ctx: raid.grow_to_smallest(
+            str(rig.disk), "last", DISK_SIZE)),))),
 )
 
 
@@ -864,10 +898,10 @@ def test_doc_and_test_tables_agree() -> None:
     # the intro's count ("90 rows (command line 25, …)") follows the table
     m = re.search(r":\s+(\d+) rows \(command line (\d+), action JSON (\d+),\s+server (\d+), "
                   r"network (\d+), image (\d+), disks (\d+), TLS (\d+),\s+OCI registry (\d+),"
-                  r"\s+signatures (\d+)\)",
+                  r"\s+signatures (\d+),\s+RAID1 (\d+)\)",
                   DOC.read_text())
     assert m, "the intro's row count is missing"
-    per_group = [sum(1 for i in ids if i[0] == g) for g in "CASNIDTOG"]
+    per_group = [sum(1 for i in ids if i[0] == g) for g in "CASNIDTOGR"]
     assert [int(n) for n in m.groups()] == [len(ids), *per_group]
     for row in ROWS:
         cells = documented[row.id]

@@ -523,3 +523,37 @@ def test_the_step_on_a_bios_machine_runs_nothing(rig: Rig) -> None:
     init.step_bootentry(ctx)  # init.SYSFS is an empty tree in unit tests
     assert ctx.summary == {"boot_entry": "none (legacy BIOS)"} and rig.recorder.calls == []
     assert json.loads(json.dumps(rig.events[-1]))["reason"] == "legacy BIOS"
+
+
+def test_a_raid1_root_gets_an_entry_per_member_disk(rig: Rig,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """#17: one entry per member (the first member's first in BootOrder, labelled as a single
+    disk's; the others name their disk); an earlier run's entry goes, this run's stay."""
+    from pyinit import raid
+    from pyinit.disks.inventory import Disk
+
+    second = rig.tmp / "vdb"
+    second.write_bytes(rig.disk.read_bytes())
+    monkeypatch.setattr(init, "SYSFS", rig.sysfs)
+    monkeypatch.setattr(efiboot, "list_esp", lambda disk, number: rig.files)
+    monkeypatch.setattr(efiboot, "mount_efivarfs", rig.mounted.append)
+    rig.nvram.entries["0003"] = ("pyinit golden.img.zst", "HD(1,GPT,ee1)/File(\\x)")
+    rig.nvram.order = ["0003", "0001", "0000", "0002"]
+    ctx = _ctx(raid={"level": 1, "devices": ["/dev/vda", "/dev/vdb"]})
+    ctx.device = str(rig.disk)
+    ctx.raid_members = raid.Members((Disk("vda", 1 << 30), Disk("vdb", 1 << 30)), "test")
+    monkeypatch.setattr(raid.Members, "paths", property(lambda self: (str(rig.disk),
+                                                                       str(second))))
+    init.step_bootentry(ctx)
+    # vdb's entry first (0004), the earlier run's 0003 deleted, then vda's (0003 again: the
+    # lowest free number), which keeps vdb's
+    assert ctx.summary == {"boot_entry": "Boot0003,Boot0004"}
+    assert ["--bootnum", "0003", "--delete-bootnum"] in rig.argv()
+    assert ["--bootnum", "0004", "--delete-bootnum"] not in rig.argv()
+    assert rig.nvram.entries["0004"][0] == "pyinit golden.img.zst (vdb)"
+    assert rig.nvram.entries["0003"][0] == "pyinit golden.img.zst"
+    assert rig.nvram.order == ["0003", "0004", "0001", "0000", "0002"]
+    creates = [c for c in rig.argv() if c[0] == "--create"]
+    assert [c[2] for c in creates] == [str(second), str(rig.disk)]
+    assert efiboot.entry_label("http://s/" + "a" * 100, "/dev/nvme1n1") == \
+        "pyinit " + "a" * 47 + " (nvme1n1)"

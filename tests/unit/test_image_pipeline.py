@@ -95,7 +95,7 @@ def sha256(data: bytes) -> str:
 def write(url: str, disk: Path, **kw: Any) -> WriteResult:
     session = kw.pop("session", None) or requests.Session()
     opts: dict[str, Any] = {"read_timeout": 1.0, "delays": lambda: backoff(initial=0.01)}
-    for key in ("read_timeout", "delays", "max_attempts", "progress_interval"):
+    for key in ("read_timeout", "delays", "max_attempts", "progress_interval", "before_open"):
         if key in kw:
             opts[key] = kw.pop(key)
     return write_image(WriteRequest(url=url, device=str(disk), **kw), session=session,
@@ -334,6 +334,21 @@ def test_checksum_url_404(served: Served, disk: Path) -> None:
         write(served.srv.url("a.img.zst"), disk,
               checksum_url=served.srv.url("SHA256SUMS.missing"))
     assert_untouched(disk)
+
+
+def test_before_open_runs_once_the_checks_passed_never_for_a_refused_image(
+        served: Served, disk: Path) -> None:
+    """#17: a RAID1 root's members are wiped in ``before_open``: not when the checksum file
+    refuses the image, and before the disk is opened when it passes."""
+    calls: list[bytes] = []
+    with pytest.raises(FetchError, match=r"HTTP 404"):
+        write(served.srv.url("a.img.zst"), disk, checksum_url=served.srv.url("NO.SUMS"),
+              before_open=lambda: calls.append(disk.read_bytes()[:MIB]))
+    assert calls == []
+    write(served.srv.url("a.img.zst"), disk,
+          before_open=lambda: calls.append(disk.read_bytes()[:MIB]))
+    assert calls == [JUNK * MIB]  # the disk as it was: not opened yet
+    assert disk.read_bytes()[:MIB] == served.raw[:MIB]
 
 
 def test_declared_size_larger_than_the_disk_is_refused_up_front(served: Served,

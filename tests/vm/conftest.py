@@ -189,7 +189,8 @@ def assert_progress(lines: list[str], events: list[dict[str, Any]], raw_size: in
 # The modules whose tests take longest (40-80 s each on the CI machine, from --durations), run
 # first: the two xdist workers take tests in collection order and steal from each other when idle
 # (--dist worksteal), so a long test started last would leave one core idle for most of it.
-LONGEST_FIRST = ("test_kernel_upgrade.py", "test_identity.py", "test_uefi_boot_entry.py",
+LONGEST_FIRST = ("test_raid.py", "test_kernel_upgrade.py", "test_identity.py",
+                 "test_uefi_boot_entry.py",
                  "test_golden_boot.py", "test_after_write.py",
                  "test_image_pipeline.py", "test_iso.py", "test_fleet.py", "test_pxe_netns.py")
 
