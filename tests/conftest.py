@@ -32,6 +32,9 @@ def _forbidden(argv: Sequence[str], **_: Any) -> proc.Completed:
 @pytest.fixture(autouse=True)
 def _no_real_commands(request: pytest.FixtureRequest) -> Iterator[None]:
     if request.node.get_closest_marker("integration") or request.node.get_closest_marker("vm"):
+        # the real ones, whatever an earlier unit test of this worker may have left behind
+        proc.set_runner(None)
+        proc.set_spawner(None)
         yield
         return
     previous = proc.set_runner(_forbidden)

@@ -927,8 +927,16 @@ def row_rig(request: pytest.FixtureRequest, rig: Rig) -> Rig:
                 return real(argv, **kw)
             return runner
 
-        rig.mp.setattr(proc, "_runner", gpgv_only(proc._real_run))
-        rig.mp.setattr(proc, "_spawner", gpgv_only(proc._real_spawn))
+        # set_runner, not monkeypatch: monkeypatch is undone after the autouse fixture that
+        # forbids commands put the real runner back, and would leave the forbidding one behind
+        # for the next (integration) test of this worker
+        previous = (proc.set_runner(gpgv_only(proc._real_run)),
+                    proc.set_spawner(gpgv_only(proc._real_spawn)))
+
+        def restore() -> None:
+            proc.set_runner(previous[0])
+            proc.set_spawner(previous[1])
+        request.addfinalizer(restore)
     return rig
 
 
@@ -1253,3 +1261,4 @@ def test_capture_tls_failure_is_one_line_and_not_retried(
     assert line.startswith(f"{url}: TLS error: certificate verify failed: ")
     assert f"(trusting the CA {tls_files.other_ca} from pyinit.ca=)" in line
     assert "_ssl.c" not in line and "SSLError" not in line
+
