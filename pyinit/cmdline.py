@@ -12,8 +12,6 @@ The kernel hands unknown ``KEY=value`` arguments to init's environment, so
 
 from __future__ import annotations
 
-import base64
-import binascii
 import ipaddress
 import re
 import shlex
@@ -22,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pyinit import keyring, macaddr
+from pyinit import inline, keyring, macaddr
 from pyinit.errors import ConfigError
 
 FailurePolicy = Literal["shell", "reboot", "poweroff"]
@@ -434,9 +432,6 @@ def _check_links(vlans: list[VlanConfig], bonds: list[BondConfig]) -> None:
         enslaved.update(bond.slaves)
 
 
-CA_INLINE_PREFIX = "base64:"
-
-
 def parse_ca(value: str) -> tuple[str | None, str | None]:
     """``pyinit.ca=``: ``(path, None)`` for an absolute path to a PEM file in the initramfs, or
     ``(None, pem)`` for ``base64:<base64 of a DER certificate, or of a PEM file>``. Pure.
@@ -445,19 +440,13 @@ def parse_ca(value: str) -> tuple[str | None, str | None]:
     :mod:`ssl`, whose OpenSSL will later use it): a value cut short by the 2048-byte x86 command
     line, or mangled by a boot loader, fails here with one line rather than as a TLS error.
     """
-    v = value.strip()
-    if v.startswith("/"):
-        return v, None
-    if not v.startswith(CA_INLINE_PREFIX):
-        raise ConfigError("pyinit.ca", f"expected a path (/etc/pyinit/ca.pem) or "
-                                       f"{CA_INLINE_PREFIX}<base64 DER certificate>, got "
-                                       f"{v[:40]!r}")
-    data = v[len(CA_INLINE_PREFIX):]
     try:
-        raw = base64.b64decode(data + "=" * (-len(data) % 4), validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise ConfigError("pyinit.ca", f"not valid base64 ({len(data)} characters): "
-                                       f"{exc}") from exc
+        path, raw = inline.path_or_bytes(value, example="/etc/pyinit/ca.pem",
+                                         inline="base64 DER certificate")
+    except ValueError as exc:
+        raise ConfigError("pyinit.ca", str(exc)) from exc
+    if raw is None:
+        return path, None
     is_pem = raw.lstrip().startswith(b"-----BEGIN")
     try:  # cadata: str is PEM, bytes is DER
         ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(

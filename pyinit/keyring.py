@@ -14,9 +14,10 @@ import binascii
 import re
 from pathlib import Path
 
+from pyinit import inline
+
 BAKED = Path("/etc/pyinit/keyring.gpg")  # pyinit initramfs --keyring puts it here
 INLINE = Path("/run/pyinit/keyring.gpg")  # pyinit.keyring=base64:… is written here for gpgv
-INLINE_PREFIX = "base64:"
 ARMOR_BEGIN = b"-----BEGIN PGP PUBLIC KEY BLOCK-----"
 _ARMOR_RE = re.compile(rb"-----BEGIN PGP PUBLIC KEY BLOCK-----\r?\n(.*?)-----END PGP PUBLIC KEY "
                        rb"BLOCK-----", re.S)
@@ -112,18 +113,10 @@ def parse_inline(value: str) -> tuple[str | None, bytes | None]:
     """``pyinit.keyring=``: ``(path, None)`` for an absolute path in the initramfs, or
     ``(None, keyring)`` for ``base64:<binary or armoured keyring>`` (checked). Raises
     ValueError. Pure."""
-    v = value.strip()
-    if v.startswith("/"):
-        return v, None
-    if not v.startswith(INLINE_PREFIX):
-        raise ValueError(f"expected a path (/etc/pyinit/keyring.gpg) or {INLINE_PREFIX}<base64 "
-                         f"of `gpg --export --export-options export-minimal KEY`>, got "
-                         f"{v[:40]!r}")
-    data = v[len(INLINE_PREFIX):]
-    try:
-        raw = base64.b64decode(data + "=" * (-len(data) % 4), validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise ValueError(f"not valid base64 ({len(data)} characters): {exc}") from exc
+    path, raw = inline.path_or_bytes(value, example=str(BAKED), inline="base64 of `gpg --export "
+                                     "--export-options export-minimal KEY`")
+    if raw is None:
+        return path, None
     try:
         binary, _ = check_keyring(raw)
     except ValueError as exc:

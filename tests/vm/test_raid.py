@@ -37,6 +37,7 @@ from pyinit_qemu.vm import VM, Disk, VMConfig, create_disk
 from tests import debian_root, golden_rootfs, hostreq
 from tests.uefivars import boot_variables
 from tests.vm.conftest import NEVER, Artifacts, Server, boot, result_line
+from tests.vm.test_after_write import read_only_loop
 
 pytestmark = pytest.mark.vm
 
@@ -95,14 +96,8 @@ def _partition_loop(disk: Path, number: int) -> Iterator[str]:
     """A read-only loop device over partition ``number`` of the disk file."""
     table = parttable.parse(disk.read_bytes()[:1 << 20], disk_size=disk.stat().st_size)
     assert table is not None
-    part = table.by_number(number)
-    loop = subprocess.run(["losetup", "--find", "--show", "--read-only", "--offset",
-                           str(part.start), "--sizelimit", str(part.size), str(disk)],
-                          capture_output=True, text=True, check=True).stdout.strip()
-    try:
+    with read_only_loop(disk, table.by_number(number)) as loop:
         yield loop
-    finally:
-        subprocess.run(["losetup", "--detach", loop], check=False)
 
 
 def _examine(disk: Path, number: int) -> dict[str, str]:
