@@ -369,16 +369,21 @@ def kernel_partition_size(disk: str, number: int, *, dev: Path = Path("/dev"),
         return None
 
 
+def geometry(fd: int, st: os.stat_result | None = None) -> tuple[int, int]:
+    """The size and logical sector size of the disk open on ``fd`` as the kernel sees it: a
+    block device's, an image file's size and 512."""
+    st = st or os.fstat(fd)
+    if stat.S_ISBLK(st.st_mode):
+        return syscalls.blk_size_bytes(fd), syscalls.blk_sector_size(fd)
+    return st.st_size, 512
+
+
 def table_on(fd: int, st: os.stat_result | None = None
              ) -> tuple[PartitionTable | None, int]:
     """The partition table on the disk open on ``fd`` as the kernel reads it, and the disk's
-    size: a block device's size and logical sector size, an image file's size and 512 (the
-    grow step and the UEFI boot entry read tables this way)."""
-    st = st or os.fstat(fd)
-    if stat.S_ISBLK(st.st_mode):
-        size, ss = syscalls.blk_size_bytes(fd), syscalls.blk_sector_size(fd)
-    else:
-        size, ss = st.st_size, 512
+    size (:func:`geometry`; the grow step, the UEFI boot entry and the RAID copies read tables
+    this way)."""
+    size, ss = geometry(fd, st)
     return parttable.parse(parttable.reader_from_fd(fd), sector_size=ss, disk_size=size), size
 
 
@@ -508,14 +513,17 @@ _FS_TOOLS = {"ext2": "resize2fs", "ext3": "resize2fs", "ext4": "resize2fs",
 _SBIN = ("usr/sbin", "sbin", "usr/bin", "bin")
 
 
+def in_target(root: Path, tool: str) -> bool:
+    """Whether the target mounted at ``root`` has ``tool`` in one of its sbin/bin dirs."""
+    return any(os.path.lexists(root / d / tool) for d in _SBIN)
+
+
 def find_tool(tool: str, chroot: Path | None, *, path: str = proc.SAFE_PATH
               ) -> tuple[str, Literal["target", "initramfs"]] | None:
     """Where to run ``tool`` from: the target's own copy (run through chroot: it matches the
     target's filesystem features, as BOOTy does), else the initramfs's. None: neither has it."""
-    if chroot is not None:
-        for d in _SBIN:
-            if os.path.lexists(chroot / d / tool):
-                return tool, "target"
+    if chroot is not None and in_target(chroot, tool):
+        return tool, "target"
     found = shutil.which(tool, path=path)
     return (found, "initramfs") if found else None
 

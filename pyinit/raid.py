@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import os
 import random
-import stat
 import struct
 import time
 import zlib
@@ -56,7 +55,6 @@ MD_ROOM = MIB             # what metadata 1.0 + an internal bitmap take at a mem
 COPY_CHUNK = 4 * MIB
 MDADM_TIMEOUT = 120
 MDADM_CONF = ("etc/mdadm/mdadm.conf", "etc/mdadm.conf")  # Debian's, else Red Hat's and SUSE's
-_SBIN = ("usr/sbin", "sbin", "usr/bin", "bin")
 
 
 class RaidError(PyinitError):
@@ -194,15 +192,11 @@ MARK = "# the RAID1 root, written by pyinit"
 def initramfs_argv(root: Path) -> list[str] | None:
     """The target's own initramfs generator, run in it for every installed kernel: Debian's
     ``update-initramfs``, else dracut. None: the target has neither. Reads ``root``."""
-    if _has(root, "update-initramfs"):
+    if grow.in_target(root, "update-initramfs"):
         return ["update-initramfs", "-u", "-k", "all"]
-    if _has(root, "dracut"):
+    if grow.in_target(root, "dracut"):
         return ["dracut", "-f", "--regenerate-all"]
     return None
-
-
-def _has(root: Path, tool: str) -> bool:
-    return any(os.path.lexists(root / d / tool) for d in _SBIN)
 
 
 # --- fresh identities for the copies (pure) ------------------------------------------------------
@@ -306,7 +300,7 @@ def clone(src: str, dst: str, root: grow.GrowPlan, *, sleep: Callable[[float], N
             chunk = head[at:at + COPY_CHUNK]
             if os.pwrite(dfd, chunk, at) != len(chunk):
                 raise DiskError(dst, f"short write at byte {at}")
-        size = syscalls.blk_size_bytes(dfd) if _is_block(dfd) else os.fstat(dfd).st_size
+        size, _ = grow.geometry(dfd)
         entry_part = table.by_number(root.number)
         if table.kind == "gpt":
             assert table.entry_count is not None and table.entry_size is not None
@@ -327,10 +321,6 @@ def clone(src: str, dst: str, root: grow.GrowPlan, *, sleep: Callable[[float], N
     finally:
         os.close(sfd)
         os.close(dfd)
-
-
-def _is_block(fd: int) -> bool:
-    return stat.S_ISBLK(os.fstat(fd).st_mode)
 
 
 @dataclass(frozen=True)
@@ -384,7 +374,7 @@ def _size(device: str) -> int:
 
 def require_mdadm(root: Path) -> None:
     """A target without mdadm cannot assemble its root: refused before the array is made."""
-    if not _has(root, "mdadm"):
+    if not grow.in_target(root, "mdadm"):
         raise RaidError("the image has no mdadm (/sbin/mdadm): its initramfs could not "
                         "assemble a RAID1 root; install mdadm in the golden image "
                         "(docs/image.md)")
@@ -415,7 +405,7 @@ def zero_heads(paths: Sequence[str]) -> None:
         except OSError:
             continue
         try:
-            size = syscalls.blk_size_bytes(fd) if _is_block(fd) else os.fstat(fd).st_size
+            size, _ = grow.geometry(fd)
             for start in (0, max(0, size - MIB)):
                 syscalls.blk_zeroout(fd, start, min(MIB, size))
             os.fsync(fd)
